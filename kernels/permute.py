@@ -1,0 +1,37 @@
+"""Token permutation for expert dispatch: sort token-expert assignments by expert, and combine the
+expert outputs back into token order with the routing weights.
+
+Legend: T tokens, k experts per token (top-k), A = T*k assignments, M assignments kept (A when
+dropless), E experts, D width.
+
+An assignment a = t*k + j is token t's j-th choice. Dropped assignments (over capacity) carry
+expert id -1: they are left out of the sorted order, so no expert computes them, and they add
+nothing to the combined output (the token still flows through the residual).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sort_by_expert(experts_A: torch.Tensor, n_experts: int, *, has_dropped: bool = False):
+    """Return (order_M, offsets_E): the assignment ids grouped by expert (stable: within an expert,
+    in assignment order), and int32 cumulative row counts per expert. `has_dropped=False` promises
+    no -1 entries and skips the one device sync needed to trim them."""
+    key_A = experts_A.masked_fill(experts_A < 0, n_experts) if has_dropped else experts_A
+    order_A = torch.argsort(key_A, stable=True)
+    counts = torch.bincount(key_A, minlength=n_experts + 1)[:n_experts]
+    offsets_E = counts.cumsum(0).to(torch.int32)
+    if has_dropped:
+        order_A = order_A[: int(offsets_E[-1])]
+    return order_A, offsets_E
+
+
+def combine(y_MD: torch.Tensor, order_M: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
+    """out[t] = sum_j weights[t, j] * y[row of assignment t*k + j]; dropped assignments add zero.
+    Deterministic: each assignment is written once (no atomics), then a fixed-order sum over k."""
+    T, k = weights_TK.shape
+    y_AD = y_MD.new_zeros(T * k, y_MD.shape[1]).index_copy(0, order_M, y_MD)
+    acc = torch.promote_types(y_MD.dtype, torch.float32)  # sum half precision in float32
+    out_TD = torch.einsum("tkd,tk->td", y_AD.view(T, k, -1).to(acc), weights_TK.to(acc))
+    return out_TD.to(y_MD.dtype)

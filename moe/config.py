@@ -1,0 +1,212 @@
+"""Model and training configuration: dataclasses validated on construction, TOML presets.
+
+This module imports no torch, so the GPT-4-scale arithmetic (moe/arithmetic.py) runs anywhere.
+
+    cfg = load_config("tiny", n_layers=2)          # preset name, or a path to a .toml file
+    train = load_train_config("tiny", lr=1e-3)     # the preset's [train] table, with overrides
+
+A preset file holds the model fields at top level and the training settings in a `[train]` table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from dataclasses import dataclass, fields
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+ACTIVATIONS = ("gelu", "swiglu")
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _integers(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "custom"
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 1  # 1: multi-query attention; 1 < n_kv_heads < n_heads: grouped-query
+    head_dim: int = 0  # 0: d_model // n_heads
+    n_experts: int = 16
+    top_k: int = 2
+    d_ff: int = 256  # hidden width of one expert
+    activation: str = "gelu"  # "gelu": gelu(x W_up) W_down;  "swiglu": (silu(x W_gate) * x W_up) W_down
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    # Router (moe/router.py documents the formulas).
+    router_renormalize: bool = True  # rescale the top-k probabilities of a token to sum to 1
+    router_aux_loss_coef: float = 0.01  # load-balancing loss coefficient
+    router_z_loss_coef: float = 0.001
+    router_jitter: float = 0.0  # training only: router input *= U(1 - eps, 1 + eps)
+    capacity_factor: float = 0.0  # 0: dropless; else capacity = ceil(cf * T * k / n_experts)
+    expert_backend: str = "auto"  # kernels.grouped_mm backend: "auto" | "torch" (| "triton" later)
+
+    def __post_init__(self) -> None:
+        sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",
+                 "d_ff", "max_seq_len")
+        _integers(self, *sizes, "head_dim")
+        _positive(self, *sizes, "rope_theta", "norm_eps", "init_std")
+        _non_negative(self, "head_dim", "router_aux_loss_coef", "router_z_loss_coef", "router_jitter",
+                      "capacity_factor")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.head_dim == 0:  # frozen dataclass: derive the default through object.__setattr__
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= n_experts ({self.n_experts})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.router_jitter >= 1:
+            raise ValueError(f"router_jitter must be < 1, got {self.router_jitter}")
+        if self.expert_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
+
+    @property
+    def n_matrices(self) -> int:
+        """Weight matrices per expert: 2 for GELU (up, down), 3 for SwiGLU (gate, up, down)."""
+        return 3 if self.activation == "swiglu" else 2
+
+    def dense_twin(self) -> "ModelConfig":
+        """One expert with top-1 and top_k times the width: the same active parameters per token."""
+        return dataclasses.replace(
+            self, name=f"{self.name}-dense", n_experts=1, top_k=1, d_ff=self.d_ff * self.top_k,
+            capacity_factor=0.0,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16
+    seq_len: int = 64
+    max_steps: int = 2000
+    time_budget_s: float = 0.0  # > 0: measure the step time early on and fit max_steps to the budget
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 20
+    checkpoint_interval: int = 500
+    seed: int = 1337
+    val_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        _integers(self, "batch_size", "seq_len", "max_steps", "warmup_steps", "eval_interval",
+                  "eval_batches", "checkpoint_interval", "seed")
+        _positive(self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches",
+                  "checkpoint_interval")
+        _non_negative(self, "time_budget_s", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _read_toml(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
+    path = pathlib.Path(name_or_path)
+    if path.suffix != ".toml":
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ValueError(f"unknown preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}")
+    elif not path.exists():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        try:
+            return tomllib.load(f), path.stem
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown} in {where}")
+    return cls(**values)
+
+
+def load_config(name_or_path: str | pathlib.Path, **overrides) -> ModelConfig:
+    """A preset by name (configs/<name>.toml) or a path to a TOML file, with field overrides."""
+    data, stem = _read_toml(name_or_path)
+    data.pop("train", None)
+    values = {"name": stem, **data, **overrides}
+    return _build(ModelConfig, values, f"config {str(name_or_path)!r}")
+
+
+def load_train_config(name_or_path: str | pathlib.Path, **overrides) -> TrainConfig:
+    data, _ = _read_toml(name_or_path)
+    return _build(TrainConfig, {**data.get("train", {}), **overrides}, f"[train] of {str(name_or_path)!r}")
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """Route `key=value` overrides to the model or the train config by field name."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    model, train = {}, {}
+    for key, value in overrides.items():
+        if key in model_keys:
+            model[key] = value
+        elif key in train_keys:
+            train[key] = value
+        else:
+            raise ValueError(f"unknown config field {key!r}")
+    return model, train
+
+
+def parse_value(text: str):
+    """Parse a command-line override value as a TOML value, falling back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names",
+           "split_overrides", "parse_value"]

@@ -1,0 +1,107 @@
+"""Top-k routing. Legend: T tokens, D width, E experts, K experts per token (top-k).
+
+route(logits, k):   p = softmax(logits) over all E experts, in float32;
+                    the k largest p (ties to the lower expert index); optionally renormalized to sum 1.
+Load-balancing loss (Switch Transformer, extended to top-k):
+                    L_balance = E * sum_i f_i * P_i
+                    f_i = (assignments to expert i) / (T * k), counted before capacity drops,
+                    P_i = mean over tokens of p_i.
+                    sum_i f_i = sum_i P_i = 1. When assignments are spread evenly (f_i = 1/E) it is
+                    exactly 1, whatever P; all tokens on k experts pushes it toward E / k.
+                    f carries no gradient (it is a count); the gradient reaches the gate through P.
+Router z-loss (ST-MoE):  L_z = mean over tokens of logsumexp(logits)^2.
+Capacity (optional): capacity = ceil(capacity_factor * T * k / E) assignments per expert. Overflow is
+                    chosen by position: assignments are taken in token order (token t's j-th choice is
+                    assignment t*k + j) and those past an expert's capacity are dropped. A dropped
+                    assignment contributes zero; the token still flows through the residual stream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def route(logits: torch.Tensor, top_k: int, *, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights float32 [T, k], experts int64 [T, k]) from router logits [T, E]; see the module doc."""
+    if logits.dim() != 2:
+        raise ValueError(f"route expects logits [T, E], got shape {tuple(logits.shape)}")
+    if not 1 <= top_k <= logits.shape[-1]:
+        raise ValueError(f"route: top_k must be in [1, {logits.shape[-1]}], got {top_k}")
+    probs_TE = logits.float().softmax(dim=-1)
+    # A stable descending sort keeps equal probabilities in index order, so ties go to the lower
+    # expert deterministically (torch.topk promises no tie order). E is small; the sort is cheap.
+    probs_sorted, experts_TK = torch.sort(probs_TE, dim=-1, descending=True, stable=True)
+    weights_TK, experts_TK = probs_sorted[:, :top_k], experts_TK[:, :top_k]
+    if renormalize:
+        weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+    return weights_TK, experts_TK
+
+
+def capacity_keep_mask(experts_TK: torch.Tensor, n_experts: int, capacity: int) -> torch.Tensor:
+    """bool [T, k]: whether each assignment fits in its expert's first `capacity` slots, in position order."""
+    one_hot_AE = F.one_hot(experts_TK.reshape(-1), n_experts)
+    position_A = ((one_hot_AE.cumsum(dim=0) - 1) * one_hot_AE).sum(dim=-1)  # slot within its expert
+    return (position_A < capacity).view_as(experts_TK)
+
+
+@dataclass
+class RouterOutput:
+    weights: torch.Tensor  # float32 [T, k]; zero where the assignment was dropped
+    experts: torch.Tensor  # int64 [T, k]; the chosen experts (also for dropped assignments)
+    logits: torch.Tensor  # float32 [T, E]
+    keep: torch.Tensor | None  # bool [T, k], or None when dropless
+    tokens_per_expert: torch.Tensor  # int64 [E]: assignments each expert computes (after drops)
+    n_dropped: torch.Tensor  # int64 scalar
+    balance_loss: torch.Tensor  # L_balance (unscaled)
+    z_loss: torch.Tensor  # L_z (unscaled)
+    aux_loss: torch.Tensor  # balance_coef * L_balance + z_coef * L_z: add this to the training loss
+
+
+class TopKRouter(nn.Module):
+    def __init__(self, d_model: int, n_experts: int, top_k: int, *, renormalize: bool = True,
+                 balance_coef: float = 0.01, z_coef: float = 0.001, jitter: float = 0.0,
+                 capacity_factor: float = 0.0):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"TopKRouter: top_k must be in [1, n_experts={n_experts}], got {top_k}")
+        self.gate = nn.Linear(d_model, n_experts, bias=False)
+        self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
+        self.balance_coef, self.z_coef = balance_coef, z_coef
+        self.jitter, self.capacity_factor = jitter, capacity_factor
+
+    def capacity(self, n_tokens: int) -> int | None:
+        if not self.capacity_factor:
+            return None
+        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+
+    def forward(self, x_TD: torch.Tensor) -> RouterOutput:
+        if self.training and self.jitter > 0:  # perturbs what the router sees, never the experts' input
+            x_TD = x_TD * torch.empty_like(x_TD).uniform_(1 - self.jitter, 1 + self.jitter)
+        with torch.autocast(x_TD.device.type, enabled=False):  # routing decisions in float32
+            logits_TE = F.linear(x_TD.float(), self.gate.weight.float())
+        weights_TK, experts_TK = route(logits_TE, self.top_k, renormalize=self.renormalize)
+
+        T, E = logits_TE.shape
+        counts_E = torch.bincount(experts_TK.reshape(-1), minlength=E)
+        f_E = counts_E.float() / (T * self.top_k)
+        P_E = logits_TE.softmax(dim=-1).mean(dim=0)
+        balance = E * (f_E * P_E).sum()
+        z = torch.logsumexp(logits_TE, dim=-1).pow(2).mean()
+
+        keep_TK, capacity = None, self.capacity(T)
+        n_dropped = counts_E.new_zeros(())
+        if capacity is not None:
+            keep_TK = capacity_keep_mask(experts_TK, E, capacity)
+            weights_TK = weights_TK * keep_TK
+            n_dropped = (~keep_TK).sum()
+            counts_E = counts_E.clamp(max=capacity)
+        return RouterOutput(
+            weights=weights_TK, experts=experts_TK, logits=logits_TE, keep=keep_TK,
+            tokens_per_expert=counts_E, n_dropped=n_dropped, balance_loss=balance, z_loss=z,
+            aux_loss=self.balance_coef * balance + self.z_coef * z,
+        )

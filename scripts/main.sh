@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: set up, train the tiny preset on the bundled corpus (about 4 minutes on 2 CPU cores),
+# sample from it, and print the GPT-4 figures table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m moe train --config tiny --out runs/tiny
+.venv/bin/python -m moe generate --checkpoint runs/tiny --prompt "ROMEO." --max-new-tokens 300 --seed 0
+.venv/bin/python -m moe figures --config gpt4

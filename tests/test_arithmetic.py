@@ -1,0 +1,56 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moe.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
+from moe.attention import KVCache
+from moe.config import load_config
+from moe.model import MoETransformer
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "gpt4", "gpt4-layer"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_meta_model_counts_agree_with_arithmetic(name, tied):
+    cfg = load_config(name, tie_embeddings=tied)
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    counted = sum(p.numel() for p in model.parameters())
+    assert counted == count_params(cfg).total
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".moe.w_" in n)
+    assert experts == count_params(cfg).experts
+
+
+def test_gpt4_is_the_leaked_shape():
+    p = count_params(load_config("gpt4"))
+    # The figures: ~111B per expert, ~1.8T in all (16 experts x 111B + shared).
+    assert 110e9 < p.per_expert < 112e9
+    assert 1.78e12 < p.total < 1.83e12
+    # Multi-query attention: 2 d^2 for Q and O plus 2 d x 128 for the one K/V head, per layer.
+    d = 10752
+    assert p.attention == 120 * (2 * d * d + 2 * d * 128)
+    assert p.active == p.total - 14 * p.per_expert
+
+
+def test_flops_formula_by_hand():
+    cfg = load_config("tiny")
+    d, f, L, V = 128, 256, 4, 256
+    matmul = L * (2 * d * d + 2 * d * 32) + L * d * 16 + 2 * 2 * d * f * L + V * d  # attn, router, 2 experts, head
+    assert forward_flops_per_token(cfg) == 2 * matmul
+    assert forward_flops_per_token(cfg, context=100) - forward_flops_per_token(cfg) == 4 * L * 4 * 32 * 100
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_kv_cache_bytes_match_the_allocated_cache(kv_heads):
+    cfg = load_config("tiny", n_kv_heads=kv_heads)
+    caches = [KVCache(1, kv_heads, 100, cfg.head_dim, torch.float16) for _ in range(cfg.n_layers)]
+    allocated = sum(b.numel() * b.element_size() for c in caches for b in c.buffers())
+    assert allocated == 100 * kv_cache_bytes_per_token(cfg, 2)
+
+
+def test_figures_cli_reports_the_leak_and_its_contradictions():
+    out = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4"], capture_output=True,
+                         text=True, check=True).stdout
+    for needle in ("1.81 T", "111 G", "2.15e+25", "contradict", "multi-query", "multi-head", "7.5", "< 30 GB"):
+        assert needle in out, needle

@@ -1,0 +1,138 @@
+"""kernels.grouped_mm and the permutation ops against the slow references, forward and gradients."""
+
+import pytest
+import torch
+
+import kernels
+from kernels import grouped_matmul as gm
+
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-4, rtol=1e-4),
+       torch.bfloat16: dict(atol=5e-2, rtol=5e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
+
+
+def offsets_from(counts):
+    return torch.tensor(counts).cumsum(0).to(torch.int32)
+
+
+COUNTS = {
+    "one row": [1],
+    "balanced": [3, 3, 3, 3],
+    "empty experts": [0, 5, 0, 2, 0],
+    "all on one": [0, 0, 9, 0],
+    "all empty but last": [0, 0, 0, 1],
+    "ragged": [1, 7, 0, 4, 13, 2],
+    "no rows": [0, 0, 0],
+}
+
+
+def reference_grads(x, w, offsets, dy):
+    x_, w_ = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y = kernels.grouped_mm_reference(x_, w_, offsets)
+    y.backward(dy.double())
+    return y, x_.grad, w_.grad
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("K, N", [(16, 8), (7, 5)])  # aligned (native path on CPU) and odd (padded path)
+def test_grouped_mm_matches_reference(name, dtype, K, N):
+    counts = COUNTS[name]
+    M, E = sum(counts), len(counts)
+    offsets = offsets_from(counts)
+    x = torch.randn(M, K, dtype=dtype, requires_grad=True)
+    w = torch.randn(E, K, N, dtype=dtype, requires_grad=True)
+    dy = torch.randn(M, N, dtype=dtype)
+    y = kernels.grouped_mm(x, w, offsets)
+    y.backward(dy)
+    y_ref, dx_ref, dw_ref = reference_grads(x, w, offsets, dy)
+    assert y.shape == (M, N) and y.dtype == dtype
+    torch.testing.assert_close(y.double(), y_ref, **TOL[dtype])
+    torch.testing.assert_close(x.grad.double(), dx_ref, **TOL[dtype])
+    torch.testing.assert_close(w.grad.double(), dw_ref, **TOL[dtype])
+    for g, c in enumerate(counts):  # an expert with no rows gets exactly zero gradient
+        if c == 0:
+            assert (w.grad[g] == 0).all()
+
+
+@pytest.mark.parametrize("path", ["native", "padded"])
+def test_both_torch_paths_match(monkeypatch, path):
+    """Force each internal path on the same aligned float32 inputs."""
+    if path == "padded":
+        monkeypatch.setattr(gm, "_native_ok", lambda a, b: False)
+    else:
+        assert gm._native_ok(torch.zeros(2, 16), torch.zeros(2, 16, 8))
+    counts = [4, 0, 9, 1]
+    x = torch.randn(14, 16, requires_grad=True)
+    w = torch.randn(4, 16, 8, requires_grad=True)
+    dy = torch.randn(14, 8)
+    kernels.grouped_mm(x, w, offsets_from(counts)).backward(dy)
+    y_ref, dx_ref, dw_ref = reference_grads(x, w, offsets_from(counts), dy)
+    torch.testing.assert_close(x.grad.double(), dx_ref, **TOL[torch.float32])
+    torch.testing.assert_close(w.grad.double(), dw_ref, **TOL[torch.float32])
+
+
+def test_grouped_mm_gradcheck():
+    counts = [2, 0, 3]
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: kernels.grouped_mm(a, b, offsets_from(counts)), (x, w))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: (torch.randn(4, 3), torch.randn(2, 4, 5), offsets_from([2, 2])), "K"),
+    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([2, 1])), "end at 3 but x has 4"),
+    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), torch.tensor([2, 4])), "int32"),
+    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([4])), r"\[E=2\]"),
+    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5).double(), offsets_from([2, 2])), "float64"),
+    (lambda: (torch.randn(4, 3, 1), torch.randn(2, 3, 5), offsets_from([2, 2])), r"x \[M, K\]"),
+])
+def test_grouped_mm_bad_input(make, match):
+    x, w, offsets = make()
+    with pytest.raises(ValueError, match=match):
+        kernels.grouped_mm(x, w, offsets)
+    with pytest.raises(ValueError, match=match):
+        kernels.grouped_mm_reference(x, w, offsets)
+
+
+def test_unknown_and_unbuilt_backends():
+    args = (torch.randn(2, 4), torch.randn(1, 4, 4), offsets_from([2]))
+    with pytest.raises(ValueError, match="backend"):
+        kernels.grouped_mm(*args, backend="cutlass")
+    with pytest.raises(NotImplementedError, match="Triton"):
+        kernels.grouped_mm(*args, backend="triton")
+
+
+def test_sort_by_expert_groups_stably_and_drops():
+    experts = torch.tensor([2, 0, 2, 1, -1, 0, 2, -1])
+    order, offsets = kernels.sort_by_expert(experts, 4, has_dropped=True)
+    assert order.tolist() == [1, 5, 3, 0, 2, 6]  # by expert, then by assignment id
+    assert offsets.tolist() == [2, 3, 6, 6] and offsets.dtype == torch.int32
+    order, offsets = kernels.sort_by_expert(experts.clamp(min=0), 3)
+    assert offsets.tolist() == [4, 5, 8] and sorted(order.tolist()) == list(range(8))
+
+
+def test_combine_weights_and_sums_in_token_order():
+    T, k, D = 3, 2, 4
+    weights = torch.tensor([[0.7, 0.3], [1.0, 0.0], [0.5, 0.5]])
+    order = torch.tensor([5, 0, 3, 2, 1])  # assignment 4 (token 2, slot 0) dropped
+    y = torch.arange(5 * D, dtype=torch.float32).view(5, D)
+    out = kernels.combine(y, order, weights)
+    row_of = {int(a): i for i, a in enumerate(order)}
+    expected = torch.zeros(T, D)
+    for t in range(T):
+        for j in range(k):
+            if t * k + j in row_of:
+                expected[t] += weights[t, j] * y[row_of[t * k + j]]
+    torch.testing.assert_close(out, expected)
+
+
+def test_kernels_import_only_torch():
+    import ast
+    import pathlib
+
+    for f in pathlib.Path(kernels.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for n in names:
+                assert n.split(".")[0] in {"torch", "triton", "kernels", "__future__", "math", "typing"}, (f, n)

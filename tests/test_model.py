@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from conftest import shrunk
+from moe.attention import Attention, apply_rope, rope_tables
+from moe.generate import generate, sample_next
+from moe.model import MoETransformer
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])  # multi-query, grouped-query, multi-head
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_kv_cache_decode_equals_full_forward(kv_heads, activation):
+    model = MoETransformer(shrunk("tiny", n_kv_heads=kv_heads, activation=activation)).double().eval()
+    idx = torch.randint(0, 256, (2, 20))
+    full = model(idx).logits
+    model.setup_caches(2, 32)
+    step_logits = [model(idx[:, :7], input_pos=torch.arange(7)).logits]  # prefill 7
+    for t in range(7, 12):  # then one token at a time
+        step_logits.append(model(idx[:, t:t + 1], input_pos=torch.tensor([t])).logits)
+    step_logits.append(model(idx[:, 12:], input_pos=torch.arange(12, 20)).logits)  # a second chunk
+    # float64 everywhere but the router, which routes in float32 by design: a 1e-16 difference in its
+    # input can move a float32 routing weight by one ulp (~1e-8 relative). A cache bug is O(1).
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=1e-7, rtol=1e-6)
+
+
+def test_attention_is_causal_and_rope_is_relative():
+    cfg = shrunk("tiny")
+    attn = Attention(cfg).double()
+    cos, sin = rope_tables(cfg.head_dim, 16, cfg.rope_theta)
+    x = torch.randn(1, 10, 32, dtype=torch.float64)
+    y = attn(x, cos[:10], sin[:10])
+    x2 = x.clone()
+    x2[:, 6:] += 1.0  # changing the future must not change the past
+    torch.testing.assert_close(attn(x2, cos[:10], sin[:10])[:, :6], y[:, :6])
+    # Rotary: q.k depends on positions only through their difference.
+    q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
+    c, s = rope_tables(8, 64, 10000.0)
+    dot = lambda i, j: (apply_rope(q, c[i:i + 1], s[i:i + 1]) * apply_rope(k, c[j:j + 1], s[j:j + 1])).sum()
+    torch.testing.assert_close(dot(5, 2), dot(40, 37))
+
+
+def test_forward_returns_logits_aux_and_routing():
+    cfg = shrunk("tiny")
+    model = MoETransformer(cfg)
+    idx = torch.randint(0, 256, (3, 9))
+    out = model(idx, targets=idx)
+    assert out.logits.shape == (3, 9, 256)
+    assert len(out.routing) == cfg.n_layers
+    assert all(r.tokens_per_expert.sum() == 27 * cfg.top_k for r in out.routing)
+    torch.testing.assert_close(out.aux_loss, sum(r.aux_loss for r in out.routing))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits.view(-1, 256), idx.view(-1)))
+
+
+def test_tied_embeddings_share_one_tensor():
+    model = MoETransformer(shrunk("tiny", tie_embeddings=True))
+    assert model.lm_head.weight is model.tok_emb.weight
+
+
+def test_bad_tokens_and_lengths():
+    model = MoETransformer(shrunk("tiny"))
+    with pytest.raises(ValueError, match="out of range.*vocab_size is 256"):
+        model(torch.tensor([[1, 256]]))
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="exceeds max_seq_len 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="longer than max_seq_len"):
+        generate(model, [1] * 65, 1)
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        generate(model, [1] * 60, 10)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, [1], 2, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, [1], 2, top_p=1.5)
+    model.setup_caches(1, 8)
+    with pytest.raises(ValueError, match="past the KV cache"):
+        model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([8]))
+
+
+def test_greedy_generate_equals_argmax_of_full_forward():
+    model = MoETransformer(shrunk("tiny")).double()
+    prompt = [5, 17, 99]
+    new = generate(model, prompt, 12, greedy=True)
+    seq = list(prompt)
+    for _ in range(12):  # no cache: recompute the whole sequence each time
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert new == seq[len(prompt):]
+    assert generate(model, prompt, 5, seed=3) == generate(model, prompt, 5, seed=3)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, top_k=2, generator=gen) for _ in range(200)} == {0, 1}
+    # top_p = 0.5: token 0 alone has 64% of the mass, so it is the only one kept.
+    assert {sample_next(logits, top_p=0.5, generator=gen) for _ in range(100)} == {0}
+    assert sample_next(logits, greedy=True) == 0 and sample_next(logits, temperature=0) == 0
+    counts = torch.bincount(torch.tensor([sample_next(logits, generator=gen) for _ in range(4000)]), minlength=5)
+    torch.testing.assert_close(counts.double() / 4000, logits.softmax(-1).double(), atol=0.03, rtol=0)
+
+
+def test_gpt4_builds_on_meta_device():
+    from moe.config import load_config
+
+    with torch.device("meta"):
+        model = MoETransformer(load_config("gpt4"))
+    assert 1.78e12 < sum(p.numel() for p in model.parameters()) < 1.83e12
+    assert model.blocks[0].moe.w_up.shape == (16, 10752, 43008)
+    assert model.blocks[0].attn.wk.weight.shape == (128, 10752)  # one K/V head

@@ -1,0 +1,165 @@
+"""The router against float64 references written from the formulas in moe/router.py."""
+
+import math
+
+import pytest
+import torch
+
+from moe.router import TopKRouter, capacity_keep_mask, route
+
+
+def route_reference(logits, k, renormalize=True):
+    """Per token, in float64: softmax, then the k largest, ties to the lower index."""
+    weights, experts = [], []
+    for row in logits.double().tolist():
+        m = max(row)
+        p = [math.exp(v - m) for v in row]
+        s = sum(p)
+        p = [v / s for v in p]
+        chosen = sorted(range(len(p)), key=lambda i: (-p[i], i))[:k]
+        w = [p[i] for i in chosen]
+        if renormalize:
+            w = [v / sum(w) for v in w]
+        weights.append(w)
+        experts.append(chosen)
+    return torch.tensor(weights, dtype=torch.float64), torch.tensor(experts)
+
+
+@pytest.mark.parametrize("T, E, k", [(1, 2, 1), (7, 16, 2), (33, 8, 3), (5, 4, 4)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_route_matches_reference(T, E, k, renormalize):
+    logits = torch.randn(T, E) * 3
+    w, e = route(logits, k, renormalize=renormalize)
+    w_ref, e_ref = route_reference(logits, k, renormalize)
+    assert w.dtype == torch.float32 and e.dtype == torch.int64 and w.shape == e.shape == (T, k)
+    assert torch.equal(e, e_ref)
+    torch.testing.assert_close(w.double(), w_ref, atol=1e-6, rtol=1e-5)
+    assert all(len(set(row)) == k for row in e.tolist())  # distinct experts per token
+    if renormalize:
+        torch.testing.assert_close(w.sum(-1), torch.ones(T))
+
+
+def test_ties_go_to_the_lower_index():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [2.0, 5.0, 2.0, 5.0, 2.0]])
+    _, e = route(logits, 2)
+    assert e.tolist() == [[1, 2], [0, 1], [1, 3]]
+    _, e3 = route(logits, 3)
+    assert e3.tolist() == [[1, 2, 3], [0, 1, 2], [1, 3, 0]]
+
+
+def test_route_half_precision_logits_are_routed_in_float32():
+    logits = torch.randn(9, 8).to(torch.bfloat16)
+    w, e = route(logits, 2)
+    w_ref, e_ref = route_reference(logits.float(), 2)
+    assert w.dtype == torch.float32 and torch.equal(e, e_ref)
+
+
+def test_route_rejects_bad_k():
+    with pytest.raises(ValueError, match="top_k"):
+        route(torch.randn(3, 4), 5)
+
+
+def _router(E=8, k=2, D=16, **kw):
+    return TopKRouter(D, E, k, **kw).double()
+
+
+def test_aux_losses_match_formulas():
+    r = _router(balance_coef=0.3, z_coef=0.7)
+    x = torch.randn(50, 16, dtype=torch.float64)
+    out = r(x)
+    logits = x @ r.gate.weight.double().T
+    p = logits.softmax(-1)
+    _, e_ref = route_reference(logits, 2)
+    f = torch.tensor([(e_ref == i).sum().item() / (50 * 2) for i in range(8)], dtype=torch.float64)
+    balance = 8 * (f * p.mean(0)).sum()
+    z = (torch.logsumexp(logits, -1) ** 2).mean()
+    tol = dict(atol=1e-6, rtol=1e-5)  # the router computes in float32 by design
+    torch.testing.assert_close(out.balance_loss.double(), balance, **tol)
+    torch.testing.assert_close(out.z_loss.double(), z, **tol)
+    torch.testing.assert_close(out.aux_loss.double(), 0.3 * balance + 0.7 * z, **tol)
+    assert out.tokens_per_expert.tolist() == [(e_ref == i).sum().item() for i in range(8)]
+
+
+def test_balance_loss_is_one_at_uniform_routing_and_grows_when_collapsed():
+    E, k = 8, 2
+    r = _router(E, k)
+    with torch.no_grad():
+        r.gate.weight.zero_()  # equal logits: every P_i = 1/E
+    x = torch.randn(64, 16, dtype=torch.float64)
+    out = r(x)
+    # Ties all go to experts 0 and 1, yet P is uniform, so E * sum f_i / E = 1 exactly.
+    assert abs(out.balance_loss.item() - 1) < 1e-6
+    # Uniform assignments with non-uniform P: still exactly 1 (the floor of the balanced case).
+    logits = torch.randn(E * 10, E, dtype=torch.float64)
+    experts = torch.arange(E * 10).remainder(E)
+    f = torch.bincount(experts, minlength=E).double() / (E * 10)
+    assert abs(E * (f * logits.softmax(-1).mean(0)).sum().item() - 1) < 1e-12
+    # Collapsed routing: one expert gets nearly all probability mass -> close to E / k.
+    with torch.no_grad():
+        r.gate.weight.zero_()
+        r.gate.weight[3, 0] = 50.0
+        r.gate.weight[5, 0] = 49.0
+    x = torch.randn(64, 16, dtype=torch.float64).abs() + 1
+    assert r(x).balance_loss.item() > 0.99 * E / k
+
+
+def capacity_reference(experts, E, capacity):
+    """Walk the assignments in token order (t, then j), counting per expert."""
+    used = [0] * E
+    keep = []
+    for row in experts.tolist():
+        keep.append([])
+        for e in row:
+            keep[-1].append(used[e] < capacity)
+            used[e] += 1
+    return torch.tensor(keep)
+
+
+@pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 1.25])
+def test_capacity_drops_by_position(capacity_factor):
+    T, E, k = 40, 4, 2
+    r = _router(E, k, capacity_factor=capacity_factor)
+    x = torch.randn(T, 16, dtype=torch.float64)
+    with torch.no_grad():
+        r.gate.weight[0] += 0.5  # skew toward expert 0 so it overflows
+    out = r(x)
+    capacity = math.ceil(capacity_factor * T * k / E)
+    keep_ref = capacity_reference(out.experts, E, capacity)
+    assert torch.equal(out.keep, keep_ref)
+    assert out.n_dropped.item() == (~keep_ref).sum().item()
+    assert (out.weights[~keep_ref] == 0).all()
+    assert out.tokens_per_expert.tolist() == [min(capacity, (out.experts == e).sum().item()) for e in range(E)]
+    assert out.tokens_per_expert.max().item() <= capacity
+
+
+def test_dropless_by_default():
+    out = _router()(torch.randn(30, 16, dtype=torch.float64))
+    assert out.keep is None and out.n_dropped.item() == 0
+    assert out.tokens_per_expert.sum().item() == 30 * 2
+
+
+def test_capacity_keep_mask_direct():
+    experts = torch.tensor([[0, 1], [0, 2], [0, 1], [1, 0]])
+    assert capacity_keep_mask(experts, 3, 2).tolist() == [[True, True], [True, True], [False, True], [False, False]]
+
+
+def test_jitter_only_in_training_and_only_on_the_router_input():
+    r = _router(jitter=0.5)
+    x = torch.randn(20, 16, dtype=torch.float64)
+    r.eval()
+    a, b = r(x), r(x)
+    assert torch.equal(a.logits, b.logits)
+    torch.testing.assert_close(a.logits, (x @ r.gate.weight.T).float())  # clean input: no jitter in eval
+    r.train()
+    c = r(x)
+    assert not torch.allclose(c.logits, a.logits)
+    x_before = x.clone()
+    r(x)
+    assert torch.equal(x, x_before)  # the caller's tensor (the experts' input) is untouched
+
+
+def test_gate_is_float32_under_autocast():
+    r = TopKRouter(16, 8, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = r(torch.randn(5, 16))
+    assert out.logits.dtype == torch.float32 and out.weights.dtype == torch.float32

@@ -1,0 +1,152 @@
+"""Training, checkpoints and resume on a shrunk tiny preset (seconds on a CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import shrunk
+from moe import checkpoint
+from moe.config import TrainConfig
+from moe.model import MoETransformer
+from moe.train import TrainingError, train
+
+FAST = dict(batch_size=8, seq_len=32, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
+            eval_batches=2, checkpoint_interval=10)
+
+
+def run(out, model_cfg=None, resume=False, **kw):
+    return train(model_cfg or shrunk("tiny"), TrainConfig(**{**FAST, **kw}), out, resume=resume, progress=False,
+                 plot=False, log=lambda *_: None)
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    s = run(tmp_path)
+    val = s["history"]["val_loss"]
+    assert len(val) == 4
+    assert val[-1] < val[0] - 0.3, val  # from near ln(256) = 5.5 toward byte statistics
+    assert s["steps"] == 40 and s["tokens"] == 40 * 8 * 32
+
+
+def test_plot_is_written(tmp_path):
+    train(shrunk("tiny"), TrainConfig(**{**FAST, "max_steps": 10}), tmp_path, progress=False, log=lambda *_: None)
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = shrunk("tiny", tie_embeddings=True)
+    run(tmp_path, cfg, max_steps=10)
+    loaded = checkpoint.load_model(tmp_path)
+    assert loaded.cfg == cfg
+    original = MoETransformer(cfg)
+    checkpoint.load_weights(original, tmp_path / "step-0000010")
+    for (n, a), (_, b) in zip(loaded.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert json.loads((tmp_path / "step-0000010" / "config.json").read_text())["train"]["max_steps"] == 10
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = shrunk("tiny", router_jitter=0.1)  # jitter uses the global RNG: resume must restore it
+    straight = tmp_path / "straight"
+    run(straight, cfg, max_steps=20)  # checkpoints at steps 10 and 20 (both kept)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    os.system(f"cp -r {straight}/step-0000010 {resumed}/ && echo step-0000010 > {resumed}/latest")
+    s = run(resumed, cfg, resume=True, max_steps=20)
+    assert s["steps"] == 20
+    a = checkpoint.load_model(straight / "step-0000020").state_dict()
+    b = checkpoint.load_model(resumed).state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    sa = checkpoint.load_trainer_state(straight / "step-0000020")
+    sb = checkpoint.load_trainer_state(resumed)
+    assert sa["history"]["val_loss"] == sb["history"]["val_loss"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real, calls = F.cross_entropy, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] > 15 else 1.0)
+
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step \d+.*step-0000010"):
+        run(tmp_path, checkpoint_interval=10, eval_interval=1000)
+    monkeypatch.undo()
+    assert (tmp_path / "latest").read_text().strip() == "step-0000010"
+    model = checkpoint.load_model(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
+    run(tmp_path, max_steps=10)
+    other = MoETransformer(shrunk("tiny", d_ff=40, n_layers=3))
+    with pytest.raises(ValueError, match=r"w_up: checkpoint \(16, 32, 24\) vs model \(16, 32, 40\).*missing blocks\.2"):
+        checkpoint.load_weights(other, tmp_path)
+    with pytest.raises(ValueError, match="does not fit"):
+        run(tmp_path, shrunk("tiny", d_ff=40), resume=True, max_steps=20)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.load_model(tmp_path / "nothing-here")
+
+
+def test_a_write_killed_midway_never_corrupts_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = shrunk("tiny")
+    run(tmp_path, cfg, max_steps=10)
+    before = checkpoint.load_model(tmp_path).state_dict()
+
+    def dies_midway(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("killed")
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_midway)
+    with pytest.raises(OSError, match="killed"):
+        checkpoint.save_checkpoint(tmp_path, MoETransformer(cfg), cfg, step=20)
+    monkeypatch.undo()
+    assert (tmp_path / "latest").read_text().strip() == "step-0000010"
+    after = checkpoint.load_model(tmp_path).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    s = run(tmp_path, cfg, resume=True, max_steps=20)  # and training goes on from it
+    assert s["steps"] == 20
+
+
+def test_ctrl_c_writes_a_checkpoint(tmp_path):
+    cmd = [sys.executable, "-u", "-m", "moe", "train", "--config", "tiny", "--out", str(tmp_path), "--no-progress",
+           "--max-steps", "100000", "--time-budget", "0", "--batch-size", "4", "--seq-len", "16",
+           "--set", "d_model=32", "--set", "n_layers=1", "--set", "eval_interval=5", "--set", "eval_batches=1",
+           "--set", "checkpoint_interval=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 10/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "interrupted: step" in out
+    step = int(out.split("interrupted: step ")[1].split(",")[0])
+    assert step >= 10 and (tmp_path / "latest").read_text().strip() == f"step-{step:07d}"
+    state = checkpoint.load_trainer_state(tmp_path)
+    assert state["step"] == step
+
+
+def test_generate_cli_and_errors(tmp_path):
+    run(tmp_path, max_steps=10)
+    ok = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To be",
+                         "--max-new-tokens", "8", "--greedy"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("To be")
+    bad = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "x" * 70],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "longer than max_seq_len 64" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no checkpoint" in missing.stderr
+    preset = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "huge"], capture_output=True, text=True)
+    assert preset.returncode == 2 and "unknown preset 'huge'" in preset.stderr
