@@ -54,12 +54,12 @@ def grouped_mm_reference(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor
 
 def _native_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether F.grouped_mm takes these operands: float32/16 or bf16, every non-unit stride and the
-    data pointer a multiple of 16 bytes. On CUDA we only trust it for bf16 (its documented Hopper
-    path); everything else takes the padded path."""
+    data pointer a multiple of 16 bytes. On CUDA we only trust it for bf16 on Hopper or newer (its
+    CUTLASS path); everything else, an A100 included, takes the padded path."""
     if not hasattr(F, "grouped_mm"):
         return False
     if a.device.type == "cuda":
-        return a.dtype == torch.bfloat16
+        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (9, 0)
     if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
     size = a.element_size()

@@ -40,7 +40,7 @@ def cmd_train(args) -> None:
 
     out = args.out or f"runs/{model_cfg.name}"
     print(f"training {model_cfg.name} -> {out}")
-    train(model_cfg, train_cfg, out, resume=args.resume, device=args.device,
+    train(model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
           progress=None if not args.no_progress else False)
 
 
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="tiny", help="preset name or .toml path")
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)")
     t.add_argument("--dense", action="store_true",
                    help="train the dense twin: one expert, top-1, top_k x d_ff wide (same active parameters)")
     t.add_argument("--lr", type=float, help="peak learning rate")

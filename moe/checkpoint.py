@@ -82,6 +82,14 @@ def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConf
     return final
 
 
+def remove_checkpoints(run_dir) -> None:
+    """Delete a run directory's checkpoints (the pointer first, so no reader follows it into a gap)."""
+    run_dir = pathlib.Path(run_dir)
+    (run_dir / "latest").unlink(missing_ok=True)
+    for d in run_dir.glob("step-*"):
+        shutil.rmtree(d)
+
+
 def resolve(path) -> pathlib.Path:
     """The step directory for a run directory (through `latest`) or a step directory itself."""
     path = pathlib.Path(path)

@@ -2,9 +2,11 @@
 periodic validation, atomic checkpoints, exact resume, a PNG of the run at the end.
 
 Wall-clock accounting: `train_time_s` counts time spent in training steps only (not validation,
-checkpoints or plotting); the loss curves are plotted against it. With `time_budget_s`, the step
-time is measured over steps 10-30 and max_steps is fitted so training takes about that long; the
-fitted value is saved, so a resumed run follows the same schedule.
+checkpoints or plotting); the loss curves are plotted against it. With `time_budget_s`, max_steps
+(the end of the cosine schedule) is fitted so training ends at the budget: first from the step time
+over steps 10-30, then again at every validation from the steps since the last fit, because a
+shared machine's speed drifts. A time-budgeted schedule therefore depends on measured time; with
+time_budget_s = 0 the schedule is fixed by max_steps and a resumed run repeats a straight one exactly.
 
 Stops: max_steps reached; Ctrl-C (finishes the step, writes a checkpoint, exits); a loss that is
 not finite (stops, writes nothing, names the step and the last good checkpoint).
@@ -28,7 +30,7 @@ from moe.config import ModelConfig, TrainConfig
 from moe.data import get_batch, load_corpus, split_corpus
 from moe.model import MoETransformer
 
-CALIBRATE = (10, 30)  # steps between which the step time is measured for time_budget_s
+FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30
 
 
 class TrainingError(RuntimeError):
@@ -109,10 +111,16 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, device: str | None = None,
-          corpus=None, progress: bool | None = None, plot: bool = True, log=print) -> dict:
-    """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json)."""
+def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
+          device: str | None = None, corpus=None, progress: bool | None = None, plot: bool = True, log=print) -> dict:
+    """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
+    A fresh run refuses an out_dir that already holds checkpoints unless overwrite=True."""
     out_dir = pathlib.Path(out_dir)
+    if not resume and (out_dir / "latest").exists():
+        if not overwrite:
+            raise ValueError(f"{out_dir} already holds a checkpoint ({(out_dir / 'latest').read_text().strip()}); "
+                             "resume it with --resume, or pass --overwrite to replace it, or choose another --out")
+        checkpoint.remove_checkpoints(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     model = MoETransformer(model_cfg).to(device)
@@ -120,7 +128,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     train_data, val_data = split_corpus(load_corpus(corpus), cfg.val_fraction)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
-    calibrated = cfg.time_budget_s == 0
     L, E = model_cfg.n_layers, model_cfg.n_experts
     expert_tokens = torch.zeros(L, E, dtype=torch.int64)
 
@@ -136,8 +143,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         data_gen.set_state(state["data_rng"])
-        step, train_time, calibrated = state["step"], state["train_time_s"], state["calibrated"]
-        if cfg.time_budget_s and calibrated:  # keep the schedule fitted to the budget; else obey max_steps
+        step, train_time = state["step"], state["train_time_s"]
+        if cfg.time_budget_s and step > FIRST_FIT[1]:  # keep the schedule fitted so far; else obey max_steps
             max_steps = state["max_steps"]
         hist = History(**state["history"])
         expert_tokens = state["expert_tokens"]
@@ -151,7 +158,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
             raise TrainingError(f"weights became non-finite at step {step} ({', '.join(bad[:3])}...); stopped "
                                 f"without saving. Last good checkpoint: {last_good()}")
         state = dict(optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(), data_rng=data_gen.get_state(),
-                     step=step, train_time_s=train_time, max_steps=max_steps, calibrated=calibrated,
+                     step=step, train_time_s=train_time, max_steps=max_steps,
                      history=vars(hist), expert_tokens=expert_tokens)
         return checkpoint.save_checkpoint(out_dir, model, model_cfg, cfg, state, step)
 
@@ -164,13 +171,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     progress = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=max_steps, initial=step, disable=not progress, dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    running, n_running, t_cal = 0.0, 0, None
+    running, n_running = 0.0, 0
+    fit_mark = (step, train_time) if step >= FIRST_FIT[0] else None  # where the step-time window starts
     interrupted = False
     model.train()
     with _Interrupt() as interrupt:
         while step < max_steps:
-            if step == CALIBRATE[0] and not calibrated:
-                t_cal = train_time
+            if step == FIRST_FIT[0]:
+                fit_mark = (step, train_time)
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg, max_steps)
@@ -195,12 +203,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
             train_time += dt
             running, n_running = running + loss, n_running + 1
 
-            if step == CALIBRATE[1] and not calibrated and t_cal is not None:
-                per_step = (train_time - t_cal) / (CALIBRATE[1] - CALIBRATE[0])
-                max_steps = max(step + 1, step + int((cfg.time_budget_s - train_time) / per_step))
-                calibrated = True
-                bar.total = max_steps
-                log(f"time budget {cfg.time_budget_s:.0f}s at {per_step * 1e3:.1f} ms/step: max_steps = {max_steps}")
+            refit = step == FIRST_FIT[1] or (step > FIRST_FIT[1] and step % cfg.eval_interval == 0)
+            if cfg.time_budget_s and refit and fit_mark is not None and step > fit_mark[0]:
+                per_step = (train_time - fit_mark[1]) / (step - fit_mark[0])
+                fitted = max(step + 1, step + int((cfg.time_budget_s - train_time) / per_step))
+                if step == FIRST_FIT[1] or abs(fitted - max_steps) > max_steps // 100:
+                    log(f"time budget {cfg.time_budget_s:.0f}s at {per_step * 1e3:.1f} ms/step: max_steps = {fitted}")
+                max_steps, fit_mark, bar.total = fitted, (step, train_time), fitted
 
             balance = (counts.max(dim=1).values.float() / counts.float().mean(dim=1)).mean().item()
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}", load_max_mean=f"{balance:.2f}")

@@ -1,5 +1,5 @@
 """MoE versus its dense twin: validation loss against wall-clock time and tokens, plus where the MoE's
-step time goes. Reads two finished runs' summary.json (from `python -m moe train`), writes a PNG, a
+layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces. Reads two finished runs' summary.json (from `python -m moe train`), writes a PNG, a
 JSON and a markdown table under --out.
 
     python -m moe train --config tiny --out runs/tiny
@@ -13,78 +13,61 @@ import argparse
 import json
 import pathlib
 import platform
+import statistics
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+import torch.nn.functional as F
 
-from moe.config import load_config, load_train_config
-from moe.data import get_batch, load_corpus
-from moe.model import MoETransformer
+import kernels
+from moe.config import load_config
 from moe.plots import plot_comparison
-from moe.train import make_optimizer
+from moe.router import TopKRouter
 
-# Buckets of the MoE step, by the ops that implement them (CPU op names from torch.profiler).
-PHASES = {
-    "router (gate, softmax, sort, aux losses)": ("router",),
-    "permutation (sort by expert, gather, combine)": ("permute",),
-    "expert grouped matmuls + activation": ("experts",),
-}
-
-
-def val_at(summary: dict, seconds: float) -> float | None:
-    """Validation loss at the last evaluation no later than `seconds` of training."""
-    h = summary["history"]
-    vals = [v for t, v in zip(h["train_time_s"], h["val_loss"]) if t <= seconds + 1e-9]
-    return vals[-1] if vals else None
+def _median_ms(fn, n: int = 40) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return round(statistics.median(times) * 1e3, 3)
 
 
-def profile_step(config: str, steps: int = 10) -> dict:
-    """Split one training step of the tiny MoE into router, permutation, experts and the rest."""
-    import kernels
-    from moe import moe_layer, router
-
-    cfg, tcfg = load_config(config), load_train_config(config)
+def layer_breakdown(config: str, batch_tokens: int) -> dict:
+    """Forward+backward milliseconds of the parts of one MoE layer, beside the dense MLP with the
+    same active width that its dense twin runs instead, on the same T tokens (median of 40 runs)."""
+    cfg = load_config(config)
+    T, D, E, K, F_ = batch_tokens, cfg.d_model, cfg.n_experts, cfg.top_k, cfg.d_ff
     torch.manual_seed(0)
-    model = MoETransformer(cfg)
-    opt = make_optimizer(model, tcfg)
-    data = load_corpus()
-    gen = torch.Generator().manual_seed(0)
+    x_TD = torch.randn(T, D, requires_grad=True)
+    router = TopKRouter(D, E, K)
+    r = router(x_TD)
+    weights_TK, experts_TK = r.weights.detach().requires_grad_(), r.experts
+    order_M, offsets_E = kernels.sort_by_expert(experts_TK.reshape(-1), E)
+    x_MD = x_TD.detach()[order_M // K].requires_grad_()
+    w_up, w_down = torch.randn(E, D, F_, requires_grad=True), torch.randn(E, F_, D, requires_grad=True)
+    dense_up, dense_down = torch.randn(D, K * F_, requires_grad=True), torch.randn(K * F_, D, requires_grad=True)
 
-    def labelled(fn, label):
-        def wrapper(*a, **k):
-            with record_function(label):
-                return fn(*a, **k)
-        return wrapper
+    def router_part():
+        out = router(x_TD)
+        (out.aux_loss + out.weights.sum()).backward()
 
-    patches = [(router.TopKRouter, "forward", "router"), (kernels, "sort_by_expert", "permute"),
-               (kernels, "combine", "permute"), (moe_layer.MoELayer, "_expert_mlp", "experts")]
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    for obj, name, label in patches:
-        setattr(obj, name, labelled(getattr(obj, name), label))
-    try:
-        def step():
-            x, y = get_batch(data, tcfg.batch_size, tcfg.seq_len, gen)
-            out = model(x, targets=y)
-            (out.loss + out.aux_loss).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    def permutation_part():  # sort, gather rows, combine; the experts replaced by the identity
+        order, _ = kernels.sort_by_expert(experts_TK.reshape(-1), E)
+        kernels.combine(x_TD[order // K], order, weights_TK).sum().backward()
 
-        for _ in range(3):
-            step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                with record_function("step"):
-                    step()
-    finally:
-        for obj, name, fn in saved:
-            setattr(obj, name, fn)
-    # Forward time by label (record_function ranges); backward ops are attributed by autograd's
-    # sequence numbers only loosely, so we report forward shares plus the whole-step time.
-    totals = {e.key: e.cpu_time_total / steps / 1e3 for e in prof.key_averages() if e.key in
-              ("step", "router", "permute", "experts", "Optimizer.step#AdamW.step")}
-    return {k: round(v, 2) for k, v in totals.items()}
+    def experts_part():
+        h = F.gelu(kernels.grouped_mm(x_MD, w_up, offsets_E))
+        kernels.grouped_mm(h, w_down, offsets_E).sum().backward()
+
+    def dense_part():
+        (F.gelu(x_TD @ dense_up) @ dense_down).sum().backward()
+
+    parts = {"router": router_part, "permutation": permutation_part, "experts (grouped matmuls + gelu)": experts_part,
+             "dense MLP of the twin (same FLOPs)": dense_part}
+    return {name: _median_ms(fn) for name, fn in parts.items()}
 
 
 def main() -> None:
@@ -92,12 +75,13 @@ def main() -> None:
     ap.add_argument("moe_run")
     ap.add_argument("dense_run")
     ap.add_argument("--out", default="bench/results/cpu-2core")
-    ap.add_argument("--config", default="tiny", help="preset of the MoE run, for the step profile")
+    ap.add_argument("--config", default="tiny", help="preset of the MoE run, for the layer breakdown")
+    ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
     args = ap.parse_args()
     runs = [json.loads((pathlib.Path(r) / "summary.json").read_text()) for r in (args.moe_run, args.dense_run)]
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot_comparison(runs, out / "moe_vs_dense.png", f"{runs[0]['config']} vs {runs[1]['config']}, "
+    plot_comparison(runs, out / f"{args.name}.png", f"{runs[0]['config']} vs {runs[1]['config']}, "
                     f"{runs[0]['threads']} CPU threads, {runs[0]['date']}")
     budget = min(r["train_time_s"] for r in runs)
     rows = []
@@ -112,21 +96,21 @@ def main() -> None:
         h = r["history"]
         row[f"val_loss_at_{tokens / 1e6:.2f}M_tokens"] = round(
             [v for t, v in zip(h["tokens"], h["val_loss"]) if t <= tokens][-1], 4)
-    step_profile = profile_step(args.config)
-    result = {"runs": rows, "moe_step_profile_ms": step_profile, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
-    (out / "moe_vs_dense.json").write_text(json.dumps(result, indent=1))
+    tokens_per_step = runs[0]["tokens"] // runs[0]["steps"]
+    breakdown = layer_breakdown(args.config, tokens_per_step)
+    result = {"runs": rows, "layer_breakdown_ms": breakdown, "tokens_per_step": tokens_per_step,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     keys = list(rows[0])
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     table += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
-    prof = ["| part of one MoE training step | ms |", "|---|---|"]
-    names = {"step": "whole step (forward, backward, clip, AdamW)", "router": "router forward",
-             "permute": "permutation forward (sort, combine)", "experts": "expert MLPs forward (grouped matmuls)",
-             "Optimizer.step#AdamW.step": "AdamW step"}
-    prof += [f"| {names[k]} | {v} |" for k, v in step_profile.items()]
+    moe_layer_ms = sum(v for k, v in breakdown.items() if not k.startswith("dense"))
+    prof = [f"| one layer, forward + backward, {tokens_per_step} tokens | ms |", "|---|---|"]
+    prof += [f"| {k} | {v} |" for k, v in breakdown.items()]
+    prof += [f"| MoE layer total (router + permutation + experts) | {moe_layer_ms:.3f} |"]
     text = "\n".join(table) + "\n\n" + "\n".join(prof) + "\n"
-    (out / "moe_vs_dense.md").write_text(text)
+    (out / f"{args.name}.md").write_text(text)
     print(text)
 
 

@@ -96,6 +96,16 @@ def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
         checkpoint.load_model(tmp_path / "nothing-here")
 
 
+def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
+    run(tmp_path, max_steps=10)
+    with pytest.raises(ValueError, match="already holds a checkpoint.*--resume.*--overwrite"):
+        run(tmp_path, max_steps=10)
+    assert (tmp_path / "latest").read_text().strip() == "step-0000010"
+    s = train(shrunk("tiny"), TrainConfig(**{**FAST, "max_steps": 5}), tmp_path, overwrite=True, progress=False,
+              plot=False, log=lambda *_: None)
+    assert s["steps"] == 5 and sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000005"]
+
+
 def test_a_write_killed_midway_never_corrupts_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg = shrunk("tiny")
     run(tmp_path, cfg, max_steps=10)
