@@ -33,5 +33,7 @@ def combine(y_MD: torch.Tensor, order_M: torch.Tensor, weights_TK: torch.Tensor)
     T, k = weights_TK.shape
     y_AD = y_MD.new_zeros(T * k, y_MD.shape[1]).index_copy(0, order_M, y_MD)
     acc = torch.promote_types(y_MD.dtype, torch.float32)  # sum half precision in float32
-    out_TD = torch.einsum("tkd,tk->td", y_AD.view(T, k, -1).to(acc), weights_TK.to(acc))
+    # Multiply and sum, not einsum("tkd,tk->td"): on CPU the einsum became T tiny batched matmuls,
+    # 2.5x slower forward+backward at T=2048, k=2, D=128.
+    out_TD = (y_AD.view(T, k, -1).to(acc) * weights_TK.to(acc).unsqueeze(-1)).sum(dim=1)
     return out_TD.to(y_MD.dtype)

@@ -22,7 +22,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe.config import ModelConfig, TrainConfig
+from moe.config import ModelConfig, TrainConfig, from_dict
 
 KEEP = 2  # step directories kept
 
@@ -103,7 +103,7 @@ def resolve(path) -> pathlib.Path:
 def read_config(path) -> tuple[ModelConfig, dict | None]:
     step_dir = resolve(path)
     data = json.loads((step_dir / "config.json").read_text())
-    return ModelConfig(**data["model"]), data.get("train")
+    return from_dict(ModelConfig, data["model"], f"checkpoint {str(step_dir)!r}"), data.get("train")
 
 
 def load_weights(model: torch.nn.Module, path) -> pathlib.Path:

@@ -164,7 +164,8 @@ def _read_toml(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
             raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
-def _build(cls, values: dict, where: str):
+def from_dict(cls, values: dict, where: str):
+    """cls(**values), with unknown keys reported as a ValueError naming them and where they came from."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -177,12 +178,12 @@ def load_config(name_or_path: str | pathlib.Path, **overrides) -> ModelConfig:
     data, stem = _read_toml(name_or_path)
     data.pop("train", None)
     values = {"name": stem, **data, **overrides}
-    return _build(ModelConfig, values, f"config {str(name_or_path)!r}")
+    return from_dict(ModelConfig, values, f"config {str(name_or_path)!r}")
 
 
 def load_train_config(name_or_path: str | pathlib.Path, **overrides) -> TrainConfig:
     data, _ = _read_toml(name_or_path)
-    return _build(TrainConfig, {**data.get("train", {}), **overrides}, f"[train] of {str(name_or_path)!r}")
+    return from_dict(TrainConfig, {**data.get("train", {}), **overrides}, f"[train] of {str(name_or_path)!r}")
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
@@ -209,4 +210,4 @@ def parse_value(text: str):
 
 
 __all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names",
-           "split_overrides", "parse_value"]
+           "split_overrides", "parse_value", "from_dict"]

@@ -24,6 +24,12 @@ from moe.config import load_config
 from moe.plots import plot_comparison
 from moe.router import TopKRouter
 
+def val_at(summary: dict, key: str, limit: float) -> float:
+    """Validation loss at the last evaluation with history[key] (train_time_s or tokens) <= limit."""
+    h = summary["history"]
+    return [v for x, v in zip(h[key], h["val_loss"]) if x <= limit + 1e-9][-1]
+
+
 def _median_ms(fn, n: int = 40) -> float:
     for _ in range(5):
         fn()
@@ -83,19 +89,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_comparison(runs, out / f"{args.name}.png", f"{runs[0]['config']} vs {runs[1]['config']}, "
                     f"{runs[0]['threads']} CPU threads, {runs[0]['date']}")
-    budget = min(r["train_time_s"] for r in runs)
+    budget = min(r["history"]["train_time_s"][-1] for r in runs)
     rows = []
     for r in runs:
         rows.append({
             "run": r["config"], "steps": r["steps"], "tokens": r["tokens"], "train_time_s": r["train_time_s"],
             "tokens_per_s": r["tokens_per_s"], "final_val_loss": round(r["final_val_loss"], 4),
-            f"val_loss_at_{budget:.0f}s": round(val_at(r, budget), 4),
+            f"val_loss_at_{budget:.0f}s": round(val_at(r, "train_time_s", budget), 4),
         })
     tokens = min(r["tokens"] for r in runs)
     for row, r in zip(rows, runs):
-        h = r["history"]
-        row[f"val_loss_at_{tokens / 1e6:.2f}M_tokens"] = round(
-            [v for t, v in zip(h["tokens"], h["val_loss"]) if t <= tokens][-1], 4)
+        row[f"val_loss_at_{tokens / 1e6:.2f}M_tokens"] = round(val_at(r, "tokens", tokens), 4)
     tokens_per_step = runs[0]["tokens"] // runs[0]["steps"]
     breakdown = layer_breakdown(args.config, tokens_per_step)
     result = {"runs": rows, "layer_breakdown_ms": breakdown, "tokens_per_step": tokens_per_step,

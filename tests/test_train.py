@@ -94,6 +94,10 @@ def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
         run(tmp_path, shrunk("tiny", d_ff=40), resume=True, max_steps=20)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load_model(tmp_path / "nothing-here")
+    config = tmp_path / "step-0000010" / "config.json"
+    config.write_text(config.read_text().replace('"d_ff"', '"d_fff"'))
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*d_fff.*checkpoint"):
+        checkpoint.load_model(tmp_path)
 
 
 def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
