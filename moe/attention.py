@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from moe.config import ModelConfig
 
@@ -64,10 +65,9 @@ class Attention(nn.Module):
     def forward(self, x_BTD, cos_Td, sin_Td, input_pos_T=None, kv_len: int | None = None):
         """Without input_pos: plain causal attention over x. With input_pos (and a cache set up):
         write this chunk's K/V at those positions and attend over the cache up to kv_len."""
-        B, T, _ = x_BTD.shape
-        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = rearrange(self.wq(x_BTD), "b t (h d) -> b h t d", d=self.head_dim)
+        k = rearrange(self.wk(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
+        v = rearrange(self.wv(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
         q, k = apply_rope(q, cos_Td, sin_Td), apply_rope(k, cos_Td, sin_Td)
         gqa = self.n_kv_heads != self.n_heads
         if input_pos_T is None:
@@ -78,4 +78,4 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos_T, k, v, kv_len)
             mask_TS = torch.arange(kv_len, device=q.device) <= input_pos_T[:, None]  # causal over the cache
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask_TS, enable_gqa=gqa)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(rearrange(y, "b h t d -> b t (h d)"))

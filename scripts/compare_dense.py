@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,10 +25,11 @@ from moe.config import load_config
 from moe.plots import plot_comparison
 from moe.router import TopKRouter
 
-def val_at(summary: dict, key: str, limit: float) -> float:
-    """Validation loss at the last evaluation with history[key] (train_time_s or tokens) <= limit."""
+def val_at(summary: dict, key: str, at: float) -> float:
+    """Validation loss at history[key] (train_time_s or tokens) = at, linearly interpolated between
+    evaluations (never extrapolated: `at` is at most the run's last evaluation)."""
     h = summary["history"]
-    return [v for x, v in zip(h[key], h["val_loss"]) if x <= limit + 1e-9][-1]
+    return float(np.interp(at, h[key], h["val_loss"]))
 
 
 def _median_ms(fn, n: int = 40) -> float:

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m moe train --config tiny --out runs/tiny --overwrite
-.venv/bin/python -m moe generate --checkpoint runs/tiny --prompt "ROMEO." --max-new-tokens 300 --seed 0
+.venv/bin/python -m moe generate --checkpoint runs/tiny --prompt "ROMEO." --max-new-tokens 240 --seed 0
 .venv/bin/python -m moe figures --config gpt4
