@@ -11,7 +11,6 @@ _LAZY = {
     "Attention": "moe.attention", "KVCache": "moe.attention",
     "MoELayer": "moe.moe_layer", "moe_layer_reference": "moe.moe_layer",
     "TopKRouter": "moe.router", "route": "moe.router", "RouterOutput": "moe.router",
-    "generate": "moe.generate", "train": "moe.train",
 }
 
 

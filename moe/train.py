@@ -4,8 +4,8 @@ periodic validation, atomic checkpoints, exact resume, a PNG of the run at the e
 Wall-clock accounting: `train_time_s` counts time spent in training steps only (not validation,
 checkpoints or plotting); the loss curves are plotted against it. With `time_budget_s`, max_steps
 (the end of the cosine schedule) is fitted so training ends at the budget: first from the step time
-over steps 10-30, then again at every validation from the steps since the last fit, because a
-shared machine's speed drifts. A time-budgeted schedule therefore depends on measured time; with
+over steps 10-30, then every 10 steps from the steps since the last fit, because a shared
+machine's speed drifts (and a slow first window must not cut the run short). A time-budgeted schedule therefore depends on measured time; with
 time_budget_s = 0 the schedule is fixed by max_steps and a resumed run repeats a straight one exactly.
 
 Stops: max_steps reached; Ctrl-C (finishes the step, writes a checkpoint, exits); a loss that is
@@ -24,13 +24,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from moe import checkpoint
 from moe.config import ModelConfig, TrainConfig
 from moe.data import get_batch, load_corpus, split_corpus
 from moe.model import MoETransformer
 
-FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30
+FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30,
+REFIT_EVERY = 10  # then re-fit every this many steps (and at the schedule's end), from the steps since the last fit
+_clock = time.perf_counter  # the step timer; tests replace it with a fake clock
 
 
 class TrainingError(RuntimeError):
@@ -166,20 +169,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
         latest = out_dir / "latest"
         return str(out_dir / latest.read_text().strip()) if latest.exists() else "none (nothing was saved yet)"
 
-    from tqdm import tqdm
-
     progress = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=max_steps, initial=step, disable=not progress, dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     running, n_running = 0.0, 0
     fit_mark = (step, train_time) if step >= FIRST_FIT[0] else None  # where the step-time window starts
-    interrupted = False
+    interrupted, saved = False, None
     model.train()
     with _Interrupt() as interrupt:
         while step < max_steps:
             if step == FIRST_FIT[0]:
                 fit_mark = (step, train_time)
-            t0 = time.perf_counter()
+            t0 = _clock()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg, max_steps)
             x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, data_gen)
@@ -199,14 +200,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
             counts = torch.stack([r.tokens_per_expert for r in out.routing]).cpu()
             expert_tokens += counts
             step += 1
-            dt = time.perf_counter() - t0
+            dt = _clock() - t0
             train_time += dt
             running, n_running = running + loss, n_running + 1
 
-            refit = step == FIRST_FIT[1] or (step > FIRST_FIT[1] and step % cfg.eval_interval == 0)
+            refit = step == FIRST_FIT[1] or (step > FIRST_FIT[1] and (step % REFIT_EVERY == 0 or step == max_steps))
             if cfg.time_budget_s and refit and fit_mark is not None and step > fit_mark[0]:
                 per_step = (train_time - fit_mark[1]) / (step - fit_mark[0])
-                fitted = max(step + 1, step + int((cfg.time_budget_s - train_time) / per_step))
+                fitted = max(step, step + int((cfg.time_budget_s - train_time) / per_step))
                 if step == FIRST_FIT[1] or abs(fitted - max_steps) > max_steps // 100:
                     log(f"time budget {cfg.time_budget_s:.0f}s at {per_step * 1e3:.1f} ms/step: max_steps = {fitted}")
                 max_steps, fit_mark, bar.total = fitted, (step, train_time), fitted
@@ -227,12 +228,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
                        f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s  load max/mean {balance:.2f}")
                 bar.write(msg) if progress else log(msg)
             if step % cfg.checkpoint_interval == 0 or step == max_steps:
-                save()
+                saved = save()
             if interrupt.requested:
                 interrupted = True
                 break
     bar.close()
-    saved = save()
+    if saved is None or saved.name != f"step-{step:07d}":  # interrupted between checkpoints
+        saved = save()
     summary = {
         "config": model_cfg.name, "steps": step, "max_steps": max_steps, "tokens": step * tokens_per_step,
         "train_time_s": round(train_time, 2), "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),

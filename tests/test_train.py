@@ -39,6 +39,28 @@ def test_plot_is_written(tmp_path):
     assert (tmp_path / "training.png").stat().st_size > 10_000
 
 
+def test_time_budget_refits_when_the_machine_speeds_up(tmp_path, monkeypatch):
+    """A fake clock (binary-exact durations): steps 10-29 take 0.5 s, all others 0.125 s; budget 20 s.
+    The first fit, at step 30 with 11.25 s spent, expects 0.5 s/step and would stop at step 47;
+    re-fitting from the faster later steps must end exactly at the budget: step 100, 20 s."""
+    import moe.train as train_module
+
+    calls = {"n": 0}
+
+    def duration(i):
+        return 0.5 if 10 <= i < 30 else 0.125
+
+    def fake_clock():  # called twice per step: at its start and at its end
+        i, end = divmod(calls["n"], 2)
+        calls["n"] += 1
+        return sum(duration(s) for s in range(i)) + (duration(i) if end else 0.0)
+
+    monkeypatch.setattr(train_module, "_clock", fake_clock)
+    s = run(tmp_path, max_steps=10_000, time_budget_s=20.0, eval_interval=1000, checkpoint_interval=1000)
+    assert (s["max_steps"], s["steps"]) == (100, 100)
+    assert s["train_time_s"] == 20.0
+
+
 def test_checkpoint_round_trip(tmp_path):
     cfg = shrunk("tiny", tie_embeddings=True)
     run(tmp_path, cfg, max_steps=10)
