@@ -59,11 +59,12 @@ def _native_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     if not hasattr(F, "grouped_mm"):
         return False
     if a.device.type == "cuda":
-        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (9, 0)
-    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return False
+        dtype_ok = a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (9, 0)
+    else:
+        dtype_ok = a.device.type == "cpu" and a.dtype in (torch.float32, torch.float16, torch.bfloat16)
     size = a.element_size()
-    return all(t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in t.stride() if s != 1) for t in (a, b))
+    return dtype_ok and all(t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in t.stride() if s != 1)
+                            for t in (a, b))
 
 
 def _row_groups(offsets: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -69,14 +69,16 @@ class MoELayer(nn.Module):
         return y_TD.view_as(x), r
 
     def _expert_mlp(self, x_MD: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-        backend = self.cfg.expert_backend
-        dtype = torch.get_autocast_dtype(x_MD.device.type) if torch.is_autocast_enabled(x_MD.device.type) else x_MD.dtype
+        device = x_MD.device.type
+        # Under autocast, run the experts in its dtype: grouped_mm is not an autocast-aware op.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x_MD.dtype
         x_MD = x_MD.to(dtype)
 
         def mm(a, w):
-            return kernels.grouped_mm(a, w.to(dtype), offsets_E, backend=backend)
+            return kernels.grouped_mm(a, w.to(dtype), offsets_E, backend=self.cfg.expert_backend)
 
-        h_MF = _activation(self.cfg.activation, mm(x_MD, self.w_up), None if self.w_gate is None else mm(x_MD, self.w_gate))
+        gate_MF = None if self.w_gate is None else mm(x_MD, self.w_gate)
+        h_MF = _activation(self.cfg.activation, mm(x_MD, self.w_up), gate_MF)
         return mm(h_MF, self.w_down)
 
 
