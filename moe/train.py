@@ -208,7 +208,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
             if cfg.time_budget_s and refit and fit_mark is not None and step > fit_mark[0]:
                 per_step = (train_time - fit_mark[1]) / (step - fit_mark[0])
                 fitted = max(step, step + int((cfg.time_budget_s - train_time) / per_step))
-                if step == FIRST_FIT[1] or abs(fitted - max_steps) > max_steps // 100:
+                if step == FIRST_FIT[1] or abs(fitted - max_steps) > max_steps // 20:  # quiet on noise
                     log(f"time budget {cfg.time_budget_s:.0f}s at {per_step * 1e3:.1f} ms/step: max_steps = {fitted}")
                 max_steps, fit_mark, bar.total = fitted, (step, train_time), fitted
 
