@@ -5,8 +5,9 @@ Wall-clock accounting: `train_time_s` counts time spent in training steps only (
 checkpoints or plotting); the loss curves are plotted against it. With `time_budget_s`, max_steps
 (the end of the cosine schedule) is fitted so training ends at the budget: first from the step time
 over steps 10-30, then every 10 steps from the steps since the last fit, because a shared
-machine's speed drifts (and a slow first window must not cut the run short). A time-budgeted schedule therefore depends on measured time; with
-time_budget_s = 0 the schedule is fixed by max_steps and a resumed run repeats a straight one exactly.
+machine's speed drifts (and a slow first window must not cut the run short). A time-budgeted
+schedule therefore depends on measured time; with time_budget_s = 0 the schedule is fixed by
+max_steps and a resumed run repeats a straight one exactly.
 
 Stops: max_steps reached; Ctrl-C (finishes the step, writes a checkpoint, exits); a loss that is
 not finite (stops, writes nothing, names the step and the last good checkpoint).
@@ -31,8 +32,8 @@ from moe.config import ModelConfig, TrainConfig
 from moe.data import get_batch, load_corpus, split_corpus
 from moe.model import MoETransformer
 
-FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30,
-REFIT_EVERY = 10  # then re-fit every this many steps (and at the schedule's end), from the steps since the last fit
+FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30
+REFIT_EVERY = 10  # then re-fit this often (and at the schedule's end) from the steps since the last fit
 _clock = time.perf_counter  # the step timer; tests replace it with a fake clock
 
 
@@ -174,7 +175,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     tokens_per_step = cfg.batch_size * cfg.seq_len
     running, n_running = 0.0, 0
     fit_mark = (step, train_time) if step >= FIRST_FIT[0] else None  # where the step-time window starts
-    interrupted, saved = False, None
+    interrupted, saved, saved_step = False, None, None
     model.train()
     with _Interrupt() as interrupt:
         while step < max_steps:
@@ -228,12 +229,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
                        f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s  load max/mean {balance:.2f}")
                 bar.write(msg) if progress else log(msg)
             if step % cfg.checkpoint_interval == 0 or step == max_steps:
-                saved = save()
+                saved, saved_step = save(), step
             if interrupt.requested:
                 interrupted = True
                 break
     bar.close()
-    if saved is None or saved.name != f"step-{step:07d}":  # interrupted between checkpoints
+    if saved_step != step:  # interrupted between checkpoints
         saved = save()
     summary = {
         "config": model_cfg.name, "steps": step, "max_steps": max_steps, "tokens": step * tokens_per_step,

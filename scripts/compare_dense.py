@@ -1,6 +1,7 @@
 """MoE versus its dense twin: validation loss against wall-clock time and tokens, plus where the MoE's
-layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces. Reads two finished runs' summary.json (from `python -m moe train`), writes a PNG, a
-JSON and a markdown table under --out.
+layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces. Reads two
+finished runs' summary.json (from `python -m moe train`), writes a PNG, a JSON and a markdown table
+under --out.
 
     python -m moe train --config tiny --out runs/tiny
     python -m moe train --config tiny --dense --out runs/tiny-dense
@@ -18,12 +19,12 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import kernels
 from moe.config import load_config
+from moe.moe_layer import MoELayer
 from moe.plots import plot_comparison
-from moe.router import TopKRouter
+
 
 def val_at(summary: dict, key: str, at: float) -> float:
     """Validation loss at history[key] (train_time_s or tokens) = at, linearly interpolated between
@@ -44,36 +45,36 @@ def _median_ms(fn, n: int = 40) -> float:
 
 
 def layer_breakdown(config: str, batch_tokens: int) -> dict:
-    """Forward+backward milliseconds of the parts of one MoE layer, beside the dense MLP with the
-    same active width that its dense twin runs instead, on the same T tokens (median of 40 runs)."""
+    """Forward+backward milliseconds of the parts of one MoE layer of `config`, beside the expert MLP of
+    its dense twin's layer (the same active width and FLOPs), on the same T tokens (median of 40 runs).
+    Both run the model's own modules, so the activation (GELU or SwiGLU) is the preset's."""
     cfg = load_config(config)
-    T, D, E, K, F_ = batch_tokens, cfg.d_model, cfg.n_experts, cfg.top_k, cfg.d_ff
+    T, K = batch_tokens, cfg.top_k
     torch.manual_seed(0)
-    x_TD = torch.randn(T, D, requires_grad=True)
-    router = TopKRouter(D, E, K)
-    r = router(x_TD)
+    moe, dense = MoELayer(cfg), MoELayer(cfg.dense_twin())
+    x_TD = torch.randn(T, cfg.d_model, requires_grad=True)
+    r = moe.router(x_TD)
     weights_TK, experts_TK = r.weights.detach().requires_grad_(), r.experts
-    order_M, offsets_E = kernels.sort_by_expert(experts_TK.reshape(-1), E)
+    order_M, offsets_E = kernels.sort_by_expert(experts_TK.reshape(-1), cfg.n_experts)
     x_MD = x_TD.detach()[order_M // K].requires_grad_()
-    w_up, w_down = torch.randn(E, D, F_, requires_grad=True), torch.randn(E, F_, D, requires_grad=True)
-    dense_up, dense_down = torch.randn(D, K * F_, requires_grad=True), torch.randn(K * F_, D, requires_grad=True)
+    all_rows = torch.tensor([T], dtype=torch.int32)
 
     def router_part():
-        out = router(x_TD)
+        out = moe.router(x_TD)
         (out.aux_loss + out.weights.sum()).backward()
 
     def permutation_part():  # sort, gather rows, combine; the experts replaced by the identity
-        order, _ = kernels.sort_by_expert(experts_TK.reshape(-1), E)
+        order, _ = kernels.sort_by_expert(experts_TK.reshape(-1), cfg.n_experts)
         kernels.combine(x_TD[order // K], order, weights_TK).sum().backward()
 
     def experts_part():
-        h = F.gelu(kernels.grouped_mm(x_MD, w_up, offsets_E))
-        kernels.grouped_mm(h, w_down, offsets_E).sum().backward()
+        moe._expert_mlp(x_MD, offsets_E).sum().backward()
 
-    def dense_part():
-        (F.gelu(x_TD @ dense_up) @ dense_down).sum().backward()
+    def dense_part():  # what the twin's layer runs: one expert holding every token
+        dense._expert_mlp(x_TD, all_rows).sum().backward()
 
-    parts = {"router": router_part, "permutation": permutation_part, "experts (grouped matmuls + gelu)": experts_part,
+    parts = {"router": router_part, "permutation": permutation_part,
+             "experts (grouped matmuls + activation)": experts_part,
              "dense MLP of the twin (same FLOPs)": dense_part}
     return {name: _median_ms(fn) for name, fn in parts.items()}
 
