@@ -11,20 +11,25 @@ C the largest row count of any expert (padded layout only).
 `grouped_mm` is differentiable in x and w. Its PyTorch path calls `torch.nn.functional.grouped_mm`
 where that op accepts the inputs, and otherwise a padded batched matmul; neither loops over experts
 in Python. `grouped_mm_reference` is the slow, obviously correct loop the tests hold it against.
-The Triton kernels (a separate issue) plug in behind `backend="triton"`.
+`backend="triton"` runs the Triton kernels of kernels/triton_grouped_mm.py instead.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, check_end: bool | None = None) -> None:
-    """Raise a ValueError naming the problem instead of computing garbage. Whether offsets end at M
-    is checked where that costs no device sync (offsets on the CPU), or when check_end is True."""
+    """Raise a ValueError naming the problem instead of computing garbage. The offsets' values
+    (non-decreasing, ending at M) are checked where that costs no device sync (offsets on the CPU),
+    or whenever check_end is True."""
     if x.dim() != 2 or w.dim() != 3:
         raise ValueError(f"grouped_mm expects x [M, K] and w [E, K, N], got x {tuple(x.shape)} and w {tuple(w.shape)}")
     if x.shape[1] != w.shape[1]:
@@ -39,8 +44,44 @@ def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tenso
         raise ValueError(f"grouped_mm: x on {x.device}, w on {w.device}, offsets on {offsets.device}")
     if check_end is None:
         check_end = offsets.device.type == "cpu"
-    if check_end and offsets.numel() and int(offsets[-1]) != x.shape[0]:
-        raise ValueError(f"grouped_mm: offsets end at {int(offsets[-1])} but x has {x.shape[0]} rows")
+    if check_end:
+        check_offsets(offsets, x.shape[0])
+
+
+def check_offsets(offsets: torch.Tensor, m: int) -> None:
+    """Offsets must be non-decreasing, start at or above 0 and end at m (one device sync on a GPU)."""
+    ends = offsets.tolist()
+    if (ends[-1] if ends else 0) != m:
+        raise ValueError(f"grouped_mm: offsets end at {ends[-1] if ends else 0} but x has {m} rows")
+    if any(b < a for a, b in zip([0] + ends[:-1], ends)):
+        raise ValueError(f"grouped_mm: offsets must be non-decreasing from 0, got {ends}")
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """'auto' is Triton for CUDA tensors of a dtype the kernels take, PyTorch otherwise. An explicit
+    'triton' is checked: CUDA tensors, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"expert backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and x.dtype in TRITON_DTYPES and _triton_available() else "torch"
+    if backend == "triton":
+        if not _triton_available():
+            raise ValueError("expert backend 'triton': the triton package is not installed")
+        if x.dtype not in TRITON_DTYPES:
+            raise ValueError(f"expert backend 'triton' takes {TRITON_DTYPES}, got {x.dtype}; use backend='torch'")
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"expert backend 'triton' needs CUDA tensors, got {x.device} "
+                             "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU)")
+    return backend
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def grouped_mm_reference(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -126,11 +167,37 @@ class _GroupedMM(torch.autograd.Function):
         return dx, dw, None
 
 
-def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc."""
-    check_grouped_mm_args(x, w, offsets)
-    if backend not in BACKENDS:
-        raise ValueError(f"grouped_mm: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("grouped_mm: the Triton backend is not built yet; use 'auto' or 'torch'")
+class _TritonGroupedMM(torch.autograd.Function):
+    """The same op on the Triton kernels: dX is a grouped matmul against w^T (a strided view, no
+    copy), dW a per-expert reduction over each expert's rows."""
+
+    @staticmethod
+    def forward(ctx, x_MK, w_EKN, offsets):
+        from kernels.triton_grouped_mm import rows_mm
+
+        ctx.save_for_backward(x_MK, w_EKN, offsets)
+        return rows_mm(x_MK, w_EKN, offsets, x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2]), m=x_MK.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy_MN):
+        from kernels.triton_grouped_mm import expert_xt_y, rows_mm
+
+        x_MK, w_EKN, offsets = ctx.saved_tensors
+        dy_MN, m = dy_MN.contiguous(), x_MK.shape[0]
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = rows_mm(dy_MN, w_EKN.transpose(1, 2), offsets, x_MK.new_empty(x_MK.shape), m=m)
+        if ctx.needs_input_grad[1]:
+            dw = expert_xt_y(x_MK, dy_MN, offsets, w_EKN.new_empty(w_EKN.shape), m=m)
+        return dx, dw, None
+
+
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto",
+               check_end: bool = True) -> torch.Tensor:
+    """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc.
+    check_end=False skips checking the offsets' values (a device sync on a GPU): for callers that
+    built them with sort_by_expert."""
+    check_grouped_mm_args(x, w, offsets, check_end=check_end)
+    if resolve_backend(backend, x) == "triton":
+        return _TritonGroupedMM.apply(x, w, offsets)
     return _GroupedMM.apply(x, w, offsets)

@@ -9,8 +9,9 @@ Expert weights are stacked per expert (Mixtral's math, transposed to [in, out] f
 with w_up, w_gate [E, D, F] and w_down [E, F, D]. Hugging Face's Mixtral stores expert e as
 w1 = w_gate[e].T, w3 = w_up[e].T, w2 = w_down[e].T (nn.Linear keeps [out, in]).
 
-Dispatch (no Python loop over experts): sort the A assignments by expert, gather their token rows,
-grouped matmul, activation, grouped matmul, then weight and sum back into token order.
+Dispatch (no Python loop over experts): sort the A assignments by expert, then `kernels.expert_mlp`
+gathers their token rows, runs grouped matmul, activation, grouped matmul, and weights and sums the
+results back into token order (on a GPU in two fused Triton kernels; see kernels/expert_mlp.py).
 `moe_layer_reference` below is the per-token loop the tests hold this against.
 """
 
@@ -20,15 +21,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import kernels
+from kernels.expert_mlp import activation
 from moe.config import ModelConfig
 from moe.router import RouterOutput, TopKRouter
-
-
-def _activation(name: str, h_up, h_gate=None):
-    return F.silu(h_gate) * h_up if name == "swiglu" else F.gelu(h_up)
 
 
 class MoELayer(nn.Module):
@@ -57,29 +54,25 @@ class MoELayer(nn.Module):
         """x [..., D] -> (y [..., D], the routing of its T = x[..., 0].numel() tokens)."""
         x_TD = x.reshape(-1, x.shape[-1])
         r = self.router(x_TD)
+        x_TD, w_up, w_gate, w_down = self._autocast(x_TD, self.w_up, self.w_gate, self.w_down)
+        common = dict(activation_name=self.cfg.activation, backend=self.cfg.expert_backend, check_end=False)
         if self.cfg.n_experts == 1 and r.keep is None:  # dense twin: all tokens to expert 0, weight 1
-            y_TD = self._expert_mlp(x_TD, x_TD.new_tensor([x_TD.shape[0]], dtype=torch.int32))
-            return y_TD.view_as(x), r
-        T, K = r.experts.shape
+            offsets = torch.tensor([x_TD.shape[0]], dtype=torch.int32, device=x.device)
+            y_TD = kernels.sorted_mlp(x_TD, offsets, w_up, w_gate, w_down, **common)
+            return y_TD.view(x.shape), r
         experts_A = r.experts.reshape(-1) if r.keep is None else r.experts.masked_fill(~r.keep, -1).reshape(-1)
         order_M, offsets_E = kernels.sort_by_expert(experts_A, self.cfg.n_experts, has_dropped=r.keep is not None)
-        x_MD = x_TD[order_M // K]  # the token row of each kept assignment, grouped by expert
-        y_MD = self._expert_mlp(x_MD, offsets_E)
-        y_TD = kernels.combine(y_MD, order_M, r.weights)
-        return y_TD.view_as(x), r
+        y_TD = kernels.expert_mlp(x_TD, r.weights, order_M, offsets_E, w_up, w_gate, w_down, **common)
+        return y_TD.view(x.shape), r
 
-    def _expert_mlp(self, x_MD: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-        device = x_MD.device.type
-        # Under autocast, run the experts in its dtype: grouped_mm is not an autocast-aware op.
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x_MD.dtype
-        x_MD = x_MD.to(dtype)
-
-        def mm(a, w):
-            return kernels.grouped_mm(a, w.to(dtype), offsets_E, backend=self.cfg.expert_backend)
-
-        gate_MF = None if self.w_gate is None else mm(x_MD, self.w_gate)
-        h_MF = _activation(self.cfg.activation, mm(x_MD, self.w_up), gate_MF)
-        return mm(h_MF, self.w_down)
+    @staticmethod
+    def _autocast(*tensors):
+        """Under autocast, run the experts in its dtype: the expert ops are not autocast-aware."""
+        x = tensors[0]
+        if not torch.is_autocast_enabled(x.device.type):
+            return tensors
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def moe_layer_reference(layer: MoELayer, x: torch.Tensor, routing: RouterOutput | None = None) -> torch.Tensor:
@@ -97,6 +90,6 @@ def moe_layer_reference(layer: MoELayer, x: torch.Tensor, routing: RouterOutput 
                 continue
             up = x_TD[t] @ layer.w_up[e]
             gate = None if layer.w_gate is None else x_TD[t] @ layer.w_gate[e]
-            h = _activation(layer.cfg.activation, up, gate)
+            h = activation(layer.cfg.activation, up, gate)
             out_TD[t] += r.weights[t, j].to(x.dtype) * (h @ layer.w_down[e])
     return out_TD.view_as(x)

@@ -1,7 +1,32 @@
+import os
+
 import pytest
 import torch
 
-from moe.config import load_config
+# Without a GPU the Triton kernels run through Triton's interpreter; it must be chosen before triton
+# is first imported. With a GPU the same tests run the compiled kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from moe.config import load_config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+
+# Expert row counts the kernel tests sweep: empty experts, one row, all rows on one expert, ragged.
+COUNTS = {
+    "one row": [1],
+    "balanced": [3, 3, 3, 3],
+    "empty experts": [0, 5, 0, 2, 0],
+    "all on one": [0, 0, 9, 0],
+    "all empty but last": [0, 0, 0, 1],
+    "ragged": [1, 7, 0, 4, 13, 2],
+    "no rows": [0, 0, 0],
+}
+
+
+def offsets_from(counts, device="cpu"):
+    return torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
 
 
 def shrunk(preset: str = "tiny", **overrides):

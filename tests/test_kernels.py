@@ -4,25 +4,11 @@ import pytest
 import torch
 
 import kernels
+from conftest import COUNTS, offsets_from
 from kernels import grouped_matmul as gm
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-4, rtol=1e-4),
        torch.bfloat16: dict(atol=5e-2, rtol=5e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
-
-
-def offsets_from(counts):
-    return torch.tensor(counts).cumsum(0).to(torch.int32)
-
-
-COUNTS = {
-    "one row": [1],
-    "balanced": [3, 3, 3, 3],
-    "empty experts": [0, 5, 0, 2, 0],
-    "all on one": [0, 0, 9, 0],
-    "all empty but last": [0, 0, 0, 1],
-    "ragged": [1, 7, 0, 4, 13, 2],
-    "no rows": [0, 0, 0],
-}
 
 
 def reference_grads(x, w, offsets, dy):
@@ -94,12 +80,16 @@ def test_grouped_mm_bad_input(make, match):
         kernels.grouped_mm_reference(x, w, offsets)
 
 
-def test_unknown_and_unbuilt_backends():
+def test_unknown_and_unusable_backends(monkeypatch):
     args = (torch.randn(2, 4), torch.randn(1, 4, 4), offsets_from([2]))
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         kernels.grouped_mm(*args, backend="cutlass")
-    with pytest.raises(NotImplementedError, match="Triton"):
+    with pytest.raises(ValueError, match="float64"):
+        kernels.grouped_mm(*(t.double() if t.is_floating_point() else t for t in args), backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
         kernels.grouped_mm(*args, backend="triton")
+    assert gm.resolve_backend("auto", args[0]) == "torch"  # auto never picks Triton for CPU tensors
 
 
 def test_sort_by_expert_groups_stably_and_drops():
@@ -135,4 +125,4 @@ def test_kernels_import_only_torch():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for n in names:
-                assert n.split(".")[0] in {"torch", "triton", "kernels", "__future__", "math", "typing"}, (f, n)
+                assert n.split(".")[0] in {"torch", "triton", "kernels", "__future__", "math", "typing", "functools", "os"}, (f, n)

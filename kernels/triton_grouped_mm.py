@@ -1,0 +1,325 @@
+"""Triton kernels for matmuls over experts with ragged rows, and the launchers that call them.
+
+Legend: M sorted rows (token-expert assignments grouped by expert), K reduction width, N output
+width, E experts, T tokens, A = T*k assignments; `offsets` int32 [E] are cumulative row counts
+(expert g owns sorted rows offsets[g-1]:offsets[g]).
+
+Two kernels:
+
+`_rows_kernel`: out[r] = epilogue(a[src[r]] @ w[g(r)]) for sorted rows r, tiled over (row tile,
+    column tile) pairs. The row tiles never straddle two experts: expert g has cdiv(m_g, BLOCK_M) of
+    them, so an empty expert has none and costs nothing. The kernel is persistent: a fixed grid
+    of programs walks the (row tile, column tile) list, finding each tile's expert from the offsets
+    in registers, so a hot expert's tiles are shared out like any other's and nothing on the host
+    needs the row counts (no device sync). Options, all compile-time:
+    - GATHER: row r reads a[src[r]] (the token's row) instead of a[r]: no permuted copy of x.
+    - DUAL: a second weight w2 feeds a second accumulator from the same A tiles (SwiGLU: gate and up
+      in one pass over x).
+    - PAIR2: a second (A, W) pair, a2 @ w2, is added into the same accumulator (SwiGLU's backward
+      dX = d_up @ w_up^T + d_gate @ w_gate^T).
+    - EPI: what the epilogue does with the fp32 accumulator (EPI_* below): store it; GELU or SwiGLU
+      forward (optionally saving the pre-activations for backward); GELU or SwiGLU backward.
+    - SCALE / SCATTER: multiply row r by scale[r] and store it at row dst[r] (the routing weight and
+      the move back to assignment order). Every output row is written by exactly one program, so the
+      result is deterministic: no atomics.
+
+`_dw_kernel`: dw[g] = a_g^T @ b_g for each expert: one program per (expert, K tile, N tile), each
+    looping over its expert's rows (gathered and scaled on load when asked). An expert with no rows
+    gets exact zeros.
+
+Both accumulate in fp32. fp32 inputs use IEEE fp32 dots unless torch allows TF32
+(`torch.backends.cuda.matmul.allow_tf32`), so the default matches torch.matmul. Under Triton's
+interpreter (TRITON_INTERPRET=1, how the CPU tests run these kernels) bf16 dots are upcast to fp32
+inside the kernel, because the interpreter's bf16 dot is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+EPI_STORE, EPI_GELU, EPI_SWIGLU, EPI_GELU_BWD, EPI_SWIGLU_BWD = range(5)
+DSCALE_BLOCK = 32  # the backward epilogue writes one partial row-dot per DSCALE_BLOCK columns (see _rows_kernel)
+MAX_BLOCK_N = 256
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rows_class(m: int, e: int) -> int:
+    """The shape class the autotuner keys on: log2 of the mean rows per expert. Decode (a few rows
+    per expert) is memory-bound and wants short row tiles; prefill and training want big tiles."""
+    return max(1, m // max(e, 1)).bit_length()
+
+
+def _config(bm, bn, bk, stages, warps, **extra):
+    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **extra), num_stages=stages, num_warps=warps)
+
+
+def _row_configs():
+    if INTERPRET:  # one small config: the interpreter runs every candidate, slowly
+        return [_config(16, 32, 16, 1, 4, GROUP_M=2)]
+    return [
+        # compute-bound: many rows per expert
+        _config(128, 256, 64, 3, 8, GROUP_M=8), _config(128, 128, 64, 4, 8, GROUP_M=8),
+        _config(128, 128, 64, 3, 4, GROUP_M=8), _config(64, 256, 64, 4, 8, GROUP_M=8),
+        _config(64, 128, 64, 4, 4, GROUP_M=8),
+        # memory-bound: a handful of rows per expert; wide K steps keep many weight bytes in flight
+        _config(16, 64, 256, 4, 4, GROUP_M=1), _config(16, 128, 128, 4, 4, GROUP_M=1),
+        _config(32, 128, 128, 4, 4, GROUP_M=1), _config(16, 256, 128, 3, 8, GROUP_M=1),
+    ]
+
+
+def _prune_row_configs(configs, named_args, **_):
+    """Keep the configs whose row tile suits the mean rows per expert (at least one always survives)."""
+    mean_rows = 1 << (named_args["ROWS_CLASS"] - 1)
+    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == (mean_rows <= 48)]
+    return fits or configs
+
+
+def _dw_configs():
+    if INTERPRET:
+        return [triton.Config(dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=32), num_stages=1, num_warps=4)]
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn), num_stages=s, num_warps=w)
+            for bm, bk, bn, s, w in [(64, 128, 128, 3, 8), (32, 128, 128, 4, 8), (64, 64, 128, 4, 4),
+                                     (64, 128, 256, 3, 8), (32, 64, 64, 4, 4)]]
+
+
+@triton.jit
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_grad(x):
+    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+@triton.jit
+def _accumulate(acc, a_ptr, a_rows, row_ok, w_ptr, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
+                BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                    mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
+                    mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
+        if DOT_FP32:
+            a, w = a.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.autotune(configs=_row_configs(), key=["ROWS_CLASS", "K", "N", "EPI", "DUAL", "PAIR2"],
+                 prune_configs_by={"early_config_prune": _prune_row_configs})
+@triton.jit
+def _rows_kernel(
+    a_ptr, a2_ptr, src_ptr, w_ptr, w2_ptr, offsets_ptr,
+    out_ptr, out2_ptr, pre_ptr, pre2_ptr, dst_ptr, scale_ptr, dscale_ptr,
+    K, N, E, ROWS_CLASS, DSCALE_WIDTH,
+    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_om, stride_on, stride_pm, stride_dm,
+    GATHER: tl.constexpr, DUAL: tl.constexpr, PAIR2: tl.constexpr, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
+    SCALE: tl.constexpr, SCATTER: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # The tile list, from the offsets: expert g owns row tiles tile_end[g]-tiles[g] .. tile_end[g]-1.
+    e = tl.arange(0, E_POW2)
+    last = tl.load(offsets_ptr + E - 1)
+    ends = tl.where(e < E, tl.load(offsets_ptr + e, mask=e < E, other=0), last)
+    starts = tl.where(e < E, tl.load(offsets_ptr + e - 1, mask=(e > 0) & (e < E), other=0), last)
+    tiles = tl.cdiv(ends - starts, BLOCK_M)
+    tile_end = tl.cumsum(tiles, 0)
+    n_row_tiles = tl.sum(tiles)
+    n_col_tiles = tl.cdiv(N, BLOCK_N)
+
+    for tile in range(tl.program_id(0), n_row_tiles * n_col_tiles, tl.num_programs(0)):
+        # Column tiles vary fastest within a group of GROUP_M row tiles, so the A rows and W columns a
+        # wave of programs touches stay in L2 (the ordering of Triton's matmul tutorial).
+        per_group = GROUP_M * n_col_tiles
+        first = (tile // per_group) * GROUP_M
+        group_rows = tl.minimum(n_row_tiles - first, GROUP_M)
+        row_tile = first + (tile % per_group) % group_rows
+        col_tile = (tile % per_group) // group_rows
+
+        g = tl.sum((tile_end <= row_tile).to(tl.int32))  # the expert owning this row tile
+        in_g = tl.sum(tl.where(e == g, tiles - tile_end, 0)) + row_tile  # its index among g's tiles
+        rows = tl.sum(tl.where(e == g, starts, 0)) + in_g * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < tl.sum(tl.where(e == g, ends, 0))
+        rows = rows.to(tl.int64)
+        cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+
+        a_rows = tl.load(src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER else rows
+        w_g = w_ptr + g.to(tl.int64) * stride_we
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = _accumulate(acc, a_ptr, a_rows, row_ok, w_g, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
+                          BLOCK_K, DOT_FP32, PRECISION)
+        if DUAL:
+            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc2 = _accumulate(acc2, a_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
+                               stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION)
+        if PAIR2:
+            acc = _accumulate(acc, a2_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
+                              stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION)
+
+        mask = row_ok[:, None] & col_ok[None, :]
+        pre_at = rows[:, None] * stride_pm + cols[None, :]
+        if SCALE:
+            scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        out_rows = tl.load(dst_ptr + rows, mask=row_ok, other=0).to(tl.int64) if SCATTER else rows
+        out_at = out_rows[:, None] * stride_om + cols[None, :] * stride_on
+        out_ty = out_ptr.dtype.element_ty
+
+        if EPI == 0:  # EPI_STORE
+            if SCALE:
+                acc = acc * scale
+            tl.store(out_ptr + out_at, acc.to(out_ty), mask=mask)
+        elif EPI == 1:  # EPI_GELU: acc is the pre-activation
+            if SAVE_PRE:
+                tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
+            tl.store(out_ptr + out_at, _gelu(acc).to(out_ty), mask=mask)
+        elif EPI == 2:  # EPI_SWIGLU: acc is up, acc2 is gate
+            if SAVE_PRE:
+                tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
+                tl.store(pre2_ptr + pre_at, acc2.to(out_ty), mask=mask)
+            tl.store(out_ptr + out_at, (acc * acc2 * tl.sigmoid(acc2)).to(out_ty), mask=mask)
+        else:  # EPI_GELU_BWD / EPI_SWIGLU_BWD: acc = dy @ w_down^T, the gradient of h before the routing weight
+            up = tl.load(pre_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
+            if EPI == 3:
+                h = _gelu(up)
+            else:
+                gate = tl.load(pre2_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
+                sig = tl.sigmoid(gate)
+                h = up * gate * sig
+            # d(routing weight of row r) = <dy_t, h_r @ w_down> = <acc_r, h_r>, summed over column tiles
+            # in a fixed order on the host. This tile writes its partial at column col_tile*BLOCK_N/32 and
+            # zeros over the rest of its BLOCK_N/32 columns, so whichever config the autotuner ran last,
+            # every column that can hold a partial is rewritten by each launch.
+            j = tl.arange(0, BLOCK_N // 32)
+            part = tl.where(j[None, :] == 0, tl.sum(acc * h, axis=1)[:, None], 0.0)
+            dcols = col_tile * (BLOCK_N // 32) + j
+            tl.store(dscale_ptr + rows[:, None] * stride_dm + dcols[None, :], part,
+                     mask=row_ok[:, None] & (dcols[None, :] < DSCALE_WIDTH))
+            dh = acc * scale
+            if EPI == 3:
+                tl.store(out_ptr + out_at, (dh * _gelu_grad(up)).to(out_ty), mask=mask)
+            else:
+                tl.store(out_ptr + out_at, (dh * gate * sig).to(out_ty), mask=mask)
+                d_gate = dh * up * sig * (1.0 + gate * (1.0 - sig))
+                tl.store(out2_ptr + out_at, d_gate.to(out_ty), mask=mask)
+
+
+@triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N"])
+@triton.jit
+def _dw_kernel(
+    a_ptr, a_src_ptr, b_ptr, b_src_ptr, scale_ptr, offsets_ptr, dw_ptr,
+    K, N, ROWS_CLASS,
+    stride_am, stride_ak, stride_bm, stride_bn, stride_de, stride_dk, stride_dn,
+    GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, SCALE_B: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    tiles_k, tiles_n = tl.cdiv(K, BLOCK_K), tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    g = pid // (tiles_k * tiles_n)
+    kt = (pid // tiles_n) % tiles_k
+    nt = pid % tiles_n
+    start = tl.load(offsets_ptr + g - 1, mask=g > 0, other=0)
+    end = tl.load(offsets_ptr + g)
+    ks = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+    ns = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for m0 in range(start, end, BLOCK_M):
+        rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        row_ok = rows < end
+        a_rows = tl.load(a_src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER_A else rows
+        b_rows = tl.load(b_src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER_B else rows
+        a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                    mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
+        b = tl.load(b_ptr + b_rows[:, None] * stride_bm + ns[None, :] * stride_bn,
+                    mask=row_ok[:, None] & (ns[None, :] < N), other=0.0)
+        if SCALE_B:
+            scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            b = (b.to(tl.float32) * scale[:, None]).to(b_ptr.dtype.element_ty)
+        if DOT_FP32:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
+    tl.store(dw_ptr + g.to(tl.int64) * stride_de + ks[:, None] * stride_dk + ns[None, :] * stride_dn,
+             acc.to(dw_ptr.dtype.element_ty), mask=(ks[:, None] < K) & (ns[None, :] < N))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers. Tensors arrive checked (kernels.grouped_matmul / kernels.expert_mlp check them).
+
+@functools.cache
+def _num_programs(device_index: int) -> int:
+    if INTERPRET:
+        return 3  # several tiles per program, so the persistent loop is exercised on the CPU too
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _dot_args(dtype: torch.dtype) -> dict:
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return dict(DOT_FP32=INTERPRET and dtype == torch.bfloat16, PRECISION="tf32" if tf32 else "ieee")
+
+
+def rows_mm(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
+            pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None):
+    """Launch _rows_kernel over m sorted rows: out[dst[r] or r] = epilogue(a[src[r] or r] @ w[g(r)]).
+    w and w2 are [E, K, N] views with any strides (w2 shares w's strides); pre/pre2/dscale are
+    contiguous [m, ...] buffers. See the module doc for the options."""
+    E, K, N = w.shape
+    if m == 0 or N == 0:
+        return out
+    if w2 is not None and w2.stride() != w.stride():
+        raise ValueError(f"rows_mm: w2 strides {w2.stride()} differ from w's {w.stride()}")
+    if a2 is not None and a2.stride() != a.stride():
+        raise ValueError(f"rows_mm: a2 strides {a2.stride()} differ from a's {a.stride()}")
+    dummy = offsets  # stands in for the pointers a mode does not use
+    n_prog = _num_programs(a.device.index or 0)
+
+    def grid(meta):
+        tiles = (triton.cdiv(m, meta["BLOCK_M"]) + E) * triton.cdiv(N, meta["BLOCK_N"])  # an upper bound
+        return (min(tiles, n_prog),)
+
+    _rows_kernel[grid](
+        a, a2 if a2 is not None else dummy, src if src is not None else dummy, w, w2 if w2 is not None else dummy,
+        offsets, out, out2 if out2 is not None else dummy, pre if pre is not None else dummy,
+        pre2 if pre2 is not None else dummy, dst if dst is not None else dummy,
+        scale if scale is not None else dummy, dscale if dscale is not None else dummy,
+        K, N, E, rows_class(m, E), dscale.shape[1] if dscale is not None else 0,
+        a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
+        pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
+        GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
+        SCALE=scale is not None, SCATTER=dst is not None, E_POW2=triton.next_power_of_2(E), **_dot_args(a.dtype),
+    )
+    return out
+
+
+def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
+    """The [m, width] fp32 buffer the backward epilogue writes per-column-tile partial row-dots into."""
+    width = triton.cdiv(n, MAX_BLOCK_N) * (MAX_BLOCK_N // DSCALE_BLOCK)
+    return torch.zeros(m, width, device=device, dtype=torch.float32)
+
+
+def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, b_scale=None):
+    """out[g] = a_g^T @ b_g per expert over m sorted rows, with a's / b's rows optionally gathered
+    (a[a_src[r]]) and b's rows scaled by b_scale[r]. out is [E, K, N]."""
+    E, K, N = out.shape
+    if K == 0 or N == 0:
+        return out
+    dummy = offsets
+    grid = lambda meta: (E * triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    _dw_kernel[grid](
+        a, a_src if a_src is not None else dummy, b, b_src if b_src is not None else dummy,
+        b_scale if b_scale is not None else dummy, offsets, out, K, N, rows_class(m, E),
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        GATHER_A=a_src is not None, GATHER_B=b_src is not None, SCALE_B=b_scale is not None, **_dot_args(a.dtype),
+    )
+    return out
