@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 BACKENDS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# PyTorch's grouped GEMM: public as F.grouped_mm in recent releases, torch._grouped_mm before that.
+torch_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, check_end: bool | None = None) -> None:
@@ -97,7 +99,7 @@ def _native_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether F.grouped_mm takes these operands: float32/16 or bf16, every non-unit stride and the
     data pointer a multiple of 16 bytes. On CUDA we only trust it for bf16 on Hopper or newer (its
     CUTLASS path); everything else, an A100 included, takes the padded path."""
-    if not hasattr(F, "grouped_mm"):
+    if torch_grouped_mm is None:
         return False
     if a.device.type == "cuda":
         dtype_ok = a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (9, 0)
@@ -140,13 +142,13 @@ def _padded_xt_dy(x_MK: torch.Tensor, dy_MN: torch.Tensor, offsets: torch.Tensor
 
 def _mm(x_MK, w_EKN, offsets):
     if _native_ok(x_MK, w_EKN):
-        return F.grouped_mm(x_MK, w_EKN, offs=offsets)
+        return torch_grouped_mm(x_MK, w_EKN, offs=offsets)
     return _padded_mm(x_MK, w_EKN, offsets)
 
 
 def _xt_dy(x_MK, dy_MN, offsets):
     if _native_ok(x_MK, dy_MN):
-        return F.grouped_mm(x_MK.t(), dy_MN, offs=offsets)
+        return torch_grouped_mm(x_MK.t(), dy_MN, offs=offsets)
     return _padded_xt_dy(x_MK, dy_MN, offsets)
 
 

@@ -1,0 +1,393 @@
+"""Benchmark the grouped expert matmul and the fused expert MLP against PyTorch, in one process.
+
+    python scripts/bench_kernels.py                  # on a GPU: every shape, Triton and PyTorch
+    python scripts/bench_kernels.py --scale 8        # on a CPU: PyTorch paths only, shapes / 8
+
+Shapes (the issue's A-E): A trains T=16384 tokens at d=2048, f=8192; B prefills one 8k prompt through
+one GPT-4 layer as one GPU of 8-way tensor parallelism holds it (d=10752, f=5376); C decodes 8 and 64
+tokens through that shard; D is B forward+backward; E is B with skewed routing (the hottest expert 4x
+the mean, three experts empty). All use E=16 experts and top-2, bf16 on a GPU (fp32 on a CPU).
+
+Two ops per shape, each on the same routed inputs for every implementation:
+  gmm: the up-projection alone, rows sorted by expert: [T*k, d] x [E, d, f]
+       triton (kernels.grouped_mm) | torch._grouped_mm (F.grouped_mm) | a loop of torch.matmul per
+       expert | one dense torch.mm of the same rows (the ceiling, not an MoE).
+  mlp: the whole expert MLP (GELU, the gpt4 preset's), token rows in, token rows out
+       triton (kernels.expert_mlp, fused gather/epilogues) | torch (gather, two F.grouped_mm, combine)
+       | the dense MLP of the same rows with torch.mm (ceiling, no gather or combine).
+
+Method (shared/design/PERFORMANCE.md): every implementation is checked against an fp32 reference
+first; timing is CUDA events around each call after warm-up (which also runs Triton's autotuner),
+the median of --reps runs, cycling through input sets that together exceed the L2 cache. Useful
+FLOPs are 2*K*N*rows per matmul (padding never counted), forward+backward is 3x forward; decode
+bandwidth counts the weight bytes of the experts that received tokens. The dense-matmul peak
+(8192^3 bf16) and the device-to-device copy bandwidth (bytes read + written) are measured in the
+same run, and percentages are of those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import kernels  # noqa: E402
+from kernels.grouped_matmul import torch_grouped_mm  # noqa: E402
+
+L2_BYTES = 50 * 2**20  # H100: 50 MB
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    d: int
+    f: int
+    backward: bool = False
+    skewed: bool = False
+    E: int = 16
+    k: int = 2
+
+    def scaled(self, s: int) -> "Shape":
+        return dataclasses.replace(self, T=max(1, self.T // s) if self.T > 64 else self.T, d=max(16, self.d // s),
+                                   f=max(16, self.f // s))
+
+
+SHAPES = [
+    Shape("A train fwd", 16384, 2048, 8192), Shape("A train fwd+bwd", 16384, 2048, 8192, backward=True),
+    Shape("B prefill 8k", 8192, 10752, 5376), Shape("C decode 8", 8, 10752, 5376),
+    Shape("C decode 64", 64, 10752, 5376), Shape("D prefill fwd+bwd", 8192, 10752, 5376, backward=True),
+    Shape("E prefill skewed", 8192, 10752, 5376, skewed=True),
+]
+
+
+def expert_counts(shape: Shape) -> list[int]:
+    """Rows per expert. Balanced: as even as possible. Skewed: the hottest 4x the mean, three empty."""
+    A, E = shape.T * shape.k, shape.E
+    if not shape.skewed:
+        return [A // E + (g < A % E) for g in range(E)]
+    hot = min(A, 4 * A // E)
+    rest, n_rest = A - hot, E - 4
+    return [hot] + [0, 0, 0] + [rest // n_rest + (g < rest % n_rest) for g in range(n_rest)]
+
+
+def routed_inputs(shape: Shape, device, dtype, seed: int) -> dict:
+    """Tokens, routing with the given per-expert counts (assignments shuffled), and expert weights."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = expert_counts(shape)
+    experts_A = torch.repeat_interleave(torch.arange(shape.E), torch.tensor(counts))
+    experts_A = experts_A[torch.randperm(experts_A.numel(), generator=gen)]
+    order_M, offsets_E = kernels.sort_by_expert(experts_A, shape.E)
+    weights_TK = torch.rand(shape.T, shape.k, generator=gen)
+    weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True)
+
+    def rand(*size, fan_in):
+        return (torch.randn(*size, generator=gen) / fan_in**0.5).to(device, dtype)
+
+    x_TD = rand(shape.T, shape.d, fan_in=1)
+    return dict(x_TD=x_TD, x_MD=x_TD[order_M.to(device) // shape.k].contiguous(), order_M=order_M.to(device),
+                offsets_E=offsets_E.to(device), weights_TK=weights_TK.to(device), counts=counts,
+                w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d), w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f))
+
+
+# --- the implementations: each takes one input set and returns the output -------------------------
+
+def gmm_triton(s):
+    return kernels.grouped_mm(s["x_MD"], s["w_up"], s["offsets_E"], backend="triton", check_end=False)
+
+
+def gmm_torch(s):
+    return torch_grouped_mm(s["x_MD"], s["w_up"], offs=s["offsets_E"])
+
+
+def gmm_loop(s):
+    ends = s["ends"]  # host-side row ends, computed once outside the timing
+    return torch.cat([s["x_MD"][a:b] @ s["w_up"][g] for g, (a, b) in enumerate(zip([0] + ends[:-1], ends))])
+
+
+def gmm_dense(s):
+    return s["x_MD"] @ s["w_up"][0]
+
+
+def mlp_triton(s):
+    return kernels.expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
+                              activation_name="gelu", backend="triton", check_end=False)
+
+
+def mlp_torch(s):
+    return kernels.expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
+                              activation_name="gelu", backend="torch", check_end=False)
+
+
+def mlp_dense(s):
+    return F.gelu(s["x_MD"] @ s["w_up"][0]) @ s["w_down"][0]
+
+
+def gmm_reference(s):
+    return kernels.grouped_mm_reference(s["x_MD"].float(), s["w_up"].float(), s["offsets_E"])
+
+
+def mlp_reference(s):
+    return kernels.expert_mlp_reference(s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"],
+                                        s["w_up"].float(), None, s["w_down"].float(), activation_name="gelu")
+
+
+IMPLS = {
+    "gmm": [("triton", gmm_triton), ("torch._grouped_mm", gmm_torch), ("torch.matmul loop", gmm_loop),
+            ("dense torch.mm", gmm_dense)],
+    "mlp": [("triton fused", mlp_triton), ("torch grouped_mm", mlp_torch), ("dense torch.mm", mlp_dense)],
+}
+REFERENCES = {"gmm": gmm_reference, "mlp": mlp_reference}
+LEAVES = {"gmm": ("x_MD", "w_up"), "mlp": ("x_TD", "weights_TK", "w_up", "w_down")}
+
+
+def with_backward(fn, op):
+    """fn's forward and the backward of <fn(s), dy> for every input of the op, as one call."""
+    def run(s):
+        leaves = {n: s[n].detach().requires_grad_() for n in LEAVES[op]}
+        y = fn({**s, **leaves})
+        used = [t for n, t in leaves.items() if not (n == "weights_TK" and fn is mlp_dense)]
+        dy = s["dy"] if s["dy"].shape == y.shape else s["dy_MD"]  # the dense MLP's rows are not summed per token
+        return torch.autograd.grad(y, used, dy, allow_unused=True)
+    return run
+
+
+# --- timing -----------------------------------------------------------------------------------------
+
+def median_ms(fn, sets, reps: int, cuda: bool) -> float:
+    for i in range(3):
+        fn(sets[i % len(sets)])
+    if cuda:
+        torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            fn(sets[i % len(sets)])
+            end.record()
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in events)
+    times = []
+    for i in range(reps):
+        t = time.perf_counter()
+        fn(sets[i % len(sets)])
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def device_ceilings(device, dtype, cuda: bool, reps: int) -> tuple[float, float]:
+    """(dense matmul TFLOP/s, copy GB/s counting bytes read plus bytes written), measured here."""
+    n = 8192 if cuda else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    flops = 2 * n**3 / median_ms(lambda _: a @ b, [None], reps, cuda) / 1e9
+    numel = (2**30 if cuda else 2**26) // 2
+    src, dst = torch.randn(numel, device=device, dtype=dtype), torch.empty(numel, device=device, dtype=dtype)
+    copy = 2 * src.numel() * src.element_size() / median_ms(lambda _: dst.copy_(src), [None], reps, cuda) / 1e6
+    return flops, copy
+
+
+def max_rel_error(got, want) -> float:
+    got = got if isinstance(got, (tuple, list)) else [got]
+    want = want if isinstance(want, (tuple, list)) else [want]
+    errs = [((g.float() - w.float()).abs().max() / w.float().abs().max().clamp(min=1e-6)).item()
+            for g, w in zip(got, want) if g is not None and w is not None]
+    return max(errs)
+
+
+def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: bool) -> list[dict]:
+    one = routed_inputs(shape, device, dtype, seed=0)
+    set_bytes = sum(t.numel() * t.element_size() for t in one.values() if isinstance(t, torch.Tensor))
+    n_sets = max(2, min(8, -(-2 * L2_BYTES // set_bytes))) if cuda else 1
+    sets = [one] + [routed_inputs(shape, device, dtype, seed=i) for i in range(1, n_sets)]
+    for s in sets:
+        s["ends"] = s["offsets_E"].tolist()
+    touched = sum(c > 0 for c in one["counts"])
+    M, itemsize = shape.T * shape.k, one["w_up"].element_size()
+    rows = []
+    for op, impls in IMPLS.items():
+        flops = 2 * M * shape.d * shape.f * (1 if op == "gmm" else 2) * (3 if shape.backward else 1)
+        weight_bytes = shape.d * shape.f * itemsize * touched * (1 if op == "gmm" else 2)
+        reference = REFERENCES[op]
+        if shape.backward:
+            out_shape = (M, shape.f) if op == "gmm" else (shape.T, shape.d)
+            for s in sets:
+                s["dy"] = torch.randn(out_shape, device=device, dtype=dtype)
+                s["dy_MD"] = torch.randn(M, shape.d, device=device, dtype=dtype)
+            reference = with_backward(REFERENCES[op], op)
+        want = reference({**one, **({"dy": one["dy"].float()} if shape.backward else {})})
+        for name, fn in impls:
+            if name.startswith("triton") and not use_triton:
+                continue
+            if fn is gmm_torch and torch_grouped_mm is None:
+                continue
+            run = with_backward(fn, op) if shape.backward else fn
+            row = dict(shape=shape.name, op=op, impl=name, T=shape.T, d=shape.d, f=shape.f, E=shape.E, k=shape.k,
+                       backward=shape.backward, skewed=shape.skewed, experts_touched=touched)
+            try:
+                err = max_rel_error(run(one), want) if "dense" not in name else 0.0
+            except (RuntimeError, ValueError) as e:  # e.g. an op this PyTorch lacks for these operands
+                rows.append({**row, "error": str(e).splitlines()[0][:120]})
+                continue
+            if err > (3e-2 if dtype != torch.float32 else 1e-3):
+                rows.append({**row, "error": f"wrong: max relative error {err:.2e} against the fp32 reference"})
+                continue
+            ms = median_ms(run, sets, reps, cuda)
+            rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 2), "max_rel_err": err,
+                         "weight_gbps": round(weight_bytes / ms / 1e6, 1)})
+    return rows
+
+
+# --- reporting ----------------------------------------------------------------------------------------
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's H100 targets, evaluated on this run's numbers."""
+    get = {(r["shape"], r["op"], r["impl"]): r.get("ms") for r in rows}
+    checks = []
+
+    def check(what, value, goal, ok):
+        checks.append(dict(target=what, measured=None if value is None else round(value, 3), goal=goal,
+                           met=None if value is None else bool(ok(value))))
+
+    for shape in ("A train fwd", "B prefill 8k", "D prefill fwd+bwd"):
+        tri, ref, dense = (get.get((shape, "gmm", i)) for i in ("triton", "torch._grouped_mm", "dense torch.mm"))
+        check(f"{shape}: gmm speedup over torch._grouped_mm", ref / tri if tri and ref else None, ">= 1.05",
+              lambda v: v >= 1.05)
+        check(f"{shape}: gmm speed vs dense torch.mm", dense / tri if tri and dense else None, ">= 0.90",
+              lambda v: v >= 0.90)
+    by = {(r["shape"], r["op"], r["impl"]): r for r in rows}
+    for shape, goal in (("A train fwd", 500), ("A train fwd+bwd", 420)):
+        r = by.get((shape, "mlp", "triton fused"), {})
+        check(f"{shape}: fused expert MLP TFLOP/s", r.get("tflops"), f">= {goal}", lambda v, g=goal: v >= g)
+    for shape in ("C decode 8", "C decode 64"):
+        r = by.get((shape, "gmm", "triton"), {})
+        check(f"{shape}: gmm weight bandwidth, % of copy", r.get("pct_copy"), ">= 80", lambda v: v >= 80)
+    b, e = get.get(("B prefill 8k", "gmm", "triton")), get.get(("E prefill skewed", "gmm", "triton"))
+    check("E skewed / B balanced time, gmm", e / b if b and e else None, "<= 1.10", lambda v: v <= 1.10)
+    return checks
+
+
+def print_table(rows, ceilings):
+    print(f"dense matmul peak {ceilings[0]:.1f} TFLOP/s, copy {ceilings[1]:.0f} GB/s (measured in this run)")
+    head = f"{'shape':<20}{'op':<5}{'impl':<20}{'ms':>10}{'TFLOP/s':>10}{'% peak':>8}{'GB/s w':>9}{'% copy':>8}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}  {r['error']}")
+        else:
+            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}{r['ms']:>10.3f}{r['tflops']:>10.1f}"
+                  f"{r['pct_peak']:>8.1f}{r['weight_gbps']:>9.0f}{r['pct_copy']:>8.1f}")
+
+
+def plot(rows, path: pathlib.Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = ["gmm", "mlp"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for ax, op in zip(axes, ops):
+        sub = [r for r in rows if r["op"] == op and "ms" in r]
+        shapes = list(dict.fromkeys(r["shape"] for r in sub))
+        impls = list(dict.fromkeys(r["impl"] for r in sub))
+        width = 0.8 / max(1, len(impls))
+        for i, impl in enumerate(impls):
+            vals = [next((r["pct_peak"] for r in sub if r["shape"] == s and r["impl"] == impl), 0) for s in shapes]
+            ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=impl)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=30, ha="right")
+        ax.set_ylabel("% of measured dense-matmul peak")
+        ax.set_title(f"{op}: {'grouped up-projection' if op == 'gmm' else 'expert MLP, token rows to token rows'}")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_slug(cuda: bool) -> str:
+    if cuda:
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", type=int, default=None, help="divide T (above 64), d and f by this (default 1 on a "
+                   "GPU, 8 on a CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed runs per implementation (default 50 GPU, 5 CPU)")
+    p.add_argument("--shapes", default="", help="comma-separated shape letters to run, e.g. A,C (default all)")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="default bench/results/<device>")
+    p.add_argument("--interpret", action="store_true", help="run the Triton kernels on the CPU through Triton's "
+                   "interpreter (a test of this script, not a measurement)")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    use_triton = cuda or args.interpret
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    scale = args.scale or (1 if cuda else 8)
+    reps = args.reps or (50 if cuda else 5)
+    out = args.out or ROOT / "bench" / "results" / device_slug(cuda)
+    shapes = [s.scaled(scale) for s in SHAPES if not args.shapes or s.name[0] in args.shapes.split(",")]
+
+    torch.manual_seed(0)
+    ceilings = device_ceilings(device, dtype, cuda, reps)
+    rows = []
+    for shape in shapes:
+        print(f"... {shape.name}: T={shape.T} d={shape.d} f={shape.f}", file=sys.stderr, flush=True)
+        rows += bench_shape(shape, device, dtype, reps, use_triton, cuda)
+        if cuda:
+            torch.cuda.empty_cache()
+    for r in rows:
+        if "ms" in r:
+            r["pct_peak"] = round(100 * r["tflops"] / ceilings[0], 1)
+            r["pct_copy"] = round(100 * r["weight_gbps"] / ceilings[1], 1)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    meta = dict(device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.processor()})",
+                torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
+                date=datetime.date.today().isoformat(), dtype=str(dtype).removeprefix("torch."), scale=scale,
+                reps=reps, triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2),
+                copy_gbps=round(ceilings[1], 1))
+    print_table(rows, ceilings)
+    if not cuda:
+        print("\nNo GPU: these are the PyTorch paths on the CPU at shapes / %d. The Triton figures and the "
+              "targets need a CUDA GPU%s." % (scale, " (the Triton rows above ran in the interpreter: a test, "
+                                                  "not a measurement)" if args.interpret else ""))
+    checks = targets(rows) if cuda else []
+    for c in checks:
+        state = "n/a" if c["met"] is None else "met" if c["met"] else "MISSED"
+        print(f"target {c['target']}: {c['measured']} (goal {c['goal']}) {state}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps(dict(meta=meta, rows=rows, targets=checks), indent=1) + "\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "kernels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "kernels.png", f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, {meta['date']}, "
+         f"{meta['dtype']}, shapes / {scale}")
+    print(f"wrote {out}/kernels.{{json,csv,png}}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
