@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+BACKENDS = ("auto", "torch", "triton")  # kernels.BACKENDS, without importing torch to print --help
+
 
 def _overrides(pairs: list[str]) -> dict:
     from moe.config import parse_value
@@ -32,6 +34,8 @@ def cmd_train(args) -> None:
     for flag in ("lr", "batch_size", "seq_len", "max_steps", "time_budget_s", "seed"):
         if getattr(args, flag) is not None:
             train_over[flag] = getattr(args, flag)
+    if args.expert_backend:
+        model_over["expert_backend"] = args.expert_backend
     model_cfg = load_config(args.config, **model_over)
     if args.dense:
         model_cfg = model_cfg.dense_twin()
@@ -52,7 +56,8 @@ def cmd_generate(args) -> None:
     from moe.generate import generate
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = checkpoint.load_model(args.checkpoint, device)
+    overrides = {"expert_backend": args.expert_backend} if args.expert_backend else {}
+    model = checkpoint.load_model(args.checkpoint, device, **overrides)
     prompt = encode(args.prompt)
     new = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, greedy=args.greedy, seed=args.seed)
@@ -83,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of training: fit max_steps to it after measuring the step time (0: off)")
     t.add_argument("--seed", type=int, help="random seed (weights, data order)")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--expert-backend", choices=BACKENDS, help="expert matmuls: auto (Triton on CUDA, PyTorch "
+                   "elsewhere), torch or triton (default: the config's expert_backend)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model or [train] field, e.g. --set n_layers=2 --set warmup_steps=10")
@@ -98,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
     g.add_argument("--device", help="cpu or cuda")
+    g.add_argument("--expert-backend", choices=BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
     g.set_defaults(func=cmd_generate)
     return p
 

@@ -14,6 +14,7 @@ complete checkpoint; older step directories are pruned only after the pointer mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -122,11 +123,13 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     return step_dir
 
 
-def load_model(path, device="cpu"):
-    """Build the model a checkpoint was saved from and load its weights."""
+def load_model(path, device="cpu", **overrides):
+    """Build the model a checkpoint was saved from and load its weights. `overrides` change model
+    fields that do not touch the weights' shapes (e.g. expert_backend)."""
     from moe.model import MoETransformer
 
     cfg, _ = read_config(path)
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     model = MoETransformer(cfg).to(device)
     load_weights(model, path)
     return model

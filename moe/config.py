@@ -69,7 +69,7 @@ class ModelConfig:
     router_z_loss_coef: float = 0.001
     router_jitter: float = 0.0  # training only: router input *= U(1 - eps, 1 + eps)
     capacity_factor: float = 0.0  # 0: dropless; else capacity = ceil(cf * T * k / n_experts)
-    expert_backend: str = "auto"  # kernels.grouped_mm backend: "auto" | "torch" (| "triton" later)
+    expert_backend: str = "auto"  # expert matmuls: "auto" (Triton on CUDA, PyTorch elsewhere) | "torch" | "triton"
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",

@@ -20,7 +20,8 @@ Method (shared/design/PERFORMANCE.md): every implementation is checked against a
 first; timing is CUDA events around each call after warm-up (which also runs Triton's autotuner),
 the median of --reps runs, cycling through input sets that together exceed the L2 cache. Useful
 FLOPs are 2*K*N*rows per matmul (padding never counted), forward+backward is 3x forward; decode
-bandwidth counts the weight bytes of the experts that received tokens. The dense-matmul peak
+bandwidth counts the weight bytes of the experts that received tokens (one matrix per op for the
+dense ceiling). The dense-matmul peak
 (8192^3 bf16) and the device-to-device copy bandwidth (bytes read + written) are measured in the
 same run, and percentages are of those.
 """
@@ -207,7 +208,7 @@ def max_rel_error(got, want) -> float:
     return max(errs)
 
 
-def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: bool) -> list[dict]:
+def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: bool, ceilings) -> list[dict]:
     one = routed_inputs(shape, device, dtype, seed=0)
     set_bytes = sum(t.numel() * t.element_size() for t in one.values() if isinstance(t, torch.Tensor))
     n_sets = max(2, min(8, -(-2 * L2_BYTES // set_bytes))) if cuda else 1
@@ -219,7 +220,7 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
     rows = []
     for op, impls in IMPLS.items():
         flops = 2 * M * shape.d * shape.f * (1 if op == "gmm" else 2) * (3 if shape.backward else 1)
-        weight_bytes = shape.d * shape.f * itemsize * touched * (1 if op == "gmm" else 2)
+        matrix_bytes = shape.d * shape.f * itemsize * (1 if op == "gmm" else 2)  # one expert's weights for this op
         reference = REFERENCES[op]
         if shape.backward:
             out_shape = (M, shape.f) if op == "gmm" else (shape.T, shape.d)
@@ -245,8 +246,10 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
                 rows.append({**row, "error": f"wrong: max relative error {err:.2e} against the fp32 reference"})
                 continue
             ms = median_ms(run, sets, reps, cuda)
-            rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 2), "max_rel_err": err,
-                         "weight_gbps": round(weight_bytes / ms / 1e6, 1)})
+            weight_gbps = matrix_bytes * (1 if "dense" in name else touched) / ms / 1e6
+            rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 4), "max_rel_err": err,
+                         "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1),
+                         "weight_gbps": round(weight_gbps, 1), "pct_copy": round(100 * weight_gbps / ceilings[1], 1)})
     return rows
 
 
@@ -287,30 +290,36 @@ def print_table(rows, ceilings):
         if "error" in r:
             print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}  {r['error']}")
         else:
-            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}{r['ms']:>10.3f}{r['tflops']:>10.1f}"
+            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}{r['ms']:>10.3f}{r['tflops']:>10.3f}"
                   f"{r['pct_peak']:>8.1f}{r['weight_gbps']:>9.0f}{r['pct_copy']:>8.1f}")
 
 
 def plot(rows, path: pathlib.Path, title: str):
+    """Compute-bound shapes as % of the dense-matmul peak (one panel per op); decode as % of copy bandwidth."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ops = ["gmm", "mlp"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    for ax, op in zip(axes, ops):
-        sub = [r for r in rows if r["op"] == op and "ms" in r]
+    timed = [r for r in rows if "ms" in r]
+    decode = [r for r in timed if r["shape"].startswith("C")]
+    panels = [(f"{op}: {what}, % of dense-matmul peak", "pct_peak",
+               [r for r in timed if r["op"] == op and r not in decode])
+              for op, what in (("gmm", "grouped up-projection"), ("mlp", "expert MLP, tokens in and out"))]
+    panels.append(("decode: weight bytes, % of copy bandwidth", "pct_copy",
+                   [{**r, "shape": f"{r['shape']} {r['op']}"} for r in decode]))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for ax, (heading, metric, sub) in zip(axes, panels):
         shapes = list(dict.fromkeys(r["shape"] for r in sub))
         impls = list(dict.fromkeys(r["impl"] for r in sub))
         width = 0.8 / max(1, len(impls))
         for i, impl in enumerate(impls):
-            vals = [next((r["pct_peak"] for r in sub if r["shape"] == s and r["impl"] == impl), 0) for s in shapes]
+            vals = [next((r[metric] for r in sub if r["shape"] == s and r["impl"] == impl), 0) for s in shapes]
             ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=impl)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=30, ha="right")
-        ax.set_ylabel("% of measured dense-matmul peak")
-        ax.set_title(f"{op}: {'grouped up-projection' if op == 'gmm' else 'expert MLP, token rows to token rows'}")
-        ax.legend(fontsize=8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=30, ha="right", fontsize=8)
+        ax.set_title(heading, fontsize=9)
+        if impls:
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -348,20 +357,16 @@ def main(argv=None):
     rows = []
     for shape in shapes:
         print(f"... {shape.name}: T={shape.T} d={shape.d} f={shape.f}", file=sys.stderr, flush=True)
-        rows += bench_shape(shape, device, dtype, reps, use_triton, cuda)
+        rows += bench_shape(shape, device, dtype, reps, use_triton, cuda, ceilings)
         if cuda:
             torch.cuda.empty_cache()
-    for r in rows:
-        if "ms" in r:
-            r["pct_peak"] = round(100 * r["tflops"] / ceilings[0], 1)
-            r["pct_copy"] = round(100 * r["weight_gbps"] / ceilings[1], 1)
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    meta = dict(device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.processor()})",
+    meta = dict(device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.machine()})",
                 torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
                 date=datetime.date.today().isoformat(), dtype=str(dtype).removeprefix("torch."), scale=scale,
                 reps=reps, triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2),

@@ -186,3 +186,19 @@ def test_generate_cli_and_errors(tmp_path):
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     preset = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "huge"], capture_output=True, text=True)
     assert preset.returncode == 2 and "unknown preset 'huge'" in preset.stderr
+
+
+def test_expert_backend_flag_reaches_the_model(tmp_path):
+    """--expert-backend picks the expert kernels at generation time: the Triton kernels (through the
+    interpreter without a GPU) give the same greedy text as PyTorch; without CUDA or the interpreter,
+    'triton' is a clear error."""
+    run(tmp_path, max_steps=5)
+    args = [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To", "--greedy",
+            "--max-new-tokens", "3", "--expert-backend"]
+    outs = {b: subprocess.run(args + [b], capture_output=True, text=True) for b in ("torch", "triton")}
+    assert all(o.returncode == 0 for o in outs.values()), [o.stderr for o in outs.values()]
+    assert outs["triton"].stdout == outs["torch"].stdout
+    if not torch.cuda.is_available():
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        bad = subprocess.run(args + ["triton"], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "needs CUDA tensors" in bad.stderr
