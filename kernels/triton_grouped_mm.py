@@ -72,10 +72,14 @@ def _row_configs():
     ]
 
 
-def _prune_row_configs(configs, named_args, **_):
-    """Keep the configs whose row tile suits the mean rows per expert (at least one always survives)."""
-    mean_rows = 1 << (named_args["ROWS_CLASS"] - 1)
-    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == (mean_rows <= 48)]
+def _prune_row_configs(configs, named_args, **kwargs):
+    """Keep the configs whose row tile suits the mean rows per expert, and, where two accumulators
+    are live (DUAL: SwiGLU's gate and up), tiles of at most 128x128 fp32 each so they stay in registers.
+    At least one config always survives."""
+    args = {**named_args, **kwargs}  # the autotuner passes positional arguments by name, keywords as keywords
+    mean_rows = 1 << (args["ROWS_CLASS"] - 1)
+    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == (mean_rows <= 48)
+            and not (args.get("DUAL") and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)]
     return fits or configs
 
 

@@ -1,0 +1,136 @@
+"""Compile every variant of the Triton kernels for a GPU architecture, without a GPU, and report how
+each compiled: shared memory per program, whether the K loop is software-pipelined (asynchronous
+copies into shared memory), and whether the dots use Hopper's warp-group MMA (wgmma).
+
+    python scripts/check_compile.py                  # sm_90 (H100), every autotune config of every mode
+    python scripts/check_compile.py --arch 80 --json out.json
+
+It specializes arguments the way Triton's JIT does at a real launch on contiguous tensors: unit
+strides become the constant 1, pointers and the other integers are taken as multiples of 16. (Without
+that the compiler cannot prove the loads contiguous and does not pipeline them.) Needs triton's
+bundled ptxas, no GPU and no CUDA driver. Exits 1 if a variant fails to compile, overflows shared
+memory, or (on sm_90) a compute-bound variant is not pipelined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "0"  # must precede importing triton: we want the compiler
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import kernels.triton_grouped_mm as tg  # noqa: E402
+
+SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one program may use (H100, A100)
+UNIT_STRIDES = {"stride_ak", "stride_wn", "stride_on", "stride_bn", "stride_dn"}  # 1 on contiguous row-major tensors
+INDEX_PTRS = {"src_ptr", "dst_ptr", "offsets_ptr", "a_src_ptr", "b_src_ptr"}
+FP32_PTRS = {"scale_ptr", "dscale_ptr"}
+
+ROW_MODES = {  # name: the rows kernel's flags, as the launchers in kernels/ set them
+    "grouped_mm": dict(),
+    "grouped_mm dX (w transposed)": dict(TRANSPOSED_W=True),
+    "up + GELU, gathered, saving pre": dict(GATHER=True, EPI=tg.EPI_GELU, SAVE_PRE=True),
+    "up + gate + SwiGLU, gathered": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU, SAVE_PRE=True),
+    "down, weighted scatter": dict(SCALE=True, SCATTER=True),
+    "GELU backward epilogue": dict(GATHER=True, EPI=tg.EPI_GELU_BWD, SCALE=True, TRANSPOSED_W=True),
+    "SwiGLU backward epilogue": dict(GATHER=True, EPI=tg.EPI_SWIGLU_BWD, SCALE=True, TRANSPOSED_W=True),
+    "SwiGLU dX, two pairs, scatter": dict(PAIR2=True, SCATTER=True, TRANSPOSED_W=True),
+}
+DW_MODES = {
+    "dW plain": dict(),
+    "dW gathered A": dict(GATHER_A=True),
+    "dW gathered, scaled B": dict(GATHER_B=True, SCALE_B=True),
+}
+
+
+def signature(fn, consts: dict, dtype: str, dynamic_unit: set[str]) -> tuple[dict, dict]:
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name in INDEX_PTRS else "*fp32" if name in FP32_PTRS else f"*{dtype}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "i32"
+            if name not in dynamic_unit:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: int) -> dict:
+    flags = dict(flags)
+    transposed = flags.pop("TRANSPOSED_W", False)
+    consts = {**flags, **config.kwargs}
+    if fn is tg._rows_kernel.fn:
+        consts = {**dict(GATHER=False, DUAL=False, PAIR2=False, EPI=tg.EPI_STORE, SAVE_PRE=False, SCALE=False,
+                         SCATTER=False, E_POW2=16), **consts}
+    else:
+        consts = {**dict(GATHER_A=False, GATHER_B=False, SCALE_B=False), **consts}
+    consts.update(DOT_FP32=False, PRECISION="ieee" if dtype == "fp32" else "tf32")
+    units = UNIT_STRIDES - {"stride_wn"} | {"stride_wk"} if transposed else UNIT_STRIDES
+    consts.update({n: 1 for n in units if n in fn.arg_names})
+    sig, attrs = signature(fn, consts, dtype, set())
+    start = time.time()
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32),
+                           options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    except Exception as e:  # a compile error of any kind is the finding
+        return dict(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    ttgir = k.asm["ttgir"]
+    return dict(ok=True, seconds=round(time.time() - start, 1), shared=k.metadata.shared,
+                pipelined="async_copy" in ttgir or "async_tma" in ttgir, wgmma="warp_group_dot" in ttgir)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100, 80: A100)")
+    p.add_argument("--all-dtypes", action="store_true", help="also fp16 and fp32 (default: bf16 only)")
+    p.add_argument("--json", type=pathlib.Path, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="per mode, only the first compute-bound and the first "
+                   "memory-bound config (what the test suite runs)")
+    args = p.parse_args(argv)
+    if tg.INTERPRET:
+        raise SystemExit("check_compile: TRITON_INTERPRET is set; run this in a fresh process")
+    dtypes = ["bf16", "fp16", "fp32"] if args.all_dtypes else ["bf16"]
+    results, failed = [], 0
+    for kernel, modes, configs in ((tg._rows_kernel, ROW_MODES, tg._row_configs()),
+                                   (tg._dw_kernel, DW_MODES, tg._dw_configs())):
+        for mode, flags in modes.items():
+            if args.quick:  # the first config with big row tiles and the first with small ones
+                configs = list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(configs)}.values())
+            for config in configs:
+                if flags.get("DUAL") and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
+                    continue  # the autotuner prunes these (two accumulators would spill)
+                for dtype in dtypes:
+                    r = compile_variant(kernel.fn, flags, config, dtype, args.arch)
+                    compute_bound = config.kwargs["BLOCK_M"] >= 64
+                    bad = (not r["ok"] or r["shared"] > SHARED_LIMIT.get(args.arch, 101376)
+                           or (args.arch == 90 and compute_bound and not r["pipelined"]))
+                    failed += bad
+                    cfg = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                    cfg += f" s{config.num_stages} w{config.num_warps}"
+                    results.append(dict(kernel=kernel.fn.__name__, mode=mode, config=cfg, dtype=dtype, **r,
+                                        status="FAIL" if bad else "ok"))
+                    row = results[-1]
+                    detail = row.get("error") or (f"shared {row['shared'] / 1024:6.1f} KiB  pipelined "
+                                                  f"{row['pipelined']!s:5}  wgmma {row['wgmma']!s:5}")
+                    print(f"{row['status']:4} {mode:<32} {cfg:<18} {dtype:<5} {detail}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, results=results), indent=1))
+    print(f"{len(results) - failed} of {len(results)} variants compiled cleanly for sm_{args.arch}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
