@@ -79,6 +79,10 @@ def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_d
                          check_end: bool = True):
     """PyTorch ops, step by step: gather, sorted_mlp, combine."""
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end)
+
+
+def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end):
     x_MD = x_TD[order_M // weights_TK.shape[1]]
     y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch",
                       check_end=check_end)
@@ -92,8 +96,7 @@ def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, ac
     (a device sync on a GPU) when the caller built them with sort_by_expert."""
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
     if resolve_backend(backend, x_TD) != "triton":
-        return expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down,
-                                    activation_name=activation_name, check_end=check_end)
+        return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end)
     if check_end:
         check_offsets(offsets_E, order_M.numel())
     return _FusedExpertMLP.apply(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down)
