@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-BACKENDS = ("auto", "torch", "triton")  # kernels.BACKENDS, without importing torch to print --help
+from moe.config import EXPERT_BACKENDS  # imports no torch, so --help stays fast
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of training: fit max_steps to it after measuring the step time (0: off)")
     t.add_argument("--seed", type=int, help="random seed (weights, data order)")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    t.add_argument("--expert-backend", choices=BACKENDS, help="expert matmuls: auto (Triton on CUDA, PyTorch "
+    t.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="expert matmuls: auto (Triton on CUDA, PyTorch "
                    "elsewhere), torch or triton (default: the config's expert_backend)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
     g.add_argument("--device", help="cpu or cuda")
-    g.add_argument("--expert-backend", choices=BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
+    g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
     g.set_defaults(func=cmd_generate)
     return p
 

@@ -45,6 +45,9 @@ def _integers(obj, *names: str) -> None:
             raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+EXPERT_BACKENDS = ("auto", "torch", "triton")  # = kernels.BACKENDS (kernels cannot import moe; a test keeps them equal)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "custom"
@@ -92,7 +95,7 @@ class ModelConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.router_jitter >= 1:
             raise ValueError(f"router_jitter must be < 1, got {self.router_jitter}")
-        if self.expert_backend not in ("auto", "torch", "triton"):
+        if self.expert_backend not in EXPERT_BACKENDS:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
 
     @property

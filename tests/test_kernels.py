@@ -90,6 +90,9 @@ def test_unknown_and_unusable_backends(monkeypatch):
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         kernels.grouped_mm(*args, backend="triton")
     assert gm.resolve_backend("auto", args[0]) == "torch"  # auto never picks Triton for CPU tensors
+    from moe.config import EXPERT_BACKENDS
+
+    assert EXPERT_BACKENDS == kernels.BACKENDS  # the config's list, kept apart so the config imports no torch
 
 
 def test_sort_by_expert_groups_stably_and_drops():
