@@ -8,7 +8,7 @@ from moe.config import ModelConfig, TrainConfig, load_config, load_train_config
 
 _LAZY = {
     "MoETransformer": "moe.model", "Block": "moe.model", "ModelOutput": "moe.model",
-    "Attention": "moe.attention", "KVCache": "moe.attention",
+    "Attention": "moe.attention", "KVCache": "moe.kv_cache", "PagedKVCache": "moe.kv_cache",
     "MoELayer": "moe.moe_layer", "moe_layer_reference": "moe.moe_layer",
     "TopKRouter": "moe.router", "route": "moe.router", "RouterOutput": "moe.router",
 }

@@ -1,4 +1,4 @@
-"""Command line: python -m moe {train, generate, figures} --help"""
+"""Command line: python -m moe {train, generate, serve-bench, figures} --help"""
 
 from __future__ import annotations
 
@@ -48,20 +48,88 @@ def cmd_train(args) -> None:
           progress=None if not args.no_progress else False)
 
 
-def cmd_generate(args) -> None:
+def _sampling(args) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
+
+
+def _load(path, args):
     import torch
 
     from moe import checkpoint
-    from moe.data import decode, encode
-    from moe.generate import generate
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {"expert_backend": args.expert_backend} if args.expert_backend else {}
-    model = checkpoint.load_model(args.checkpoint, device, **overrides)
+    return checkpoint.load_model(path, device, **overrides)
+
+
+def cmd_generate(args) -> None:
+    from moe.data import decode, encode
+    from moe.generate import generate
+
+    model = _load(args.checkpoint, args)
     prompt = encode(args.prompt)
-    new = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, greedy=args.greedy, seed=args.seed)
-    print(decode(prompt + new))
+    if args.draft_checkpoint is None:
+        new = generate(model, prompt, args.max_new_tokens, seed=args.seed, **_sampling(args))
+        print(decode(prompt + new))
+        return
+    import time
+
+    from moe.engine import Engine, Request
+
+    draft = _load(args.draft_checkpoint, args)
+    request = Request(prompt, args.max_new_tokens, sampling=_sampling(args), seed=args.seed or 0)
+    pages = -(-model.cfg.max_seq_len // 16)  # one sequence of up to max_seq_len positions
+    engine = Engine(model, n_pages=pages, draft=draft, draft_tokens=args.draft_tokens)
+    t = time.perf_counter()
+    result = engine.run([request])[0]
+    t_spec = time.perf_counter() - t
+    if isinstance(result, Exception):
+        raise result
+    t = time.perf_counter()  # the same request, target only (same engine code, no draft)
+    plain = Engine(model, n_pages=pages).run([request])[0]
+    t_plain = time.perf_counter() - t
+    print(decode(prompt + result.tokens))
+    n = len(result.tokens)
+    rate, plain_rate = n / t_spec, len(plain.tokens) / t_plain
+    print(f"\nspeculative decoding, {args.draft_tokens} draft tokens: acceptance {result.draft_accepted}/"
+          f"{result.draft_proposed} = {result.draft_accepted / max(1, result.draft_proposed):.3f}, "
+          f"{n / result.target_forwards:.2f} tokens per target forward; {rate:.1f} tokens/s against "
+          f"{plain_rate:.1f} target-only: speedup {rate / plain_rate:.2f}x")
+
+
+def cmd_serve_bench(args) -> None:
+    import torch
+
+    from moe import serve_bench
+    from moe.engine import Engine
+
+    if args.checkpoint:
+        model = _load(args.checkpoint, args)
+    else:
+        from moe.config import load_config
+        from moe.model import MoETransformer
+
+        torch.manual_seed(args.seed)
+        model = MoETransformer(load_config(args.config, **_overrides(args.set)))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = model.to(device)
+    draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
+    engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
+                    max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
+    requests = serve_bench.make_requests(args.requests, args.prompt_len, args.max_new_tokens, _sampling(args), args.seed)
+    summary = serve_bench.replay(engine, requests, args.rate, args.seed)
+    summary["setup"] = {**serve_bench.environment(), "config": model.cfg.name, "checkpoint": args.checkpoint,
+                        "draft": args.draft_checkpoint, "draft_tokens": args.draft_tokens if draft else None,
+                        "rate": args.rate, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+                        "kv_pages": engine.n_pages, "page_size": args.page_size, "max_batch": args.max_batch,
+                        "sampling": _sampling(args)}
+    header = (f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
+              f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
+              f"{engine.n_pages} pages of {args.page_size}")
+    serve_bench.print_summary(summary, header)
+    if args.out:
+        out = serve_bench.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
+        print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +174,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
+    g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
+                   "reports acceptance, tokens per target forward and the speedup over target-only decoding")
+    g.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve-bench", help="replay Poisson arrivals through the continuous-batching engine")
+    s.add_argument("--config", default="tiny", help="preset with random weights (ignored with --checkpoint)")
+    s.add_argument("--checkpoint", help="serve this trained model instead")
+    s.add_argument("--draft-checkpoint", help="speculative decoding with this draft model")
+    s.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
+    s.add_argument("--rate", type=float, default=4.0, help="mean arrivals per second (Poisson)")
+    s.add_argument("--requests", type=int, default=32, help="requests to replay")
+    s.add_argument("--prompt-len", type=int, default=32, help="prompt bytes (slices of the held-out text)")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per request")
+    s.add_argument("--kv-budget-mb", type=float, default=16.0, help="KV cache memory (MiB) for all sequences")
+    s.add_argument("--page-size", type=int, default=16, help="positions per KV page")
+    s.add_argument("--max-batch", type=int, default=64, help="most sequences in one step")
+    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    s.add_argument("--seed", type=int, default=0, help="arrivals, prompts, random weights and request seeds")
+    s.add_argument("--device", help="cpu or cuda")
+    s.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton")
+    s.add_argument("--out", help="write <name>.json and <name>.png (per-expert batch sizes over steps) here")
+    s.add_argument("--name", help="file name stem (default serve-<config>)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")
+    s.set_defaults(func=cmd_serve_bench)
     return p
 
 

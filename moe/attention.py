@@ -8,8 +8,8 @@ d head_dim.
     q q q q  k k k k       q q q q  k   k           q q q q  k
     |/|/|/|  v v v v       |/ \|/ \ v   v           \ \|/ /  v
 
-The cache holds K and V for every position written so far; decoding one token reads G heads of
-cache instead of H, which is the whole memory argument for multi-query attention.
+The cache (moe/kv_cache.py) holds K and V for every position written so far; decoding one token
+reads G heads of cache instead of H, which is the whole memory argument for multi-query attention.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from moe.config import ModelConfig
+from moe.kv_cache import KVCache, PagedKVCache
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,25 +32,12 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 def apply_rope(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor) -> torch.Tensor:
     """Rotate the (i, i + d/2) pairs of each head by position-dependent angles (the Llama/Mixtral
-    "rotate half" layout, so weights convert to and from Hugging Face's)."""
+    "rotate half" layout, so weights convert to and from Hugging Face's). cos, sin broadcast against
+    x: [T, d/2], or [B, 1, T, d/2] for per-row positions."""
     x = x_BHTd.float() if x_BHTd.element_size() < 4 else x_BHTd  # rotate half precision in float32
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos_Td.to(x.device, x.dtype), sin_Td.to(x.device, x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x_BHTd)
-
-
-class KVCache(nn.Module):
-    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device=None):
-        super().__init__()
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos_T: torch.Tensor, k_BGTd: torch.Tensor, v_BGTd: torch.Tensor, kv_len: int):
-        """Write K/V of the new tokens at their positions; return the first kv_len positions."""
-        self.k.index_copy_(2, input_pos_T, k_BGTd.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos_T, v_BGTd.to(self.v.dtype))
-        return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
 
 
 class Attention(nn.Module):
@@ -60,22 +48,25 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
-        self.kv_cache: KVCache | None = None
+        self.kv_cache: KVCache | PagedKVCache | None = None
 
-    def forward(self, x_BTD, cos_Td, sin_Td, input_pos_T=None, kv_len: int | None = None):
+    def forward(self, x_BTD, cos, sin, input_pos=None, kv_len: int | None = None):
         """Without input_pos: plain causal attention over x. With input_pos (and a cache set up):
-        write this chunk's K/V at those positions and attend over the cache up to kv_len."""
+        write this chunk's K/V at those positions and attend over what the cache returns: input_pos
+        [T] and kv_len for a KVCache, a PagedBatch for a PagedKVCache (moe/kv_cache.py).
+        cos, sin: [T, d/2], or [B, T, d/2] when each row has its own positions."""
         q = rearrange(self.wq(x_BTD), "b t (h d) -> b h t d", d=self.head_dim)
         k = rearrange(self.wk(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
         v = rearrange(self.wv(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
-        q, k = apply_rope(q, cos_Td, sin_Td), apply_rope(k, cos_Td, sin_Td)
+        if cos.dim() == 3:  # per-row positions: broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.n_kv_heads != self.n_heads
-        if input_pos_T is None:
+        if input_pos is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_caches() first")
-            k, v = self.kv_cache.update(input_pos_T, k, v, kv_len)
-            mask_TS = torch.arange(kv_len, device=q.device) <= input_pos_T[:, None]  # causal over the cache
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask_TS, enable_gqa=gqa)
+            k, v, mask = self.kv_cache.update(k, v, input_pos, kv_len)
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=gqa)
         return self.wo(rearrange(y, "b h t d -> b t (h d)"))

@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moe.attention import Attention, KVCache, rope_tables
+from moe.attention import Attention, rope_tables
 from moe.config import ModelConfig
+from moe.kv_cache import KVCache, PagedBatch, PagedKVCache
 from moe.moe_layer import MoELayer
 from moe.router import RouterOutput
 
@@ -40,7 +41,12 @@ class Block(nn.Module):
 
     def forward(self, x_BTD, cos, sin, input_pos=None, kv_len=None):
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos, sin, input_pos, kv_len)
-        y_BTD, routing = self.moe(self.mlp_norm(x_BTD))
+        h_BTD = self.mlp_norm(x_BTD)
+        if isinstance(input_pos, PagedBatch):  # route only the real tokens, not the padding
+            valid_BT = input_pos.valid_BT
+            y_ND, routing = self.moe(h_BTD[valid_BT])
+            return x_BTD + torch.zeros_like(h_BTD).index_put((valid_BT,), y_ND), routing
+        y_BTD, routing = self.moe(h_BTD)
         return x_BTD + y_BTD, routing
 
 
@@ -80,18 +86,34 @@ class MoETransformer(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype, device)
 
+    def setup_paged_caches(self, n_pages: int, page_size: int, dtype: torch.dtype | None = None) -> None:
+        """A pool of n_pages pages of page_size positions in every layer, for the serving engine."""
+        dtype = dtype or self.tok_emb.weight.dtype
+        device = self.tok_emb.weight.device
+        for block in self.blocks:
+            block.attn.kv_cache = PagedKVCache(n_pages, page_size, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, device)
+
     def clear_caches(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
 
-    def forward(self, idx_BT: torch.Tensor, input_pos: torch.Tensor | None = None,
+    def forward(self, idx_BT: torch.Tensor, input_pos: torch.Tensor | PagedBatch | None = None,
                 targets: torch.Tensor | None = None) -> ModelOutput:
         """idx [B, T] token ids. input_pos [T]: the positions of these tokens, to read and write the
-        KV cache (prefill: arange(T); decode: [n]). targets [B, T]: also return the cross-entropy."""
+        KV cache (prefill: arange(T); decode: [n]); or a PagedBatch, each row its own sequence at its
+        own positions in the paged cache (padding tokens give garbage logits and are not routed).
+        targets [B, T]: also return the cross-entropy."""
         self._check_tokens(idx_BT, "token ids")
         B, T = idx_BT.shape
         kv_len = None
-        if input_pos is None:
+        if isinstance(input_pos, PagedBatch):
+            if input_pos.pos_BT.shape != (B, T):
+                raise ValueError(f"PagedBatch positions must have shape [B={B}, T={T}], got {tuple(input_pos.pos_BT.shape)}")
+            if T and int(input_pos.pos_BT.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(input_pos.pos_BT.max())} is past max_seq_len {self.cfg.max_seq_len}")
+            pos_BT = input_pos.pos_BT.clamp(min=0)
+            cos, sin = self.rope_cos[pos_BT], self.rope_sin[pos_BT]
+        elif input_pos is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]

@@ -1,0 +1,188 @@
+"""The serving engine (moe/engine.py) against `generate`, one request at a time, and the paged cache
+against a full forward. Models are float64 so batching cannot flip an argmax by rounding."""
+
+import copy
+import random
+
+import pytest
+import torch
+
+from conftest import shrunk
+from moe.engine import Engine, Request, RequestError
+from moe.generate import generate
+from moe.kv_cache import PagedBatch
+from moe.model import MoETransformer
+
+
+def tiny_model(**overrides):
+    return MoETransformer(shrunk("tiny", **overrides)).double().eval()
+
+
+def random_requests(n, seed, sampling, max_prompt=20, max_new=12):
+    rng = random.Random(seed)
+    return [Request([rng.randrange(256) for _ in range(rng.randint(1, max_prompt))], rng.randint(1, max_new),
+                    sampling=sampling, seed=seed + i) for i in range(n)]
+
+
+def alone(model, req: Request, stop_tokens=()):
+    s = req.sampling or {}
+    return generate(model, req.prompt, req.max_new_tokens, seed=req.seed, stop_tokens=stop_tokens, **s)
+
+
+def test_paged_cache_rows_at_different_positions_equal_full_forwards():
+    model = tiny_model()
+    seqs = [torch.randint(0, 256, (n,)) for n in (11, 5, 8)]
+    full = [model(s[None]).logits[0] for s in seqs]
+    model.setup_paged_caches(n_pages=12, page_size=4)
+    tables = torch.tensor([[7, 2, 9], [0, 11, 4], [5, 1, 3]])  # scattered pages
+    # Step 1: prefill different lengths (padded); step 2: the rest, again ragged.
+    cut = [6, 2, 8]
+    got = [[] for _ in seqs]
+    for lo, hi in [((0, 0, 0), cut), (cut, [len(s) for s in seqs])]:
+        T = max(h - l for l, h in zip(lo, hi))
+        idx = torch.zeros(3, max(T, 1), dtype=torch.long)
+        pos = torch.full((3, max(T, 1)), -1)
+        for b, (s, l, h) in enumerate(zip(seqs, lo, hi)):
+            idx[b, :h - l], pos[b, :h - l] = s[l:h], torch.arange(l, h)
+        out = model(idx, input_pos=PagedBatch(pos, tables))
+        for b, (l, h) in enumerate(zip(lo, hi)):
+            got[b].append(out.logits[b, :h - l])
+        # the routing saw only real tokens
+        assert sum(out.routing[0].tokens_per_expert) == 2 * sum(h - l for l, h in zip(lo, hi))
+    for g, f in zip(got, full):
+        torch.testing.assert_close(torch.cat(g), f, atol=1e-7, rtol=1e-6)  # float32 router: see test_model
+
+
+def test_greedy_batched_equals_each_request_alone_and_queues_when_the_budget_is_full():
+    model = tiny_model()
+    reqs = random_requests(10, seed=0, sampling={"greedy": True})
+    engine = Engine(model, n_pages=14, page_size=4, max_batch=6)
+    results = engine.run(reqs)
+    for req, res in zip(reqs, results):
+        assert res.tokens == alone(model, req)
+        assert res.finish_reason == "length" and len(res.tokens) == req.max_new_tokens
+    sizes = [s.batch_size for s in engine.steps]
+    assert len(set(sizes)) > 2  # the batch size varied from step to step
+    assert max(sizes) < len(reqs)  # the page budget made requests wait in the queue
+    assert any(0 < s.n_prefill < s.batch_size for s in engine.steps)  # a prefill joined running decodes
+    assert len(engine.free_pages) == engine.n_pages and not engine.running  # every page came back
+
+
+def test_sampled_output_depends_on_the_seed_not_the_batch():
+    model = tiny_model()
+    sampling = {"temperature": 1.0, "top_k": 100, "top_p": 0.95}
+    reqs = random_requests(6, seed=5, sampling=sampling)
+    batched = Engine(model, n_pages=60, page_size=4).run(reqs)
+    for req, res in zip(reqs, batched):
+        assert res.tokens == alone(model, req)  # generate() draws the same uniforms in the same order
+    other = Engine(model, n_pages=60, page_size=4).run(reqs[3:4] + random_requests(4, seed=9, sampling=sampling))
+    assert other[0].tokens == batched[3].tokens
+    reseeded = Engine(model, n_pages=60, page_size=4).run([Request(reqs[3].prompt, 12, sampling, seed=1234)])
+    assert reseeded[0].tokens != batched[3].tokens[:12] or len(batched[3].tokens) < 4
+
+
+def test_stop_tokens_end_a_request_early():
+    model = tiny_model()
+    prompt = [3, 1, 4, 1, 5]
+    free = generate(model, prompt, 20, greedy=True)
+    stop = free[4]  # the fifth token the model chooses
+    res = Engine(model, n_pages=20, page_size=4).run([Request(prompt, 20, {"greedy": True}, stop_tokens=(stop,))])[0]
+    assert res.finish_reason == "stop" and res.tokens == free[:free.index(stop) + 1]
+    assert res.tokens == generate(model, prompt, 20, greedy=True, stop_tokens=(stop,))
+
+
+def test_step_statistics_count_every_routed_token():
+    cfg = shrunk("tiny")
+    model = tiny_model()
+    engine = Engine(model, n_pages=40, page_size=8)
+    engine.run([Request(list(range(1, 2 + i)), 6, {"greedy": True}) for i in range(8)])
+    for s in engine.steps:
+        assert len(s.tokens_per_expert) == cfg.n_layers
+        assert all(len(layer) == cfg.n_experts and sum(layer) == s.n_tokens * cfg.top_k for layer in s.tokens_per_expert)
+    decode_8 = [s for s in engine.steps if s.n_prefill == 0 and s.batch_size == 8]
+    assert decode_8 and all(s.n_tokens == 8 for s in decode_8)
+
+
+def test_bad_requests_get_their_own_error_and_the_rest_are_served():
+    model = tiny_model()  # max_seq_len 64
+    engine = Engine(model, n_pages=6, page_size=8)  # 48 positions in all
+    good = Request([1, 2, 3], 5, {"greedy": True})
+    bad = {
+        "longer than max_seq_len": Request([1] * 65, 1),
+        "exceeds max_seq_len": Request([1] * 40, 30),
+        "can never fit": Request([1] * 40, 20),
+        r"unknown sampling setting\(s\) \['temprature'\]": Request([1], 3, {"temprature": 0.1}),
+        "top_p": Request([1], 3, {"top_p": 2.0}),
+        "prompt tokens must be integers in": Request([1, 300], 3),
+        "prompt is empty": Request([], 3),
+        "max_new_tokens must be": Request([1], 0),
+    }
+    results = engine.run([good, *bad.values(), good])
+    for (pattern, _), res in zip(bad.items(), results[1:-1]):
+        assert isinstance(res, RequestError)
+        assert pytest.raises(RequestError, engine.submit, _).match(pattern)
+    assert results[0].tokens == results[-1].tokens == alone(model, good)
+
+
+def test_engine_setup_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="different vocabularies"):
+        Engine(model, n_pages=4, draft=tiny_model(vocab_size=128))
+    with pytest.raises(ValueError, match="holds no page"):
+        Engine(model, kv_budget_bytes=100)
+    with pytest.raises(ValueError, match="draft_tokens"):
+        Engine(model, n_pages=4, draft=tiny_model(), draft_tokens=0)
+
+
+@pytest.mark.parametrize("draft_tokens", [1, 4])
+def test_greedy_speculative_equals_greedy_target_only(draft_tokens):
+    """A random draft is usually wrong, so nearly every step rejects and both caches roll back."""
+    model, draft = tiny_model(), tiny_model(n_layers=1)
+    reqs = random_requests(5, seed=3, sampling={"greedy": True}, max_new=16)
+    engine = Engine(model, n_pages=40, page_size=4, draft=draft, draft_tokens=draft_tokens)
+    results = engine.run(reqs)
+    for req, res in zip(reqs, results):
+        assert res.tokens == alone(model, req)
+    assert sum(r.draft_proposed for r in results) > 20
+    assert sum(r.draft_accepted for r in results) < sum(r.draft_proposed for r in results)  # rejections happened
+
+
+@pytest.mark.parametrize("sampling", [{"greedy": True}, {"temperature": 1.0}])
+def test_the_target_as_its_own_draft_is_always_accepted(sampling):
+    model = tiny_model()
+    reqs = random_requests(3, seed=4, sampling=sampling, max_new=14)
+    results = Engine(model, n_pages=40, page_size=4, draft=copy.deepcopy(model), draft_tokens=3).run(reqs)
+    for req, res in zip(reqs, results):
+        assert res.draft_accepted == res.draft_proposed > 0
+        assert len(res.tokens) / res.target_forwards > 2  # up to 4 tokens per target forward
+        if "greedy" in sampling:
+            assert res.tokens == alone(model, req)
+
+
+def test_speculative_sampling_through_the_engine_matches_the_target_distribution():
+    """The first two tokens after a fixed prompt, 1,500 requests batched through the engine with a draft that
+    disagrees with the target. Vocabulary 3 and peaked random models; the exact target distribution
+    of the 9 outcomes is computed by enumeration. (The tight TV < 0.01 check of the rule itself, on
+    300k samples, is in test_sampling.py; this one checks the engine's plumbing at n = 1,500.)"""
+    target, draft = tiny_model(vocab_size=3), tiny_model(vocab_size=3, n_layers=1)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(60)  # random logits are near zero: sharpen so the models differ
+        draft.lm_head.weight.mul_(60)
+    prompt = [0, 2, 1]
+
+    def exact(model):
+        p1 = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+        return torch.stack([p1[a] * model(torch.tensor([prompt + [a]])).logits[0, -1].softmax(-1)
+                            for a in range(3)]).flatten()
+
+    with torch.no_grad():
+        p_target, p_draft = exact(target), exact(draft)
+    assert 0.5 * (p_target - p_draft).abs().sum() > 0.3
+    n = 1500
+    reqs = [Request(prompt, 3, {"temperature": 1.0}, seed=i) for i in range(n)]
+    engine = Engine(target, n_pages=n, page_size=8, max_batch=500, draft=draft, draft_tokens=2)
+    results = engine.run(reqs)
+    assert sum(r.draft_proposed for r in results) > 0
+    codes = torch.tensor([r.tokens[0] * 3 + r.tokens[1] for r in results])  # the second came from the rule
+    empirical = torch.bincount(codes, minlength=9).double() / n
+    assert 0.5 * (empirical - p_target).abs().sum() < 0.05  # sampling noise ~0.02 at this n
