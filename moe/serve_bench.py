@@ -143,7 +143,7 @@ def environment() -> dict:
 def write(s: dict, out_dir, name: str, header: str) -> pathlib.Path:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(s, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(s, separators=(",", ":")))  # per-step counts: keep it compact
     plot_expert_batches(s, out / f"{name}.png", header)
     return out
 

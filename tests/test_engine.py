@@ -186,3 +186,48 @@ def test_speculative_sampling_through_the_engine_matches_the_target_distribution
     codes = torch.tensor([r.tokens[0] * 3 + r.tokens[1] for r in results])  # the second came from the rule
     empirical = torch.bincount(codes, minlength=9).double() / n
     assert 0.5 * (empirical - p_target).abs().sum() < 0.05  # sampling noise ~0.02 at this n
+
+
+def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    from moe import checkpoint
+
+    for name, over in [("target", {}), ("draft", {"n_layers": 1}), ("other-vocab", {"vocab_size": 128})]:
+        cfg = shrunk("tiny", **over)
+        checkpoint.save_checkpoint(tmp_path / name, MoETransformer(cfg), cfg)
+    gen = [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path / "target"), "--prompt", "To be",
+           "--max-new-tokens", "12", "--greedy"]
+    plain = subprocess.run(gen, capture_output=True, text=True)
+    spec = subprocess.run(gen + ["--draft-checkpoint", str(tmp_path / "draft"), "--draft-tokens", "3"],
+                          capture_output=True, text=True)
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    text, report = spec.stdout.rsplit("\n\nspeculative decoding", 1)
+    assert text + "\n" == plain.stdout  # greedy: the same text with and without the draft
+    for needle in ("acceptance", "tokens per target forward", "target-only: speedup"):
+        assert needle in report
+    bad = subprocess.run(gen + ["--draft-checkpoint", str(tmp_path / "other-vocab")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "different vocabularies" in bad.stderr
+
+    bench = subprocess.run([sys.executable, "-m", "moe", "serve-bench", "--config", "tiny", "--set", "d_model=32",
+                            "--set", "n_layers=1", "--requests", "6", "--rate", "50", "--prompt-len", "8",
+                            "--max-new-tokens", "5", "--out", str(tmp_path / "bench"), "--name", "b"],
+                           capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr
+    for needle in ("throughput", "time to first token", "inter-token latency", "tokens per expert"):
+        assert needle in bench.stdout
+    summary = json.loads((tmp_path / "bench" / "b.json").read_text())
+    assert summary["requests"] == 6 and summary["new_tokens"] == 30
+    assert (tmp_path / "bench" / "b.png").stat().st_size > 0
+
+    script = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent.parent / "scripts" / "bench_serving.py"), "--quick", "--rates", "50", "--target",
+                             str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--out", str(tmp_path / "sv")],
+                            capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    table = (tmp_path / "sv" / "serving.md").read_text()
+    assert "| greedy | 1 | target only |" in table and "| temperature 0.8 | 1 | 2 |" in table
+    rows = json.loads((tmp_path / "sv" / "serving.json").read_text())["speculative"]
+    assert [r["acceptance"] for r in rows if r["mode"] == "greedy"][0] is None  # target only proposes nothing
