@@ -52,14 +52,17 @@ def _sampling(args) -> dict:
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
 
 
-def _load(path, args):
+def _device(args) -> str:
     import torch
 
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(path, args):
     from moe import checkpoint
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {"expert_backend": args.expert_backend} if args.expert_backend else {}
-    return checkpoint.load_model(path, device, **overrides)
+    return checkpoint.load_model(path, _device(args), **overrides)
 
 
 def cmd_generate(args) -> None:
@@ -110,9 +113,7 @@ def cmd_serve_bench(args) -> None:
         from moe.model import MoETransformer
 
         torch.manual_seed(args.seed)
-        model = MoETransformer(load_config(args.config, **_overrides(args.set)))
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = model.to(device)
+        model = MoETransformer(load_config(args.config, **_overrides(args.set))).to(_device(args))
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
                     max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
