@@ -202,7 +202,7 @@ class Engine:
             p = probabilities(lg[-(k + 1):], row.params)  # the target at the k + 1 scored positions
             u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
             u = torch.rand(1, generator=row.generator, dtype=torch.float64)
-            n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long).view(1, k), u_k[None], u)
+            n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long), u_k[None], u)
             n_acc = int(n_acc)
             row.n_target = len(row.tokens) + n_acc  # the cache keeps what was fed up to the last accepted draft
             row.n_draft = min(row.n_draft, row.n_target)

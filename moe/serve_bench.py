@@ -16,6 +16,7 @@ passed, runs one engine step, and repeats (sleeping when idle). Reported:
 
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
 import platform
@@ -66,10 +67,10 @@ def summarize(engine: Engine, results, t0: float) -> dict:
     ttft = [r.ttft for r in results]
     itl = []
     for r in results:  # gaps between successive emission events, shared among the tokens of each event
-        events = sorted(set(r.token_times))
+        tokens_at = collections.Counter(r.token_times)
+        events = sorted(tokens_at)
         for a, b in zip(events, events[1:]):
-            n = r.token_times.count(b)
-            itl += [(b - a) / n] * n
+            itl += [(b - a) / tokens_at[b]] * tokens_at[b]
     n_tokens = sum(len(r.tokens) for r in results)
     t_end = max(r.token_times[-1] for r in results)
     t_first = min(r.t_arrival for r in results)
