@@ -25,6 +25,7 @@ import torch.nn as nn
 import kernels
 from kernels.expert_mlp import activation
 from moe.config import ModelConfig
+from moe.expert_parallel import parallel_moe_forward
 from moe.router import RouterOutput, TopKRouter
 
 
@@ -40,6 +41,7 @@ class MoELayer(nn.Module):
         self.w_up = nn.Parameter(torch.empty(E, D, F_))
         self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if cfg.activation == "swiglu" else None
         self.w_down = nn.Parameter(torch.empty(E, F_, D))
+        self.groups = None  # moe.expert_parallel.ExpertGroups once the experts are split over ranks
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -52,6 +54,8 @@ class MoELayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         """x [..., D] -> (y [..., D], the routing of its T = x[..., 0].numel() tokens)."""
+        if self.groups is not None:
+            return parallel_moe_forward(self, x)
         x_TD = x.reshape(-1, x.shape[-1])
         r = self.router(x_TD)
         x_TD, w_up, w_gate, w_down = self._autocast(x_TD, self.w_up, self.w_gate, self.w_down)

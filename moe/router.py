@@ -9,6 +9,9 @@ Load-balancing loss (Switch Transformer, extended to top-k):
                     sum_i f_i = sum_i P_i = 1. When assignments are spread evenly (f_i = 1/E) it is
                     exactly 1, whatever P; all tokens on k experts pushes it toward E / k.
                     f carries no gradient (it is a count); the gradient reaches the gate through P.
+                    Data parallel: f counts the tokens of all ranks (`count_group` all-reduces
+                    the counts) and P stays local, so the mean of the ranks' losses, and of their
+                    gradients, is the single-process loss and gradient over the whole batch.
 Router z-loss (ST-MoE):  L_z = mean over tokens of logsumexp(logits)^2.
 Capacity (optional): capacity = ceil(capacity_factor * T * k / E) assignments per expert. Overflow is
                     chosen by position: assignments are taken in token order (token t's j-th choice is
@@ -22,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -73,6 +77,7 @@ class TopKRouter(nn.Module):
         self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
         self.balance_coef, self.z_coef = balance_coef, z_coef
         self.jitter, self.capacity_factor = jitter, capacity_factor
+        self.count_group = None  # a process group: take f from the expert counts of all its ranks
 
     def capacity(self, n_tokens: int) -> int | None:
         if not self.capacity_factor:
@@ -88,7 +93,11 @@ class TopKRouter(nn.Module):
 
         T, E = logits_TE.shape
         counts_E = torch.bincount(experts_TK.reshape(-1), minlength=E)
-        f_E = counts_E.float() / (T * self.top_k)
+        all_counts_E = counts_E
+        if self.count_group is not None:
+            all_counts_E = counts_E.clone()
+            dist.all_reduce(all_counts_E, group=self.count_group)
+        f_E = all_counts_E.float() / all_counts_E.sum().clamp(min=1)  # = counts / (T * k) in one process
         P_E = logits_TE.softmax(dim=-1).mean(dim=0)
         balance = E * (f_E * P_E).sum()
         z = torch.logsumexp(logits_TE, dim=-1).pow(2).mean()

@@ -57,17 +57,21 @@ def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not norms). Fused where this torch supports it (on CPU
-    it is about 20% of a tiny-preset step faster than the default)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `params` (e.g. model.parameters()); weight decay on matrices only (not norms).
+    Fused where this torch supports it (on CPU it is about 20% of a tiny-preset step faster than the
+    default). DTensor and plain parameters go in separate groups: a fused or foreach update takes a
+    group's tensors together and cannot mix the two."""
+    groups: dict[tuple, dict] = {}
+    for p in params:
+        decay = p.dim() >= 2
+        groups.setdefault((decay, type(p)), {"params": [], "weight_decay": cfg.weight_decay if decay else 0.0})
+        groups[(decay, type(p))]["params"].append(p)
     kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     try:
-        return torch.optim.AdamW(groups, fused=True, **kw)
+        return torch.optim.AdamW(list(groups.values()), fused=True, **kw)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kw)
+        return torch.optim.AdamW(list(groups.values()), **kw)
 
 
 def _autocast(device: torch.device):
@@ -128,7 +132,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     model = MoETransformer(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model.parameters(), cfg)
     train_data, val_data = split_corpus(load_corpus(corpus), cfg.val_fraction)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps

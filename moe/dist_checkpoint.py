@@ -1,0 +1,88 @@
+"""Distributed checkpoints (torch.distributed.checkpoint) that load into any layout, or one process.
+
+    run/
+      latest                  the name of the newest complete step directory
+      step-0001000/
+        .metadata, *.distcp   DCP: "model.<name>" for every weight, "optim.<name>.{exp_avg,exp_avg_sq,step}"
+        config.json           model and training config, and the layout that wrote it
+        trainer.pt            step, data-sampler RNG state, history (the same on every rank)
+
+DCP stores each tensor by its global name and shape, whatever shards wrote it: a DTensor's shards
+(tensor and expert parallel, FSDP2) as chunks of the global tensor, a replicated tensor once, a
+pipeline stage only its own layers. Loading asks for the tensors the new layout holds, in its own
+shards, and DCP reads the overlapping chunks. ZeRO-1 state is saved by its owner alone.
+
+The step directory is written under a temporary name and renamed by rank 0 once every rank has
+finished, then `latest` is replaced atomically, as in moe/checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from moe.checkpoint import KEEP, _fsync_dir, _write_atomic
+from moe.config import ModelConfig, TrainConfig
+
+
+def is_distributed_checkpoint(step_dir) -> bool:
+    return (pathlib.Path(step_dir) / ".metadata").exists()
+
+
+def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainConfig, layout,
+         trainer_state: dict, step: int) -> pathlib.Path:
+    """Every rank calls this together. Returns the step directory."""
+    run_dir = pathlib.Path(run_dir)
+    final = run_dir / f"step-{step:07d}"
+    tmp = run_dir / f".tmp-{final.name}"
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    dcp.save({"model": module.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=tmp)
+    dist.barrier()
+    if rank0:
+        config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout)}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        torch.save(trainer_state, tmp / "trainer.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+        _write_atomic(run_dir / "latest", final.name.encode())
+        for stale in sorted(run_dir.glob("step-*"))[:-KEEP]:
+            if stale != final:
+                shutil.rmtree(stale)
+    dist.barrier()
+    return final
+
+
+def load(step_dir, module, optimizer=None) -> dict:
+    """Load weights (and, given the optimizer, its state) saved by any layout into this rank's part
+    of `module`; returns the trainer state. Every rank calls this together."""
+    state = {"model": module.state_dict()}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_template()
+    dcp.load(state, checkpoint_id=step_dir)
+    module.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optim"])
+    return torch.load(pathlib.Path(step_dir) / "trainer.pt", weights_only=True)
+
+
+def load_weights_one_process(model: torch.nn.Module, step_dir) -> None:
+    """The whole model in this process, from a checkpoint any layout wrote (no process group needed)."""
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=step_dir, no_dist=True)
+    model.load_state_dict(state["model"])

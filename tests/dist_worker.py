@@ -1,0 +1,46 @@
+"""Run by tests/test_distributed.py in each spawned process: train `steps` steps of a layout on a
+fixed random batch sequence (optionally after loading a distributed checkpoint), then save one."""
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_ff=24, max_seq_len=64, vocab_size=256)  # = conftest.shrunk
+TRAIN = dict(batch_size=8, seq_len=16, warmup_steps=0, lr=1e-3, grad_clip=0.5)  # 0.5: the clip is active
+
+
+def batches(cfg, train_cfg, n):
+    gen = torch.Generator().manual_seed(5)
+    shape = (train_cfg.batch_size, train_cfg.seq_len)
+    return [(torch.randint(0, cfg.vocab_size, shape, generator=gen),
+             torch.randint(0, cfg.vocab_size, shape, generator=gen)) for _ in range(n)]
+
+
+def run(rank, world, port, spec):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from moe import dist_checkpoint
+    from moe.config import load_config, load_train_config
+    from moe.dist_train import Trainer, init_process_group
+    from moe.layout import Layout
+
+    device = init_process_group("cpu")
+    cfg = load_config("tiny", **{**SMALL, **spec.get("model", {})})
+    train_cfg = load_train_config("tiny", **TRAIN)
+    trainer = Trainer.build(cfg, train_cfg, Layout(**spec["layout"]), device)
+    done = 0
+    if spec.get("load"):
+        done = dist_checkpoint.load(spec["load"], trainer.module, trainer.optimizer)["step"]
+    results = []
+    for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
+        results.append(trainer.step(x, y, train_cfg.lr))
+    step = done + spec["steps"]
+    dist_checkpoint.save(spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout,
+                         {"step": step}, step)
+    if rank == 0:
+        with open(os.path.join(spec["out"], "results.json"), "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
