@@ -23,12 +23,17 @@ def _overrides(pairs: list[str]) -> dict:
 def cmd_figures(args) -> None:
     from moe.config import load_config
     from moe.figures import print_figures
+    from moe.layout import parse_layout
 
-    print_figures(load_config(args.config, **_overrides(args.set)))
+    layout = parse_layout(args.layout) if args.layout else None
+    print_figures(load_config(args.config, **_overrides(args.set)), layout, args.batch_tokens, args.seq_len)
 
 
 def cmd_train(args) -> None:
+    import os
+
     from moe.config import load_config, load_train_config, split_overrides
+    from moe.layout import Layout, load_layout
 
     model_over, train_over = split_overrides(_overrides(args.set))
     for flag in ("lr", "batch_size", "seq_len", "max_steps", "time_budget_s", "seed"):
@@ -40,12 +45,50 @@ def cmd_train(args) -> None:
     if args.dense:
         model_cfg = model_cfg.dense_twin()
     train_cfg = load_train_config(args.config, **train_over)
+    layout = load_layout(args.config, **{k: getattr(args, k) for k in ("dp", "tp", "ep", "pp", "microbatches",
+                                                                      "schedule", "first_stage_layers", "sharding")})
+    out = args.out or f"runs/{model_cfg.name}"
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
+        _train_distributed(model_cfg, train_cfg, layout, world, out, args)
+        return
     from moe.train import train
 
-    out = args.out or f"runs/{model_cfg.name}"
     print(f"training {model_cfg.name} -> {out}")
     train(model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
           progress=None if not args.no_progress else False)
+
+
+def _holds_distributed_checkpoint(run_dir) -> bool:
+    import pathlib
+
+    latest = pathlib.Path(run_dir) / "latest"
+    return latest.exists() and (latest.parent / latest.read_text().strip() / ".metadata").exists()
+
+
+def _train_distributed(model_cfg, train_cfg, layout, world, out, args) -> None:
+    """Under torchrun (or in one process for a layout of one rank): check the layout against the
+    world before any process group exists, then train."""
+    try:
+        layout.check(model_cfg, world, train_cfg.batch_size)
+    except ValueError as e:
+        hint = (f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
+                if layout.world_size != world else "")
+        raise ValueError(f"{e}{hint}") from None
+    import os
+
+    import torch.distributed as dist
+
+    from moe.dist_train import train_distributed
+
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"training {model_cfg.name} -> {out} in layout {layout.describe()}")
+    try:
+        train_distributed(model_cfg, train_cfg, layout, out, resume=args.resume, overwrite=args.overwrite,
+                          device=args.device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _sampling(args) -> dict:
@@ -140,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("figures", help="parameters, FLOPs and memory a config implies, beside the leaked GPT-4 figures")
     f.add_argument("--config", default="gpt4", help="preset name (configs/NAME.toml) or a .toml path")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")
+    f.add_argument("--layout", help="add the per-GPU view of a parallel layout, e.g. tp=8,pp=15,dp=208,microbatches=32 "
+                   "(keys: dp tp ep pp microbatches schedule first_stage_layers sharding)")
+    f.add_argument("--batch-tokens", type=float, help="tokens per training step for --layout (default 60e6, the leak's)")
+    f.add_argument("--seq-len", type=int, help="sequence length for --layout (default: the config's max_seq_len)")
     f.set_defaults(func=cmd_figures)
 
     t = sub.add_parser("train", help="train on the bundled Shakespeare corpus (byte-level)")
@@ -160,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="expert matmuls: auto (Triton on CUDA, PyTorch "
                    "elsewhere), torch or triton (default: the config's expert_backend)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    par = t.add_argument_group("parallel layout (launch with torchrun; the product of the degrees is the world "
+                               "size; defaults from the config's [parallel] table, else 1)")
+    par.add_argument("--dp", type=int, help="data parallel replicas")
+    par.add_argument("--tp", type=int, help="tensor parallel: split query heads and each expert's d_ff")
+    par.add_argument("--ep", type=int, help="expert parallel: split the experts (tokens travel by all-to-all)")
+    par.add_argument("--pp", type=int, help="pipeline parallel: split the layers into stages")
+    par.add_argument("--microbatches", type=int, help="microbatches per step (pipeline; else gradient accumulation)")
+    par.add_argument("--schedule", choices=("1f1b", "gpipe"), help="pipeline schedule (default 1f1b)")
+    par.add_argument("--first-stage-layers", dest="first_stage_layers", type=int,
+                     help="layers on the first pipeline stage, which also holds the embedding (default: even split)")
+    par.add_argument("--sharding", choices=("zero1", "fsdp"),
+                     help="data parallel: ZeRO-1 optimizer-state sharding (default) or FSDP2")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model or [train] field, e.g. --set n_layers=2 --set warmup_steps=10")
     t.set_defaults(func=cmd_train)

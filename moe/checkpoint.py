@@ -96,8 +96,9 @@ def resolve(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if (path / "latest").exists():
         path = path / (path / "latest").read_text().strip()
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected model.safetensors or a 'latest' file)")
+    if not (path / "model.safetensors").exists() and not (path / ".metadata").exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected model.safetensors, a distributed "
+                                "checkpoint's .metadata, or a 'latest' file)")
     return path
 
 
@@ -108,8 +109,14 @@ def read_config(path) -> tuple[ModelConfig, dict | None]:
 
 
 def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
-    """Load weights into `model`, or raise naming every missing, unexpected and mis-shaped tensor."""
+    """Load weights into `model`, or raise naming every missing, unexpected and mis-shaped tensor.
+    A distributed checkpoint (any layout, moe/dist_checkpoint.py) loads whole into this process."""
     step_dir = resolve(path)
+    if (step_dir / ".metadata").exists():
+        from moe.dist_checkpoint import load_weights_one_process
+
+        load_weights_one_process(model, step_dir)
+        return step_dir
     saved = load_file(str(step_dir / "model.safetensors"))
     expected = _weights(model)
     problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"

@@ -5,7 +5,8 @@ This module imports no torch, so the GPT-4-scale arithmetic (moe/arithmetic.py) 
     cfg = load_config("tiny", n_layers=2)          # preset name, or a path to a .toml file
     train = load_train_config("tiny", lr=1e-3)     # the preset's [train] table, with overrides
 
-A preset file holds the model fields at top level and the training settings in a `[train]` table.
+A preset file holds the model fields at top level, the training settings in a `[train]` table, and
+optionally a parallel layout in a `[parallel]` table (moe/layout.py).
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def load_config(name_or_path: str | pathlib.Path, **overrides) -> ModelConfig:
     """A preset by name (configs/<name>.toml) or a path to a TOML file, with field overrides."""
     data, stem = _read_toml(name_or_path)
     data.pop("train", None)
+    data.pop("parallel", None)  # moe.layout.load_layout reads it
     values = {"name": stem, **data, **overrides}
     return from_dict(ModelConfig, values, f"config {str(name_or_path)!r}")
 
@@ -212,5 +214,10 @@ def parse_value(text: str):
         return text
 
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names",
+def read_table(name_or_path: str | pathlib.Path, table: str) -> dict:
+    """One table of a preset or TOML file (empty if absent)."""
+    return _read_toml(name_or_path)[0].get(table, {})
+
+
+__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "read_table",
            "split_overrides", "parse_value", "from_dict"]

@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -84,5 +85,7 @@ def load(step_dir, module, optimizer=None) -> dict:
 def load_weights_one_process(model: torch.nn.Module, step_dir) -> None:
     """The whole model in this process, from a checkpoint any layout wrote (no process group needed)."""
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=step_dir, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=step_dir, no_dist=True)
     model.load_state_dict(state["model"])

@@ -105,7 +105,8 @@ def is_gpt4_shape(cfg: ModelConfig) -> bool:
     return (cfg.n_layers, cfg.d_model, cfg.n_experts, cfg.d_ff) == (120, 10752, 16, 43008)
 
 
-def print_figures(cfg: ModelConfig) -> None:
+def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = None, seq_len: int | None = None) -> None:
+    """The config's figures; with a moe.layout.Layout, also what one GPU of that layout holds."""
     print(f"config {cfg.name!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of "
           f"{cfg.head_dim}, {cfg.n_kv_heads} K/V head(s), {cfg.n_experts} experts of d_ff {cfg.d_ff} "
           f"({cfg.activation}), top-{cfg.top_k}, vocab {cfg.vocab_size:,}")
@@ -115,3 +116,11 @@ def print_figures(cfg: ModelConfig) -> None:
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
         print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
+    if layout is not None:
+        from moe.layout_figures import LEAK_TRAIN_BATCH_TOKENS, layout_rows
+
+        batch_tokens = batch_tokens or LEAK_TRAIN_BATCH_TOKENS
+        seq_len = seq_len or cfg.max_seq_len
+        print(f"\nper GPU in layout {layout.describe()} ({layout.schedule} schedule), "
+              f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}")
+        print(format_table(layout_rows(cfg, layout, batch_tokens, seq_len), ("quantity", "per GPU", "how")))

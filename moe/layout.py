@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from moe.config import ModelConfig
+from moe.config import ModelConfig, from_dict, read_table
 
 SCHEDULES = ("1f1b", "gpipe")
 SHARDINGS = ("zero1", "fsdp")
@@ -147,6 +147,12 @@ def parse_layout(text: str, **defaults) -> Layout:
             raise ValueError(f"layout: unknown key {key!r}; keys: {', '.join(names)}")
         values[key] = value if key in ("schedule", "sharding") else _int(key, value)
     return Layout(**values)
+
+
+def load_layout(name_or_path, **overrides) -> Layout:
+    """The `[parallel]` table of a preset or TOML file (all 1 if absent), with overrides (None: keep)."""
+    values = {**read_table(name_or_path, "parallel"), **{k: v for k, v in overrides.items() if v is not None}}
+    return from_dict(Layout, values, f"[parallel] of {str(name_or_path)!r}")
 
 
 def _int(key: str, value: str) -> int:
