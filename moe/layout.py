@@ -74,10 +74,7 @@ class Layout:
         return ",".join(parts)
 
     def check(self, cfg: ModelConfig, world_size: int | None = None, batch_size: int | None = None) -> None:
-        """Raise a ValueError naming the first degree that does not fit the world or what it splits."""
-        if world_size is not None and self.world_size != world_size:
-            raise ValueError(f"layout dp={self.dp} x ep={self.ep} x tp={self.tp} x pp={self.pp} = {self.world_size} "
-                             f"processes, but the world size is {world_size}")
+        """Raise a ValueError naming the first degree that does not fit what it splits, then the world."""
         if cfg.n_heads % self.tp:
             raise ValueError(f"tp={self.tp} must divide n_heads={cfg.n_heads} (tensor parallelism splits query heads)")
         if cfg.n_kv_heads > 1 and cfg.n_kv_heads % self.tp:
@@ -100,6 +97,9 @@ class Layout:
         per_step = self.data_shards * self.microbatches
         if batch_size is not None and batch_size % per_step:
             raise ValueError(f"batch_size={batch_size} must be divisible by dp x ep x microbatches = {per_step}")
+        if world_size is not None and self.world_size != world_size:
+            raise ValueError(f"layout dp={self.dp} x ep={self.ep} x tp={self.tp} x pp={self.pp} = {self.world_size} "
+                             f"processes, but the world size is {world_size}")
 
 
 def stage_layers(n_layers: int, pp: int, first: int = 0) -> list[range]:

@@ -74,8 +74,9 @@ def test_dense_twin_has_the_same_active_expert_width():
 
 
 def test_config_and_arithmetic_import_no_torch():
-    code = ("import sys, moe, moe.config, moe.arithmetic, moe.figures; "
-            "moe.figures.print_figures(moe.load_config('gpt4')); assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, moe, moe.config, moe.arithmetic, moe.figures, moe.layout; "
+            "moe.figures.print_figures(moe.load_config('gpt4'), moe.layout.parse_layout('tp=8,pp=15,dp=208')); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

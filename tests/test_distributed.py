@@ -14,6 +14,8 @@ the gradient's relative error: 1e-5 absolute at lr 1e-3 leaves a wide margin ove
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -106,3 +108,25 @@ def test_checkpoint_reshards_into_another_layout(tmp_path):
     second = tmp_path / "tp2-pp2"
     got = spawn(dict(tp=2, pp=2, microbatches=2), second, steps=1, load=first / "step-0000001")
     check_against_reference(got, second, 2, microbatches=2)
+
+
+def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
+    """The command line end to end: expert parallel under torchrun, resumed as a pipeline, then one
+    process samples from the distributed checkpoint."""
+    small = [f"--set={k}={v}" for k, v in {**SMALL, "eval_interval": 2, "eval_batches": 1,
+                                           "checkpoint_interval": 2}.items()]
+    common = ["-m", "moe", "train", "--config", "tiny", "--batch-size", "8", "--seq-len", "16", "--out",
+              str(tmp_path), *small]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    first = subprocess.run(torchrun + common + ["--ep", "2", "--max-steps", "4"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "layout ep=2,zero1 on 2 process(es)" in first.stdout and "step 4/4" in first.stdout
+    second = subprocess.run(torchrun + common + ["--pp", "2", "--microbatches", "2", "--max-steps", "6", "--resume"],
+                            capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at step 4 (written by layout ep=2,zero1)" in second.stdout
+    assert "step 6/6" in second.stdout
+    gen = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To",
+                          "--max-new-tokens", "5"], capture_output=True, text=True)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert gen.stdout.startswith("To")
