@@ -131,7 +131,8 @@ def replica_group(name: str, par: Parallel):
     return par.groups["dp"] if _is_expert(name) else par.groups["data"]
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's storage of a DTensor (for in-place updates outside autograd), or the tensor itself."""
     return t._local_tensor if isinstance(t, DTensor) else t
 
 
@@ -146,13 +147,13 @@ def sync_gradients(module: nn.Module, par: Parallel) -> None:
     if lay.sharding == "fsdp":
         for name, p in module.named_parameters():
             if p.grad is not None and _is_expert(name) and lay.ep > 1:
-                _local(p.grad).div_(lay.ep)
+                local_tensor(p.grad).div_(lay.ep)
         return
     buckets: dict[int, list] = {}
     for name, p in module.named_parameters():
         if p.grad is not None:
             group = replica_group(name, par)
-            buckets.setdefault(id(group), [group]).append(_local(p.grad))
+            buckets.setdefault(id(group), [group]).append(local_tensor(p.grad))
     for group, *grads in buckets.values():
         flat = torch.cat([g.reshape(-1) for g in grads])
         if dist.get_world_size(group) > 1:
@@ -180,11 +181,11 @@ def clip_grad_norm(module: nn.Module, par: Parallel, max_norm: float) -> float:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     sq = torch.zeros((), dtype=torch.float64, device=par.device)
     for g in grads:
-        sq += _local(g).double().pow(2).sum() / _copies(g, par)
+        sq += local_tensor(g).double().pow(2).sum() / _copies(g, par)
     dist.all_reduce(sq)
     norm = float(sq.sqrt())
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads:
-            _local(g).mul_(scale)
+            local_tensor(g).mul_(scale)
     return norm

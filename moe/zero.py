@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from moe.config import TrainConfig
-from moe.distributed import Parallel, _local, replica_group
+from moe.distributed import Parallel, local_tensor, replica_group
 from moe.train import make_optimizer
 
 
@@ -39,7 +39,7 @@ class Zero1AdamW:
             group = replica_group(name, par)
             members = dist.get_process_group_ranks(group) if zero else [me]
             owner = min(members, key=lambda r: (load.get((id(group), r), 0), r))
-            load[id(group), owner] = load.get((id(group), owner), 0) + _local(p).numel()
+            load[id(group), owner] = load.get((id(group), owner), 0) + local_tensor(p).numel()
             self.owner[name], self.names[p] = owner, name
             if len(members) > 1:
                 self.broadcasts.setdefault(id(group), (group, {r: [] for r in members}))[1][owner].append(p)
@@ -55,11 +55,11 @@ class Zero1AdamW:
         for group, by_owner in self.broadcasts.values():
             for owner, params in by_owner.items():
                 if params:
-                    flat = torch.cat([_local(p).reshape(-1) for p in params])
+                    flat = torch.cat([local_tensor(p).reshape(-1) for p in params])
                     dist.broadcast(flat, src=owner, group=group)
                     offset = 0
                     for p in params:
-                        local = _local(p)
+                        local = local_tensor(p)
                         local.copy_(flat[offset:offset + local.numel()].view_as(local))
                         offset += local.numel()
 

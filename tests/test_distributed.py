@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from dist_worker import SMALL, TRAIN, batches, run
 from moe import dist_checkpoint
 from moe.config import load_config, load_train_config
-from moe.layout import Layout, bubble_fraction, parse_layout, stage_layers
+from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.train import make_optimizer
 
