@@ -65,6 +65,12 @@ def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConf
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
+    return publish(run_dir, tmp, final)
+
+
+def publish(run_dir: pathlib.Path, tmp: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
+    """Make the complete directory `tmp` the step directory `final`: fsync its files, rename it into
+    place, point `latest` at it atomically, prune old steps. Also used by moe/dist_checkpoint.py."""
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -19,7 +19,6 @@ finished, then `latest` is replaced atomically, as in moe/checkpoint.py.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import warnings
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from moe.checkpoint import KEEP, _fsync_dir, _write_atomic
+from moe.checkpoint import publish
 from moe.config import ModelConfig, TrainConfig
 
 
@@ -54,17 +53,7 @@ def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainCon
         config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout)}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         torch.save(trainer_state, tmp / "trainer.pt")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(run_dir)
-        _write_atomic(run_dir / "latest", final.name.encode())
-        for stale in sorted(run_dir.glob("step-*"))[:-KEEP]:
-            if stale != final:
-                shutil.rmtree(stale)
+        publish(run_dir, tmp, final)
     dist.barrier()
     return final
 
