@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from moe.config import EXPERT_BACKENDS  # imports no torch, so --help stays fast
@@ -30,8 +31,6 @@ def cmd_figures(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import os
-
     from moe.config import load_config, load_train_config, split_overrides
     from moe.layout import Layout, load_layout
 
@@ -60,10 +59,12 @@ def cmd_train(args) -> None:
 
 
 def _holds_distributed_checkpoint(run_dir) -> bool:
-    import pathlib
+    from moe import checkpoint
 
-    latest = pathlib.Path(run_dir) / "latest"
-    return latest.exists() and (latest.parent / latest.read_text().strip() / ".metadata").exists()
+    try:
+        return checkpoint.is_distributed(checkpoint.resolve(run_dir))
+    except FileNotFoundError:
+        return False
 
 
 def _train_distributed(model_cfg, train_cfg, layout, world, out, args) -> None:
@@ -75,8 +76,6 @@ def _train_distributed(model_cfg, train_cfg, layout, world, out, args) -> None:
         hint = (f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
                 if layout.world_size != world else "")
         raise ValueError(f"{e}{hint}") from None
-    import os
-
     import torch.distributed as dist
 
     from moe.dist_train import train_distributed

@@ -97,12 +97,27 @@ def remove_checkpoints(run_dir) -> None:
         shutil.rmtree(d)
 
 
+def check_fresh(run_dir, overwrite: bool) -> bool:
+    """Before a fresh run: raise if run_dir already holds checkpoints and overwrite is not set.
+    Returns whether there are checkpoints to delete (remove_checkpoints) before training."""
+    latest = pathlib.Path(run_dir) / "latest"
+    if latest.exists() and not overwrite:
+        raise ValueError(f"{run_dir} already holds a checkpoint ({latest.read_text().strip()}); resume it with "
+                         "--resume, or pass --overwrite to replace it, or choose another --out")
+    return latest.exists()
+
+
+def is_distributed(step_dir) -> bool:
+    """Written by moe/dist_checkpoint.py (DCP's .metadata), not by save_checkpoint."""
+    return (pathlib.Path(step_dir) / ".metadata").exists()
+
+
 def resolve(path) -> pathlib.Path:
     """The step directory for a run directory (through `latest`) or a step directory itself."""
     path = pathlib.Path(path)
     if (path / "latest").exists():
         path = path / (path / "latest").read_text().strip()
-    if not (path / "model.safetensors").exists() and not (path / ".metadata").exists():
+    if not (path / "model.safetensors").exists() and not is_distributed(path):
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected model.safetensors, a distributed "
                                 "checkpoint's .metadata, or a 'latest' file)")
     return path
@@ -118,7 +133,7 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     """Load weights into `model`, or raise naming every missing, unexpected and mis-shaped tensor.
     A distributed checkpoint (any layout, moe/dist_checkpoint.py) loads whole into this process."""
     step_dir = resolve(path)
-    if (step_dir / ".metadata").exists():
+    if is_distributed(step_dir):
         from moe.dist_checkpoint import load_weights_one_process
 
         load_weights_one_process(model, step_dir)

@@ -31,10 +31,6 @@ from moe.checkpoint import publish
 from moe.config import ModelConfig, TrainConfig
 
 
-def is_distributed_checkpoint(step_dir) -> bool:
-    return (pathlib.Path(step_dir) / ".metadata").exists()
-
-
 def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainConfig, layout,
          trainer_state: dict, step: int) -> pathlib.Path:
     """Every rank calls this together. Returns the step directory."""

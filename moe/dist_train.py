@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moe import dist_checkpoint
+from moe import checkpoint, dist_checkpoint
 from moe.config import ModelConfig, TrainConfig
 from moe.data import get_batch, load_corpus, split_corpus
 from moe.distributed import Parallel, clip_grad_norm, init_parallel, parallelize, sync_gradients
@@ -59,7 +59,6 @@ class Trainer:
     """This rank's part of the model and what steps it."""
 
     par: Parallel
-    model: MoETransformer  # the whole model as built (other stages' layers unused when pp > 1)
     module: torch.nn.Module  # what this rank trains: the model, or its pipeline Stage
     optimizer: Zero1AdamW
     schedule: object | None  # the pipeline schedule when pp > 1
@@ -79,7 +78,7 @@ class Trainer:
         parallelize(module, par)
         if layout.pp > 1:
             schedule = build_schedule(module, layout, par.rank["pp"], par.groups["pp"], device)
-        return cls(par, model, module, Zero1AdamW(module, par, train_cfg), schedule, train_cfg)
+        return cls(par, module, Zero1AdamW(module, par, train_cfg), schedule, train_cfg)
 
     def shard(self, t_BT: torch.Tensor) -> torch.Tensor:
         """This rank's rows of the global batch: microbatch j is rows j*B/m .. (j+1)*B/m of the batch,
@@ -155,27 +154,18 @@ class Trainer:
         return total / cfg.eval_batches
 
 
-def latest_step_dir(run_dir) -> pathlib.Path | None:
-    latest = pathlib.Path(run_dir) / "latest"
-    return pathlib.Path(run_dir) / latest.read_text().strip() if latest.exists() else None
-
-
 def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, out_dir, *,
                       resume: bool = False, overwrite: bool = False, device: str | None = None,
                       corpus=None, log=print) -> dict:
     """The training loop of moe/train.py for any layout. Rank 0 logs and writes summary.json."""
     out_dir = pathlib.Path(out_dir)
-    if not resume and (out_dir / "latest").exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a checkpoint; resume it with --resume, or pass --overwrite "
-                         "to replace it, or choose another --out")
+    stale = not resume and checkpoint.check_fresh(out_dir, overwrite)  # before any process group
     dev = init_process_group(device)
     rank0 = dist.get_rank() == 0
     say = log if rank0 else (lambda *a, **k: None)
     trainer = Trainer.build(model_cfg, train_cfg, layout, dev)
-    if not resume and (out_dir / "latest").exists() and rank0:
-        from moe.checkpoint import remove_checkpoints
-
-        remove_checkpoints(out_dir)
+    if stale and rank0:
+        checkpoint.remove_checkpoints(out_dir)
     if train_cfg.time_budget_s:
         say(f"note: distributed training ignores time_budget_s ({train_cfg.time_budget_s:.0f}s) and runs "
             f"max_steps = {train_cfg.max_steps} (set with --max-steps)")
@@ -183,9 +173,9 @@ def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: La
     data_gen = torch.Generator().manual_seed(train_cfg.seed)
     hist, step, train_time = History(), 0, 0.0
     if resume:
-        step_dir = latest_step_dir(out_dir)
-        if step_dir is None or not dist_checkpoint.is_distributed_checkpoint(step_dir):
-            raise ValueError(f"{out_dir} holds no distributed checkpoint to resume")
+        step_dir = checkpoint.resolve(out_dir)
+        if not checkpoint.is_distributed(step_dir):
+            raise ValueError(f"{step_dir} was written by single-process training, not as a distributed checkpoint")
         state = dist_checkpoint.load(step_dir, trainer.module, trainer.optimizer)
         data_gen.set_state(state["data_rng"])
         step, train_time, hist = state["step"], state["train_time_s"], History(**state["history"])
@@ -209,11 +199,7 @@ def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: La
         running.append(loss)
         if step % train_cfg.eval_interval == 0 or step == train_cfg.max_steps:
             val = trainer.evaluate(val_data, train_cfg.seed + 1)
-            hist.step.append(step)
-            hist.tokens.append(step * tokens_per_step)
-            hist.train_time_s.append(round(train_time, 3))
-            hist.train_loss.append(sum(running) / len(running))
-            hist.val_loss.append(val)
+            hist.add(step, step * tokens_per_step, train_time, sum(running) / len(running), val)
             running = []
             say(f"step {step}/{train_cfg.max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
                 f"grad norm {norm:.3f}  {train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s")

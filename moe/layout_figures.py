@@ -75,20 +75,23 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     worst = max(stages, key=lambda s: s.dense_params + s.expert_params)
     params = worst.dense_params + worst.expert_params
     zero_dense, zero_expert = lay.dp * lay.ep, lay.dp
-    optimizer = 12 * (worst.dense_params / zero_dense + worst.expert_params / zero_expert)
+    sharded = worst.dense_params / zero_dense + worst.expert_params / zero_expert  # one replica group's share
+    optimizer = 12 * sharded
     fsdp = lay.sharding == "fsdp"
-    weights_grads = 4 * (worst.dense_params / zero_dense + worst.expert_params / zero_expert if fsdp else params)
+    weights_grads = 4 * (sharded if fsdp else params)
 
     tokens_per_micro = batch_tokens / (lay.data_shards * lay.microbatches)
     sequences_per_micro = tokens_per_micro / seq_len
-    act_micro = activation_bytes_per_token_layer(cfg, lay) * tokens_per_micro * max(s.layers for s in stages)
-    in_flight = lay.microbatches if lay.schedule == "gpipe" or lay.pp == 1 else min(lay.pp, lay.microbatches)
+    layers = max(s.layers for s in stages)
+    act_micro = activation_bytes_per_token_layer(cfg, lay) * tokens_per_micro * layers
     if lay.pp == 1:
         in_flight = 1  # gradient accumulation: one microbatch's activations at a time
+    else:
+        in_flight = lay.microbatches if lay.schedule == "gpipe" else min(lay.pp, lay.microbatches)
     bubble = bubble_fraction(lay.pp, lay.microbatches)
     a2a = (4 * tokens_per_micro * cfg.top_k * (lay.ep - 1) / lay.ep * cfg.d_model * 2
-           * lay.microbatches * max(s.layers for s in stages))
-    total = params * 2
+           * lay.microbatches * layers)
+    weight_bytes = params * 2
     rows = [
         ("GPUs", f"{lay.world_size:,}", f"pp {lay.pp} x dp {lay.dp} x ep {lay.ep} x tp {lay.tp}"),
         ("runs in this code base", fits.split(":")[0], fits.partition(": ")[2] or "every degree divides what it splits"),
@@ -97,7 +100,7 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
         ("parameters per GPU (worst stage)", _si(params),
          f"{_si(worst.dense_params)} dense + {_si(worst.expert_params)} expert; "
          f"{cfg.n_experts / lay.ep:g} experts of d_ff {cfg.d_ff / lay.tp:g}, {cfg.n_heads / lay.tp:g} query heads"),
-        ("  as fp16/bf16", _bytes(total), f"{total / 1e9:.1f} GB: weights only (inference)"),
+        ("  as fp16/bf16", _bytes(weight_bytes), f"{weight_bytes / 1e9:.1f} GB: weights only (inference)"),
         ("  weights + gradients, bf16", _bytes(weights_grads),
          "sharded by FSDP2" if fsdp else "whole on every data-parallel rank (ZeRO-1 shards only the optimizer)"),
         ("  fp32 master + AdamW moments, ZeRO-1", _bytes(optimizer),

@@ -49,6 +49,14 @@ class History:
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
 
+    def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float) -> None:
+        """One evaluation point."""
+        self.step.append(step)
+        self.tokens.append(tokens)
+        self.train_time_s.append(round(train_time_s, 3))
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+
 
 def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
     if step < cfg.warmup_steps:
@@ -124,10 +132,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
     A fresh run refuses an out_dir that already holds checkpoints unless overwrite=True."""
     out_dir = pathlib.Path(out_dir)
-    if not resume and (out_dir / "latest").exists():
-        if not overwrite:
-            raise ValueError(f"{out_dir} already holds a checkpoint ({(out_dir / 'latest').read_text().strip()}); "
-                             "resume it with --resume, or pass --overwrite to replace it, or choose another --out")
+    if not resume and checkpoint.check_fresh(out_dir, overwrite):
         checkpoint.remove_checkpoints(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
@@ -223,11 +228,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
 
             if step % cfg.eval_interval == 0 or step == max_steps:
                 val = evaluate(model, val_data, cfg, device)
-                hist.step.append(step)
-                hist.tokens.append(step * tokens_per_step)
-                hist.train_time_s.append(round(train_time, 3))
-                hist.train_loss.append(running / n_running)
-                hist.val_loss.append(val)
+                hist.add(step, step * tokens_per_step, train_time, running / n_running, val)
                 running, n_running = 0.0, 0
                 msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
                        f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s  load max/mean {balance:.2f}")
