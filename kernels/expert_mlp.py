@@ -22,12 +22,16 @@ The backward (training) runs four more launches and keeps the same no-copy, no-a
   dW_down = h^T (weight * dy[token]); dW_up (, dW_gate) = x[token]^T d_up (, d_gate);
   dx_AD[order[r]] = d_up[r] @ w_up^T (+ d_gate[r] @ w_gate^T), then summed over k like y.
 It saves h and the pre-activations (M x F each) rather than recomputing them.
+
+Profiler ranges: moe/permutation (the gather, PyTorch path), moe/expert_matmuls (on Triton this
+includes the fused gather and scatter), moe/combine (the weighted sum over k).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from kernels.grouped_matmul import check_offsets, grouped_mm, resolve_backend
 from kernels.permute import combine
@@ -83,10 +87,13 @@ def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_d
 
 
 def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end):
-    x_MD = x_TD[order_M // weights_TK.shape[1]]
-    y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch",
-                      check_end=check_end)
-    return combine(y_MD, order_M, weights_TK)
+    with record_function("moe/permutation"):
+        x_MD = x_TD[order_M // weights_TK.shape[1]]
+    with record_function("moe/expert_matmuls"):
+        y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch",
+                          check_end=check_end)
+    with record_function("moe/combine"):
+        return combine(y_MD, order_M, weights_TK)
 
 
 def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str,
@@ -99,7 +106,8 @@ def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, ac
         return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end)
     if check_end:
         check_offsets(offsets_E, order_M.numel())
-    return _FusedExpertMLP.apply(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down)
+    with record_function("moe/expert_matmuls"):
+        return _FusedExpertMLP.apply(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down)
 
 
 def _sum_over_k(rows_AD: torch.Tensor, T: int, k: int) -> torch.Tensor:
@@ -129,7 +137,8 @@ class _FusedExpertMLP(torch.autograd.Function):
         if save:
             ctx.save_for_backward(x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF,
                                   *pre)
-        return _sum_over_k(y_AD, T, k)
+        with record_function("moe/combine"):
+            return _sum_over_k(y_AD, T, k)
 
     @staticmethod
     def backward(ctx, dy_TD):

@@ -10,6 +10,10 @@ d head_dim.
 
 The cache (moe/kv_cache.py) holds K and V for every position written so far; decoding one token
 reads G heads of cache instead of H, which is the whole memory argument for multi-query attention.
+`attend_cached` keeps that promise: it folds the H/G query heads that share a K/V head into the
+query length, so each cached K/V head is read once rather than copied H/G times.
+
+The whole module runs inside a `moe/attention` profiler range (scripts/profile_model.py sums by range).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.profiler import record_function
 
 from moe.config import ModelConfig
 from moe.kv_cache import KVCache, PagedKVCache
@@ -55,6 +60,10 @@ class Attention(nn.Module):
         write this chunk's K/V at those positions and attend over what the cache returns: input_pos
         [T] and kv_len for a KVCache, a PagedBatch for a PagedKVCache (moe/kv_cache.py).
         cos, sin: [T, d/2], or [B, T, d/2] when each row has its own positions."""
+        with record_function("moe/attention"):
+            return self._forward(x_BTD, cos, sin, input_pos, kv_len)
+
+    def _forward(self, x_BTD, cos, sin, input_pos, kv_len):
         q = rearrange(self.wq(x_BTD), "b t (h d) -> b h t d", d=self.head_dim)
         k = rearrange(self.wk(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
         v = rearrange(self.wv(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
@@ -68,5 +77,21 @@ class Attention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_caches() first")
             k, v, mask = self.kv_cache.update(k, v, input_pos, kv_len)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=gqa)
+            y = attend_cached(q, k.to(q.dtype), v.to(q.dtype), mask)
         return self.wo(rearrange(y, "b h t d -> b t (h d)"))
+
+
+def attend_cached(q_BHTd, k_BGSd, v_BGSd, mask):
+    """softmax(q k^T / sqrt(d) + mask) v, where query head h reads K/V head h // (H/G). The H/G heads
+    sharing a K/V head are folded into the query length (q [B, G, (H/G)*T, d], each head's T rows
+    with a copy of the mask), so SDPA reads each K/V head once. With a mask, SDPA's enable_gqa
+    would otherwise expand K and V to H heads, H/G times the cache's bytes (84x for GPT-4's MQA).
+    mask: [T, S], [B, 1, T, S], or None when every query sees all S positions."""
+    B, H, T, d = q_BHTd.shape
+    G = k_BGSd.shape[1]
+    r = H // G
+    q_BGRd = q_BHTd.reshape(B, G, r * T, d)  # heads (g r) are consecutive, so this is a view: R = r*T
+    if mask is not None:
+        mask = mask.repeat(r, 1) if mask.dim() == 2 else mask.repeat(1, 1, r, 1)  # row i*T + t is mask[t]
+    y_BGRd = F.scaled_dot_product_attention(q_BGRd, k_BGSd, v_BGSd, attn_mask=mask)
+    return y_BGRd.reshape(B, H, T, d)

@@ -82,8 +82,9 @@ class ModelConfig:
         _positive(self, *sizes, "rope_theta", "norm_eps", "init_std")
         _non_negative(self, "head_dim", "router_aux_loss_coef", "router_z_loss_coef", "router_jitter",
                       "capacity_factor")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.head_dim == 0 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                             "unless head_dim is given")
         if self.head_dim == 0:  # frozen dataclass: derive the default through object.__setattr__
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         if self.top_k > self.n_experts:

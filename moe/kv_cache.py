@@ -42,9 +42,13 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def update(self, k_BGTd, v_BGTd, input_pos_T: torch.Tensor, kv_len: int):
-        """Write the new tokens at input_pos; return K, V [B, G, kv_len, d] and the mask [T, kv_len]."""
+        """Write the new tokens at input_pos; return K, V [B, G, kv_len, d] and the mask [T, kv_len],
+        or None for one token (decode: it is at kv_len - 1 and sees everything, and without a mask
+        SDPA may use its flash kernel)."""
         self.k.index_copy_(2, input_pos_T, k_BGTd.to(self.k.dtype))
         self.v.index_copy_(2, input_pos_T, v_BGTd.to(self.v.dtype))
+        if input_pos_T.numel() == 1:
+            return self.k[:, :, :kv_len], self.v[:, :, :kv_len], None
         mask_TS = torch.arange(kv_len, device=input_pos_T.device) <= input_pos_T[:, None]
         return self.k[:, :, :kv_len], self.v[:, :, :kv_len], mask_TS
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.profiler import record_function
+
 from moe.attention import Attention, rope_tables
 from moe.config import ModelConfig
 from moe.kv_cache import KVCache, PagedBatch, PagedKVCache
@@ -40,8 +42,11 @@ class Block(nn.Module):
         self.moe = MoELayer(cfg)
 
     def forward(self, x_BTD, cos, sin, input_pos=None, kv_len=None):
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos, sin, input_pos, kv_len)
-        h_BTD = self.mlp_norm(x_BTD)
+        with record_function("moe/norm"):
+            h_BTD = self.attn_norm(x_BTD)
+        x_BTD = x_BTD + self.attn(h_BTD, cos, sin, input_pos, kv_len)
+        with record_function("moe/norm"):
+            h_BTD = self.mlp_norm(x_BTD)
         if isinstance(input_pos, PagedBatch):  # route only the real tokens, not the padding
             valid_BT = input_pos.valid_BT
             y_ND, routing = self.moe(h_BTD[valid_BT])

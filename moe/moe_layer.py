@@ -13,6 +13,9 @@ Dispatch (no Python loop over experts): sort the A assignments by expert, then `
 gathers their token rows, runs grouped matmul, activation, grouped matmul, and weights and sums the
 results back into token order (on a GPU in two fused Triton kernels; see kernels/expert_mlp.py).
 `moe_layer_reference` below is the per-token loop the tests hold this against.
+
+Profiler ranges (scripts/profile_model.py sums device time by range): moe/router, moe/permutation
+(the sort), then kernels' moe/permutation (gather), moe/expert_matmuls, moe/combine.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
 import kernels
 from kernels.expert_mlp import activation
@@ -57,15 +61,18 @@ class MoELayer(nn.Module):
         if self.groups is not None:
             return parallel_moe_forward(self, x)
         x_TD = x.reshape(-1, x.shape[-1])
-        r = self.router(x_TD)
+        with record_function("moe/router"):
+            r = self.router(x_TD)
         x_TD, w_up, w_gate, w_down = self._autocast(x_TD, self.w_up, self.w_gate, self.w_down)
         common = dict(activation_name=self.cfg.activation, backend=self.cfg.expert_backend, check_end=False)
         if self.cfg.n_experts == 1 and r.keep is None:  # dense twin: all tokens to expert 0, weight 1
             offsets = torch.tensor([x_TD.shape[0]], dtype=torch.int32, device=x.device)
-            y_TD = kernels.sorted_mlp(x_TD, offsets, w_up, w_gate, w_down, **common)
+            with record_function("moe/expert_matmuls"):
+                y_TD = kernels.sorted_mlp(x_TD, offsets, w_up, w_gate, w_down, **common)
             return y_TD.view(x.shape), r
-        experts_A = r.experts.reshape(-1) if r.keep is None else r.experts.masked_fill(~r.keep, -1).reshape(-1)
-        order_M, offsets_E = kernels.sort_by_expert(experts_A, self.cfg.n_experts, has_dropped=r.keep is not None)
+        with record_function("moe/permutation"):
+            experts_A = r.experts.reshape(-1) if r.keep is None else r.experts.masked_fill(~r.keep, -1).reshape(-1)
+            order_M, offsets_E = kernels.sort_by_expert(experts_A, self.cfg.n_experts, has_dropped=r.keep is not None)
         y_TD = kernels.expert_mlp(x_TD, r.weights, order_M, offsets_E, w_up, w_gate, w_down, **common)
         return y_TD.view(x.shape), r
 

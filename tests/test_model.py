@@ -109,3 +109,21 @@ def test_gpt4_builds_on_meta_device():
     assert 1.78e12 < sum(p.numel() for p in model.parameters()) < 1.83e12
     assert model.blocks[0].moe.w_up.shape == (16, 10752, 43008)
     assert model.blocks[0].attn.wk.weight.shape == (128, 10752)  # one K/V head
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 6])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "per_row"])
+def test_attend_cached_equals_sdpa_with_expanded_kv_heads(kv_heads, mask_kind):
+    from moe.attention import attend_cached
+
+    B, H, T, S, d = 2, 6, 3, 9, 8
+    q = torch.randn(B, H, T, d, dtype=torch.float64)
+    k, v = (torch.randn(B, kv_heads, S, d, dtype=torch.float64) for _ in range(2))
+    mask = {"none": None, "causal": torch.arange(S) <= torch.arange(S - T, S)[:, None],
+            "per_row": torch.rand(B, 1, T, S) < 0.7}[mask_kind]
+    if mask is not None:
+        mask[..., 0] = True  # every query sees something
+    # the reference: each query head's K/V head copied out explicitly (head h reads K/V head h // (H/G))
+    expand = lambda t: t.repeat_interleave(H // kv_heads, dim=1)  # noqa: E731
+    want = torch.nn.functional.scaled_dot_product_attention(q, expand(k), expand(v), attn_mask=mask)
+    torch.testing.assert_close(attend_cached(q, k, v, mask), want)
