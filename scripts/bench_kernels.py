@@ -31,15 +31,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import datetime
 import json
 import os
 import pathlib
-import platform
-import re
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +42,7 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
+from moe.measure import device_ceilings, device_slug, environment, median_ms  # noqa: E402
 from kernels.grouped_matmul import torch_grouped_mm  # noqa: E402
 
 L2_BYTES = 50 * 2**20  # H100: 50 MB
@@ -168,37 +164,6 @@ def with_backward(fn, op):
 
 
 # --- timing -----------------------------------------------------------------------------------------
-
-def median_ms(fn, sets, reps: int, cuda: bool) -> float:
-    for i in range(3):
-        fn(sets[i % len(sets)])
-    if cuda:
-        torch.cuda.synchronize()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        for i, (start, end) in enumerate(events):
-            start.record()
-            fn(sets[i % len(sets)])
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in events)
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        fn(sets[i % len(sets)])
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
-def device_ceilings(device, dtype, cuda: bool, reps: int) -> tuple[float, float]:
-    """(dense matmul TFLOP/s, copy GB/s counting bytes read plus bytes written), measured here."""
-    n = 8192 if cuda else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    flops = 2 * n**3 / median_ms(lambda _: a @ b, [None], reps, cuda) / 1e9
-    numel = (2**30 if cuda else 2**26) // 2
-    src, dst = torch.randn(numel, device=device, dtype=dtype), torch.empty(numel, device=device, dtype=dtype)
-    copy = 2 * src.numel() * src.element_size() / median_ms(lambda _: dst.copy_(src), [None], reps, cuda) / 1e6
-    return flops, copy
-
 
 def max_rel_error(got, want) -> float:
     got = got if isinstance(got, (tuple, list)) else [got]
@@ -326,12 +291,6 @@ def plot(rows, path: pathlib.Path, title: str):
     plt.close(fig)
 
 
-def device_slug(cuda: bool) -> str:
-    if cuda:
-        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    return f"cpu-{os.cpu_count()}core"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", type=int, default=None, help="divide T (above 64), d and f by this (default 1 on a "
@@ -360,17 +319,9 @@ def main(argv=None):
         rows += bench_shape(shape, device, dtype, reps, use_triton, cuda, ceilings)
         if cuda:
             torch.cuda.empty_cache()
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    meta = dict(device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.machine()})",
-                torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
-                date=datetime.date.today().isoformat(), dtype=str(dtype).removeprefix("torch."), scale=scale,
-                reps=reps, triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2),
-                copy_gbps=round(ceilings[1], 1))
+    meta = dict(environment(cuda), dtype=str(dtype).removeprefix("torch."), scale=scale, reps=reps,
+                triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1))
+    triton_version = meta["triton"]
     print_table(rows, ceilings)
     if not cuda:
         print("\nNo GPU: these are the PyTorch paths on the CPU at shapes / %d. The Triton figures and the "
