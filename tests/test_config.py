@@ -37,6 +37,14 @@ def test_bad_values_name_the_field(overrides, field):
         load_config("tiny", **overrides)
 
 
+def test_head_dim_given_frees_n_heads_from_dividing_d_model():
+    # one GPU of tp=8 holds 11 of GPT-4's 84 heads of 128: 1408 wide, not d_model / 11
+    cfg = load_config("gpt4", n_heads=11)
+    assert cfg.head_dim == 128 and cfg.n_heads * cfg.head_dim == 1408
+    with pytest.raises(ValueError, match="unless head_dim is given"):
+        ModelConfig(d_model=10752, n_heads=11)
+
+
 def test_bad_train_values_name_the_field():
     with pytest.raises(ValueError, match="batch_size"):
         load_train_config("tiny", batch_size=0)
@@ -74,8 +82,9 @@ def test_dense_twin_has_the_same_active_expert_width():
 
 
 def test_config_and_arithmetic_import_no_torch():
-    code = ("import sys, moe, moe.config, moe.arithmetic, moe.figures, moe.layout; "
+    code = ("import sys, moe, moe.config, moe.arithmetic, moe.figures, moe.layout, moe.extrapolate as X; "
             "moe.figures.print_figures(moe.load_config('gpt4'), moe.layout.parse_layout('tp=8,pp=15,dp=208')); "
+            "X.train_estimate(moe.load_config('gpt4'), X.GPUS['A100'], 25000, 0.05); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
