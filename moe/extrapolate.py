@@ -9,10 +9,11 @@ Per-layer times come from `scripts/profile_model.py` (measured on a GPU) or from
 cluster model, whose assumptions are stated once, in ASSUMPTIONS, and printed with every result:
 
 decode (inference):
-    a stage holds ceil(L / pp) layers (120 / 16 = 7.5: the 8-layer stages set the pace), and pp
-    microbatches of b sequences are in flight, so every stage is busy and users = pp * b;
+    the stages split the layers as moe.layout.stage_layers does (120 / 16: eight of 8, eight of 7;
+    the 8-layer stages set the pace), and pp microbatches of b sequences are in flight, so every
+    stage is busy and users = pp * b;
     stage time  t_s = layers * (t_L(b, C) + 2 * allreduce(b * d * 2 bytes)) + p2p(b * d * 2 / tp)
-                      (+ the output head on the last stage, which gets one layer fewer)
+                      (+ the vocab-parallel output head on the last stage)
     per-token latency = pp * max stage time;  tokens/s per user = 1 / latency
     cluster tokens/s = b / max stage time;    $ per 1k tokens = GPUs * $/h / 3600 / (tokens/s) * 1000
     the KV cache of all users (pp * b sequences of C positions, every layer of the stage, the single
@@ -32,7 +33,7 @@ from dataclasses import dataclass, replace
 
 from moe.arithmetic import count_params, forward_flops_per_token
 from moe.config import ModelConfig
-from moe.layout import Layout
+from moe.layout import Layout, stage_layers
 from moe.layout_figures import activation_bytes_per_token_layer, stage_memory
 
 TRAIN_TOKENS = 13e12  # leak: ~13T tokens
@@ -71,20 +72,27 @@ GPUS = {
     "H100": GPU("H100 SXM 80GB", 989, 3350, 80, 2.0, 360, 50),
     "A100": GPU("A100 SXM 40GB", 312, 1555, 40, 1.0, 230, 25),
 }
-ASSUMPTIONS = [
-    "GPUs: H100 SXM 80GB (989 TFLOP/s dense bf16, 3.35 TB/s, $2/h) and A100 SXM 40GB (312 TFLOP/s, "
-    "1.555 TB/s, $1/h, the leak's inference GPU: 'less than 30 GB' of weights per GPU); datasheet figures",
-    "achieved fractions: matmul 81% and copy 90% of the datasheet (PERFORMANCE.md's measured H100 798 TFLOP/s "
-    "and 3.0 TB/s); replaced by the run's own ceilings when measured; an A100 is assumed to reach the same "
-    "fractions, and a measured H100 layer time is scaled to an A100 by the ratio of their roofline times",
-    "tensor-parallel all-reduce: 10 us + 2 (tp-1)/tp x bytes / bus bandwidth (360 GB/s H100, 230 GB/s A100, "
-    "NVLink, nccl-tests scale); 2 per layer forward, 4 forward+backward; not overlapped with compute",
-    "pipeline send between stages: 10 us + bytes / (50 GB/s H100, 25 GB/s A100 InfiniBand per GPU), each tp "
-    "rank sending 1/tp of the activations",
+_H, _A = GPUS["H100"], GPUS["A100"]
+ASSUMPTIONS = [  # built from the constants above, so the printed list is what the code uses
+    f"GPUs: {_H.name} ({_H.peak_tflops} TFLOP/s dense bf16, {_H.bandwidth_gbs / 1e3:g} TB/s, ${_H.price_per_hour:g}/h) "
+    f"and {_A.name} ({_A.peak_tflops} TFLOP/s, {_A.bandwidth_gbs / 1e3:g} TB/s, ${_A.price_per_hour:g}/h, the leak's "
+    "inference GPU: 'less than 30 GB' of weights per GPU); datasheet figures",
+    f"achieved fractions: matmul {_H.matmul_efficiency:.0%} and copy {_H.copy_efficiency:.0%} of the datasheet "
+    "(PERFORMANCE.md's measured H100 798 TFLOP/s and 3.0 TB/s); replaced by the run's own ceilings when measured "
+    "on an H100; an A100 is assumed to reach the same fractions, and a measured layer time is carried to "
+    "another GPU by the ratio of their roofline times",
+    f"tensor-parallel all-reduce: {COLLECTIVE_LATENCY_S * 1e6:g} us + 2 (tp-1)/tp x bytes / bus bandwidth "
+    f"({_H.nvlink_busbw_gbs:g} GB/s H100, {_A.nvlink_busbw_gbs:g} GB/s A100, NVLink, nccl-tests scale); 2 per layer "
+    "forward, 4 forward+backward; not overlapped with compute",
+    f"pipeline send between stages: {COLLECTIVE_LATENCY_S * 1e6:g} us + bytes / ({_H.network_gbs:g} GB/s H100, "
+    f"{_A.network_gbs:g} GB/s A100 InfiniBand per GPU), each tp rank sending 1/tp of the activations",
     "decode: pp microbatches in flight (users = pp x b); no speculative decoding; weights bf16; KV cache bf16, "
-    "the one K/V head replicated on all tp ranks; 10% of GPU memory reserved for activations and workspace",
-    "training: tp8 x pp15 x dp (dp = GPUs // 120), 1F1B, microbatches of one 8k sequence, 60M tokens per step, "
-    "ZeRO-1; data-parallel all-reduce and optimizer hidden; full recomputation when activations do not fit",
+    "the one K/V head replicated on all tp ranks; 10% of GPU memory reserved for activations and workspace; "
+    "the output head timed as vocab-parallel (1/tp per GPU) but counted whole in memory, as this code base "
+    "holds it (about 1.9 GB more than a vocab-parallel head)",
+    f"training: tp8 x pp15 x dp (dp = GPUs // 120), 1F1B, microbatches of one {TRAIN_SEQ}-token sequence, "
+    f"{TRAIN_BATCH_TOKENS / 1e6:g}M tokens per step, ZeRO-1; data-parallel all-reduce and optimizer hidden; full "
+    "recomputation when the ZeRO-1 state and pp microbatches of activations do not fit in 90% of memory",
     "84 query heads over tp=8 is 10.5 per GPU: the slowest ranks hold 11, so the profiled shard holds 11",
 ]
 
@@ -211,11 +219,11 @@ class DecodePoint:
 def decode_point(cfg: ModelConfig, gpu: GPU, layer_s: float, b: int, context: int, tp: int = 8,
                  pp: int = 16) -> DecodePoint:
     """The cluster model of the module doc at one microbatch size, given t_L(b, context)."""
-    per_stage = math.ceil(cfg.n_layers / pp)
     act = b * cfg.d_model * 2
     layer = layer_s + 2 * allreduce_s(act, tp, gpu)
-    hop = send_s(act / tp, gpu)
-    stage = max(per_stage * layer, (cfg.n_layers - (pp - 1) * per_stage) * layer + head_s(cfg, gpu, b, tp)) + hop
+    stages = [len(s) * layer for s in stage_layers(cfg.n_layers, pp)]
+    stages[-1] += head_s(cfg, gpu, b, tp)
+    stage = max(stages) + send_s(act / tp, gpu)
     latency = pp * stage
     tokens_per_s = b / stage
     usd = tp * pp * gpu.price_per_hour / 3600 / tokens_per_s * 1000

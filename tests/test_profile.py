@@ -181,3 +181,27 @@ def test_profile_script_rejects_a_bad_split(capsys):
     with pytest.raises(SystemExit) as e:
         script.main(["--tp", "5", "--scale", "64"])
     assert e.value.code == 2 and "tp=5 does not divide d_ff" in capsys.readouterr().err
+
+
+def test_cluster_from_measured_layer_times():
+    """The GPU-only path of the script, fed made-up measurements: a time measured on an H100 goes
+    into the cluster model unchanged for the H100 and scaled by the roofline ratio for the A100."""
+    script = load_script()
+    h100, a100 = X.GPUS["H100"], X.GPUS["A100"]
+    points = [dict(mode="prefill", tokens=8192, context=4096.5, batch=1, ms=40.0, ms_per_layer=20.0),
+              *(dict(mode="decode", tokens=b, context=8193, batch=b, ms=2 * ms, ms_per_layer=ms)
+                for b, ms in ((1, 0.2), (8, 0.3), (64, 0.5))),
+              dict(mode="decode", context=8193, batch=128, tokens=128, error="out of memory"),
+              dict(mode="train", tokens=8192, context=4096.5, batch=1, ms=120.0, ms_per_layer=60.0)]
+    times = script.measured_layer_times(points)
+    assert times["decode"] == {(8192, 1): 2e-4, (8192, 8): 3e-4, (8192, 64): 5e-4}
+    res = script.cluster(GPT4, SHARD, times, h100, X.GPUS, 8192)
+    by = {(d["gpu"].split()[0], d["b"]): d for d in res["decode"]}
+    assert by["H100", 8]["latency_ms"] == pytest.approx(X.decode_point(GPT4, h100, 3e-4, 8, 8192).latency_ms)
+    ratio = X.roofline_layer(SHARD, a100, 8, 8193, 8) / X.roofline_layer(SHARD, h100, 8, 8193, 8)
+    assert 1.5 < ratio < 2.5  # about the bandwidth ratio: decode is memory-bound
+    assert by["A100", 8]["latency_ms"] == pytest.approx(X.decode_point(GPT4, a100, 3e-4 * ratio, 8, 8192).latency_ms)
+    train = {t["gpu"].split()[0]: t for t in res["train"]}
+    assert train["H100"]["mfu"] == pytest.approx(X.train_estimate(GPT4, h100, 8192, 0.06).mfu)
+    assert res["ttft"][0]["ms"] == pytest.approx(1e3 * X.prefill_latency_s(GPT4, h100, 0.02, 8192), abs=0.1)
+    assert script.doubling_batch(points, 8192) == 64  # 0.5 ms >= 2 x 0.2 ms; 0.3 ms is not
