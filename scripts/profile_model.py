@@ -60,7 +60,7 @@ def scaled_config(cfg, scale: int, max_len: int):
                                head_dim=max(16, cfg.head_dim // scale // 2 * 2), max_seq_len=max_len)
 
 
-def measure_point(steps: Steps, mode: str, fn, args, shard, n_layers: int, ceilings, reps: int, prof_steps: int,
+def measure_point(mode: str, fn, args, shard, n_layers: int, ceilings, reps: int, prof_steps: int,
                   cuda: bool, trace: pathlib.Path | None) -> dict:
     """Time fn (median of reps), profile prof_steps more calls, and count its FLOPs and bytes."""
     if cuda:
@@ -104,7 +104,7 @@ def run_modes(args, cfg, shard, device, dtype, cuda, ceilings, out: pathlib.Path
     points = []
     if "prefill" in args.modes:
         print(f"... prefill {args.tokens} tokens", file=sys.stderr, flush=True)
-        points.append(measure_point(steps, "prefill", steps.prefill(args.tokens),
+        points.append(measure_point("prefill", steps.prefill(args.tokens),
                                     dict(tokens=args.tokens, context=(args.tokens + 1) / 2, batch=1), **common,
                                     trace=out / f"trace_{tag}_prefill.json.gz"))
     if "decode" in args.modes:
@@ -114,7 +114,7 @@ def run_modes(args, cfg, shard, device, dtype, cuda, ceilings, out: pathlib.Path
                 print(f"... decode batch {b} at context {context}", file=sys.stderr, flush=True)
                 try:
                     fn = steps.decode(b, context)
-                    point = measure_point(steps, "decode", fn, dict(tokens=b, context=context + 1, batch=b, kv_rows=b),
+                    point = measure_point("decode", fn, dict(tokens=b, context=context + 1, batch=b, kv_rows=b),
                                           **common, trace=None)
                 except torch.OutOfMemoryError:
                     points.append(dict(mode="decode", context=context + 1, batch=b, tokens=b, error="out of memory"))
@@ -122,17 +122,17 @@ def run_modes(args, cfg, shard, device, dtype, cuda, ceilings, out: pathlib.Path
                     torch.cuda.empty_cache()
                     break
                 points.append(point)
-                last = (b, fn)
-            if last is not None:  # a trace of the largest batch that ran
-                measure_point(steps, "decode", last[1], dict(tokens=last[0], context=context + 1, batch=last[0],
-                              kv_rows=last[0]), **{**common, "reps": 1}, trace=out / f"trace_{tag}_decode_{context}.json.gz")
+                last = b
+            if last is not None:  # a trace of the largest batch that ran (its caches rebuilt: an OOM cleared them)
+                measure_point("decode", steps.decode(last, context), dict(tokens=last, context=context + 1, batch=last,
+                              kv_rows=last), **{**common, "reps": 1}, trace=out / f"trace_{tag}_decode_{context}.json.gz")
             steps.clear_caches()
             if cuda:
                 torch.cuda.empty_cache()
     if "train" in args.modes:
         print(f"... train {args.tokens} tokens", file=sys.stderr, flush=True)
         try:
-            points.append(measure_point(steps, "train", steps.train(args.tokens, args.seq_len),
+            points.append(measure_point("train", steps.train(args.tokens, args.seq_len),
                                         dict(tokens=args.tokens, context=(args.seq_len + 1) / 2, batch=args.tokens //
                                              args.seq_len), **common, trace=out / f"trace_{tag}_train.json.gz"))
         except torch.OutOfMemoryError:

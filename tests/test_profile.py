@@ -6,7 +6,6 @@ import dataclasses
 import gzip
 import importlib.util
 import json
-import math
 import pathlib
 import sys
 
@@ -205,3 +204,19 @@ def test_cluster_from_measured_layer_times():
     assert train["H100"]["mfu"] == pytest.approx(X.train_estimate(GPT4, h100, 8192, 0.06).mfu)
     assert res["ttft"][0]["ms"] == pytest.approx(1e3 * X.prefill_latency_s(GPT4, h100, 0.02, 8192), abs=0.1)
     assert script.doubling_batch(points, 8192) == 64  # 0.5 ms >= 2 x 0.2 ms; 0.3 ms is not
+
+
+def test_decode_sweep_stops_at_the_first_out_of_memory(tmp_path, monkeypatch):
+    script = load_script()
+    real_decode = Steps.decode
+
+    def decode(self, batch, context):
+        if batch >= 2:
+            raise torch.OutOfMemoryError("pretend the GPU is full")
+        return real_decode(self, batch, context)
+
+    monkeypatch.setattr(Steps, "decode", decode)
+    report = script.main(["--mode", "decode", "--context", "16", "--scale", "64", "--batches", "1,2,4", "--reps", "1",
+                          "--profile-steps", "1", "--out", str(tmp_path)])
+    assert [(p["batch"], "error" in p) for p in report["points"]] == [(1, False), (2, True)]
+    assert (tmp_path / "trace_gpt4_L1_decode_16.json.gz").exists()  # the largest batch that ran, traced
