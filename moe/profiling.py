@@ -122,9 +122,10 @@ def _range_of(event) -> str | None:
     return None
 
 
-def breakdown(events, cuda: bool, steps: int = 1) -> dict[str, float]:
+def breakdown(events, cuda: bool, steps: int = 1, backward_only: bool = False) -> dict[str, float]:
     """Milliseconds per step in each category: the device (kernel) time on a GPU, the CPU time of
-    the ops on a CPU, each event's own time (children excluded), so the categories add up."""
+    the ops on a CPU, each event's own time (children excluded), so the categories add up.
+    backward_only: count only the work of autograd nodes."""
     forward_range = {}  # autograd sequence number -> range of the forward op that made the node
     for e in events:
         if e.sequence_nr >= 0 and not e.name.startswith(_BACKWARD):
@@ -137,7 +138,9 @@ def breakdown(events, cuda: bool, steps: int = 1) -> dict[str, float]:
         if not us:
             continue
         r = _range_of(e)
-        if r is not None and r.startswith("seq:"):
+        backward = r is not None and r.startswith("seq:")
+        if backward:
             r = forward_range.get(int(r[4:]))
-        totals[r or "other"] += us / 1e3 / steps
+        if backward or not backward_only:
+            totals[r or "other"] += us / 1e3 / steps
     return {c: totals.get(c, 0.0) for c in CATEGORIES}
