@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from moe.arithmetic import count_params, forward_flops_per_token
+from moe.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
 from moe.config import ModelConfig
+from moe.figures import TRAIN_TOKENS
 from moe.layout import Layout, stage_layers
-from moe.layout_figures import activation_bytes_per_token_layer, stage_memory
+from moe.layout_figures import (LEAK_TRAIN_BATCH_TOKENS, activation_bytes_per_token_layer, kv_heads_held, stage_memory,
+                                worst_stage)
 
-TRAIN_TOKENS = 13e12  # leak: ~13T tokens
-TRAIN_BATCH_TOKENS = 60e6  # leak: 60M tokens per step by the end of training
 TRAIN_SEQ = 8192  # leak: 8k pre-training context
 LEAK_TRAIN = {  # leak: 25,000 A100s for 90-100 days at 32-36% MFU; about 55 days on 8,192 H100s
     "A100": dict(gpus=25_000, mfu=(0.32, 0.36), days=(90, 100)),
@@ -91,7 +91,7 @@ ASSUMPTIONS = [  # built from the constants above, so the printed list is what t
     "the output head timed as vocab-parallel (1/tp per GPU) but counted whole in memory, as this code base "
     "holds it (about 1.9 GB more than a vocab-parallel head)",
     f"training: tp8 x pp15 x dp (dp = GPUs // 120), 1F1B, microbatches of one {TRAIN_SEQ}-token sequence, "
-    f"{TRAIN_BATCH_TOKENS / 1e6:g}M tokens per step, ZeRO-1; data-parallel all-reduce and optimizer hidden; full "
+    f"{LEAK_TRAIN_BATCH_TOKENS / 1e6:g}M tokens per step, ZeRO-1; data-parallel all-reduce and optimizer hidden; full "
     "recomputation when the ZeRO-1 state and pp microbatches of activations do not fit in 90% of memory",
     "84 query heads over tp=8 is 10.5 per GPU: the slowest ranks hold 11, so the profiled shard holds 11",
 ]
@@ -118,6 +118,11 @@ def layer_params(cfg: ModelConfig) -> dict[str, int]:
                 expert=p.expert_layer, norms=2 * cfg.d_model)
 
 
+def _kv_bytes_per_position(cfg: ModelConfig, kv_heads: float | None = None) -> float:
+    """K and V of one position in one layer, bf16."""
+    return kv_cache_bytes_per_token(cfg, 2, kv_heads) / cfg.n_layers
+
+
 def experts_touched(tokens: int, cfg: ModelConfig) -> float:
     """Expected distinct experts chosen by `tokens` tokens routed uniformly at random, top-k of E."""
     return cfg.n_experts * (1 - (1 - cfg.top_k / cfg.n_experts) ** tokens)
@@ -130,9 +135,9 @@ def layer_costs(cfg: ModelConfig, tokens: int, context: float, kv_rows: int = 0,
     (decode); 0 for prefill and training, where K and V are computed, not read. touched: experts
     that received tokens (default: the expectation under uniform routing). bf16 everywhere."""
     w = layer_params(cfg)
-    d, hd, G = cfg.d_model, cfg.head_dim, cfg.n_kv_heads
+    d, hd = cfg.d_model, cfg.head_dim
     q_width = cfg.n_heads * hd
-    kv_bytes = 2 * 2 * kv_rows * math.ceil(context) * G * hd  # K and V, bf16
+    kv_bytes = kv_rows * math.ceil(context) * _kv_bytes_per_position(cfg)
     act = 2 * tokens * d  # one bf16 activation of the layer's width
     experts = experts_touched(tokens, cfg) if touched is None else touched
     return {
@@ -179,14 +184,12 @@ def head_s(cfg: ModelConfig, gpu: GPU, tokens: int, tp: int) -> float:
 
 def inference_weights_bytes(cfg: ModelConfig, tp: int, pp: int) -> float:
     """bf16 weights on one GPU of the heaviest stage."""
-    worst = max(stage_memory(cfg, Layout(tp=tp, pp=pp)), key=lambda s: s.dense_params + s.expert_params)
-    return 2 * (worst.dense_params + worst.expert_params)
+    return 2 * worst_stage(stage_memory(cfg, Layout(tp=tp, pp=pp))).params
 
 
 def kv_bytes_per_sequence(cfg: ModelConfig, tp: int, pp: int, context: int) -> float:
     """One sequence's K/V cache on one GPU: the stage's layers, its K/V heads (a single one replicated)."""
-    kv_heads = cfg.n_kv_heads / tp if cfg.n_kv_heads % tp == 0 else cfg.n_kv_heads
-    return 2 * 2 * math.ceil(cfg.n_layers / pp) * kv_heads * cfg.head_dim * context
+    return math.ceil(cfg.n_layers / pp) * _kv_bytes_per_position(cfg, kv_heads_held(cfg, tp)) * context
 
 
 def max_microbatch(cfg: ModelConfig, gpu: GPU, tp: int, pp: int, context: int) -> int:
@@ -238,7 +241,7 @@ def weight_bound_batch(shard: ModelConfig, gpu: GPU, context: int) -> dict[str, 
     kv:      the K/V cache read (b * context positions) outgrows the experts' weight bytes."""
     ridge = gpu.flops / gpu.bytes_per_s
     expert_bytes = 2 * layer_params(shard)["expert"] * shard.n_experts
-    kv_per_seq = 2 * 2 * shard.n_kv_heads * shard.head_dim * (context + 1)
+    kv_per_seq = _kv_bytes_per_position(shard) * (context + 1)
     return dict(compute=ridge * shard.n_experts / shard.top_k, kv=expert_bytes / kv_per_seq)
 
 
@@ -261,25 +264,31 @@ def train_estimate(cfg: ModelConfig, gpu: GPU, n_gpus: int, layer_fwd_bwd_s: flo
     `tokens` tokens (one sequence) on one GPU."""
     dp = n_gpus // (tp * pp)
     used = tp * pp * dp
-    m = max(1, round(TRAIN_BATCH_TOKENS / dp / tokens))
+    m = max(1, round(LEAK_TRAIN_BATCH_TOKENS / dp / tokens))
     lay = Layout(tp=tp, pp=pp, dp=dp, microbatches=m)
-    worst = max(stage_memory(cfg, lay), key=lambda s: s.dense_params + s.expert_params)
-    params = worst.dense_params + worst.expert_params
-    state = 4 * params + 12 * params / dp  # bf16 weights and gradients, ZeRO-1 fp32 master and moments
+    worst = worst_stage(stage_memory(cfg, lay))
+    state = 4 * worst.params + 12 * worst.params / dp  # bf16 weights and gradients, ZeRO-1 fp32 master and moments
     activations = activation_bytes_per_token_layer(cfg, lay) * tokens * worst.layers * min(pp, m)
     recompute = state + activations > 0.9 * gpu.memory_gb * 1e9
     layer = layer_fwd_bwd_s * (4 / 3 if recompute else 1) + 4 * allreduce_s(tokens * cfg.d_model * 2, tp, gpu)
     stage = worst.layers * layer + send_s(2 * tokens * cfg.d_model * 2 / tp, gpu)  # activations and their gradients
     step = (m + pp - 1) * stage
-    model_flops = 3 * forward_flops_per_token(cfg, TRAIN_SEQ / 2) * m * tokens * dp
-    mfu = model_flops / (step * used * gpu.peak_tflops * 1e12)
+    mfu = _train_flops_per_token(cfg) * m * tokens * dp / (step * used * gpu.peak_tflops * 1e12)
     days = TRAIN_TOKENS / (m * tokens * dp / step) / 86400
-    total = 3 * forward_flops_per_token(cfg, TRAIN_SEQ / 2) * TRAIN_TOKENS
-    at_leak = None if leak_mfu is None else tuple(total / (used * gpu.peak_tflops * 1e12 * u) / 86400 for u in leak_mfu)
+    at_leak = None if leak_mfu is None else tuple(_days_at_full_mfu(cfg, gpu, used) / u for u in leak_mfu)
     return TrainEstimate(gpu.name, used, dp, m, recompute, step, mfu, days, at_leak)
+
+
+def _train_flops_per_token(cfg: ModelConfig) -> float:
+    """Model FLOPs: 3x forward, causal attention over half the training sequence on average."""
+    return 3 * forward_flops_per_token(cfg, TRAIN_SEQ / 2)
+
+
+def _days_at_full_mfu(cfg: ModelConfig, gpu: GPU, n_gpus: int) -> float:
+    """Days for 13T tokens at 100% MFU; days at any MFU are this / MFU."""
+    return _train_flops_per_token(cfg) * TRAIN_TOKENS / (n_gpus * gpu.peak_tflops * 1e12 * 86400)
 
 
 def implied_mfu(cfg: ModelConfig, gpu: GPU, n_gpus: int, days: float) -> float:
     """The MFU at which n_gpus finish 13T tokens of this config in `days`."""
-    total = 3 * forward_flops_per_token(cfg, TRAIN_SEQ / 2) * TRAIN_TOKENS
-    return total / (n_gpus * gpu.peak_tflops * 1e12 * days * 86400)
+    return _days_at_full_mfu(cfg, gpu, n_gpus) / days

@@ -34,15 +34,19 @@ class StageMemory:
     dense_params: int  # on one GPU: attention, norms, router (+ embedding / head on the end stages)
     expert_params: int  # on one GPU
 
+    @property
+    def params(self) -> int:
+        return self.dense_params + self.expert_params
 
-def _kv_heads_held(cfg: ModelConfig, tp: int) -> float:
+
+def kv_heads_held(cfg: ModelConfig, tp: int) -> float:
     return cfg.n_kv_heads / tp if cfg.n_kv_heads > 1 else 1
 
 
 def stage_memory(cfg: ModelConfig, lay: Layout) -> list[StageMemory]:
     d, hd, tp = cfg.d_model, cfg.head_dim, lay.tp
     q = cfg.n_heads * hd / tp  # fractional where tp does not divide the heads (see layout_rows)
-    kv = _kv_heads_held(cfg, tp) * hd
+    kv = kv_heads_held(cfg, tp) * hd
     dense_layer = 2 * d * q + 2 * d * kv + 2 * d + d * cfg.n_experts
     expert_layer = cfg.n_experts / lay.ep * cfg.n_matrices * d * cfg.d_ff / tp
     out = []
@@ -54,10 +58,15 @@ def stage_memory(cfg: ModelConfig, lay: Layout) -> list[StageMemory]:
     return out
 
 
+def worst_stage(stages: list[StageMemory]) -> StageMemory:
+    """The stage whose GPUs hold the most parameters."""
+    return max(stages, key=lambda s: s.params)
+
+
 def activation_bytes_per_token_layer(cfg: ModelConfig, lay: Layout) -> int:
     d, hd, tp, k = cfg.d_model, cfg.head_dim, lay.tp, cfg.top_k
     heads = cfg.n_heads / tp
-    attention = 2 * d + (heads + 2 * _kv_heads_held(cfg, tp)) * hd + heads * hd
+    attention = 2 * d + (heads + 2 * kv_heads_held(cfg, tp)) * hd + heads * hd
     moe = 2 * d + 2 * cfg.n_experts + k * d + 2 * k * cfg.d_ff / tp + k * d
     return round(2 * (attention + moe))
 
@@ -72,8 +81,8 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     except ValueError as e:  # e.g. the leak's tp=8 against GPT-4's reported 84 heads: count fractional shares
         fits = f"no: {e}; the figures below count fractional shares (a real split pads or is uneven)"
     stages = stage_memory(cfg, lay)
-    worst = max(stages, key=lambda s: s.dense_params + s.expert_params)
-    params = worst.dense_params + worst.expert_params
+    worst = worst_stage(stages)
+    params = worst.params
     zero_dense, zero_expert = lay.dp * lay.ep, lay.dp
     sharded = worst.dense_params / zero_dense + worst.expert_params / zero_expert  # one replica group's share
     optimizer = 12 * sharded
