@@ -60,9 +60,15 @@ def scaled_config(cfg, scale: int, max_len: int):
                                head_dim=max(16, cfg.head_dim // scale // 2 * 2), max_seq_len=max_len)
 
 
-def measure_point(mode: str, fn, args, shard, n_layers: int, ceilings, reps: int, prof_steps: int,
-                  cuda: bool, trace: pathlib.Path | None) -> dict:
-    """Time fn (median of reps), profile prof_steps more calls, and count its FLOPs and bytes."""
+def label(p: dict) -> str:
+    return f"decode C={p['context']} B={p['batch']}" if p["mode"] == "decode" else f"{p['mode']} T={p['tokens']}"
+
+
+def measure_point(mode: str, fn, sizes: dict, attended: float, kv_rows: int, shard, n_layers: int, here: X.GPU,
+                  reps: int, prof_steps: int, cuda: bool, trace: pathlib.Path) -> dict:
+    """Time fn (median of reps), profile prof_steps more calls (written to `trace`), and count its
+    FLOPs and bytes. sizes: tokens, batch (and the cache length `context` in decode), to report;
+    attended: positions each token attends to on average; kv_rows: sequences whose cache is read."""
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     _, routing = fn()
@@ -75,68 +81,57 @@ def measure_point(mode: str, fn, args, shard, n_layers: int, ceilings, reps: int
         if cuda:
             torch.cuda.synchronize()
     parts = breakdown(prof.events(), cuda, prof_steps)
-    if trace is not None:
-        prof.export_chrome_trace(str(trace))
-    tokens, context, kv_rows = args["tokens"], args["context"], args.get("kv_rows", 0)
-    costs = X.layer_costs(shard, tokens, context, kv_rows, touched=touched)
+    prof.export_chrome_trace(str(trace))
+    tokens = sizes["tokens"]
+    costs = X.layer_costs(shard, tokens, attended, kv_rows, touched=touched)
     scale = 3 if mode == "train" else 1
     flops = scale * n_layers * sum(f for f, _ in costs.values())
     bytes_ = scale * n_layers * sum(b for _, b in costs.values())
-    here = X.GPU("this device", ceilings[0], ceilings[1], 0, 0, 0, 0, matmul_efficiency=1.0, copy_efficiency=1.0)
-    roofline_ms = 1e3 * n_layers * X.roofline_layer(shard, here, tokens, context, kv_rows, backward=mode == "train",
+    roofline_ms = 1e3 * n_layers * X.roofline_layer(shard, here, tokens, attended, kv_rows, backward=mode == "train",
                                                     touched=touched)
-    point = dict(mode=mode, **{k: v for k, v in args.items() if k != "kv_rows"}, ms=round(ms, 4),
+    point = dict(mode=mode, **sizes, ms=round(ms, 4),
                  ms_per_layer=round(ms / n_layers, 4), roofline_ms=round(roofline_ms, 4),
                  busy_ms=round(sum(parts.values()), 4),
                  breakdown_ms={k: round(v, 4) for k, v in parts.items()}, experts_touched=touched,
                  gflop=round(flops / 1e9, 3), gbytes=round(bytes_ / 1e9, 4),
-                 tflops=round(flops / ms / 1e9, 3), pct_peak=round(100 * flops / ms / 1e9 / ceilings[0], 1),
-                 gbps=round(bytes_ / ms / 1e6, 1), pct_copy=round(100 * bytes_ / ms / 1e6 / ceilings[1], 1),
+                 tflops=round(flops / ms / 1e9, 3), pct_peak=round(100 * flops / ms / 1e9 / here.peak_tflops, 1),
+                 gbps=round(bytes_ / ms / 1e6, 1), pct_copy=round(100 * bytes_ / ms / 1e6 / here.bandwidth_gbs, 1),
                  peak_mem_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None)
     return point
 
 
-def run_modes(args, cfg, shard, device, dtype, cuda, ceilings, out: pathlib.Path, tag: str) -> list[dict]:
+def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, tag: str) -> list[dict]:
     layers = build_layers(shard, args.layers, device, dtype)
     steps = Steps(layers, shard, device, dtype)
-    common = dict(shard=shard, n_layers=args.layers, ceilings=ceilings, reps=args.reps, prof_steps=args.profile_steps,
-                  cuda=cuda)
+    common = dict(shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps, cuda=cuda)
     points = []
     if "prefill" in args.modes:
         print(f"... prefill {args.tokens} tokens", file=sys.stderr, flush=True)
-        points.append(measure_point("prefill", steps.prefill(args.tokens),
-                                    dict(tokens=args.tokens, context=(args.tokens + 1) / 2, batch=1), **common,
-                                    trace=out / f"trace_{tag}_prefill.json.gz"))
+        points.append(measure_point("prefill", steps.prefill(args.tokens), dict(tokens=args.tokens, batch=1),
+                                    (args.tokens + 1) / 2, 0, **common, trace=out / f"trace_{tag}_prefill.json.gz"))
     if "decode" in args.modes:
         for context in args.contexts:
-            last = None
             for b in args.batches or [2**i for i in range(20) if 2**i <= args.max_batch]:
                 print(f"... decode batch {b} at context {context}", file=sys.stderr, flush=True)
-                try:
-                    fn = steps.decode(b, context)
-                    point = measure_point("decode", fn, dict(tokens=b, context=context + 1, batch=b, kv_rows=b),
-                                          **common, trace=None)
+                sizes = dict(tokens=b, batch=b, context=context)
+                try:  # each batch overwrites the trace: the largest batch that ran keeps it
+                    points.append(measure_point("decode", steps.decode(b, context), sizes, context + 1, b, **common,
+                                                trace=out / f"trace_{tag}_decode_{context}.json.gz"))
                 except torch.OutOfMemoryError:
-                    points.append(dict(mode="decode", context=context + 1, batch=b, tokens=b, error="out of memory"))
-                    steps.clear_caches()
-                    torch.cuda.empty_cache()
+                    points.append(dict(mode="decode", **sizes, error="out of memory"))
                     break
-                points.append(point)
-                last = b
-            if last is not None:  # a trace of the largest batch that ran (its caches rebuilt: an OOM cleared them)
-                measure_point("decode", steps.decode(last, context), dict(tokens=last, context=context + 1, batch=last,
-                              kv_rows=last), **{**common, "reps": 1}, trace=out / f"trace_{tag}_decode_{context}.json.gz")
-            steps.clear_caches()
-            if cuda:
-                torch.cuda.empty_cache()
+                finally:
+                    steps.clear_caches()
+                    if cuda:
+                        torch.cuda.empty_cache()
     if "train" in args.modes:
         print(f"... train {args.tokens} tokens", file=sys.stderr, flush=True)
+        sizes = dict(tokens=args.tokens, batch=args.tokens // args.seq_len)
         try:
-            points.append(measure_point("train", steps.train(args.tokens, args.seq_len),
-                                        dict(tokens=args.tokens, context=(args.seq_len + 1) / 2, batch=args.tokens //
-                                             args.seq_len), **common, trace=out / f"trace_{tag}_train.json.gz"))
+            points.append(measure_point("train", steps.train(args.tokens, args.seq_len), sizes, (args.seq_len + 1) / 2, 0,
+                                        **common, trace=out / f"trace_{tag}_train.json.gz"))
         except torch.OutOfMemoryError:
-            points.append(dict(mode="train", tokens=args.tokens, error="out of memory"))
+            points.append(dict(mode="train", **sizes, error="out of memory"))
     return points
 
 
@@ -187,7 +182,7 @@ def measured_layer_times(points: list[dict]) -> dict:
             continue
         s = p["ms_per_layer"] / 1e3
         if p["mode"] == "decode":
-            times["decode"][(round(p["context"]) - 1, p["batch"])] = s
+            times["decode"][(p["context"], p["batch"])] = s
         else:
             times[p["mode"]] = s
     return times
@@ -197,7 +192,7 @@ def doubling_batch(points: list[dict], context: int) -> int | None:
     """The smallest measured batch whose layer time is twice batch 1's: below it, the fixed weight
     reads are most of the time."""
     rows = sorted((p["batch"], p["ms_per_layer"]) for p in points
-                  if p["mode"] == "decode" and "ms" in p and round(p["context"]) - 1 == context)
+                  if p["mode"] == "decode" and "ms" in p and p["context"] == context)
     if not rows or rows[0][0] != 1:
         return None
     return next((b for b, ms in rows if ms >= 2 * rows[0][1]), None)
@@ -208,11 +203,10 @@ def doubling_batch(points: list[dict], context: int) -> int | None:
 def points_table(points: list[dict]) -> str:
     rows = []
     for p in points:
-        what = f"{p['mode']} T={p['tokens']}" if p["mode"] != "decode" else f"decode C={round(p['context']) - 1} B={p['batch']}"
         if "error" in p:
-            rows.append((what, p["error"], "", "", "", "", "", "", "", "", ""))
+            rows.append((label(p), p["error"], "", "", "", "", "", "", "", "", ""))
             continue
-        rows.append((what, f"{p['ms']:.4g}", f"{p['ms_per_layer']:.4g}", f"{p['busy_ms']:.4g}", f"{p['roofline_ms']:.4g}",
+        rows.append((label(p), f"{p['ms']:.4g}", f"{p['ms_per_layer']:.4g}", f"{p['busy_ms']:.4g}", f"{p['roofline_ms']:.4g}",
                      f"{p['ms'] / p['roofline_ms']:.2f}", f"{p['tflops']:.3g}", f"{p['pct_peak']:.1f}", f"{p['gbps']:.4g}",
                      f"{p['pct_copy']:.1f}", "-" if p["peak_mem_gb"] is None else f"{p['peak_mem_gb']:.1f}"))
     return format_table(rows, ("step", "ms", "ms/layer", "busy ms", "roofline ms", "x roofline", "TFLOP/s", "% peak",
@@ -233,8 +227,7 @@ def breakdown_table(points: list[dict]) -> str:
     rows = []
     for p in _shown(points):
         total = sum(p["breakdown_ms"].values()) or 1
-        what = f"{p['mode']} T={p['tokens']}" if p["mode"] != "decode" else f"decode C={round(p['context']) - 1} B={p['batch']}"
-        rows.append((what, *(f"{100 * p['breakdown_ms'][c] / total:.1f}" for c in CATEGORIES)))
+        rows.append((label(p), *(f"{100 * p['breakdown_ms'][c] / total:.1f}" for c in CATEGORIES)))
     return format_table(rows, ("% of busy time", *CATEGORIES))
 
 
@@ -295,19 +288,17 @@ def plot(report: dict, path: pathlib.Path) -> None:
         vals = [p["breakdown_ms"][c] / report["meta"]["layers"] for p in shown]
         ax.bar(range(len(shown)), vals, bottom=bottom, label=c)
         bottom = [a + b for a, b in zip(bottom, vals)]
-    ax.set_xticks(range(len(shown)), [p["mode"] if p["mode"] != "decode" else
-                                      f"decode {round(p['context']) - 1}\nB={p['batch']}" for p in shown], fontsize=7)
+    ax.set_xticks(range(len(shown)), [label(p).replace(" B=", "\nB=") for p in shown], fontsize=7)
     ax.set(ylabel="ms per layer (device time)", title="where the time goes (measured)")
     ax.legend(fontsize=7)
     ax = axes[1]
     for context in report["meta"]["contexts"]:
-        rows = sorted((p["batch"], p["ms_per_layer"]) for p in measured if p["mode"] == "decode"
-                      and round(p["context"]) - 1 == context)
+        rows = sorted((p["batch"], p["ms_per_layer"], p["roofline_ms"] / report["meta"]["layers"]) for p in measured
+                      if p["mode"] == "decode" and p["context"] == context)
         if rows:
-            line, = ax.plot(*zip(*rows), "o-", label=f"measured, C={context}")
-            roof = sorted((p["batch"], p["roofline_ms"] / report["meta"]["layers"]) for p in measured
-                          if p["mode"] == "decode" and round(p["context"]) - 1 == context)
-            ax.plot(*zip(*roof), "--", color=line.get_color(), label=f"roofline at this run's ceilings, C={context}")
+            batches, ms, roofline = zip(*rows)
+            line, = ax.plot(batches, ms, "o-", label=f"measured, C={context}")
+            ax.plot(batches, roofline, "--", color=line.get_color(), label=f"roofline at this run's ceilings, C={context}")
     ax.set(xscale="log", yscale="log", xlabel="sequences in the batch", ylabel="ms per layer",
            title="decode step, one layer's shard")
     ax.legend(fontsize=7)
@@ -381,14 +372,14 @@ def main(argv=None) -> dict:
                            head_dim=shard.head_dim, experts=shard.n_experts, d_ff=shard.d_ff, top_k=shard.top_k),
                 dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1),
                 collective="tensor-parallel all-reduces not issued or timed; added by the cluster model")
-    points = run_modes(args, cfg, shard, device, dtype, cuda, ceilings, out, tag)
+    here = X.GPU(meta["device"], ceilings[0], ceilings[1], 0, 0, 0, 0, matmul_efficiency=1.0, copy_efficiency=1.0)
+    points = run_modes(args, shard, device, dtype, cuda, here, out, tag)
 
     # The cluster, twice: from this run's layer times (a GPU only), and predicted from the roofline.
     full_shard = dataclasses.replace(X.shard_shape(full, args.tp), n_layers=1)
     gpus = dict(X.GPUS)
     measured = None
     if cuda:
-        here = X.GPU(meta["device"], ceilings[0], ceilings[1], 0, 0, 0, 0, matmul_efficiency=1.0, copy_efficiency=1.0)
         if "H100" in meta["device"]:  # this run's own ceilings replace the assumed fractions
             gpus["H100"] = dataclasses.replace(gpus["H100"], matmul_efficiency=ceilings[0] / gpus["H100"].peak_tflops,
                                                copy_efficiency=ceilings[1] / gpus["H100"].bandwidth_gbs)

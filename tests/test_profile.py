@@ -189,11 +189,11 @@ def test_cluster_from_measured_layer_times():
     into the cluster model unchanged for the H100 and scaled by the roofline ratio for the A100."""
     script = load_script()
     h100, a100 = X.GPUS["H100"], X.GPUS["A100"]
-    points = [dict(mode="prefill", tokens=8192, context=4096.5, batch=1, ms=40.0, ms_per_layer=20.0),
-              *(dict(mode="decode", tokens=b, context=8193, batch=b, ms=2 * ms, ms_per_layer=ms)
+    points = [dict(mode="prefill", tokens=8192, batch=1, ms=40.0, ms_per_layer=20.0),
+              *(dict(mode="decode", tokens=b, context=8192, batch=b, ms=2 * ms, ms_per_layer=ms)
                 for b, ms in ((1, 0.2), (8, 0.3), (64, 0.5))),
-              dict(mode="decode", context=8193, batch=128, tokens=128, error="out of memory"),
-              dict(mode="train", tokens=8192, context=4096.5, batch=1, ms=120.0, ms_per_layer=60.0)]
+              dict(mode="decode", context=8192, batch=128, tokens=128, error="out of memory"),
+              dict(mode="train", tokens=8192, batch=1, ms=120.0, ms_per_layer=60.0)]
     times = script.measured_layer_times(points)
     assert times["decode"] == {(8192, 1): 2e-4, (8192, 8): 3e-4, (8192, 64): 5e-4}
     res = script.cluster(GPT4, SHARD, times, h100, X.GPUS, 8192)
