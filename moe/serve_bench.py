@@ -19,13 +19,12 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
-import platform
 import time
-from datetime import date
 
 import numpy as np
 import torch
 
+from moe import measure
 from moe.data import load_corpus, split_corpus
 from moe.engine import Engine, Request
 
@@ -137,8 +136,7 @@ def plot_expert_batches(s: dict, path, title: str) -> None:
 
 
 def environment() -> dict:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    return {"device": dev, "torch": torch.__version__, "python": platform.python_version(), "date": str(date.today())}
+    return measure.environment(torch.cuda.is_available())
 
 
 def write(s: dict, out_dir, name: str, header: str) -> pathlib.Path:
