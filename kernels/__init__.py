@@ -1,9 +1,17 @@
 """Expert matmul and token permutation ops. Imports only torch (and triton, lazily: the Triton kernels
-load when first asked for); never `moe`."""
+load when first asked for); never `moe`.
 
-from kernels.expert_mlp import expert_mlp, expert_mlp_reference, sorted_mlp
-from kernels.grouped_matmul import BACKENDS, grouped_mm, grouped_mm_reference
+    grouped_mm(x, w, offsets, backend=)     y[rows of g] = x[rows of g] @ w[g]; grouped_mm_reference
+    expert_mlp(x, weights, order, offsets, w_up, w_gate, w_down, activation_name=, backend=)
+                                            the routed expert MLP, token rows in and out; expert_mlp_reference
+    routed_mlp(x, weights, experts, ...)     the same from the router's choices (sorts them itself)
+    sorted_mlp(x_sorted, offsets, ...)       the MLP on rows already sorted by expert
+    sort_by_expert, combine                 the permutation into expert order and back
+"""
+
+from kernels.expert_mlp import expert_mlp, expert_mlp_reference, routed_mlp, sorted_mlp
+from kernels.grouped_matmul import BACKENDS, check_offsets, grouped_mm, grouped_mm_reference
 from kernels.permute import combine, sort_by_expert
 
-__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "sort_by_expert", "combine", "expert_mlp",
-           "expert_mlp_reference", "sorted_mlp"]
+__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "combine",
+           "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp"]

@@ -8,19 +8,28 @@ D model width, F expert width.
     gelu:   y_t = sum_j weights[t, j] * gelu(x_t @ w_up[e]) @ w_down[e]                 e = experts[t, j]
     swiglu: y_t = sum_j weights[t, j] * (silu(x_t @ w_gate[e]) * (x_t @ w_up[e])) @ w_down[e]
 
+Three entry points, one computation:
+    expert_mlp(x_TD, weights_TK, order_M, offsets_E, ...)  the assignments already sorted by expert
+                                                            (sort_by_expert); checks everything, the
+                                                            offsets' values too (a device sync on a GPU)
+    routed_mlp(x_TD, weights_TK, experts_TK, ...)          sorts the assignments itself, so its
+                                                            offsets need no check: the MoE layer's call
+    sorted_mlp(x_MD, offsets_E, ...)                        rows already gathered and sorted; no weights
+
 `expert_mlp_reference` composes the PyTorch ops: a gathered copy of the rows, two grouped matmuls,
-the activation, and `combine`. `expert_mlp` with the Triton backend does the same in two fused
-kernels and no copies (ScatterMoE's idea, our own kernels):
+the activation, and `combine`. With the Triton backend the same runs in two fused kernels and no
+copies (ScatterMoE's idea, our own kernels; the steps are named in kernels/triton_grouped_mm.py):
   1. h_MF = act(x[token of row] @ w_up[e] (, w_gate[e])): the gather happens in the loads, the
      activation in the epilogue (SwiGLU: gate and up from one pass over x).
   2. y_AD[order[r]] = weight[order[r]] * (h_MF[r] @ w_down[e]): the routing weight and the move to
      assignment order in the epilogue; then y_T = sum over the k rows of y_TkD, in a fixed order.
 Every output row is written once, so results are deterministic.
 
-The backward (training) runs four more launches and keeps the same no-copy, no-atomics rule:
-  dh = dy[token] @ w_down^T with the activation's backward and the weight's gradient in the epilogue;
-  dW_down = h^T (weight * dy[token]); dW_up (, dW_gate) = x[token]^T d_up (, d_gate);
-  dx_AD[order[r]] = d_up[r] @ w_up^T (+ d_gate[r] @ w_gate^T), then summed over k like y.
+The backward (training) runs four steps and keeps the same no-copy, no-atomics rule:
+  1. dh = dy[token] @ w_down^T with the activation's backward and the weight's gradient in the epilogue;
+  2. dW_down = h^T (weight * dy[token]);
+  3. dW_up (, dW_gate) = x[token]^T d_up (, d_gate);
+  4. dx_AD[order[r]] = d_up[r] @ w_up^T (+ d_gate[r] @ w_gate^T), then summed over k like y.
 It saves h and the pre-activations (M x F each) rather than recomputing them.
 
 Profiler ranges: moe/permutation (the gather, PyTorch path), moe/expert_matmuls (on Triton this
@@ -33,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from kernels.grouped_matmul import check_offsets, grouped_mm, resolve_backend
-from kernels.permute import combine
+from kernels.grouped_matmul import apply_grouped_mm, check_grouped_mm_args, check_offsets, resolve_backend
+from kernels.permute import combine, sort_by_expert
 
 ACTIVATIONS = ("gelu", "swiglu")
 
@@ -43,11 +52,13 @@ def activation(name: str, h_up: torch.Tensor, h_gate: torch.Tensor | None = None
     return F.silu(h_gate) * h_up if name == "swiglu" else F.gelu(h_up)
 
 
-def sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto",
-               check_end: bool = True):
-    """The expert MLP on rows already sorted by expert, one grouped matmul per weight."""
+def sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto"):
+    """The expert MLP on rows already sorted by expert, one grouped matmul per weight. The offsets
+    come from sort_by_expert or from row counts, so their values are checked only where that is free
+    (on the CPU)."""
     def mm(a, w):
-        return grouped_mm(a, w, offsets_E, backend=backend, check_end=check_end)
+        check_grouped_mm_args(a, w, offsets_E, values=False)
+        return apply_grouped_mm(a, w, offsets_E, backend)
 
     h_MF = activation(activation_name, mm(x_MD, w_up), None if w_gate is None else mm(x_MD, w_gate))
     return mm(h_MF, w_down)
@@ -79,33 +90,47 @@ def _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, act: str)
         raise ValueError(f"expert_mlp: tensors on several devices: {sorted({str(t.device) for t in tensors})}")
 
 
-def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str,
-                         check_end: bool = True):
+def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str):
     """PyTorch ops, step by step: gather, sorted_mlp, combine."""
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
-    return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end)
+    check_offsets(offsets_E, order_M.numel())
+    return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
 
 
-def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end):
+def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name):
     with record_function("moe/permutation"):
         x_MD = x_TD[order_M // weights_TK.shape[1]]
     with record_function("moe/expert_matmuls"):
-        y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch",
-                          check_end=check_end)
+        y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch")
     with record_function("moe/combine"):
         return combine(y_MD, order_M, weights_TK)
 
 
 def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str,
-               backend: str = "auto", check_end: bool = True):
+               backend: str = "auto"):
     """y_TD: token t's k expert outputs, weighted and summed (see the module doc). order_M and
-    offsets_E come from kernels.sort_by_expert. check_end=False skips checking the offsets' values
-    (a device sync on a GPU) when the caller built them with sort_by_expert."""
+    offsets_E as kernels.sort_by_expert returns them; both are checked."""
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    check_offsets(offsets_E, order_M.numel())
+    return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
+
+
+def routed_mlp(x_TD, weights_TK, experts_TK, w_up, w_gate, w_down, *, activation_name: str,
+               backend: str = "auto", keep_TK=None):
+    """expert_mlp from the router's choices: experts_TK [T, k] (keep_TK [T, k] False where an
+    assignment was dropped for capacity). Sorts the assignments, then runs the same MLP; no device
+    sync on the way (the offsets are made here, so they need no check)."""
+    experts_A = experts_TK.reshape(-1) if keep_TK is None else experts_TK.masked_fill(~keep_TK, -1).reshape(-1)
+    with record_function("moe/permutation"):
+        order_M, offsets_E = sort_by_expert(experts_A, w_up.shape[0], has_dropped=keep_TK is not None)
+    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
+
+
+def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend):
+    """expert_mlp after the checks: for callers that checked, or built the order and offsets themselves."""
     if resolve_backend(backend, x_TD) != "triton":
-        return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, check_end)
-    if check_end:
-        check_offsets(offsets_E, order_M.numel())
+        return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
     with record_function("moe/expert_matmuls"):
         return _FusedExpertMLP.apply(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down)
 
@@ -115,54 +140,52 @@ def _sum_over_k(rows_AD: torch.Tensor, T: int, k: int) -> torch.Tensor:
 
 
 class _FusedExpertMLP(torch.autograd.Function):
+    """The Triton path: forward steps 1-2 and backward steps 1-4 of the module doc, each one named
+    launch of kernels/triton_grouped_mm.py."""
+
     @staticmethod
     def forward(ctx, x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down):
-        from kernels.triton_grouped_mm import EPI_GELU, EPI_SWIGLU, rows_mm
+        from kernels.triton_grouped_mm import down_scatter, up_activation
 
         (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
+        swiglu = w_gate is not None
         order_M = order_M.to(torch.int32)
         src_M = torch.div(order_M, k, rounding_mode="floor")  # the token row of each sorted assignment
         scale_M = weights_TK.reshape(-1)[order_M].float()
         save = any(ctx.needs_input_grad)  # grad mode is off inside forward; this says whether backward will run
-        pre = [x_TD.new_empty(M, F_) for _ in range(2 if w_gate is not None else 1)] if save else [None, None]
-        h_MF = x_TD.new_empty(M, F_)
-        if w_gate is None:
-            rows_mm(x_TD, w_up, offsets_E, h_MF, m=M, src=src_M, epi=EPI_GELU, pre=pre[0])
-        else:
-            rows_mm(x_TD, w_up, offsets_E, h_MF, m=M, src=src_M, w2=w_gate, dual=True, epi=EPI_SWIGLU,
-                    pre=pre[0], pre2=pre[1])
-        # dropped assignments are rows nobody writes: they must read as zero
-        y_AD = (x_TD.new_zeros if M < T * k else x_TD.new_empty)(T * k, D)
-        rows_mm(h_MF, w_down, offsets_E, y_AD, m=M, dst=order_M, scale=scale_M)
+        pre_up = x_TD.new_empty(M, F_) if save else None
+        pre_gate = x_TD.new_empty(M, F_) if save and swiglu else None
+
+        h_MF = up_activation(x_TD, src_M, w_up, w_gate, offsets_E, x_TD.new_empty(M, F_), pre_up, pre_gate)  # 1
+        y_AD = (x_TD.new_zeros if M < T * k else x_TD.new_empty)(T * k, D)  # dropped rows are never written
+        down_scatter(h_MF, w_down, offsets_E, order_M, scale_M, y_AD)  # 2
         if save:
             ctx.save_for_backward(x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF,
-                                  *pre)
+                                  pre_up, pre_gate)
         with record_function("moe/combine"):
             return _sum_over_k(y_AD, T, k)
 
     @staticmethod
     def backward(ctx, dy_TD):
-        from kernels.triton_grouped_mm import EPI_GELU_BWD, EPI_SWIGLU_BWD, dscale_buffer, expert_xt_y, rows_mm
+        from kernels.triton_grouped_mm import activation_backward, dscale_buffer, dx_scatter, expert_xt_y
 
-        x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF, *pre = ctx.saved_tensors
+        (x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF, pre_up,
+         pre_gate) = ctx.saved_tensors
         (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
         dy_TD = dy_TD.contiguous()
         swiglu = w_gate is not None
 
-        # dh from dy: the activation's backward and the routing weight's gradient in the epilogue
+        # 1. d_up (, d_gate) and the routing weights' gradient
         d_up, d_gate = x_TD.new_empty(M, F_), (x_TD.new_empty(M, F_) if swiglu else None)
         dscale_MJ = dscale_buffer(M, F_, x_TD.device)
-        rows_mm(dy_TD, w_down.transpose(1, 2), offsets_E, d_up, m=M, src=src_M, epi=EPI_SWIGLU_BWD if swiglu
-                else EPI_GELU_BWD, pre=pre[0], pre2=pre[1] if swiglu else None, out2=d_gate, scale=scale_M,
-                dscale=dscale_MJ)
+        activation_backward(dy_TD, src_M, w_down, offsets_E, scale_M, pre_up, pre_gate, d_up, d_gate, dscale_MJ)
         d_weights = torch.zeros(T * k, device=x_TD.device, dtype=torch.float32)
         d_weights = d_weights.index_copy(0, order_M.long(), dscale_MJ.sum(dim=1)).view(T, k).to(weights_TK.dtype)
-
+        # 2-3. the weight gradients
         dw_down = expert_xt_y(h_MF, dy_TD, offsets_E, torch.empty_like(w_down), m=M, b_src=src_M, b_scale=scale_M)
         dw_up = expert_xt_y(x_TD, d_up, offsets_E, torch.empty_like(w_up), m=M, a_src=src_M)
         dw_gate = expert_xt_y(x_TD, d_gate, offsets_E, torch.empty_like(w_gate), m=M, a_src=src_M) if swiglu else None
-
+        # 4. dx, in assignment order, then summed over k
         dx_AD = (x_TD.new_zeros if M < T * k else x_TD.new_empty)(T * k, D)
-        rows_mm(d_up, w_up.transpose(1, 2), offsets_E, dx_AD, m=M, dst=order_M,
-                a2=d_gate, w2=w_gate.transpose(1, 2) if swiglu else None)
+        dx_scatter(d_up, d_gate, w_up, w_gate, offsets_E, order_M, dx_AD)
         return _sum_over_k(dx_AD, T, k), d_weights, None, None, dw_up, dw_gate, dw_down

@@ -8,7 +8,8 @@ C the largest row count of any expert (padded layout only).
     offsets int32 [E], cumulative row counts: expert g owns rows offsets[g-1]:offsets[g] (offsets[-1] = M),
             the same meaning as PyTorch's grouped_mm `offs`. Experts with zero rows are legal.
 
-`grouped_mm` is differentiable in x and w. Its PyTorch path calls `torch.nn.functional.grouped_mm`
+`grouped_mm` checks its arguments, the offsets' values included (one device sync on a GPU), and is
+differentiable in x and w. Its PyTorch path calls `torch.nn.functional.grouped_mm`
 where that op accepts the inputs, and otherwise a padded batched matmul; neither loops over experts
 in Python. `grouped_mm_reference` is the slow, obviously correct loop the tests hold it against.
 `backend="triton"` runs the Triton kernels of kernels/triton_grouped_mm.py instead.
@@ -28,10 +29,10 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 torch_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, check_end: bool | None = None) -> None:
-    """Raise a ValueError naming the problem instead of computing garbage. The offsets' values
-    (non-decreasing, ending at M) are checked where that costs no device sync (offsets on the CPU),
-    or whenever check_end is True."""
+def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, values: bool = True) -> None:
+    """Raise a ValueError naming the problem instead of computing garbage. values=False skips the
+    offsets' values (non-decreasing, ending at M) where checking them costs a device sync: for
+    offsets this package built itself (sort_by_expert, received counts)."""
     if x.dim() != 2 or w.dim() != 3:
         raise ValueError(f"grouped_mm expects x [M, K] and w [E, K, N], got x {tuple(x.shape)} and w {tuple(w.shape)}")
     if x.shape[1] != w.shape[1]:
@@ -44,9 +45,7 @@ def check_grouped_mm_args(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tenso
         raise ValueError(f"grouped_mm: x is {x.dtype} but w is {w.dtype}")
     if not (x.device == w.device == offsets.device):
         raise ValueError(f"grouped_mm: x on {x.device}, w on {w.device}, offsets on {offsets.device}")
-    if check_end is None:
-        check_end = offsets.device.type == "cpu"
-    if check_end:
+    if values or offsets.device.type == "cpu":
         check_offsets(offsets, x.shape[0])
 
 
@@ -88,7 +87,7 @@ def _triton_available() -> bool:
 
 def grouped_mm_reference(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """The slow reference: one matmul per expert, in a Python loop."""
-    check_grouped_mm_args(x, w, offsets, check_end=True)
+    check_grouped_mm_args(x, w, offsets)
     ends = offsets.tolist()
     starts = [0] + ends[:-1]
     out = [x[s:e] @ w[g] for g, (s, e) in enumerate(zip(starts, ends))]
@@ -175,31 +174,33 @@ class _TritonGroupedMM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_MK, w_EKN, offsets):
-        from kernels.triton_grouped_mm import rows_mm
+        from kernels.triton_grouped_mm import grouped_rows
 
         ctx.save_for_backward(x_MK, w_EKN, offsets)
-        return rows_mm(x_MK, w_EKN, offsets, x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2]), m=x_MK.shape[0])
+        return grouped_rows(x_MK, w_EKN, offsets, x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2]))
 
     @staticmethod
     def backward(ctx, dy_MN):
-        from kernels.triton_grouped_mm import expert_xt_y, rows_mm
+        from kernels.triton_grouped_mm import expert_xt_y, grouped_rows
 
         x_MK, w_EKN, offsets = ctx.saved_tensors
         dy_MN, m = dy_MN.contiguous(), x_MK.shape[0]
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = rows_mm(dy_MN, w_EKN.transpose(1, 2), offsets, x_MK.new_empty(x_MK.shape), m=m)
+            dx = grouped_rows(dy_MN, w_EKN.transpose(1, 2), offsets, x_MK.new_empty(x_MK.shape))
         if ctx.needs_input_grad[1]:
             dw = expert_xt_y(x_MK, dy_MN, offsets, w_EKN.new_empty(w_EKN.shape), m=m)
         return dx, dw, None
 
 
-def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto",
-               check_end: bool = True) -> torch.Tensor:
-    """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc.
-    check_end=False skips checking the offsets' values (a device sync on a GPU): for callers that
-    built them with sort_by_expert."""
-    check_grouped_mm_args(x, w, offsets, check_end=check_end)
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc."""
+    check_grouped_mm_args(x, w, offsets)
+    return apply_grouped_mm(x, w, offsets, backend)
+
+
+def apply_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, backend: str) -> torch.Tensor:
+    """grouped_mm after the checks: for callers that checked, or built the offsets themselves."""
     if resolve_backend(backend, x) == "triton":
         return _TritonGroupedMM.apply(x, w, offsets)
     return _GroupedMM.apply(x, w, offsets)

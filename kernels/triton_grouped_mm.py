@@ -273,18 +273,19 @@ def _dot_args(dtype: torch.dtype) -> dict:
     return dict(DOT_FP32=INTERPRET and dtype == torch.bfloat16, PRECISION="tf32" if tf32 else "ieee")
 
 
-def rows_mm(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
-            pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None):
+def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
+                 pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None):
     """Launch _rows_kernel over m sorted rows: out[dst[r] or r] = epilogue(a[src[r] or r] @ w[g(r)]).
     w and w2 are [E, K, N] views with any strides (w2 shares w's strides); pre/pre2/dscale are
-    contiguous [m, ...] buffers. See the module doc for the options."""
+    contiguous [m, ...] buffers. See the module doc for the options; the named steps below are the
+    combinations the expert MLP uses."""
     E, K, N = w.shape
     if m == 0 or N == 0:
         return out
     if w2 is not None and w2.stride() != w.stride():
-        raise ValueError(f"rows_mm: w2 strides {w2.stride()} differ from w's {w.stride()}")
+        raise ValueError(f"rows kernel: w2 strides {w2.stride()} differ from w's {w.stride()}")
     if a2 is not None and a2.stride() != a.stride():
-        raise ValueError(f"rows_mm: a2 strides {a2.stride()} differ from a's {a.stride()}")
+        raise ValueError(f"rows kernel: a2 strides {a2.stride()} differ from a's {a.stride()}")
     dummy = offsets  # stands in for the pointers a mode does not use
     n_prog = _num_programs(a.device.index or 0)
 
@@ -306,6 +307,47 @@ def rows_mm(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=Fals
     return out
 
 
+# The named steps. Shapes: x [T, D]; h, pre-activations, d_up, d_gate [M, F]; y, dx [A, D] in
+# assignment order; src_M the token of each sorted row, order_M its assignment, scale_M its weight.
+
+def grouped_rows(a_MK, w_EKN, offsets, out_MN):
+    """The plain grouped GEMM: out[r] = a[r] @ w[g(r)] (also dX = dY @ W^T through a transposed view)."""
+    return _launch_rows(a_MK, w_EKN, offsets, out_MN, m=a_MK.shape[0])
+
+
+def up_activation(x_TD, src_M, w_up, w_gate, offsets, h_MF, pre_up=None, pre_gate=None):
+    """Forward step 1: h[r] = act(x[src[r]] @ w_up[g] (, x[src[r]] @ w_gate[g])), the gather in the
+    loads, GELU or SwiGLU in the epilogue (SwiGLU's two products from one pass over x). With pre_*
+    buffers, also save the pre-activations for backward."""
+    swiglu = w_gate is not None
+    return _launch_rows(x_TD, w_up, offsets, h_MF, m=src_M.numel(), src=src_M, w2=w_gate, dual=swiglu,
+                        epi=EPI_SWIGLU if swiglu else EPI_GELU, pre=pre_up, pre2=pre_gate)
+
+
+def down_scatter(h_MF, w_down, offsets, order_M, scale_M, y_AD):
+    """Forward step 2: y[order[r]] = scale[r] * (h[r] @ w_down[g]): the routing weight and the move
+    back to assignment order in the epilogue."""
+    return _launch_rows(h_MF, w_down, offsets, y_AD, m=h_MF.shape[0], dst=order_M, scale=scale_M)
+
+
+def activation_backward(dy_TD, src_M, w_down, offsets, scale_M, pre_up, pre_gate, d_up, d_gate, dscale):
+    """Backward step 1: dh = dy[src[r]] @ w_down[g]^T, then in the epilogue the activation's backward
+    (d_up, and d_gate for SwiGLU, scaled by the routing weight) and the routing weight's gradient
+    <dh, h> as per-column-tile partials in dscale (see dscale_buffer)."""
+    swiglu = pre_gate is not None
+    return _launch_rows(dy_TD, w_down.transpose(1, 2), offsets, d_up, m=src_M.numel(), src=src_M,
+                        epi=EPI_SWIGLU_BWD if swiglu else EPI_GELU_BWD, pre=pre_up, pre2=pre_gate, out2=d_gate,
+                        scale=scale_M, dscale=dscale)
+
+
+def dx_scatter(d_up, d_gate, w_up, w_gate, offsets, order_M, dx_AD):
+    """Backward step 4: dx[order[r]] = d_up[r] @ w_up[g]^T (+ d_gate[r] @ w_gate[g]^T in the same
+    accumulator), stored in assignment order."""
+    swiglu = w_gate is not None
+    return _launch_rows(d_up, w_up.transpose(1, 2), offsets, dx_AD, m=d_up.shape[0], dst=order_M,
+                        a2=d_gate, w2=w_gate.transpose(1, 2) if swiglu else None)
+
+
 def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
     """The [m, width] fp32 buffer the backward epilogue writes per-column-tile partial row-dots into."""
     width = triton.cdiv(n, MAX_BLOCK_N) * (MAX_BLOCK_N // DSCALE_BLOCK)
@@ -313,8 +355,9 @@ def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
 
 
 def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, b_scale=None):
-    """out[g] = a_g^T @ b_g per expert over m sorted rows, with a's / b's rows optionally gathered
-    (a[a_src[r]]) and b's rows scaled by b_scale[r]. out is [E, K, N]."""
+    """The weight gradients (backward steps 2-3): out[g] = a_g^T @ b_g per expert over m sorted rows,
+    with a's / b's rows optionally gathered (a[a_src[r]]) and b's rows scaled by b_scale[r]. out is
+    [E, K, N]."""
     E, K, N = out.shape
     if K == 0 or N == 0:
         return out

@@ -1,16 +1,34 @@
 """A runnable Mixture-of-Experts transformer on the leaked GPT-4 design.
 
-The config and the parameter/FLOP arithmetic import no torch; the torch-backed names below are
-imported on first use, so `from moe import load_config` works on a machine without torch.
+The public API: import these names from `moe`, never from the wings inside, which may move.
+
+    from moe import load_config, MoETransformer, train, load_model, generate, Engine, Request
+
+    config     ModelConfig, TrainConfig, load_config, load_train_config, preset_names, Layout, parse_layout
+    model      MoETransformer, Block, ModelOutput, Attention, KVCache, PagedKVCache, Positions, MoELayer,
+               moe_layer_reference, TopKRouter, route, RouterOutput
+    training   train, TrainingError, save_checkpoint, load_model, load_weights, read_config
+    serving    generate, Engine, Request, Result, RequestError, SamplingParams
+    parallel   train_distributed (under torchrun), parallelize
+    estimates  count_params, forward_flops_per_token, print_figures (no torch)
+
+The config, the layout and the estimates import no torch; the torch-backed names are imported on
+first use, so `from moe import load_config` works on a machine without torch.
 """
 
-from moe.config import ModelConfig, TrainConfig, load_config, load_train_config
+from moe.config import ModelConfig, TrainConfig, load_config, load_train_config, preset_names
+from moe.estimates.arithmetic import count_params, forward_flops_per_token
+from moe.estimates.leak import print_figures
+from moe.layout import Layout, parse_layout
 
 _LAZY = {
-    "MoETransformer": "moe.model", "Block": "moe.model", "ModelOutput": "moe.model",
-    "Attention": "moe.attention", "KVCache": "moe.kv_cache", "PagedKVCache": "moe.kv_cache",
-    "MoELayer": "moe.moe_layer", "moe_layer_reference": "moe.moe_layer",
-    "TopKRouter": "moe.router", "route": "moe.router", "RouterOutput": "moe.router",
+    **dict.fromkeys(["MoETransformer", "Block", "ModelOutput", "Attention", "KVCache", "PagedKVCache", "Positions",
+                     "MoELayer", "moe_layer_reference", "TopKRouter", "route", "RouterOutput"], "moe.model"),
+    **dict.fromkeys(["train", "TrainingError", "save_checkpoint", "load_model", "load_weights", "read_config"],
+                    "moe.training"),
+    **dict.fromkeys(["generate", "Engine", "Request", "Result", "RequestError", "SamplingParams"], "moe.serving"),
+    "train_distributed": "moe.parallel.trainer",
+    "parallelize": "moe.parallel.parallelize",
 }
 
 
@@ -22,4 +40,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'moe' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", *_LAZY]
+__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "Layout", "parse_layout",
+           "count_params", "forward_flops_per_token", "print_figures", *_LAZY]

@@ -23,7 +23,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def cmd_figures(args) -> None:
     from moe.config import load_config
-    from moe.figures import print_figures
+    from moe.estimates.leak import print_figures
     from moe.layout import parse_layout
 
     layout = parse_layout(args.layout) if args.layout else None
@@ -48,26 +48,27 @@ def cmd_train(args) -> None:
                                                                       "schedule", "first_stage_layers", "sharding")})
     out = args.out or f"runs/{model_cfg.name}"
     world = int(os.environ.get("WORLD_SIZE", 1))
+    loop_args = dict(resume=args.resume, overwrite=args.overwrite, device=args.device,
+                     progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
-        _train_distributed(model_cfg, train_cfg, layout, world, out, args)
+        _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
         return
-    from moe.train import train
+    from moe.training import train
 
     print(f"training {model_cfg.name} -> {out}")
-    train(model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-          progress=None if not args.no_progress else False)
+    train(model_cfg, train_cfg, out, **loop_args)
 
 
-def _holds_distributed_checkpoint(run_dir) -> bool:
-    from moe import checkpoint
+def _holds_distributed_checkpoint(path) -> bool:
+    from moe.training import run_dir
 
     try:
-        return checkpoint.is_distributed(checkpoint.resolve(run_dir))
+        return run_dir.is_distributed(run_dir.resolve(path))
     except FileNotFoundError:
         return False
 
 
-def _train_distributed(model_cfg, train_cfg, layout, world, out, args) -> None:
+def _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args) -> None:
     """Under torchrun (or in one process for a layout of one rank): check the layout against the
     world before any process group exists, then train."""
     try:
@@ -78,13 +79,12 @@ def _train_distributed(model_cfg, train_cfg, layout, world, out, args) -> None:
         raise ValueError(f"{e}{hint}") from None
     import torch.distributed as dist
 
-    from moe.dist_train import train_distributed
+    from moe.parallel.trainer import train_distributed
 
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"training {model_cfg.name} -> {out} in layout {layout.describe()}")
     try:
-        train_distributed(model_cfg, train_cfg, layout, out, resume=args.resume, overwrite=args.overwrite,
-                          device=args.device)
+        train_distributed(model_cfg, train_cfg, layout, out, **loop_args)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -101,52 +101,47 @@ def _device(args) -> str:
 
 
 def _load(path, args):
-    from moe import checkpoint
+    from moe.training import load_model
 
     overrides = {"expert_backend": args.expert_backend} if args.expert_backend else {}
-    return checkpoint.load_model(path, _device(args), **overrides)
+    return load_model(path, _device(args), **overrides)
 
 
 def cmd_generate(args) -> None:
-    from moe.data import decode, encode
-    from moe.generate import generate
-
-    model = _load(args.checkpoint, args)
-    prompt = encode(args.prompt)
-    if args.draft_checkpoint is None:
-        new = generate(model, prompt, args.max_new_tokens, seed=args.seed, **_sampling(args))
-        print(decode(prompt + new))
-        return
+    """The text, then one line of statistics: tokens, time, tokens/s (and the draft's acceptance)."""
+    import random
     import time
 
-    from moe.engine import Engine, Request
+    from moe.data import decode, encode
+    from moe.serving import Engine, Request
 
-    draft = _load(args.draft_checkpoint, args)
-    request = Request(prompt, args.max_new_tokens, sampling=_sampling(args), seed=args.seed or 0)
-    pages = -(-model.cfg.max_seq_len // 16)  # one sequence of up to max_seq_len positions
-    engine = Engine(model, n_pages=pages, draft=draft, draft_tokens=args.draft_tokens)
+    model = _load(args.checkpoint, args)
+    draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
+    prompt = encode(args.prompt)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    request = Request(prompt, args.max_new_tokens, sampling=_sampling(args), seed=seed)
+    engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens)  # pages for one full sequence
     t = time.perf_counter()
     result = engine.run([request])[0]
-    t_spec = time.perf_counter() - t
+    seconds = time.perf_counter() - t
     if isinstance(result, Exception):
         raise result
-    t = time.perf_counter()  # the same request, target only (same engine code, no draft)
-    plain = Engine(model, n_pages=pages).run([request])[0]
-    t_plain = time.perf_counter() - t
     print(decode(prompt + result.tokens))
     n = len(result.tokens)
-    rate, plain_rate = n / t_spec, len(plain.tokens) / t_plain
-    print(f"\nspeculative decoding, {args.draft_tokens} draft tokens: acceptance {result.draft_accepted}/"
-          f"{result.draft_proposed} = {result.draft_accepted / max(1, result.draft_proposed):.3f}, "
-          f"{n / result.target_forwards:.2f} tokens per target forward; {rate:.1f} tokens/s against "
-          f"{plain_rate:.1f} target-only: speedup {rate / plain_rate:.2f}x")
+    stats = (f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
+             f"{result.target_forwards} target forwards")
+    if draft is not None:
+        stats += (f"; {args.draft_tokens} draft tokens: acceptance {result.draft_accepted}/{result.draft_proposed} = "
+                  f"{result.draft_accepted / max(1, result.draft_proposed):.3f}, "
+                  f"{n / result.target_forwards:.2f} tokens per target forward")
+    print(f"\n[{stats}]", file=sys.stderr)
 
 
 def cmd_serve_bench(args) -> None:
     import torch
 
-    from moe import serve_bench
-    from moe.engine import Engine
+    from moe.profiling.timing import environment
+    from moe.serving import Engine, replay
 
     if args.checkpoint:
         model = _load(args.checkpoint, args)
@@ -159,9 +154,9 @@ def cmd_serve_bench(args) -> None:
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
                     max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
-    requests = serve_bench.make_requests(args.requests, args.prompt_len, args.max_new_tokens, _sampling(args), args.seed)
-    summary = serve_bench.replay(engine, requests, args.rate, args.seed)
-    summary["setup"] = {**serve_bench.environment(), "config": model.cfg.name, "checkpoint": args.checkpoint,
+    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, _sampling(args), args.seed)
+    summary = replay.replay(engine, requests, args.rate, args.seed)
+    summary["setup"] = {**environment(torch.cuda.is_available()), "config": model.cfg.name, "checkpoint": args.checkpoint,
                         "draft": args.draft_checkpoint, "draft_tokens": args.draft_tokens if draft else None,
                         "rate": args.rate, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                         "kv_pages": engine.n_pages, "page_size": args.page_size, "max_batch": args.max_batch,
@@ -169,9 +164,9 @@ def cmd_serve_bench(args) -> None:
     header = (f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
               f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
               f"{engine.n_pages} pages of {args.page_size}")
-    serve_bench.print_summary(summary, header)
+    replay.print_summary(summary, header)
     if args.out:
-        out = serve_bench.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
+        out = replay.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
         print(f"wrote {out}")
 
 
@@ -234,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
     g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
-                   "reports acceptance, tokens per target forward and the speedup over target-only decoding")
+                   "reports its acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
     g.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
     g.set_defaults(func=cmd_generate)
 
@@ -272,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        from moe.train import TrainingError
+        from moe.training import TrainingError
 
         if isinstance(e, TrainingError):
             print(f"error: {e}", file=sys.stderr)

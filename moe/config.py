@@ -1,6 +1,6 @@
 """Model and training configuration: dataclasses validated on construction, TOML presets.
 
-This module imports no torch, so the GPT-4-scale arithmetic (moe/arithmetic.py) runs anywhere.
+This module imports no torch, so the GPT-4-scale arithmetic (moe/estimates/arithmetic.py) runs anywhere.
 
     cfg = load_config("tiny", n_layers=2)          # preset name, or a path to a .toml file
     train = load_train_config("tiny", lr=1e-3)     # the preset's [train] table, with overrides
@@ -21,7 +21,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+def _preset_dir() -> pathlib.Path:
+    """configs/ ships in the package as moe/presets (pyproject.toml maps it); in a checkout or an
+    editable install, read it where it stands."""
+    installed = pathlib.Path(__file__).resolve().parent / "presets"
+    return installed if installed.is_dir() else pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _preset_dir()
 ACTIVATIONS = ("gelu", "swiglu")
 
 
@@ -67,7 +74,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
-    # Router (moe/router.py documents the formulas).
+    # Router (moe/model/router.py documents the formulas).
     router_renormalize: bool = True  # rescale the top-k probabilities of a token to sum to 1
     router_aux_loss_coef: float = 0.01  # load-balancing loss coefficient
     router_z_loss_coef: float = 0.001

@@ -16,7 +16,7 @@ Two ops per shape, each on the same routed inputs for every implementation:
        triton (kernels.expert_mlp, fused gather/epilogues) | torch (gather, two F.grouped_mm, combine)
        | the dense MLP of the same rows with torch.mm (ceiling, no gather or combine).
 
-Method (shared/design/PERFORMANCE.md): every implementation is checked against an fp32 reference
+Method (bench/README.md): every implementation is checked against an fp32 reference
 first; timing is CUDA events around each call after warm-up (which also runs Triton's autotuner),
 the median of --reps runs, cycling through input sets that together exceed the L2 cache. Useful
 FLOPs are 2*K*N*rows per matmul (padding never counted), forward+backward is 3x forward; decode
@@ -42,8 +42,9 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
-from moe.measure import device_ceilings, device_slug, environment, median_ms  # noqa: E402
-from kernels.grouped_matmul import torch_grouped_mm  # noqa: E402
+from moe.profiling.timing import device_ceilings, device_slug, environment, median_ms  # noqa: E402
+from kernels.expert_mlp import apply_expert_mlp  # noqa: E402
+from kernels.grouped_matmul import apply_grouped_mm, torch_grouped_mm  # noqa: E402
 
 L2_BYTES = 50 * 2**20  # H100: 50 MB
 
@@ -104,7 +105,7 @@ def routed_inputs(shape: Shape, device, dtype, seed: int) -> dict:
 # --- the implementations: each takes one input set and returns the output -------------------------
 
 def gmm_triton(s):
-    return kernels.grouped_mm(s["x_MD"], s["w_up"], s["offsets_E"], backend="triton", check_end=False)
+    return apply_grouped_mm(s["x_MD"], s["w_up"], s["offsets_E"], "triton")  # no checks: the correctness pass runs the checked reference
 
 
 def gmm_torch(s):
@@ -121,13 +122,13 @@ def gmm_dense(s):
 
 
 def mlp_triton(s):
-    return kernels.expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
-                              activation_name="gelu", backend="triton", check_end=False)
+    return apply_expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
+                            "gelu", "triton")
 
 
 def mlp_torch(s):
-    return kernels.expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
-                              activation_name="gelu", backend="torch", check_end=False)
+    return apply_expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
+                            "gelu", "torch")
 
 
 def mlp_dense(s):

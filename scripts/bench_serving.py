@@ -23,13 +23,16 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from moe import checkpoint, serve_bench  # noqa: E402
-from moe.engine import Engine  # noqa: E402
+import torch  # noqa: E402
+
+from moe.profiling.timing import environment  # noqa: E402
+from moe.serving import Engine, replay  # noqa: E402
+from moe.training import load_model  # noqa: E402
 
 
 def timed_run(target, draft, k, requests) -> dict:
-    pages = len(requests) * -(-(len(requests[0].prompt) + requests[0].max_new_tokens) // 16)
-    engine = Engine(target, n_pages=pages, draft=draft, draft_tokens=k or 1)
+    # every request runs from the first step: a row and a full-length sequence's pages for each
+    engine = Engine(target, max_batch=len(requests), draft=draft, draft_tokens=k or 1)
     t = time.perf_counter()
     results = engine.run(requests)
     dt = time.perf_counter() - t
@@ -46,7 +49,7 @@ def sweep(target, draft, prompt_len, batch_sizes, ks, modes, max_new, repeats) -
     rows = []
     for mode, sampling in modes.items():
         for B in batch_sizes:
-            requests = serve_bench.make_requests(B, prompt_len, max_new, sampling, seed=B)
+            requests = replay.make_requests(B, prompt_len, max_new, sampling, seed=B)
             runs = {k: [] for k in ks}
             for _ in range(repeats):
                 for k in ks:
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=48, help="requests per serve-bench replay")
     p.add_argument("--quick", action="store_true", help="a few tokens of everything (for the tests)")
     a = p.parse_args(argv)
-    target, draft = checkpoint.load_model(a.target), checkpoint.load_model(a.draft)
+    target, draft = load_model(a.target), load_model(a.draft)
     if a.quick:
         a.max_new_tokens, a.repeats, a.requests, a.prompt_len = 6, 1, 4, 8
     modes = {"greedy": {"greedy": True}, "temperature 0.8": {"temperature": 0.8}}
@@ -102,12 +105,12 @@ def main(argv=None) -> int:
     serve = {}
     for rate in [float(r) for r in a.rates.split(",")]:
         engine = Engine(target, kv_budget_bytes=16 << 20)
-        requests = serve_bench.make_requests(a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"], 0)
-        serve[rate] = serve_bench.replay(engine, requests, rate, seed=0)
+        requests = replay.make_requests(a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"], 0)
+        serve[rate] = replay.replay(engine, requests, rate, seed=0)
         header = f"serve-bench {target.cfg.name}: {a.requests} requests at {rate}/s"
-        serve_bench.print_summary(serve[rate], header)
-        serve_bench.write(serve[rate], out, f"serve-{target.cfg.name}-rate{rate:g}", header)
-    env = serve_bench.environment()
+        replay.print_summary(serve[rate], header)
+        replay.write(serve[rate], out, f"serve-{target.cfg.name}-rate{rate:g}", header)
+    env = environment(torch.cuda.is_available())
     result = {"environment": env, "target": a.target, "draft": a.draft, "prompt_len": a.prompt_len,
               "max_new_tokens": a.max_new_tokens, "repeats": a.repeats, "speculative": rows,
               "serve": {str(k): {kk: vv for kk, vv in v.items() if kk != "per_step"} for k, v in serve.items()}}

@@ -22,8 +22,8 @@ import torch
 
 import kernels
 from moe.config import load_config
-from moe.moe_layer import MoELayer
-from moe.plots import plot_comparison
+from moe.model.moe_layer import MoELayer
+from moe.training.plots import plot_comparison
 
 
 def val_at(summary: dict, key: str, at: float) -> float:

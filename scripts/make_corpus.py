@@ -3,7 +3,7 @@
 The complete works (Project Gutenberg texts, public domain) in modern spelling: every
 `texts/*_gut.txt` file (the `_gut_f.txt` files are First Folio spellings of the same plays,
 left out so validation text is not a respelled copy of training text). Files are joined in
-sorted-name order; the last plays alphabetically become the validation split (see moe/data.py).
+sorted-name order; the last plays alphabetically become the validation split (see moe/data/corpus.py).
 
     python scripts/make_corpus.py            # needs pip and the package index
 """

@@ -5,18 +5,18 @@ and carry the measurements to the leaked inference and training clusters.
     python scripts/profile_model.py --config gpt4 --layers 1 --mode decode --context 8192 --batches 1,8,64
     python scripts/profile_model.py                                              # on a CPU: width / 32
 
-What runs (moe/profiling.py): N layers of the config's 1/tp shard (query heads and every expert's
+What runs (moe/profiling/steps.py): N layers of the config's 1/tp shard (query heads and every expert's
 d_ff split; the K/V head, norms and router whole), random bf16 weights, the model's own Block code
 (Triton expert kernels on a GPU). Modes: prefill of one --tokens prompt; decode of one token per
 sequence against a K/V cache filled to each --context, at batch 1, 2, 4, ... until the GPU is full
 (or --batches); train: forward and backward of --tokens tokens in sequences of --seq-len.
 
 The tensor-parallel all-reduces that would join the shards are NOT issued or timed (one GPU has no
-partner): the cluster model in moe/extrapolate.py adds them, with the assumptions it prints.
+partner): the cluster model in moe/estimates/cluster.py adds them, with the assumptions it prints.
 
-Method (shared/design/PERFORMANCE.md): CUDA events around each step after warm-up, the median of
+Method (bench/README.md): CUDA events around each step after warm-up, the median of
 --reps; the dense bf16 matmul peak and the copy bandwidth measured in the same process, and
-percentages of those. FLOPs are useful FLOPs (moe.extrapolate.layer_costs: 2 per weight per token
+percentages of those. FLOPs are useful FLOPs (moe.estimates.cluster.layer_costs: 2 per weight per token
 of the experts each token uses, attention scores over the attended positions, causal prefill at
 half the prompt; training 3x forward). Decode bytes are the compulsory ones: the weights of the
 experts that received tokens, the attention and router weights, the K/V cache read, activations.
@@ -42,11 +42,12 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from moe import extrapolate as X  # noqa: E402
+from moe.estimates import cluster as X  # noqa: E402
 from moe.config import load_config  # noqa: E402
-from moe.figures import format_table  # noqa: E402
-from moe.measure import device_ceilings, device_slug, environment, median_ms  # noqa: E402
-from moe.profiling import CATEGORIES, Steps, breakdown, build_layers  # noqa: E402
+from moe.estimates.units import format_table  # noqa: E402
+from moe.profiling.timing import device_ceilings, device_slug, environment, median_ms  # noqa: E402
+from moe.profiling.breakdown import CATEGORIES, breakdown  # noqa: E402
+from moe.profiling.steps import Steps, build_layers  # noqa: E402
 
 PREDICTED_BATCHES = [2**i for i in range(13)]  # 1 .. 4096 sequences per microbatch
 

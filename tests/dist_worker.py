@@ -22,21 +22,22 @@ def run(rank, world, port, spec):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from moe import dist_checkpoint
+    from moe.parallel import checkpoint as dist_checkpoint
     from moe.config import load_config, load_train_config
-    from moe.dist_train import Trainer, init_process_group
+    from moe.parallel.trainer import DistributedTrainer, init_process_group
     from moe.layout import Layout
 
     device = init_process_group("cpu")
     cfg = load_config("tiny", **{**SMALL, **spec.get("model", {})})
     train_cfg = load_train_config("tiny", **TRAIN)
-    trainer = Trainer.build(cfg, train_cfg, Layout(**spec["layout"]), device)
+    trainer = DistributedTrainer.build(cfg, train_cfg, Layout(**spec["layout"]), device)
     done = 0
     if spec.get("load"):
         done = dist_checkpoint.load(spec["load"], trainer.module, trainer.optimizer)["step"]
     results = []
     for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
-        results.append(trainer.step(x, y, train_cfg.lr))
+        r = trainer.step(x, y, train_cfg.lr)
+        results.append((r.loss, r.grad_norm))
     step = done + spec["steps"]
     dist_checkpoint.save(spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout,
                          {"step": step}, step)

@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from moe.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
-from moe.kv_cache import KVCache
+from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
+from moe.model.kv_cache import KVCache
 from moe.config import load_config
 from moe.model import MoETransformer
 

@@ -22,11 +22,11 @@ import torch
 import torch.multiprocessing as mp
 
 from dist_worker import SMALL, TRAIN, batches, run
-from moe import dist_checkpoint
+from moe.training import checkpoint
 from moe.config import load_config, load_train_config
 from moe.layout import Layout
 from moe.model import MoETransformer
-from moe.train import make_optimizer
+from moe.training.optim import make_optimizer
 
 TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
 
@@ -73,7 +73,7 @@ def check_against_reference(got, out, steps, microbatches=1, model=None):
         assert abs(loss - ref_loss) < TOL["loss"]
         assert abs(norm / ref_norm - 1) < TOL["grad_norm (relative)"]
     loaded = MoETransformer(ref_model.cfg)
-    dist_checkpoint.load_weights_one_process(loaded, out / f"step-{steps:07d}")
+    checkpoint.load_weights(loaded, out / f"step-{steps:07d}")  # a distributed checkpoint, whole, in one process
     for (name, w), w_ref in zip(loaded.state_dict().items(), ref_model.state_dict().values()):
         err = (w - w_ref).abs().max().item()
         assert err < TOL["weights"], f"{name}: {err:.2e}"

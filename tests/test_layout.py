@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from conftest import shrunk
-from moe.arithmetic import count_params
+from moe.estimates.arithmetic import count_params
 from moe.config import load_config
 from moe.layout import Layout, bubble_fraction, load_layout, parse_layout, stage_layers
-from moe.layout_figures import layout_rows, stage_memory
+from moe.estimates.layout_memory import layout_rows, stage_memory
 
 
 def test_parse_layout():
@@ -94,7 +94,7 @@ def test_bubble_fraction_matches_a_simulated_timeline(pp, m):
 @pytest.mark.parametrize("layout", ["pp=4", "tp=2,ep=4,pp=3", "tp=8,ep=16,pp=15,dp=4", "tp=4,pp=16,first=4"])
 def test_per_gpu_parameters_add_up_to_the_model(layout):
     """Summed over the pipeline stages and multiplied back by the shards, the per-GPU parameters are
-    the model's count (moe/arithmetic.py), plus the tp - 1 extra copies of what tp replicates."""
+    the model's count (moe/estimates/arithmetic.py), plus the tp - 1 extra copies of what tp replicates."""
     cfg = load_config("gpt4")
     lay = parse_layout(layout)
     stages = stage_memory(cfg, lay)

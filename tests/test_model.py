@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import shrunk
-from moe.attention import Attention, apply_rope, rope_tables
-from moe.generate import generate, sample_next
-from moe.model import MoETransformer
+from moe.model.attention import Attention, apply_rope, rope_tables
+from moe.serving.generate import generate, sample_next
+from moe.model import MoETransformer, Positions
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])  # multi-query, grouped-query, multi-head
@@ -14,10 +14,10 @@ def test_kv_cache_decode_equals_full_forward(kv_heads, activation):
     idx = torch.randint(0, 256, (2, 20))
     full = model(idx).logits
     model.setup_caches(2, 32)
-    step_logits = [model(idx[:, :7], input_pos=torch.arange(7)).logits]  # prefill 7
+    step_logits = [model(idx[:, :7], Positions.at(torch.arange(7))).logits]  # prefill 7
     for t in range(7, 12):  # then one token at a time
-        step_logits.append(model(idx[:, t:t + 1], input_pos=torch.tensor([t])).logits)
-    step_logits.append(model(idx[:, 12:], input_pos=torch.arange(12, 20)).logits)  # a second chunk
+        step_logits.append(model(idx[:, t:t + 1], Positions.at(torch.tensor([t]))).logits)
+    step_logits.append(model(idx[:, 12:], Positions.at(torch.arange(12, 20))).logits)  # a second chunk
     # float64 everywhere but the router, which routes in float32 by design: a 1e-16 difference in its
     # input can move a float32 routing weight by one ulp (~1e-8 relative). A cache bug is O(1).
     torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=1e-7, rtol=1e-6)
@@ -28,10 +28,10 @@ def test_attention_is_causal_and_rope_is_relative():
     attn = Attention(cfg).double()
     cos, sin = rope_tables(cfg.head_dim, 16, cfg.rope_theta)
     x = torch.randn(1, 10, 32, dtype=torch.float64)
-    y = attn(x, cos[:10], sin[:10])
+    y = attn(x, (cos[:10], sin[:10]))  # no positions: 0..T-1, no cache
     x2 = x.clone()
     x2[:, 6:] += 1.0  # changing the future must not change the past
-    torch.testing.assert_close(attn(x2, cos[:10], sin[:10])[:, :6], y[:, :6])
+    torch.testing.assert_close(attn(x2, (cos[:10], sin[:10]))[:, :6], y[:, :6])
     # Rotary: q.k depends on positions only through their difference.
     q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
     c, s = rope_tables(8, 64, 10000.0)
@@ -76,7 +76,7 @@ def test_bad_tokens_and_lengths():
         generate(model, [1], 2, top_p=1.5)
     model.setup_caches(1, 8)
     with pytest.raises(ValueError, match="past the KV cache"):
-        model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([8]))
+        model(torch.zeros(1, 1, dtype=torch.long), Positions.at(torch.tensor([8])))
 
 
 def test_greedy_generate_equals_argmax_of_full_forward():
@@ -114,7 +114,7 @@ def test_gpt4_builds_on_meta_device():
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "per_row"])
 def test_attend_cached_equals_sdpa_with_expanded_kv_heads(kv_heads, mask_kind):
-    from moe.attention import attend_cached
+    from moe.model.attention import attend_cached
 
     B, H, T, S, d = 2, 6, 3, 9, 8
     q = torch.randn(B, H, T, d, dtype=torch.float64)

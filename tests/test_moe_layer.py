@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shrunk
-from moe.moe_layer import MoELayer, moe_layer_reference
+from moe.model.moe_layer import MoELayer, moe_layer_reference
 
 
 def layer_for(**overrides):

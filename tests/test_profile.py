@@ -1,5 +1,5 @@
 """The GPT-4 layer profiler: the tensor-parallel shard, the cost and cluster arithmetic against the
-issue's and PERFORMANCE.md's formulas, the profiler breakdown, and scripts/profile_model.py end to
+issue's and bench/README.md's formulas, the profiler breakdown, and scripts/profile_model.py end to
 end on the CPU."""
 
 import dataclasses
@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from moe import extrapolate as X
-from moe.arithmetic import count_params, forward_flops_per_token
+from moe.estimates import cluster as X
+from moe.estimates.arithmetic import count_params, forward_flops_per_token
 from moe.config import load_config
-from moe.profiling import CATEGORIES, RANGES, Steps, breakdown, build_layers
+from moe.profiling.breakdown import CATEGORIES, RANGES, breakdown
+from moe.profiling.steps import Steps, build_layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT4 = load_config("gpt4")
@@ -39,7 +40,7 @@ def test_shard_is_what_one_of_eight_gpus_holds():
 def test_layer_costs_follow_the_counting_rules():
     T, k, d, f = 8192, 2, 10752, 43008 // 8
     costs = X.layer_costs(SHARD, T, context=4096.5)
-    assert costs["expert_matmuls"][0] == 4 * T * k * d * f  # PERFORMANCE.md: 4 T k d f for the GELU MLP
+    assert costs["expert_matmuls"][0] == 4 * T * k * d * f  # bench/README.md: 4 T k d f for the GELU MLP
     assert costs["attention"][0] == 2 * T * (2 * d * 11 * 128 + 2 * d * 128) + 4 * T * 11 * 128 * 4096.5
     # decode at batch 1: 2 experts touched, their two matrices read once; the cache read is K and V
     one = X.layer_costs(SHARD, 1, context=8193, kv_rows=1)
@@ -68,7 +69,7 @@ def test_roofline_is_memory_bound_in_decode_and_compute_bound_in_prefill():
 def test_weight_bound_batch_is_the_ridge_point():
     h100 = X.GPUS["H100"]
     bound = X.weight_bound_batch(SHARD, h100, 8192)
-    # PERFORMANCE.md: about 266 FLOP per byte on an H100; an expert sees b * k / E rows
+    # bench/README.md: about 266 FLOP per byte on an H100; an expert sees b * k / E rows
     assert bound["compute"] == pytest.approx(798 / 3.0 * 16 / 2, rel=1e-3)
     expert_bytes = 16 * 2 * 10752 * 5376 * 2
     assert bound["kv"] == pytest.approx(expert_bytes / (2 * 2 * 128 * 8193))

@@ -1,11 +1,11 @@
-"""The router against float64 references written from the formulas in moe/router.py."""
+"""The router against float64 references written from the formulas in moe/model/router.py."""
 
 import math
 
 import pytest
 import torch
 
-from moe.router import TopKRouter, capacity_keep_mask, route
+from moe.model.router import TopKRouter, capacity_keep_mask, route
 
 
 def route_reference(logits, k, renormalize=True):

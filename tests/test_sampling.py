@@ -1,11 +1,11 @@
-"""Sampling and the speculative acceptance rule, against exact distributions (moe/sampling.py)."""
+"""Sampling and the speculative acceptance rule, against exact distributions (moe/serving/sampling.py)."""
 
 import itertools
 
 import pytest
 import torch
 
-from moe.sampling import SamplingParams, accept_draft, probabilities, sample
+from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
 
 
 def tv(p, q) -> float:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shrunk
-from moe import checkpoint
+from moe.training import checkpoint
 from moe.config import TrainConfig
 from moe.model import MoETransformer
-from moe.train import TrainingError, train
+from moe.training import TrainingError, train
 
 FAST = dict(batch_size=8, seq_len=32, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
             eval_batches=2, checkpoint_interval=10)
@@ -43,7 +43,7 @@ def test_time_budget_refits_when_the_machine_speeds_up(tmp_path, monkeypatch):
     """A fake clock (binary-exact durations): steps 10-29 take 0.5 s, all others 0.125 s; budget 20 s.
     The first fit, at step 30 with 11.25 s spent, expects 0.5 s/step and would stop at step 47;
     re-fitting from the faster later steps must end exactly at the budget: step 100, 20 s."""
-    import moe.train as train_module
+    import moe.training.loop as train_module
 
     calls = {"n": 0}
 

@@ -12,7 +12,7 @@ import kernels
 from conftest import COUNTS, DEVICE, gpu_only, offsets_from, shrunk
 from moe.config import load_config
 from moe.model import MoETransformer
-from moe.moe_layer import MoELayer
+from moe.model.moe_layer import MoELayer
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Largest error allowed, as a fraction of the float64 reference's largest magnitude (at least 1).

@@ -1,0 +1,96 @@
+r"""Causal self-attention with rotary positions, multi-query / grouped-query K/V, and a KV cache.
+
+Legend: B batch, T new tokens, S cached length, D d_model, H query heads, G K/V heads (1: multi-query),
+d head_dim.
+
+    q = x Wq: H heads      k, v = x Wk, x Wv: G heads, each shared by H / G query heads
+    MHA (G = H)            GQA (1 < G < H)          MQA (G = 1, GPT-4's reported choice)
+    q q q q  k k k k       q q q q  k   k           q q q q  k
+    |/|/|/|  v v v v       |/ \|/ \ v   v           \ \|/ /  v
+
+The cache (moe/model/kv_cache.py) holds K and V for every position written so far; decoding one token
+reads G heads of cache instead of H, which is the whole memory argument for multi-query attention.
+`attend_cached` keeps that promise: it folds the H/G query heads that share a K/V head into the
+query length, so each cached K/V head is read once rather than copied H/G times.
+
+The whole module runs inside a `moe/attention` profiler range (scripts/profile_model.py sums by range).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.profiler import record_function
+
+from moe.config import ModelConfig
+from moe.model.kv_cache import KVCache, PagedKVCache
+from moe.model.positions import Positions
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [max_len, head_dim / 2] for rotary embeddings."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()  # angles in float64: exact at long positions
+
+
+def apply_rope(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor) -> torch.Tensor:
+    """Rotate the (i, i + d/2) pairs of each head by position-dependent angles (the Llama/Mixtral
+    "rotate half" layout, so weights convert to and from Hugging Face's). cos, sin broadcast against
+    x: [T, d/2], or [B, 1, T, d/2] for per-row positions."""
+    x = x_BHTd.float() if x_BHTd.element_size() < 4 else x_BHTd  # rotate half precision in float32
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos_Td.to(x.device, x.dtype), sin_Td.to(x.device, x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x_BHTd)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.kv_cache: KVCache | PagedKVCache | None = None
+
+    def forward(self, x_BTD, rope: tuple[torch.Tensor, torch.Tensor], positions: Positions | None = None):
+        """Uncached positions (None: 0..T-1): plain causal attention over x. Cached ones: write this
+        chunk's K/V into the cache at their positions and attend over what the cache returns
+        (moe/model/positions.py). rope: the (cos, sin) tables at these positions, [T, d/2] or
+        [B, T, d/2] per row."""
+        with record_function("moe/attention"):
+            return self._forward(x_BTD, rope, positions or Positions.causal(x_BTD.shape[1], x_BTD.device))
+
+    def _forward(self, x_BTD, rope, positions: Positions):
+        q = rearrange(self.wq(x_BTD), "b t (h d) -> b h t d", d=self.head_dim)
+        k = rearrange(self.wk(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
+        v = rearrange(self.wv(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
+        cos, sin = rope
+        if cos.dim() == 3:  # per-row positions: broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if not positions.cached:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            k, v, mask = self.kv_cache.update(k, v, positions)
+            y = attend_cached(q, k.to(q.dtype), v.to(q.dtype), mask)
+        return self.wo(rearrange(y, "b h t d -> b t (h d)"))
+
+
+def attend_cached(q_BHTd, k_BGSd, v_BGSd, mask):
+    """softmax(q k^T / sqrt(d) + mask) v, where query head h reads K/V head h // (H/G). The H/G heads
+    sharing a K/V head are folded into the query length (q [B, G, (H/G)*T, d], each head's T rows
+    with a copy of the mask), so SDPA reads each K/V head once. With a mask, SDPA's enable_gqa
+    would otherwise expand K and V to H heads, H/G times the cache's bytes (84x for GPT-4's MQA).
+    mask: [T, S], [B, 1, T, S], or None when every query sees all S positions."""
+    B, H, T, d = q_BHTd.shape
+    G = k_BGSd.shape[1]
+    r = H // G
+    q_BGRd = q_BHTd.reshape(B, G, r * T, d)  # heads (g r) are consecutive, so this is a view: R = r*T
+    if mask is not None:
+        mask = mask.repeat(r, 1) if mask.dim() == 2 else mask.repeat(1, 1, r, 1)  # row i*T + t is mask[t]
+    y_BGRd = F.scaled_dot_product_attention(q_BGRd, k_BGSd, v_BGSd, attn_mask=mask)
+    return y_BGRd.reshape(B, H, T, d)

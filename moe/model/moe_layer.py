@@ -1,0 +1,99 @@
+"""The sparse MoE MLP: route each token to top-k experts, run the experts as grouped matmuls, combine.
+
+Legend: T tokens, D d_model, F d_ff (one expert's width), E experts, K top-k, A = T*K assignments,
+M assignments kept (A when dropless).
+
+Expert weights are stacked per expert (Mixtral's math, transposed to [in, out] for x @ w):
+    gelu:   y = gelu(x @ w_up) @ w_down
+    swiglu: y = (silu(x @ w_gate) * (x @ w_up)) @ w_down
+with w_up, w_gate [E, D, F] and w_down [E, F, D]. Hugging Face's Mixtral stores expert e as
+w1 = w_gate[e].T, w3 = w_up[e].T, w2 = w_down[e].T (nn.Linear keeps [out, in]).
+
+    x -> router (float32) -> cast to the autocast dtype -> self.experts(x, routing, weights) -> y
+
+The experts object is the seam (moe/model/experts.py): `LocalExperts` by default sorts the A
+assignments by expert and calls `kernels.routed_mlp`, which gathers their token rows, runs grouped
+matmul, activation, grouped matmul, and weights and sums the results back into token order (on a
+GPU in two fused Triton kernels; see kernels/expert_mlp.py), with no Python loop over experts.
+Expert and tensor parallelism replace it (moe/parallel/); the weights stay the layer's parameters.
+`moe_layer_reference` below is the per-token loop the tests hold this against.
+
+Profiler ranges (scripts/profile_model.py sums device time by range): moe/router, then kernels'
+moe/permutation (the sort and gather), moe/expert_matmuls, moe/combine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.profiler import record_function
+
+from kernels.expert_mlp import activation
+from moe.config import ModelConfig
+from moe.model.experts import LocalExperts
+from moe.model.router import RouterOutput, TopKRouter
+
+
+class MoELayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, D, F_ = cfg.n_experts, cfg.d_model, cfg.d_ff
+        self.router = TopKRouter(
+            D, E, cfg.top_k, renormalize=cfg.router_renormalize, balance_coef=cfg.router_aux_loss_coef,
+            z_coef=cfg.router_z_loss_coef, jitter=cfg.router_jitter, capacity_factor=cfg.capacity_factor,
+        )
+        self.w_up = nn.Parameter(torch.empty(E, D, F_))
+        self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if cfg.activation == "swiglu" else None
+        self.w_down = nn.Parameter(torch.empty(E, F_, D))
+        self.experts = LocalExperts(cfg.activation, cfg.expert_backend)  # the seam: see moe/model/experts.py
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        nn.init.normal_(self.router.gate.weight, std=std)
+        for w in (self.w_up, self.w_gate):
+            if w is not None:
+                nn.init.normal_(w, std=std)
+        nn.init.normal_(self.w_down, std=std / math.sqrt(2 * self.cfg.n_layers))  # GPT-2 residual scaling
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
+        """x [..., D] -> (y [..., D], the routing of its T = x[..., 0].numel() tokens)."""
+        x_TD = x.reshape(-1, x.shape[-1])
+        with record_function("moe/router"):
+            r = self.router(x_TD)
+        x_TD, w_up, w_gate, w_down = in_autocast_dtype(x_TD, self.w_up, self.w_gate, self.w_down)
+        y_TD = self.experts(x_TD, r, w_up, w_gate, w_down)
+        return y_TD.view(x.shape), r
+
+
+def in_autocast_dtype(*tensors):
+    """Under autocast, the tensors in its dtype (None stays None): the expert ops are not
+    autocast-aware. Without autocast, the tensors as they are."""
+    x = tensors[0]
+    if not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def moe_layer_reference(layer: MoELayer, x: torch.Tensor, routing: RouterOutput | None = None) -> torch.Tensor:
+    """The slow, obviously correct MoE layer: for each token, for each of its experts, run that
+    expert's MLP on the token alone and add it with its routing weight. Uses the layer's own routing
+    (pass `routing` to reuse one, e.g. when the router jitters), so it checks dispatch and combine.
+    Differentiable, so the tests compare gradients too."""
+    x_TD = x.reshape(-1, x.shape[-1])
+    r = layer.router(x_TD) if routing is None else routing
+    out_TD = torch.zeros_like(x_TD)
+    for t in range(x_TD.shape[0]):
+        for j in range(r.experts.shape[1]):
+            e = int(r.experts[t, j])
+            if r.keep is not None and not r.keep[t, j]:
+                continue
+            up = x_TD[t] @ layer.w_up[e]
+            gate = None if layer.w_gate is None else x_TD[t] @ layer.w_gate[e]
+            h = activation(layer.cfg.activation, up, gate)
+            out_TD[t] += r.weights[t, j].to(x.dtype) * (h @ layer.w_down[e])
+    return out_TD.view_as(x)

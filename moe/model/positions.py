@@ -1,0 +1,84 @@
+r"""Where the tokens of one forward pass sit in their sequences, and which K/V cache they use.
+
+Legend: B rows, T tokens per row, P pages per row, d head_dim.
+
+One small type for the three ways a forward pass places its tokens; the model checks it once, in
+`check`, and every layer reads the same object:
+
+    Positions.causal(T)        no cache: positions 0..T-1 of every row, plain causal attention
+                               (training, and scoring whole sequences)
+    Positions.at(pos_T)        a contiguous KVCache (moe/model/kv_cache.py): every row writes its
+                               K/V at positions pos_T and reads positions 0..kv_len-1
+                               (prefill: arange(n); decode: [n])
+    Positions.paged(pos_BT, pages_BP)
+                               a PagedKVCache: row b is its own sequence, token t at position
+                               pos[b, t] (-1: padding, neither cached nor routed), its pages listed
+                               in pages[b] (the first P entries of its block table)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Positions:
+    pos: torch.Tensor  # int64 [T] (shared by every row), or [B, T] per row when paged
+    cached: bool = False  # write and read a KV cache
+    pages_BP: torch.Tensor | None = None  # paged cache: each row's pages
+    kv_len: int = 0  # contiguous cache: positions a query may read (max(pos) + 1)
+
+    @classmethod
+    def causal(cls, T: int, device=None) -> "Positions":
+        return cls(torch.arange(T, device=device))
+
+    @classmethod
+    def at(cls, pos_T: torch.Tensor) -> "Positions":
+        if pos_T.dim() != 1 or not pos_T.numel():
+            raise ValueError(f"cache positions must be a non-empty 1-D tensor [T], got shape {tuple(pos_T.shape)}")
+        return cls(pos_T, cached=True, kv_len=int(pos_T.max()) + 1)
+
+    @classmethod
+    def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor) -> "Positions":
+        if pos_BT.dim() != 2 or pages_BP.dim() != 2 or pages_BP.shape[0] != pos_BT.shape[0]:
+            raise ValueError(f"paged positions need pos [B, T] and pages [B, P], got {tuple(pos_BT.shape)} "
+                             f"and {tuple(pages_BP.shape)}")
+        return cls(pos_BT, cached=True, pages_BP=pages_BP)
+
+    @property
+    def paged_rows(self) -> bool:
+        return self.pages_BP is not None
+
+    @property
+    def valid_BT(self) -> torch.Tensor | None:
+        """Which tokens are real (paged batches pad rows to the longest); None when all are."""
+        return self.pos >= 0 if self.paged_rows else None
+
+    def check(self, B: int, T: int, max_seq_len: int, cache=None) -> None:
+        """Raise a ValueError naming what does not fit: a batch of B rows of T tokens, a model of
+        max_seq_len positions, and `cache` (the first layer's, or None)."""
+        want = (B, T) if self.paged_rows else (T,)
+        if tuple(self.pos.shape) != want:
+            raise ValueError(f"positions must have shape {list(want)} for a batch of {B} x {T} tokens, "
+                             f"got {list(self.pos.shape)}")
+        last = int(self.pos.max()) if self.pos.numel() else -1
+        if last >= max_seq_len:
+            raise ValueError(f"position {last} is past max_seq_len {max_seq_len}"
+                             if self.cached else f"sequence of {T} tokens exceeds max_seq_len {max_seq_len}")
+        if not self.cached:
+            return
+        if cache is None:
+            raise ValueError("cache positions given but the model has no KV cache: call setup_caches() "
+                             "(contiguous) or setup_paged_caches() (paged) first")
+        if self.paged_rows != hasattr(cache, "page_size"):
+            raise ValueError(f"{'paged' if self.paged_rows else 'contiguous'} positions given, but the model's "
+                             f"cache is {type(cache).__name__}")
+        if not self.paged_rows and self.kv_len > cache.max_len:
+            raise ValueError(f"position {self.kv_len - 1} is past the KV cache's {cache.max_len} positions")
+
+    def rope(self, cos_table: torch.Tensor, sin_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary tables at these positions: [T, d/2], or [B, T, d/2] per row (padding at 0)."""
+        pos = self.pos.clamp(min=0) if self.paged_rows else self.pos
+        return cos_table[pos], sin_table[pos]

@@ -1,0 +1,140 @@
+"""The MoE transformer: token embedding, pre-norm blocks (attention, then the MoE MLP), output head.
+
+Legend: B batch, T sequence, D d_model, V vocab_size.
+
+    x = embed(idx)
+    for each block:  x = x + Attention(RMSNorm(x));  x = x + MoE(RMSNorm(x))
+    logits = head(RMSNorm(x))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torch.profiler import record_function
+
+from moe.config import ModelConfig
+from moe.model.attention import Attention, rope_tables
+from moe.model.kv_cache import KVCache, PagedKVCache
+from moe.model.moe_layer import MoELayer
+from moe.model.positions import Positions
+from moe.model.router import RouterOutput
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, T, V]
+    aux_loss: torch.Tensor  # summed router losses of all layers (coefficients applied)
+    routing: list[RouterOutput]  # one per layer
+    loss: torch.Tensor | None = None  # cross-entropy in nats per token, when targets were given
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.moe = MoELayer(cfg)
+
+    def forward(self, x_BTD, rope, positions: Positions | None = None):
+        """rope: the (cos, sin) tables at the tokens' positions; positions: see moe/model/positions.py
+        (None: positions 0..T-1, no cache)."""
+        positions = positions or Positions.causal(x_BTD.shape[1], x_BTD.device)
+        with record_function("moe/norm"):
+            h_BTD = self.attn_norm(x_BTD)
+        x_BTD = x_BTD + self.attn(h_BTD, rope, positions)
+        with record_function("moe/norm"):
+            h_BTD = self.mlp_norm(x_BTD)
+        valid_BT = positions.valid_BT
+        if valid_BT is not None:  # a paged batch: route only the real tokens, not the padding
+            y_ND, routing = self.moe(h_BTD[valid_BT])
+            return x_BTD + torch.zeros_like(h_BTD).index_put((valid_BT,), y_ND), routing
+        y_BTD, routing = self.moe(h_BTD)
+        return x_BTD + y_BTD, routing
+
+
+class MoETransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        nn.init.normal_(self.tok_emb.weight, std=std)
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+        for block in self.blocks:
+            for lin in (block.attn.wq, block.attn.wk, block.attn.wv):
+                nn.init.normal_(lin.weight, std=std)
+            nn.init.normal_(block.attn.wo.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+            block.moe.reset_parameters()
+
+    def setup_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Preallocate a KV cache of max_len positions (default max_seq_len) in every layer."""
+        max_len = max_len or self.cfg.max_seq_len
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(f"KV cache of {max_len} positions exceeds max_seq_len {self.cfg.max_seq_len}")
+        dtype = dtype or self.tok_emb.weight.dtype
+        device = self.tok_emb.weight.device
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype, device)
+
+    def setup_paged_caches(self, n_pages: int, page_size: int, dtype: torch.dtype | None = None) -> None:
+        """A pool of n_pages pages of page_size positions in every layer, for the serving engine."""
+        dtype = dtype or self.tok_emb.weight.dtype
+        device = self.tok_emb.weight.device
+        for block in self.blocks:
+            block.attn.kv_cache = PagedKVCache(n_pages, page_size, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, device)
+
+    def clear_caches(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    def forward(self, idx_BT: torch.Tensor, positions: Positions | None = None,
+                targets: torch.Tensor | None = None) -> ModelOutput:
+        """idx [B, T] token ids. positions (moe/model/positions.py): None for positions 0..T-1 and no
+        cache; Positions.at(pos_T) to write and read the contiguous KV cache (prefill: arange(T);
+        decode: [n]); Positions.paged(pos_BT, pages_BP), each row its own sequence at its own
+        positions in the paged cache (padding tokens give garbage logits and are not routed).
+        targets [B, T]: also return the cross-entropy."""
+        self._check_tokens(idx_BT, "token ids")
+        B, T = idx_BT.shape
+        positions = positions or Positions.causal(T, idx_BT.device)
+        positions.check(B, T, self.cfg.max_seq_len, self.blocks[0].attn.kv_cache)
+        rope = positions.rope(self.rope_cos, self.rope_sin)
+        x_BTD = self.tok_emb(idx_BT)
+        routing = []
+        for block in self.blocks:
+            x_BTD, r = block(x_BTD, rope, positions)
+            routing.append(r)
+        logits = self.lm_head(self.norm(x_BTD))
+        aux = torch.stack([r.aux_loss for r in routing]).sum()
+        loss = None
+        if targets is not None:
+            self._check_tokens(targets, "targets")
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return ModelOutput(logits=logits, aux_loss=aux, routing=routing, loss=loss)
+
+    def _check_tokens(self, ids: torch.Tensor, what: str) -> None:
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{what} must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and ids.device.type != "meta":
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(f"{what} out of range: found {lo}..{hi}, vocab_size is {self.cfg.vocab_size}")

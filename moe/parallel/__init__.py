@@ -1,0 +1,13 @@
+"""The parallel wing: a Layout (moe/layout.py) applied to a finished model on torch.distributed.
+
+    parallelize      device mesh and groups; tp/ep as DTensor shards, ParallelExperts installed; FSDP2;
+                     gradient averaging and global clipping
+    collectives      differentiable all-to-all and Megatron's f/g
+    expert_parallel  ParallelExperts: the MoE layer's experts over ep and tp ranks
+    zero             ZeRO-1 AdamW
+    pipeline         pipeline stages under the full model's names, and the schedule
+    checkpoint       DCP checkpoints that load into any layout
+    trainer          DistributedTrainer (one rank's step) and train_distributed (the one training loop)
+
+Nothing in the model, training or serving wings imports this package.
+"""

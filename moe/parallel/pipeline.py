@@ -1,0 +1,80 @@
+"""Pipeline parallelism: this rank's stage of the model and a torch.distributed.pipelining schedule.
+
+A Stage holds the layers `moe.layout.stage_layers` gives it, under the full model's parameter
+names (blocks.<i>.attn.wq.weight, ...), so a distributed checkpoint written by any layout names the
+same tensors. The first stage also embeds the tokens; the last also norms and projects to logits.
+
+The router's auxiliary losses are computed inside every stage, but only the last stage has a loss
+to call backward on. `with_aux_loss` hands each one to autograd as Megatron does: the hidden state
+passes through unchanged, and on the way back the aux loss receives gradient 1, as if it had been
+added to the loss. The schedule then divides every gradient by the microbatch count
+(scale_grads), which gives the mean over microbatches of (cross-entropy + aux), the same as
+gradient accumulation in one process.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+from moe.layout import Layout, stage_layers
+from moe.model import MoETransformer, Positions
+
+
+class _WithAuxLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, aux):
+        ctx.aux_meta = (aux.shape, aux.dtype, aux.device)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype, device = ctx.aux_meta
+        return grad, torch.ones(shape, dtype=dtype, device=device)
+
+
+def with_aux_loss(x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+    return _WithAuxLoss.apply(x, aux)
+
+
+class Stage(nn.Module):
+    """Layers `layers` of `model` (shared, not copied): token ids -> hidden on the first stage,
+    hidden -> hidden in the middle, hidden -> logits on the last."""
+
+    def __init__(self, model: MoETransformer, layers: range):
+        super().__init__()
+        self.first, self.last = layers.start == 0, layers.stop == model.cfg.n_layers
+        if self.first:
+            self.tok_emb = model.tok_emb
+        self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in layers})  # names as in the ModuleList
+        if self.last:
+            self.norm, self.lm_head = model.norm, model.lm_head
+        self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin  # plain attributes: not in state_dict
+        self.cfg = model.cfg
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x_BTD = self.tok_emb(h) if self.first else h
+        positions = Positions.causal(x_BTD.shape[1], x_BTD.device)
+        rope = positions.rope(self.rope_cos, self.rope_sin)
+        for block in self.blocks.values():
+            x_BTD, routing = block(x_BTD, rope, positions)
+            if torch.is_grad_enabled():
+                x_BTD = with_aux_loss(x_BTD, routing.aux_loss)
+        return self.lm_head(self.norm(x_BTD)) if self.last else x_BTD
+
+
+def cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_BTV.float().reshape(-1, logits_BTV.shape[-1]), targets_BT.reshape(-1))
+
+
+def build_stage(model: MoETransformer, layout: Layout, pp_rank: int) -> Stage:
+    return Stage(model, stage_layers(model.cfg.n_layers, layout.pp, layout.first_stage_layers)[pp_rank])
+
+
+def build_schedule(stage: Stage, layout: Layout, pp_rank: int, pp_group, device: torch.device):
+    """The schedule that runs one training step of `layout.microbatches` microbatches."""
+    pipe_stage = PipelineStage(stage, pp_rank, layout.pp, device, group=pp_group)
+    schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[layout.schedule]
+    return schedule(pipe_stage, n_microbatches=layout.microbatches, loss_fn=cross_entropy, scale_grads=True)

@@ -1,0 +1,211 @@
+"""One rank's trainer in any Layout: `torchrun --nproc-per-node N -m moe train --dp .. --ep ..`.
+
+The training loop is moe/training/loop.py's, for every layout; this is the Trainer it drives
+(moe/training/protocol.py). One step, on every rank:
+    1. the same global batch [B, T] on every rank (the loop's sampler), cut into `microbatches`;
+       keep this rank's data shard (of dp x ep) of each
+    2. forward and backward: the model itself (pp = 1: gradient accumulation over microbatches),
+       or this rank's stage under a pipeline schedule (moe/parallel/pipeline.py)
+    3. average gradients over the data shards (sync_gradients; FSDP2 already did), clip by the
+       global norm, AdamW step with ZeRO-1 (moe/parallel/zero.py)
+so the step equals one process's step on the whole batch (tests/test_distributed.py checks each
+layout against it). Only the last pipeline stage sees the loss: it is averaged over data shards
+and broadcast to the whole pipeline, so every rank reports the same number. Rank 0 logs and keeps
+the run directory's books.
+
+Differences from one process: the global torch RNG is not checkpointed (router jitter draws would
+not repeat on resume); expert counts are reported with pp = 1 only. Checkpoints are distributed
+(moe/parallel/checkpoint.py) and resume in any layout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from moe.config import ModelConfig, TrainConfig
+from moe.layout import Layout
+from moe.model import MoETransformer
+from moe.parallel import checkpoint as dist_checkpoint
+from moe.parallel.parallelize import (Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize,
+                                     sync_gradients)
+from moe.parallel.zero import Zero1AdamW
+from moe.training import loop, run_dir
+from moe.training.local import autocast
+from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
+
+
+def init_process_group(device: str | None = None) -> torch.device:
+    """Join the torchrun world (or start a world of one), return this rank's device."""
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return device
+
+
+@dataclass
+class DistributedTrainer:
+    """This rank's part of the model and what steps it."""
+
+    par: Parallel
+    module: torch.nn.Module  # what this rank trains: the model, or its pipeline Stage
+    optimizer: Zero1AdamW
+    schedule: object | None  # the pipeline schedule when pp > 1
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+
+    @classmethod
+    def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout,
+              device: torch.device) -> "DistributedTrainer":
+        layout.check(model_cfg, dist.get_world_size(), train_cfg.batch_size)
+        par = init_parallel(layout, device)
+        torch.manual_seed(train_cfg.seed)  # every rank builds the same full model, then keeps its part
+        model = MoETransformer(model_cfg).to(device)
+        module, schedule = model, None
+        if layout.pp > 1:
+            from moe.parallel.pipeline import build_schedule, build_stage
+
+            module = build_stage(model, layout, par.rank["pp"])
+        parallelize(module, par)
+        if layout.pp > 1:
+            schedule = build_schedule(module, layout, par.rank["pp"], par.groups["pp"], device)
+        return cls(par, module, Zero1AdamW(module, par, train_cfg), schedule, model_cfg, train_cfg)
+
+    @property
+    def is_main(self) -> bool:
+        return dist.get_rank() == 0
+
+    def shard(self, t_BT: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the global batch: microbatch j is rows j*B/m .. (j+1)*B/m of the batch,
+        as in one process's gradient accumulation, and each rank takes its data shard of every one
+        (so the expert counts the routers all-reduce are those of the same microbatch)."""
+        m, d = self.par.layout.microbatches, self.par.layout.data_shards
+        t_MBT = t_BT.view(m, t_BT.shape[0] // m, *t_BT.shape[1:])
+        n = t_MBT.shape[1] // d
+        mine = t_MBT[:, self.par.data_rank * n:(self.par.data_rank + 1) * n]
+        return mine.reshape(m * n, *t_BT.shape[1:]).to(self.par.device)
+
+    def forward_backward(self, x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradients of the mean loss over this rank's microbatches; returns its cross-entropy (last
+        stage) and, without a pipeline, its expert counts [L, E]."""
+        x, y, m = self.shard(x_BT), self.shard(y_BT), self.par.layout.microbatches
+        loss = torch.zeros((), device=self.par.device)
+        if self.schedule is None:
+            counts = None
+            for x_mb, y_mb in zip(x.chunk(m), y.chunk(m)):
+                with autocast(self.par.device):
+                    out = self.module(x_mb, targets=y_mb)
+                ((out.loss + out.aux_loss) / m).backward()
+                loss += out.loss.detach() / m
+                mb_counts = torch.stack([r.tokens_per_expert for r in out.routing])
+                counts = mb_counts if counts is None else counts + mb_counts
+            return loss, counts
+        losses: list[torch.Tensor] = []
+        args = (x,) if self.par.first_stage else ()
+        with autocast(self.par.device):
+            self.schedule.step(*args, target=y if self.par.last_stage else None, losses=losses)
+        return (torch.stack(losses).mean().detach() if self.par.last_stage else loss), None
+
+    def global_loss(self, loss: torch.Tensor) -> float:
+        """The mean over data shards, from the last stage, on every rank."""
+        loss = loss.clone().float()
+        dist.all_reduce(loss, group=self.par.groups["data"])
+        loss /= self.par.layout.data_shards
+        if self.par.layout.pp > 1:
+            last = dist.get_process_group_ranks(self.par.groups["pp"])[-1]
+            dist.broadcast(loss, src=last, group=self.par.groups["pp"])
+        return float(loss)
+
+    def step(self, x_BT: torch.Tensor, y_BT: torch.Tensor, lr: float) -> StepResult:
+        """One training step on the global batch; (loss, gradient norm before clipping, expert counts)."""
+        self.optimizer.set_lr(lr)
+        local_loss, counts = self.forward_backward(x_BT, y_BT)
+        loss = self.global_loss(local_loss)
+        if not math.isfinite(loss):
+            self.module.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(loss)
+        sync_gradients(self.module, self.par)
+        norm = clip_grad_norm(self.module, self.par, self.train_cfg.grad_clip)
+        self.optimizer.step()
+        self.module.zero_grad(set_to_none=True)
+        if counts is not None:  # the data shards' assignments, summed: the global batch's
+            dist.all_reduce(counts, group=self.par.groups["data"])
+            counts = counts.cpu()
+        return StepResult(loss, norm, counts)
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        """Validation cross-entropy over the batches, the same number on every rank."""
+        total = 0.0
+        self.module.eval()
+        for x, y in batches:
+            x, y = self.shard(x), self.shard(y)
+            loss = torch.zeros((), device=self.par.device)
+            with autocast(self.par.device):
+                if self.schedule is None:
+                    loss = self.module(x, targets=y).loss
+                else:
+                    losses: list[torch.Tensor] = []
+                    self.schedule.eval(*((x,) if self.par.first_stage else ()),
+                                       target=y if self.par.last_stage else None, losses=losses)
+                    if self.par.last_stage:
+                        loss = torch.stack(losses).mean()
+            total += self.global_loss(loss)
+        self.module.train()
+        return total / len(batches)
+
+    def nonfinite_weights(self) -> list[str]:
+        bad = [n for n, p in self.module.named_parameters() if not torch.isfinite(local_tensor(p)).all()]
+        if self.any(bool(bad)):
+            return bad or ["(a parameter on another rank)"]
+        return []
+
+    def save(self, out_dir: pathlib.Path, state: dict, step: int) -> pathlib.Path:
+        return dist_checkpoint.save(out_dir, self.module, self.optimizer, self.model_cfg, self.train_cfg,
+                                    self.par.layout, dict(state, layout=self.par.layout.describe()), step)
+
+    def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
+        if not run_dir.is_distributed(step_dir):
+            raise TrainingError(f"{step_dir} was written by single-process training, not as a distributed checkpoint")
+        state = dist_checkpoint.load(step_dir, self.module, self.optimizer)
+        return state, f" (written by layout {state['layout']}) in layout {self.par.layout.describe()}"
+
+    def agree(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.broadcast(t, src=0)
+        return int(t)
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
+    def describe(self) -> dict:
+        return {"device": self.par.device.type, "layout": vars(self.par.layout), "world_size": dist.get_world_size()}
+
+
+def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, out_dir, *,
+                      device: str | None = None, **kw) -> dict:
+    """The training loop (moe.training.loop.train, whose keywords it takes) on this rank's part of
+    `layout`, under torchrun or in one process. Rank 0 logs and writes summary.json."""
+    def build(model_cfg, train_cfg, _):
+        trainer = DistributedTrainer.build(model_cfg, train_cfg, layout, init_process_group(device))
+        if trainer.is_main:
+            kw.get("log", print)(f"layout {layout.describe()} on {dist.get_world_size()} process(es), "
+                                 f"{trainer.par.device.type}")
+        return trainer
+
+    return loop.train(model_cfg, train_cfg, out_dir, build=build, **kw)

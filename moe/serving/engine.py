@@ -1,0 +1,253 @@
+r"""Continuous batching over a paged KV cache, with optional speculative decoding by a draft model.
+
+Legend: B rows (sequences) in one step, T tokens per row, V vocab, k draft tokens, L layers, E experts.
+
+    engine = Engine(model, kv_budget_bytes=64 << 20)     # or draft=small_model, draft_tokens=4
+    rid = engine.submit(Request(prompt, max_new_tokens=100, sampling={"temperature": 0.8}, seed=1))
+    while engine.has_work():
+        engine.step()
+    engine.results[rid].tokens
+
+One step:
+  1. admit queued requests, oldest first, while a row is free and the page pool holds every page the
+     request can need (prompt + max_new_tokens - 1 positions); a request that could never fit was
+     already refused by submit, one that does not fit now waits
+  2. each row feeds the tokens its cache lacks: the whole prompt on its first step (so a prefill joins
+     the running decodes), then its last token; with a draft model a decoding row also feeds the k
+     tokens the draft proposed (the draft catches up on the tokens it has not seen, then runs k-1 more
+     one-token steps over the rows still drafting)
+  3. one target forward over all rows, padded to the longest row (padding is neither cached nor routed)
+  4. each row chooses its token(s) with its own generator: plain sampling, or the speculative
+     acceptance rule of moe/serving/sampling.py; finished rows leave at once and return their pages
+  5. record the batch size and how many tokens each expert of each layer received
+
+A row's caches roll back by forgetting: the number of valid positions is a counter per cache, and
+positions past it are masked off until they are overwritten. Results do not depend on what else is
+in the batch: rows never see each other (per-row positions and pages; routing is per token when
+dropless), and every random draw comes from the request's own generator in its own order. With a
+capacity factor, drops depend on the batch; the presets are dropless.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from moe.estimates.arithmetic import kv_cache_bytes_per_token
+from moe.model import MoETransformer, Positions
+from moe.serving.request import Request, RequestError, Result, check_request
+from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
+
+
+@dataclass
+class StepStats:
+    t_start: float
+    t_end: float
+    batch_size: int  # rows in the target forward
+    n_prefill: int  # of which prefilling
+    n_tokens: int  # tokens through the target (prompts, last tokens and draft tokens)
+    n_emitted: int  # new tokens this step produced
+    tokens_per_expert: list[list[int]]  # [L][E] assignments each expert received in the target
+
+
+@dataclass
+class _Row:
+    """A running request: its tokens so far and how many of them each cache holds."""
+    id: int
+    request: Request
+    params: SamplingParams
+    tokens: list[int]
+    pages: list[int]
+    generator: torch.Generator
+    result: Result
+    n_target: int = 0  # tokens whose K/V the target's cache holds
+    n_draft: int = 0  # ... and the draft's
+
+    @property
+    def n_new(self) -> int:
+        return len(self.tokens) - len(self.request.prompt)
+
+
+class Engine:
+    def __init__(self, model: MoETransformer, *, kv_budget_bytes: int | None = None, n_pages: int | None = None,
+                 page_size: int = 16, max_batch: int = 64, draft: MoETransformer | None = None,
+                 draft_tokens: int = 4, clock=time.perf_counter):
+        """The page pool is n_pages pages, or as many as fit in kv_budget_bytes (the K/V of the target
+        and of the draft, which share page ids), or, given neither, room for max_batch sequences of
+        max_seq_len positions. max_batch caps the rows in one step."""
+        if draft is not None:
+            if draft.cfg.vocab_size != model.cfg.vocab_size:
+                raise ValueError(f"draft and target have different vocabularies ({draft.cfg.vocab_size} "
+                                 f"vs {model.cfg.vocab_size} tokens): the draft must share the target's tokenizer")
+            if draft.cfg.max_seq_len < model.cfg.max_seq_len:
+                raise ValueError(f"the draft's max_seq_len ({draft.cfg.max_seq_len}) is shorter than the target's "
+                                 f"({model.cfg.max_seq_len})")
+            if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+                raise ValueError(f"draft_tokens must be an integer >= 1, got {draft_tokens!r}")
+        if page_size < 1 or max_batch < 1:
+            raise ValueError(f"page_size and max_batch must be >= 1, got {page_size} and {max_batch}")
+        self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
+        self.page_size, self.max_batch, self.clock = page_size, max_batch, clock
+        if n_pages is None and kv_budget_bytes is None:
+            n_pages = max_batch * math.ceil(model.cfg.max_seq_len / page_size)
+        elif n_pages is None:
+            n_pages = kv_budget_bytes // self.page_bytes()
+            if n_pages < 1:
+                raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no page ({self.page_bytes()} bytes "
+                                 f"each at page_size {page_size})")
+        self.n_pages = n_pages
+        for m in (self.model, self.draft):
+            if m is not None:
+                m.setup_paged_caches(n_pages, page_size)
+        self.free_pages = collections.deque(range(n_pages))
+        self.queue: collections.deque[_Row] = collections.deque()
+        self.running: list[_Row] = []
+        self.results: dict[int, Result] = {}
+        self.steps: list[StepStats] = []
+        self._next_id = 0
+
+    def page_bytes(self) -> int:
+        def per_token(m):
+            return 0 if m is None else kv_cache_bytes_per_token(m.cfg, m.tok_emb.weight.element_size())
+        return self.page_size * (per_token(self.model) + per_token(self.draft))
+
+    def pages_needed(self, request: Request) -> int:
+        """Positions the caches are written at: the prompt and every new token but the last."""
+        return math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.page_size)
+
+    def submit(self, request: Request, arrival: float | None = None) -> int:
+        """Queue a request; return its id. A RequestError names what is wrong with a bad one."""
+        try:
+            params = SamplingParams.parse(request.sampling)
+            check_request(self.model.cfg, list(request.prompt), request.max_new_tokens)
+            if not all(isinstance(t, int) for t in request.stop_tokens):
+                raise ValueError(f"stop_tokens must be token ids, got {request.stop_tokens!r}")
+            if isinstance(request.seed, bool) or not isinstance(request.seed, int):
+                raise ValueError(f"seed must be an integer, got {request.seed!r}")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        need = self.pages_needed(request)
+        if need > self.n_pages:
+            raise RequestError(f"request needs {need} pages of {self.page_size} positions (prompt "
+                               f"{len(request.prompt)} + max_new_tokens {request.max_new_tokens}) but the KV "
+                               f"budget holds {self.n_pages} pages in all: it can never fit")
+        rid, self._next_id = self._next_id, self._next_id + 1
+        result = Result(t_arrival=self.clock() if arrival is None else arrival)
+        self.results[rid] = result
+        self.queue.append(_Row(rid, request, params, list(request.prompt), [],
+                               torch.Generator().manual_seed(request.seed), result))
+        return rid
+
+    def has_work(self) -> bool:
+        return bool(self.queue or self.running)
+
+    def _admit(self) -> None:
+        while self.queue and len(self.running) < self.max_batch:
+            need = self.pages_needed(self.queue[0].request)
+            if need > len(self.free_pages):
+                break  # first come, first served: later requests wait behind this one
+            row = self.queue.popleft()
+            row.pages = [self.free_pages.popleft() for _ in range(need)]
+            self.running.append(row)
+
+    @torch.no_grad()
+    def step(self) -> StepStats | None:
+        """Run one step over every running row (admitting what fits first). None when idle."""
+        t_start = self.clock()
+        self._admit()
+        rows = self.running
+        if not rows:
+            return None
+        decoding = [r.n_target == len(r.tokens) - 1 for r in rows]
+        # Speculate only where it can pay: k - 1 or fewer tokens left leaves less to draft.
+        ks = [min(self.k, r.request.max_new_tokens - r.n_new - 1) if self.draft is not None and dec else 0
+              for r, dec in zip(rows, decoding)]
+        drafts, qs = self._propose(rows, ks)
+        feeds = [r.tokens[r.n_target:] + d for r, d in zip(rows, drafts)]
+        logits, routing = self._forward(self.model, rows, feeds, [r.n_target for r in rows])
+        n_emitted = 0
+        for row, k, d, q, lg in zip(rows, ks, drafts, qs, logits):
+            p = probabilities(lg[-(k + 1):], row.params)  # the target at the k + 1 scored positions
+            u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
+            u = torch.rand(1, generator=row.generator, dtype=torch.float64)
+            n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long), u_k[None], u)
+            n_acc = int(n_acc)
+            row.n_target = len(row.tokens) + n_acc  # the cache keeps what was fed up to the last accepted draft
+            row.n_draft = min(row.n_draft, row.n_target)
+            row.result.draft_proposed += k
+            row.result.draft_accepted += n_acc
+            row.result.target_forwards += 1
+            n_emitted += self._emit(row, d[:n_acc] + [int(token)])
+        t_end = self.clock()
+        for row in rows:
+            new_times = len(row.result.tokens) - len(row.result.token_times)
+            row.result.token_times += [t_end] * new_times
+        stats = StepStats(t_start, t_end, len(rows), decoding.count(False), sum(map(len, feeds)), n_emitted,
+                          [r.tokens_per_expert.tolist() for r in routing])
+        self.steps.append(stats)
+        for row in [r for r in rows if r.result.finish_reason is not None]:
+            self.running.remove(row)
+            self.free_pages.extend(row.pages)
+        return stats
+
+    def _emit(self, row: _Row, tokens: list[int]) -> int:
+        """Append tokens until a stop token or max_new_tokens; return how many were taken."""
+        for i, t in enumerate(tokens):
+            row.tokens.append(t)
+            row.result.tokens.append(t)
+            if t in row.request.stop_tokens or row.n_new == row.request.max_new_tokens:
+                row.result.finish_reason = "stop" if t in row.request.stop_tokens else "length"
+                return i + 1
+        return len(tokens)
+
+    def _propose(self, rows: list[_Row], ks: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """k draft tokens for each row and the draft distributions q [k, V] they were sampled from."""
+        V = self.model.cfg.vocab_size
+        drafts = [[] for _ in rows]
+        qs = [[] for _ in rows]
+        for i in range(max(ks, default=0)):
+            live = [b for b, k in enumerate(ks) if k > i]
+            sub = [rows[b] for b in live]
+            # First the tokens the draft has not seen (the prompt, the last emitted token(s)), then one.
+            feeds = [r.tokens[r.n_draft:] if i == 0 else [drafts[b][-1]] for b, r in zip(live, sub)]
+            logits, _ = self._forward(self.draft, sub, feeds, [r.n_draft for r in sub])
+            for b, r, f, lg in zip(live, sub, feeds, logits):
+                r.n_draft += len(f)
+                q = probabilities(lg[-1], r.params)
+                drafts[b].append(int(sample(q[None], torch.rand(1, generator=r.generator, dtype=torch.float64))))
+                qs[b].append(q)
+        return drafts, [torch.stack(q) if q else torch.zeros(0, V) for q in qs]
+
+    def _forward(self, model: MoETransformer, rows: list[_Row], feeds: list[list[int]], starts: list[int]):
+        """One forward of `model` over rows, row b feeding feeds[b] at positions starts[b]... in its
+        pages. Returns each row's logits [len(feed), V] (float32, CPU) and the routing."""
+        device = model.tok_emb.weight.device
+        B, T = len(rows), max(map(len, feeds))
+        P = math.ceil(max(s + len(f) for s, f in zip(starts, feeds)) / self.page_size)
+        idx = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.full((B, T), -1, dtype=torch.long)
+        pages = torch.zeros(B, P, dtype=torch.long)
+        for b, (row, f, s) in enumerate(zip(rows, feeds, starts)):
+            idx[b, :len(f)] = torch.tensor(f, dtype=torch.long)
+            pos[b, :len(f)] = torch.arange(s, s + len(f))
+            n = min(P, len(row.pages))
+            pages[b, :n] = torch.tensor(row.pages[:n], dtype=torch.long)
+        out = model(idx.to(device), Positions.paged(pos.to(device), pages.to(device)))
+        logits = out.logits.float().cpu()
+        return [logits[b, :len(f)] for b, f in enumerate(feeds)], out.routing
+
+    def run(self, requests: list[Request]) -> list[Result | RequestError]:
+        """Submit every request, step until all are done; a refused request's entry is its error."""
+        ids: list[int | RequestError] = []
+        for req in requests:
+            try:
+                ids.append(self.submit(req))
+            except RequestError as e:
+                ids.append(e)
+        while self.has_work():
+            self.step()
+        return [i if isinstance(i, RequestError) else self.results[i] for i in ids]

@@ -1,0 +1,51 @@
+"""What a caller asks of the serving engine and what it gets back, and the checks a request passes
+before it runs (shared by the engine and by `generate`, its reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moe.serving.sampling import SamplingParams
+
+
+class RequestError(ValueError):
+    """A request the engine refuses; the engine keeps serving the others."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams | dict | None = None  # see SamplingParams; a dict's unknown keys are an error
+    stop_tokens: tuple[int, ...] = ()  # generation ends after emitting one of these
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    tokens: list[int] = field(default_factory=list)  # new tokens, without the prompt
+    finish_reason: str | None = None  # "stop" (a stop token) or "length" (max_new_tokens)
+    t_arrival: float = 0.0
+    token_times: list[float] = field(default_factory=list)  # when each token was emitted
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    target_forwards: int = 0  # steps this request took part in
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.t_arrival
+
+
+def check_request(cfg, prompt: list[int], max_new_tokens: int) -> None:
+    """The errors a request can have before it runs, shared with the serving engine."""
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token")
+    if any(not isinstance(t, int) or not 0 <= t < cfg.vocab_size for t in prompt):
+        raise ValueError(f"prompt tokens must be integers in [0, {cfg.vocab_size})")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if len(prompt) > cfg.max_seq_len:
+        raise ValueError(f"prompt of {len(prompt)} tokens is longer than max_seq_len {cfg.max_seq_len}")
+    if len(prompt) + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                         f"{cfg.max_seq_len}; ask for at most {cfg.max_seq_len - len(prompt)} new tokens")

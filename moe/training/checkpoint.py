@@ -1,0 +1,102 @@
+"""One process's checkpoints: a step directory of a run directory (moe/training/run_dir.py).
+
+    step-0001000/
+      model.safetensors     the weights (a tied output head is stored once, as the embedding)
+      config.json           model and training config
+      trainer.pt            optimizer state, step, RNG states, data position, history
+
+Loading also reads the distributed checkpoints of moe/parallel/checkpoint.py, whole, into one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import warnings
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moe.config import ModelConfig, TrainConfig, from_dict
+from moe.training.run_dir import is_distributed, publish, resolve, step_name
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight")
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
+                    trainer_state: dict | None = None, step: int = 0) -> pathlib.Path:
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / step_name(step)
+    tmp = run_dir / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_weights(model), str(tmp / "model.safetensors"))
+    config = {"model": model_cfg.to_dict(), "train": None if train_cfg is None else vars(train_cfg)}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer.pt")
+    return publish(run_dir, tmp, final)
+
+
+def read_config(path) -> tuple[ModelConfig, dict | None]:
+    step_dir = resolve(path)
+    data = json.loads((step_dir / "config.json").read_text())
+    return from_dict(ModelConfig, data["model"], f"checkpoint {str(step_dir)!r}"), data.get("train")
+
+
+def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
+    """Load weights into `model`, or raise naming every missing, unexpected and mis-shaped tensor.
+    A distributed checkpoint (any layout, moe/parallel/checkpoint.py) loads whole into this process."""
+    step_dir = resolve(path)
+    if is_distributed(step_dir):
+        _load_distributed_whole(model, step_dir)
+        return step_dir
+    saved = load_file(str(step_dir / "model.safetensors"))
+    expected = _weights(model)
+    problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
+    problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]
+    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in saved.items() if k not in expected]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"checkpoint {str(step_dir)!r} does not fit this model ({len(problems)} tensor(s)): {shown}")
+    model.load_state_dict(saved, strict=not model.cfg.tie_embeddings)
+    return step_dir
+
+
+def load_model(path, device="cpu", **overrides):
+    """Build the model a checkpoint was saved from and load its weights. `overrides` change model
+    fields that do not touch the weights' shapes (e.g. expert_backend)."""
+    from moe.model import MoETransformer
+
+    cfg, _ = read_config(path)
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+    model = MoETransformer(cfg).to(device)
+    load_weights(model, path)
+    return model
+
+
+def load_trainer_state(path) -> dict | None:
+    f = resolve(path) / "trainer.pt"
+    return torch.load(f, weights_only=True) if f.exists() else None
+
+
+def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
+    """The whole model in this process from a checkpoint any layout wrote (no process group needed):
+    DCP stores every tensor under its global name and shape, whatever shards wrote it."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=step_dir, no_dist=True)
+    model.load_state_dict(state["model"])

@@ -1,0 +1,89 @@
+"""One process's trainer: the whole model on one device, AdamW, bf16 autocast on a GPU.
+The training loop (moe/training/loop.py) drives it; moe/parallel/trainer.py is its twin for a layout."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pathlib
+
+import torch
+
+from moe.config import ModelConfig, TrainConfig
+from moe.model import MoETransformer
+from moe.training import checkpoint
+from moe.training.optim import make_optimizer, set_lr
+from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
+from moe.training.run_dir import is_distributed
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class LocalTrainer:
+    is_main = True
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        torch.manual_seed(train_cfg.seed)
+        self.model = MoETransformer(model_cfg).to(self.device)
+        self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
+        self.model.train()
+
+    def step(self, x_BT, y_BT, lr: float) -> StepResult:
+        set_lr(self.optimizer, lr)
+        with autocast(self.device):
+            out = self.model(x_BT.to(self.device), targets=y_BT.to(self.device))
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        (out.loss + out.aux_loss).backward()
+        norm = None
+        if self.train_cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, norm, torch.stack([r.tokens_per_expert for r in out.routing]).cpu())
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        self.model.eval()
+        losses = []
+        for x, y in batches:
+            with autocast(self.device):
+                losses.append(self.model(x.to(self.device), targets=y.to(self.device)).loss.item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def nonfinite_weights(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+
+    def save(self, out_dir: pathlib.Path, state: dict, step: int) -> pathlib.Path:
+        state = dict(state, optimizer=self.optimizer.state_dict(), torch_rng=torch.get_rng_state())
+        return checkpoint.save_checkpoint(out_dir, self.model, self.model_cfg, self.train_cfg, state, step)
+
+    def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
+        if is_distributed(step_dir):
+            raise TrainingError(f"{step_dir} was written by distributed training: resume it through "
+                                "moe.parallel.train_distributed (the CLI does so, in one process too)")
+        checkpoint.load_weights(self.model, step_dir)
+        state = checkpoint.load_trainer_state(step_dir)
+        if state is None:
+            raise TrainingError(f"{step_dir} has no trainer.pt: it holds weights only and cannot be resumed")
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        torch.set_rng_state(state.pop("torch_rng"))  # router jitter draws from it
+        return state, ""
+
+    def agree(self, value: int) -> int:
+        return value
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "threads": torch.get_num_threads()}

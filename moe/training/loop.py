@@ -1,0 +1,233 @@
+"""The training loop, one for a single process and for every parallel layout.
+
+    train(model_cfg, train_cfg, out_dir)                         one process (moe/training/local.py)
+    train(model_cfg, train_cfg, out_dir, build=...)              any Trainer (moe/training/protocol.py);
+                                                                 moe.parallel.train_distributed passes one
+
+The loop owns everything the two have in common: the data sampler (the same global batch on every
+process), the learning-rate schedule and the time budget, the evaluation and checkpoint cadence,
+the history, interruption, the final save, the summary and the plot. The trainer owns the step,
+the checkpoint format, and who logs.
+
+Wall-clock accounting: `train_time_s` counts time spent in training steps only (not validation,
+checkpoints or plotting); the loss curves are plotted against it. With `time_budget_s`, max_steps
+(the end of the cosine schedule) is fitted so training ends at the budget: first from the step time
+over steps 10-30, then every 10 steps from the steps since the last fit, because a shared
+machine's speed drifts (and a slow first window must not cut the run short). The main process's
+clock decides and every process follows it. A time-budgeted schedule therefore depends on measured
+time; with time_budget_s = 0 the schedule is fixed by max_steps and a resumed run repeats a
+straight one exactly.
+
+Stops: max_steps reached; Ctrl-C (finishes the step, writes a checkpoint, exits); a loss or weights
+that are not finite (stops, writes nothing, names the step and the last good checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from moe.config import ModelConfig, TrainConfig
+from moe.data import get_batch, load_corpus, split_corpus
+from moe.training import checkpoint, run_dir
+from moe.training.local import LocalTrainer
+from moe.training.optim import lr_at
+from moe.training.protocol import NonFiniteLoss, Trainer, TrainingError
+
+FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30
+REFIT_EVERY = 10  # then re-fit this often (and at the schedule's end) from the steps since the last fit
+_clock = time.perf_counter  # the step timer; tests replace it with a fake clock
+
+
+@dataclass
+class History:
+    step: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    train_time_s: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+
+    def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float) -> None:
+        """One evaluation point."""
+        self.step.append(step)
+        self.tokens.append(tokens)
+        self.train_time_s.append(round(train_time_s, 3))
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the step, checkpoint, exit. A second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _Budget:
+    """Fits max_steps to time_budget_s from the measured step time (see the module doc)."""
+
+    def __init__(self, cfg: TrainConfig, step: int, train_time: float):
+        self.budget = cfg.time_budget_s
+        self.mark = (step, train_time) if step >= FIRST_FIT[0] else None  # where the step-time window starts
+
+    def before_step(self, step: int, train_time: float) -> None:
+        if step == FIRST_FIT[0]:
+            self.mark = (step, train_time)
+
+    def refit(self, step: int, train_time: float, max_steps: int) -> int | None:
+        """The new max_steps if this step re-fits it (the same steps on every process), else None."""
+        due = step == FIRST_FIT[1] or (step > FIRST_FIT[1] and (step % REFIT_EVERY == 0 or step == max_steps))
+        if not (self.budget and due and self.mark is not None and step > self.mark[0]):
+            return None
+        per_step = (train_time - self.mark[1]) / (step - self.mark[0])
+        self.mark = (step, train_time)
+        self.per_step = per_step
+        return max(step, step + int((self.budget - train_time) / per_step))
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
+          device: str | None = None, corpus=None, progress: bool | None = None, plot: bool = True, log=print,
+          build=None) -> dict:
+    """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
+    A fresh run refuses an out_dir that already holds checkpoints unless overwrite=True.
+    build(model_cfg, cfg, device) -> Trainer (default: LocalTrainer, one process)."""
+    out_dir = pathlib.Path(out_dir)
+    stale = not resume and run_dir.check_fresh(out_dir, overwrite)  # before anything is built
+    trainer: Trainer = (build or LocalTrainer)(model_cfg, cfg, device)
+    say = log if trainer.is_main else (lambda *a, **k: None)
+    if stale and trainer.is_main:
+        run_dir.remove_checkpoints(out_dir)
+    train_data, val_data = split_corpus(load_corpus(corpus), cfg.val_fraction)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
+    eval_batches = [get_batch(val_data, cfg.batch_size, cfg.seq_len, eval_gen) for _ in range(cfg.eval_batches)]
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
+    expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
+
+    if resume:
+        step_dir = run_dir.resolve(out_dir)
+        saved_cfg, _ = checkpoint.read_config(step_dir)
+        if saved_cfg != model_cfg:
+            diff = {k: (v, getattr(model_cfg, k)) for k, v in saved_cfg.to_dict().items() if getattr(model_cfg, k) != v}
+            say(f"warning: resuming with a different model config; differing fields (saved, now): {diff}")
+        state, note = trainer.load(step_dir)
+        data_gen.set_state(state["data_rng"])
+        step, train_time, hist = state["step"], state["train_time_s"], History(**state["history"])
+        if cfg.time_budget_s and step > FIRST_FIT[1]:  # keep the schedule fitted so far; else obey max_steps
+            max_steps = state["max_steps"]
+        expert_tokens = state["expert_tokens"]
+        say(f"resumed from {step_dir} at step {step}{note}")
+
+    def save() -> pathlib.Path:
+        # A finite loss can still be followed by an update that made the weights inf/NaN: never let
+        # such weights replace the last good checkpoint.
+        bad = trainer.nonfinite_weights()
+        if bad:
+            raise TrainingError(f"weights became non-finite at step {step} ({', '.join(bad[:3])}...); stopped "
+                                f"without saving. Last good checkpoint: {last_good()}")
+        state = dict(step=step, train_time_s=train_time, max_steps=max_steps, history=vars(hist),
+                     data_rng=data_gen.get_state(), expert_tokens=expert_tokens)
+        return trainer.save(out_dir, state, step)
+
+    def last_good() -> str:
+        held = run_dir.latest(out_dir)
+        return str(held) if held is not None else "none (nothing was saved yet)"
+
+    progress = sys.stderr.isatty() if progress is None else progress
+    show_bar = progress and trainer.is_main
+    bar = tqdm(total=max_steps, initial=step, disable=not show_bar, dynamic_ncols=True)
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    budget = _Budget(cfg, step, train_time)
+    running, n_running, balance, norm = 0.0, 0, None, None
+    interrupted, saved, saved_step = False, None, None
+    with _Interrupt() as interrupt:
+        while step < max_steps:
+            budget.before_step(step, train_time)
+            t0 = _clock()
+            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, data_gen)
+            try:
+                result = trainer.step(x, y, lr_at(step, cfg, max_steps))
+            except NonFiniteLoss as e:
+                bar.close()
+                raise TrainingError(f"loss became {e.loss} at step {step}; stopped without saving. "
+                                    f"Last good checkpoint: {last_good()}") from None
+            step += 1
+            dt = _clock() - t0
+            train_time += dt
+            running, n_running, norm = running + result.loss, n_running + 1, result.grad_norm
+            if result.expert_tokens_LE is not None:
+                counts = result.expert_tokens_LE
+                expert_tokens += counts
+                balance = (counts.max(dim=1).values.float() / counts.float().mean(dim=1)).mean().item()
+
+            fitted = budget.refit(step, train_time, max_steps)
+            if fitted is not None:
+                fitted = trainer.agree(fitted)
+                if step == FIRST_FIT[1]:  # later re-fits show in the progress line's step/max_steps
+                    say(f"time budget {cfg.time_budget_s:.0f}s at {budget.per_step * 1e3:.1f} ms/step: "
+                        f"max_steps = {fitted}")
+                max_steps = bar.total = fitted
+
+            postfix = dict(loss=f"{result.loss:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+            if balance is not None:
+                postfix["load_max_mean"] = f"{balance:.2f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+
+            if step % cfg.eval_interval == 0 or step == max_steps:
+                val = trainer.evaluate(eval_batches)
+                hist.add(step, step * tokens_per_step, train_time, running / n_running, val)
+                running, n_running = 0.0, 0
+                msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
+                       + (f"grad norm {norm:.3f}  " if norm is not None else "")
+                       + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
+                       + (f"  load max/mean {balance:.2f}" if balance is not None else ""))
+                bar.write(msg) if show_bar else say(msg)
+            if step % cfg.checkpoint_interval == 0 or step == max_steps:
+                saved, saved_step = save(), step
+            if trainer.any(interrupt.requested):
+                interrupted = True
+                break
+    bar.close()
+    if saved_step != step and step > 0:  # interrupted between checkpoints
+        saved = save()
+    summary = {
+        "config": model_cfg.name, "steps": step, "max_steps": max_steps, "tokens": step * tokens_per_step,
+        "train_time_s": round(train_time, 2), "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),
+        "final_val_loss": hist.val_loss[-1] if hist.val_loss else None, "interrupted": interrupted,
+        "checkpoint": str(saved), "history": vars(hist), "expert_tokens": expert_tokens.tolist(),
+        **trainer.describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+    if trainer.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if plot and not interrupted:
+            from moe.training.plots import plot_training
+
+            plot_training(summary, out_dir / "training.png")
+    say(f"{'interrupted' if interrupted else 'done'}: step {step}, checkpoint {saved}")
+    return summary

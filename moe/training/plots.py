@@ -1,0 +1,53 @@
+"""PNG figures: a run's loss curves and expert-load heatmap; MoE-versus-dense comparisons."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_training(summary: dict, path) -> None:
+    """Loss curves, and the experts' share of routed tokens per layer where the run counted them."""
+    h = summary["history"]
+    load = np.asarray(summary["expert_tokens"], dtype=float)
+    counted = load.sum() > 0
+    fig, axes = plt.subplots(1, 2 if counted else 1, figsize=(12 if counted else 7, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.2, 1] if counted else [1]})
+    ax = axes[0, 0]
+    ax.plot(h["step"], h["train_loss"], label="train")
+    ax.plot(h["step"], h["val_loss"], label="validation")
+    ax.set(xlabel="step", ylabel="loss (nats per byte)", title=f"{summary['config']}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if counted:
+        hm = axes[0, 1]
+        load = load / load.sum(axis=1, keepdims=True).clip(min=1)
+        im = hm.imshow(load, aspect="auto", cmap="viridis")
+        hm.set(xlabel="expert", ylabel="layer", title="share of routed tokens per expert (whole run)")
+        hm.set_xticks(range(load.shape[1]))
+        hm.set_yticks(range(load.shape[0]))
+        fig.colorbar(im, ax=hm)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_comparison(summaries: list[dict], path, title: str) -> None:
+    """Validation loss of several runs against training wall-clock time and against tokens seen."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for s in summaries:
+        h = s["history"]
+        axes[0].plot(h["train_time_s"], h["val_loss"], marker=".", label=s["config"])
+        axes[1].plot(np.asarray(h["tokens"]) / 1e6, h["val_loss"], marker=".", label=s["config"])
+    axes[0].set(xlabel="training wall-clock (s)", ylabel="validation loss (nats per byte)")
+    axes[1].set(xlabel="tokens seen (millions)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
