@@ -1,4 +1,10 @@
-"""Command line: python -m moe {train, generate, serve-bench, figures} --help"""
+"""Command line: python -m moe {train, generate, serve-bench, figures} --help
+
+Exit codes: 0 done; 2 bad input, refused before any work (a bad flag or file, a locked or unwritable
+run directory, a damaged checkpoint, changed settings on --resume); 3 training stopped by a loss or
+weights that are not finite (the last good checkpoint is kept); 130 training interrupted by Ctrl-C or
+SIGTERM after writing a checkpoint (continue with --resume); 1 anything else (a bug: a traceback).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,25 @@ import os
 import sys
 
 from moe.config import EXPERT_BACKENDS  # imports no torch, so --help stays fast
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+def _positive(kind):
+    """An argparse type: a finite number > 0 of `kind` (int or float), else a message naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (0 < value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+POSITIVE_INT, POSITIVE_FLOAT = _positive(int), _positive(float)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -21,16 +46,17 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
-def cmd_figures(args) -> None:
+def cmd_figures(args) -> int:
     from moe.config import load_config
     from moe.estimates.leak import print_figures
     from moe.layout import parse_layout
 
     layout = parse_layout(args.layout) if args.layout else None
     print_figures(load_config(args.config, **_overrides(args.set)), layout, args.batch_tokens, args.seq_len)
+    return EXIT_OK
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from moe.config import load_config, load_train_config, split_overrides
     from moe.layout import Layout, load_layout
 
@@ -48,15 +74,16 @@ def cmd_train(args) -> None:
                                                                       "schedule", "first_stage_layers", "sharding")})
     out = args.out or f"runs/{model_cfg.name}"
     world = int(os.environ.get("WORLD_SIZE", 1))
-    loop_args = dict(resume=args.resume, overwrite=args.overwrite, device=args.device,
-                     progress=None if not args.no_progress else False)
+    loop_args = dict(resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+                     device=args.device, progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
-        _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
-        return
-    from moe.training import train
+        summary = _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
+    else:
+        from moe.training import train
 
-    print(f"training {model_cfg.name} -> {out}")
-    train(model_cfg, train_cfg, out, **loop_args)
+        print(f"training {model_cfg.name} -> {out}")
+        summary = train(model_cfg, train_cfg, out, **loop_args)
+    return EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK
 
 
 def _holds_distributed_checkpoint(path) -> bool:
@@ -68,7 +95,7 @@ def _holds_distributed_checkpoint(path) -> bool:
         return False
 
 
-def _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args) -> None:
+def _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args) -> dict:
     """Under torchrun (or in one process for a layout of one rank): check the layout against the
     world before any process group exists, then train."""
     try:
@@ -84,14 +111,19 @@ def _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args) -> N
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"training {model_cfg.name} -> {out} in layout {layout.describe()}")
     try:
-        train_distributed(model_cfg, train_cfg, layout, out, **loop_args)
+        return train_distributed(model_cfg, train_cfg, layout, out, **loop_args)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _sampling(args) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
+    """The sampling flags, checked (finite numbers in range) before any model is loaded."""
+    from moe.serving.sampling import SamplingParams
+
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
+    SamplingParams(**settings)
+    return settings
 
 
 def _device(args) -> str:
@@ -107,7 +139,7 @@ def _load(path, args):
     return load_model(path, _device(args), **overrides)
 
 
-def cmd_generate(args) -> None:
+def cmd_generate(args) -> int:
     """The text, then one line of statistics: tokens, time, tokens/s (and the draft's acceptance)."""
     import random
     import time
@@ -115,11 +147,12 @@ def cmd_generate(args) -> None:
     from moe.data import decode, encode
     from moe.serving import Engine, Request
 
+    sampling = _sampling(args)
     model = _load(args.checkpoint, args)
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     prompt = encode(args.prompt)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    request = Request(prompt, args.max_new_tokens, sampling=_sampling(args), seed=seed)
+    request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed)
     engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens)  # pages for one full sequence
     t = time.perf_counter()
     result = engine.run([request])[0]
@@ -135,14 +168,19 @@ def cmd_generate(args) -> None:
                   f"{result.draft_accepted / max(1, result.draft_proposed):.3f}, "
                   f"{n / result.target_forwards:.2f} tokens per target forward")
     print(f"\n[{stats}]", file=sys.stderr)
+    return EXIT_OK
 
 
-def cmd_serve_bench(args) -> None:
+def cmd_serve_bench(args) -> int:
     import torch
 
     from moe.profiling.timing import environment
     from moe.serving import Engine, replay
+    from moe.training.run_dir import prepare
 
+    sampling = _sampling(args)
+    if args.out:
+        prepare(args.out)  # an unwritable --out fails now, not after the replay
     if args.checkpoint:
         model = _load(args.checkpoint, args)
     else:
@@ -154,13 +192,13 @@ def cmd_serve_bench(args) -> None:
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
                     max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
-    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, _sampling(args), args.seed)
+    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed)
     summary = replay.replay(engine, requests, args.rate, args.seed)
     summary["setup"] = {**environment(torch.cuda.is_available()), "config": model.cfg.name, "checkpoint": args.checkpoint,
                         "draft": args.draft_checkpoint, "draft_tokens": args.draft_tokens if draft else None,
                         "rate": args.rate, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                         "kv_pages": engine.n_pages, "page_size": args.page_size, "max_batch": args.max_batch,
-                        "sampling": _sampling(args)}
+                        "sampling": sampling}
     header = (f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
               f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
               f"{engine.n_pages} pages of {args.page_size}")
@@ -168,6 +206,7 @@ def cmd_serve_bench(args) -> None:
     if args.out:
         out = replay.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
         print(f"wrote {out}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")
     f.add_argument("--layout", help="add the per-GPU view of a parallel layout, e.g. tp=8,pp=15,dp=208,microbatches=32 "
                    "(keys: dp tp ep pp microbatches schedule first_stage_layers sharding)")
-    f.add_argument("--batch-tokens", type=float, help="tokens per training step for --layout (default 60e6, the leak's)")
-    f.add_argument("--seq-len", type=int, help="sequence length for --layout (default: the config's max_seq_len)")
+    f.add_argument("--batch-tokens", type=POSITIVE_FLOAT, help="tokens per training step for --layout (default 60e6, the leak's)")
+    f.add_argument("--seq-len", type=POSITIVE_INT, help="sequence length for --layout (default: the config's max_seq_len)")
     f.set_defaults(func=cmd_figures)
 
     t = sub.add_parser("train", help="train on the bundled Shakespeare corpus (byte-level)")
@@ -188,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)")
+    t.add_argument("--allow-changes", action="store_true", help="with --resume: accept training settings that differ "
+                   "from the checkpoint's (the run then no longer continues as if never stopped)")
     t.add_argument("--dense", action="store_true",
                    help="train the dense twin: one expert, top-1, top_k x d_ff wide (same active parameters)")
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -220,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a checkpoint through the KV cache")
     g.add_argument("--checkpoint", required=True, help="run directory (uses its latest step) or a step directory")
     g.add_argument("--prompt", default="\n", help="text to continue")
-    g.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate")
+    g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="bytes to generate")
     g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this much probability")
@@ -230,21 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
     g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
                    "reports its acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
-    g.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
+    g.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve-bench", help="replay Poisson arrivals through the continuous-batching engine")
     s.add_argument("--config", default="tiny", help="preset with random weights (ignored with --checkpoint)")
     s.add_argument("--checkpoint", help="serve this trained model instead")
     s.add_argument("--draft-checkpoint", help="speculative decoding with this draft model")
-    s.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
-    s.add_argument("--rate", type=float, default=4.0, help="mean arrivals per second (Poisson)")
-    s.add_argument("--requests", type=int, default=32, help="requests to replay")
-    s.add_argument("--prompt-len", type=int, default=32, help="prompt bytes (slices of the held-out text)")
-    s.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per request")
-    s.add_argument("--kv-budget-mb", type=float, default=16.0, help="KV cache memory (MiB) for all sequences")
-    s.add_argument("--page-size", type=int, default=16, help="positions per KV page")
-    s.add_argument("--max-batch", type=int, default=64, help="most sequences in one step")
+    s.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
+    s.add_argument("--rate", type=POSITIVE_FLOAT, default=4.0, help="mean arrivals per second (Poisson)")
+    s.add_argument("--requests", type=POSITIVE_INT, default=32, help="requests to replay")
+    s.add_argument("--prompt-len", type=POSITIVE_INT, default=32, help="prompt bytes (slices of the held-out text)")
+    s.add_argument("--max-new-tokens", type=POSITIVE_INT, default=64, help="new tokens per request")
+    s.add_argument("--kv-budget-mb", type=POSITIVE_FLOAT, default=16.0, help="KV cache memory (MiB) for all sequences")
+    s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
+    s.add_argument("--max-batch", type=POSITIVE_INT, default=64, help="most sequences in one step")
     s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
     s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
@@ -262,18 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except RuntimeError as e:
         from moe.training import TrainingError
 
         if isinstance(e, TrainingError):
             print(f"error: {e}", file=sys.stderr)
-            return 3
+            return EXIT_STOPPED
         raise
-    return 0
 
 
 if __name__ == "__main__":

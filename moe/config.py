@@ -12,6 +12,7 @@ optionally a parallel layout in a `[parallel]` table (moe/layout.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import sys
 from dataclasses import dataclass, fields
@@ -32,18 +33,23 @@ CONFIG_DIR = _preset_dir()
 ACTIVATIONS = ("gelu", "swiglu")
 
 
+def _number(value) -> bool:
+    """A finite int or float (not a bool, not nan or inf)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not _number(value) or value <= 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _non_negative(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not _number(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _integers(obj, *names: str) -> None:
@@ -174,6 +180,8 @@ def _read_toml(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
             return tomllib.load(f), path.stem
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): TOML must be UTF-8") from None
 
 
 def from_dict(cls, values: dict, where: str):

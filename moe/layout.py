@@ -135,7 +135,7 @@ def bubble_fraction(pp: int, microbatches: int) -> float:
 
 def parse_layout(text: str, **defaults) -> Layout:
     """'tp=8,pp=15,dp=208[,ep=1,microbatches=16,schedule=gpipe,first_stage_layers=4,sharding=fsdp]'."""
-    values = dict(defaults)
+    values, seen = dict(defaults), set()
     names = {f.name: f.type for f in dataclasses.fields(Layout)}
     aliases = {"mb": "microbatches", "first": "first_stage_layers"}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -145,6 +145,9 @@ def parse_layout(text: str, **defaults) -> Layout:
         key = aliases.get(key, key)
         if key not in names:
             raise ValueError(f"layout: unknown key {key!r}; keys: {', '.join(names)}")
+        if key in seen:
+            raise ValueError(f"layout: {key} is given twice in {text!r}")
+        seen.add(key)
         values[key] = value if key in ("schedule", "sharding") else _int(key, value)
     return Layout(**values)
 

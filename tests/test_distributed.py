@@ -121,8 +121,8 @@ def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
     first = subprocess.run(torchrun + common + ["--ep", "2", "--max-steps", "4"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "layout ep=2,zero1 on 2 process(es)" in first.stdout and "step 4/4" in first.stdout
-    second = subprocess.run(torchrun + common + ["--pp", "2", "--microbatches", "2", "--max-steps", "6", "--resume"],
-                            capture_output=True, text=True)
+    second = subprocess.run(torchrun + common + ["--pp", "2", "--microbatches", "2", "--max-steps", "6", "--resume",
+                                                 "--allow-changes"], capture_output=True, text=True)  # max_steps 4 -> 6
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "at step 4 (written by layout ep=2,zero1)" in second.stdout
     assert "step 6/6" in second.stdout

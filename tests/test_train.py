@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -21,9 +19,9 @@ FAST = dict(batch_size=8, seq_len=32, max_steps=40, lr=1e-2, min_lr=1e-3, warmup
             eval_batches=2, checkpoint_interval=10)
 
 
-def run(out, model_cfg=None, resume=False, **kw):
-    return train(model_cfg or shrunk("tiny"), TrainConfig(**{**FAST, **kw}), out, resume=resume, progress=False,
-                 plot=False, log=lambda *_: None)
+def run(out, model_cfg=None, resume=False, allow_changes=False, **kw):
+    return train(model_cfg or shrunk("tiny"), TrainConfig(**{**FAST, **kw}), out, resume=resume,
+                 allow_changes=allow_changes, progress=False, plot=False, log=lambda *_: None)
 
 
 def test_short_training_lowers_the_loss(tmp_path):
@@ -113,10 +111,11 @@ def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
     with pytest.raises(ValueError, match=r"w_up: checkpoint \(16, 32, 24\) vs model \(16, 32, 40\).*missing blocks\.2"):
         checkpoint.load_weights(other, tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
-        run(tmp_path, shrunk("tiny", d_ff=40), resume=True, max_steps=20)
+        run(tmp_path, shrunk("tiny", d_ff=40), resume=True, max_steps=10)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load_model(tmp_path / "nothing-here")
     config = tmp_path / "step-0000010" / "config.json"
+    (config.parent / "checksums.json").unlink()  # else the edit is caught as damage (tests/test_reliability.py)
     config.write_text(config.read_text().replace('"d_ff"', '"d_fff"'))
     with pytest.raises(ValueError, match="unknown ModelConfig field.*d_fff.*checkpoint"):
         checkpoint.load_model(tmp_path)
@@ -149,27 +148,8 @@ def test_a_write_killed_midway_never_corrupts_the_previous_checkpoint(tmp_path, 
     assert (tmp_path / "latest").read_text().strip() == "step-0000010"
     after = checkpoint.load_model(tmp_path).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    s = run(tmp_path, cfg, resume=True, max_steps=20)  # and training goes on from it
+    s = run(tmp_path, cfg, resume=True, max_steps=20, allow_changes=True)  # and training goes on from it
     assert s["steps"] == 20
-
-
-def test_ctrl_c_writes_a_checkpoint(tmp_path):
-    cmd = [sys.executable, "-u", "-m", "moe", "train", "--config", "tiny", "--out", str(tmp_path), "--no-progress",
-           "--max-steps", "100000", "--time-budget", "0", "--batch-size", "4", "--seq-len", "16",
-           "--set", "d_model=32", "--set", "n_layers=1", "--set", "eval_interval=5", "--set", "eval_batches=1",
-           "--set", "checkpoint_interval=100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 10/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert "interrupted: step" in out
-    step = int(out.split("interrupted: step ")[1].split(",")[0])
-    assert step >= 10 and (tmp_path / "latest").read_text().strip() == f"step-{step:07d}"
-    state = checkpoint.load_trainer_state(tmp_path)
-    assert state["step"] == step
 
 
 def test_generate_cli_and_errors(tmp_path):

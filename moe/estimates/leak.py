@@ -97,8 +97,10 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
         print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
     if layout is not None:
-        batch_tokens = batch_tokens or LEAK_TRAIN_BATCH_TOKENS
-        seq_len = seq_len or cfg.max_seq_len
+        batch_tokens = LEAK_TRAIN_BATCH_TOKENS if batch_tokens is None else batch_tokens
+        seq_len = cfg.max_seq_len if seq_len is None else seq_len
+        if not (batch_tokens > 0 and seq_len > 0):
+            raise ValueError(f"batch_tokens and seq_len must be > 0, got {batch_tokens} and {seq_len}")
         print(f"\nper GPU in layout {layout.describe()} ({layout.schedule} schedule), "
               f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}")
         print(format_table(layout_rows(cfg, layout, batch_tokens, seq_len), ("quantity", "per GPU", "how")))

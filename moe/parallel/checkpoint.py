@@ -20,6 +20,7 @@ process, without a process group.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 
@@ -28,16 +29,17 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from moe.config import ModelConfig, TrainConfig
-from moe.training.run_dir import publish, step_name
+from moe.training.run_dir import publish, temp_dir, verify_all
 
 
 def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainConfig, layout,
          trainer_state: dict, step: int) -> pathlib.Path:
     """Every rank calls this together. Returns the step directory."""
     run_dir = pathlib.Path(run_dir)
-    final = run_dir / step_name(step)
-    tmp = run_dir / f".tmp-{final.name}"
     rank0 = dist.get_rank() == 0
+    pid = [os.getpid()]
+    dist.broadcast_object_list(pid, src=0)  # the scratch directory carries rank 0's pid (run_dir.clean_stale)
+    tmp = temp_dir(run_dir, step, pid[0])
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -49,14 +51,18 @@ def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainCon
         config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout)}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         torch.save(trainer_state, tmp / "trainer.pt")
-        publish(run_dir, tmp, final)
-    dist.barrier()
-    return final
+        final = [publish(run_dir, tmp, step)]
+    else:
+        final = [None]
+    dist.broadcast_object_list(final, src=0)
+    return final[0]
 
 
 def load(step_dir, module, optimizer=None) -> dict:
     """Load weights (and, given the optimizer, its state) saved by any layout into this rank's part
     of `module`; returns the trainer state. Every rank calls this together."""
+    step_dir = pathlib.Path(step_dir)
+    verify_all(step_dir)
     state = {"model": module.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_template()
@@ -64,4 +70,4 @@ def load(step_dir, module, optimizer=None) -> dict:
     module.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    return torch.load(pathlib.Path(step_dir) / "trainer.pt", weights_only=True)
+    return torch.load(step_dir / "trainer.pt", weights_only=True)

@@ -123,9 +123,7 @@ class Engine:
         """Queue a request; return its id. A RequestError names what is wrong with a bad one."""
         try:
             params = SamplingParams.parse(request.sampling)
-            check_request(self.model.cfg, list(request.prompt), request.max_new_tokens)
-            if not all(isinstance(t, int) for t in request.stop_tokens):
-                raise ValueError(f"stop_tokens must be token ids, got {request.stop_tokens!r}")
+            check_request(self.model.cfg, list(request.prompt), request.max_new_tokens, request.stop_tokens)
             if isinstance(request.seed, bool) or not isinstance(request.seed, int):
                 raise ValueError(f"seed must be an integer, got {request.seed!r}")
         except ValueError as e:

@@ -24,7 +24,7 @@ def generate(model: MoETransformer, prompt: list[int], max_new_tokens: int, *, t
              stop_tokens: tuple[int, ...] = ()) -> list[int]:
     """The new token ids (without the prompt), ending at the first stop token or after max_new_tokens."""
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)  # validates
-    check_request(model.cfg, prompt, max_new_tokens)
+    check_request(model.cfg, prompt, max_new_tokens, stop_tokens)
     device = model.tok_emb.weight.device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     was_training = model.training

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from moe.serving.sampling import SamplingParams
 
 
+def _token_id(t) -> bool:
+    """An int that is not a bool (True is an int to Python, but neither a token nor a count)."""
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
 class RequestError(ValueError):
     """A request the engine refuses; the engine keeps serving the others."""
 
@@ -36,14 +41,16 @@ class Result:
         return self.token_times[0] - self.t_arrival
 
 
-def check_request(cfg, prompt: list[int], max_new_tokens: int) -> None:
+def check_request(cfg, prompt: list[int], max_new_tokens: int, stop_tokens=()) -> None:
     """The errors a request can have before it runs, shared with the serving engine."""
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
-    if any(not isinstance(t, int) or not 0 <= t < cfg.vocab_size for t in prompt):
-        raise ValueError(f"prompt tokens must be integers in [0, {cfg.vocab_size})")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if any(not _token_id(t) or not 0 <= t < cfg.vocab_size for t in prompt):
+        raise ValueError(f"prompt tokens must be integers in [0, {cfg.vocab_size}) (not bools)")
+    if not _token_id(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not all(_token_id(t) for t in stop_tokens):
+        raise ValueError(f"stop_tokens must be token ids (integers, not bools), got {stop_tokens!r}")
     if len(prompt) > cfg.max_seq_len:
         raise ValueError(f"prompt of {len(prompt)} tokens is longer than max_seq_len {cfg.max_seq_len}")
     if len(prompt) + max_new_tokens > cfg.max_seq_len:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import warnings
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moe.config import ModelConfig, TrainConfig, from_dict
-from moe.training.run_dir import is_distributed, publish, resolve, step_name
+from moe.training.run_dir import RunDirError, is_distributed, publish, resolve, temp_dir, verify, verify_all
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -35,8 +35,7 @@ def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConf
                     trainer_state: dict | None = None, step: int = 0) -> pathlib.Path:
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / step_name(step)
-    tmp = run_dir / f".tmp-{final.name}-{os.getpid()}"
+    tmp = temp_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_weights(model), str(tmp / "model.safetensors"))
@@ -44,13 +43,19 @@ def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConf
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
-    return publish(run_dir, tmp, final)
+    return publish(run_dir, tmp, step)
 
 
 def read_config(path) -> tuple[ModelConfig, dict | None]:
-    step_dir = resolve(path)
-    data = json.loads((step_dir / "config.json").read_text())
-    return from_dict(ModelConfig, data["model"], f"checkpoint {str(step_dir)!r}"), data.get("train")
+    """The model config and the training settings (a dict, or None) a checkpoint was saved with."""
+    f = resolve(path) / "config.json"
+    verify(f)
+    try:
+        data = json.loads(f.read_text())
+        model = data["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{f}: not a readable checkpoint config ({type(e).__name__}: {e})") from None
+    return from_dict(ModelConfig, model, f"checkpoint {str(f.parent)!r}"), data.get("train")
 
 
 def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
@@ -60,7 +65,12 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     if is_distributed(step_dir):
         _load_distributed_whole(model, step_dir)
         return step_dir
-    saved = load_file(str(step_dir / "model.safetensors"))
+    f = step_dir / "model.safetensors"
+    verify(f)
+    try:
+        saved = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise RunDirError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     expected = _weights(model)
     problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
                 for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
@@ -86,8 +96,16 @@ def load_model(path, device="cpu", **overrides):
 
 
 def load_trainer_state(path) -> dict | None:
+    """The optimizer, RNG, data and history state saved beside the weights (None: weights only)."""
     f = resolve(path) / "trainer.pt"
-    return torch.load(f, weights_only=True) if f.exists() else None
+    if not f.exists():
+        return None
+    verify(f)
+    try:
+        return torch.load(f, weights_only=True)
+    except Exception as e:  # torch.load raises many kinds (pickle, zip, runtime) for a damaged file
+        raise RunDirError(f"{f}: not a readable trainer state ({type(e).__name__}: {e}); the checkpoint is "
+                          "damaged") from None
 
 
 def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
@@ -95,6 +113,7 @@ def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
     DCP stores every tensor under its global name and shape, whatever shards wrote it."""
     import torch.distributed.checkpoint as dcp
 
+    verify_all(step_dir)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)

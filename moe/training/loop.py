@@ -18,13 +18,15 @@ clock decides and every process follows it. A time-budgeted schedule therefore d
 time; with time_budget_s = 0 the schedule is fixed by max_steps and a resumed run repeats a
 straight one exactly.
 
-Stops: max_steps reached; Ctrl-C (finishes the step, writes a checkpoint, exits); a loss or weights
-that are not finite (stops, writes nothing, names the step and the last good checkpoint).
+Stops: max_steps reached; Ctrl-C or SIGTERM (finishes the step, writes a checkpoint, returns with
+summary["interrupted"] set; a second signal aborts at once); a loss or weights that are not finite
+(raises TrainingError: writes nothing, names the step and the last good checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -64,28 +66,44 @@ class History:
 
 
 class _Interrupt:
-    """First Ctrl-C: finish the step, checkpoint, exit. A second one interrupts at once."""
+    """First Ctrl-C or SIGTERM (what `timeout`, containers and schedulers send): finish the step,
+    checkpoint, exit. A second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
+        self.previous: dict = {}
 
     def __enter__(self):
-        self.previous = signal.getsignal(signal.SIGINT)
         try:
-            signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self.previous = None
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave the signals alone
+            pass
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort)",
+              file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+
+
+# The training settings the exact-resume promise depends on: all but how often to evaluate and save.
+_NOT_RESUME_SETTINGS = ("eval_interval", "eval_batches", "checkpoint_interval")
+
+
+def changed_settings(saved: dict | None, cfg: TrainConfig) -> dict:
+    """{field: (saved, now)} for the training settings a resumed run would change."""
+    now = vars(cfg)
+    return {k: (v, now[k]) for k, v in (saved or {}).items()
+            if k in now and k not in _NOT_RESUME_SETTINGS and v != now[k]}
 
 
 class _Budget:
@@ -111,13 +129,37 @@ class _Budget:
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
-          device: str | None = None, corpus=None, progress: bool | None = None, plot: bool = True, log=print,
-          build=None) -> dict:
+          allow_changes: bool = False, device: str | None = None, corpus=None, progress: bool | None = None,
+          plot: bool = True, log=print, build=None) -> dict:
     """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
-    A fresh run refuses an out_dir that already holds checkpoints unless overwrite=True.
+
+    Before anything is built, the main process makes sure out_dir is a writable directory, locks it for
+    the whole run (moe/training/run_dir.py) and removes dead writers' scratch directories. A fresh run
+    refuses an out_dir that already holds checkpoints unless overwrite=True; a resumed one refuses
+    changed training settings (they break "continues as if never stopped") unless allow_changes=True.
     build(model_cfg, cfg, device) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
-    stale = not resume and run_dir.check_fresh(out_dir, overwrite)  # before anything is built
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 keeps the run directory's books
+        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot,
+                      log, build)
+    run_dir.prepare(out_dir)
+    with run_dir.lock(out_dir):
+        run_dir.clean_stale(out_dir)
+        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot,
+                      log, build)
+
+
+def _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot, log, build):
+    stale = not resume and run_dir.check_fresh(out_dir, overwrite)
+    if resume:
+        step_dir = run_dir.resolve(out_dir)
+        saved_cfg, saved_train = checkpoint.read_config(step_dir)
+        changed = changed_settings(saved_train, cfg)
+        shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        if changed and not allow_changes:
+            raise ValueError(f"--resume with changed training settings ({shown}): the run would no longer "
+                             "continue as if never stopped (the schedule, batches or updates differ from a "
+                             "straight run). Resume with the saved settings, or pass --allow-changes.")
     trainer: Trainer = (build or LocalTrainer)(model_cfg, cfg, device)
     say = log if trainer.is_main else (lambda *a, **k: None)
     if stale and trainer.is_main:
@@ -130,8 +172,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
 
     if resume:
-        step_dir = run_dir.resolve(out_dir)
-        saved_cfg, _ = checkpoint.read_config(step_dir)
+        if changed:
+            say(f"warning: resuming with changed training settings ({shown}); the run differs from a straight one")
         if saved_cfg != model_cfg:
             diff = {k: (v, getattr(model_cfg, k)) for k, v in saved_cfg.to_dict().items() if getattr(model_cfg, k) != v}
             say(f"warning: resuming with a different model config; differing fields (saved, now): {diff}")

@@ -1,23 +1,48 @@
-"""A run directory: step directories and a `latest` pointer, written so a kill never leaves a gap.
+"""A run directory you can trust: one writer at a time, step directories published without a gap,
+every file checksummed.
 
     run/
+      .lock                   held (flock) by the one process writing this run; names its pid
       latest                  the name of the newest complete step directory
       step-0001000/           one checkpoint (moe/training/checkpoint.py, or a distributed one:
-                              moe/parallel/checkpoint.py)
+        ...                   moe/parallel/checkpoint.py)
+        checksums.json        sha256 and size of every other file, checked when a file is read
       summary.json, training.png
 
-A step directory is written under a temporary name and `publish`ed: its files fsynced, renamed
-into place, then `latest` replaced atomically (write, fsync, rename). Older step directories are
-pruned only after the pointer moved.
+Guarantees, and how each is kept:
+- **One writer.** `lock` takes an exclusive advisory lock on run/.lock for the whole run. The OS drops
+  it when the holder dies, however it dies, so a crash never leaves it stuck; a second writer gets an
+  error naming the holder's pid.
+- **Errors before work.** `prepare` creates the directory and writes and removes a probe file, so an
+  unwritable --out fails before any model is built.
+- **No gap.** A step directory is written under a temporary name (.tmp-<step>-<pid>), its files
+  checksummed and fsynced, then renamed to a name no other directory has (`step-0000020`, or
+  `step-0000020.1` when that step is saved again), and only then is `latest` replaced atomically
+  (write, fsync, rename). Superseded and old directories are removed after the pointer moved. So at
+  every instant `latest` names a complete checkpoint (tests/test_reliability.py kills a save before
+  each of its filesystem operations).
+- **No litter.** `clean_stale` removes the temporary directories of writers that are gone.
+- **Damage is named.** `verify` checks a file against its recorded checksum before it is parsed.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
 import pathlib
+import re
 import shutil
 
 KEEP = 2  # step directories kept
+CHECKSUMS = "checksums.json"
+_TEMP = re.compile(r"^\.(tmp|old)-.*-(\d+)$")  # .tmp-step-0000010-<pid>: a writer's scratch directory
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (locked, unwritable, damaged)."""
 
 
 def step_name(step: int) -> str:
@@ -32,6 +57,13 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """The mode a plain open() gives a new file: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -41,25 +73,162 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def publish(run_dir: pathlib.Path, tmp: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
-    """Make the complete directory `tmp` the step directory `final`: fsync its files, rename it into
-    place, point `latest` at it atomically, prune old steps."""
-    for f in tmp.iterdir():
+def prepare(run_dir) -> pathlib.Path:
+    """Create run_dir if needed and prove it writable (a probe file written and removed), or raise a
+    RunDirError naming the path and the reason. Call it before building anything."""
+    run_dir = pathlib.Path(run_dir)
+    probe = run_dir / f".probe-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        what = "exists and is not a directory" if run_dir.exists() and not run_dir.is_dir() else e.strerror
+        raise RunDirError(f"cannot write the run directory {str(run_dir)!r}: {what}") from None
+    return run_dir
+
+
+class RunLock:
+    """An exclusive lock on run/.lock for as long as it is held (a context manager)."""
+
+    def __init__(self, run_dir):
+        self.path = pathlib.Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _default_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"{self.path.parent} is in use by another run (process {holder} holds "
+                              f"{self.path}); wait for it to finish, stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock; the file stays (removing it would race a waiter)
+            self.fd = None
+
+
+def lock(run_dir) -> RunLock:
+    return RunLock(run_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale(run_dir) -> list[pathlib.Path]:
+    """Remove the scratch directories (.tmp-*-<pid>, .old-*-<pid>) whose writer is gone; return them."""
+    removed = []
+    for entry in pathlib.Path(run_dir).iterdir():
+        m = _TEMP.match(entry.name)
+        if m and entry.is_dir() and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
+            shutil.rmtree(entry)
+            removed.append(entry)
+    return removed
+
+
+def temp_dir(run_dir: pathlib.Path, step: int, pid: int | None = None) -> pathlib.Path:
+    """A writer's scratch directory for `step` (pid: the writing process, default this one)."""
+    return run_dir / f".tmp-{step_name(step)}-{pid or os.getpid()}"
+
+
+def sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _free_name(run_dir: pathlib.Path, name: str) -> pathlib.Path:
+    """`name`, or name.1, name.2, ... : a step directory name nothing holds yet."""
+    candidate, n = run_dir / name, 0
+    while candidate.exists():
+        n += 1
+        candidate = run_dir / f"{name}.{n}"
+    return candidate
+
+
+def publish(run_dir: pathlib.Path, tmp: pathlib.Path, step: int) -> pathlib.Path:
+    """Make the complete directory `tmp` the checkpoint of `step`: checksum, chmod and fsync its files,
+    rename it to a free name, point `latest` at it atomically, then remove what it supersedes (an
+    earlier save of the same step) and prune old steps. Returns the step directory."""
+    mode, sums = _default_mode(), {}
+    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        os.chmod(f, mode)  # every file alike (safetensors writes 0600)
+        sums[str(f.relative_to(tmp))] = {"sha256": sha256(f), "bytes": f.stat().st_size}
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again (e.g. resumed, then interrupted at once)
-        old = run_dir / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1).encode())
+    os.chmod(tmp / CHECKSUMS, mode)
+    final = _free_name(run_dir, step_name(step))
+    os.replace(tmp, final)
     _fsync_dir(run_dir)
     write_atomic(run_dir / "latest", final.name.encode())
-    for stale in sorted(run_dir.glob("step-*"))[:-KEEP]:
+    _fsync_dir(run_dir)
+    for old in _step_dirs(run_dir):  # earlier saves of this step: superseded
+        if old != final and old.name.split(".")[0] == step_name(step):
+            shutil.rmtree(old)
+    for stale in _step_dirs(run_dir)[:-KEEP]:
         if stale != final:
             shutil.rmtree(stale)
     return final
+
+
+def _step_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Step directories, oldest first (by step, then by save)."""
+    def key(p):
+        step, _, n = p.name[len("step-"):].partition(".")
+        return int(step), int(n or 0)
+    return sorted((p for p in run_dir.glob("step-*") if re.fullmatch(r"step-\d+(\.\d+)?", p.name)), key=key)
+
+
+def verify(path: pathlib.Path) -> None:
+    """Raise a RunDirError naming `path` if it differs from the checksum its step directory recorded
+    (checkpoints written before checksums existed carry none and are read unchecked)."""
+    path = pathlib.Path(path)
+    sums_file = path.parent / CHECKSUMS
+    if not sums_file.exists():
+        return
+    try:
+        sums = json.loads(sums_file.read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{sums_file}: unreadable ({e}); the checkpoint is damaged") from None
+    want = sums.get(path.name)
+    if want is None:
+        raise RunDirError(f"{path}: not listed in {sums_file}; the checkpoint is damaged")
+    if not path.exists():
+        raise RunDirError(f"{path}: missing; the checkpoint is damaged")
+    size = path.stat().st_size
+    if size != want["bytes"]:
+        raise RunDirError(f"{path}: {size:,} bytes where {want['bytes']:,} were written (truncated or "
+                          "overwritten); the checkpoint is damaged")
+    if sha256(path) != want["sha256"]:
+        raise RunDirError(f"{path}: checksum mismatch (sha256 differs from the one recorded at save); "
+                          "the file was changed or damaged after it was written")
+
+
+def verify_all(step_dir) -> None:
+    """verify() every file a step directory recorded (a distributed checkpoint: any rank may read any)."""
+    step_dir = pathlib.Path(step_dir)
+    if (step_dir / CHECKSUMS).exists():
+        for name in json.loads((step_dir / CHECKSUMS).read_text()):
+            verify(step_dir / name)
 
 
 def latest(run_dir) -> pathlib.Path | None:
