@@ -15,15 +15,18 @@ import json
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 
-import kernels
-from moe.config import load_config
-from moe.model.moe_layer import MoELayer
-from moe.training.plots import plot_comparison
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import kernels  # noqa: E402
+from moe.config import load_config  # noqa: E402
+from moe.model import MoELayer  # noqa: E402
+from moe.training.plots import plot_comparison  # noqa: E402
 
 
 def val_at(summary: dict, key: str, at: float) -> float:
@@ -67,11 +70,15 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
         order, _ = kernels.sort_by_expert(experts_TK.reshape(-1), cfg.n_experts)
         kernels.combine(x_TD[order // K], order, weights_TK).sum().backward()
 
+    def expert_mlp(layer, x, offsets):
+        return kernels.sorted_mlp(x, offsets, layer.w_up, layer.w_gate, layer.w_down, activation_name=cfg.activation,
+                                  backend="torch")
+
     def experts_part():
-        moe._expert_mlp(x_MD, offsets_E).sum().backward()
+        expert_mlp(moe, x_MD, offsets_E).sum().backward()
 
     def dense_part():  # what the twin's layer runs: one expert holding every token
-        dense._expert_mlp(x_TD, all_rows).sum().backward()
+        expert_mlp(dense, x_TD, all_rows).sum().backward()
 
     parts = {"router": router_part, "permutation": permutation_part,
              "experts (grouped matmuls + activation)": experts_part,

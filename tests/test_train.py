@@ -182,3 +182,19 @@ def test_expert_backend_flag_reaches_the_model(tmp_path):
         env = {**os.environ, "TRITON_INTERPRET": "0"}
         bad = subprocess.run(args + ["triton"], capture_output=True, text=True, env=env)
         assert bad.returncode == 2 and "needs CUDA tensors" in bad.stderr
+
+
+def test_compare_dense_script(tmp_path):
+    """scripts/compare_dense.py end to end on two short runs: the table, the plot, the layer breakdown."""
+    import pathlib
+
+    run(tmp_path / "moe", max_steps=10)
+    run(tmp_path / "dense", shrunk("tiny").dense_twin(), max_steps=10)
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "compare_dense.py"
+    r = subprocess.run([sys.executable, str(script), tmp_path / "moe", tmp_path / "dense", "--out", tmp_path / "out",
+                        "--config", "tiny"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "out" / "moe_vs_dense.json").read_text())
+    assert [row["run"] for row in result["runs"]] == ["tiny", "tiny-dense"]
+    assert all(v > 0 for v in result["layer_breakdown_ms"].values())
+    assert (tmp_path / "out" / "moe_vs_dense.png").stat().st_size > 10_000
