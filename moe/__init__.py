@@ -18,7 +18,7 @@ first use, so `from moe import load_config` works on a machine without torch.
 
 from moe.config import ModelConfig, TrainConfig, load_config, load_train_config, preset_names
 from moe.estimates.arithmetic import count_params, forward_flops_per_token
-from moe.estimates.leak import print_figures
+from moe.estimates.report import print_figures
 from moe.layout import Layout, parse_layout
 
 _LAZY = {

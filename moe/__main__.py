@@ -48,7 +48,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def cmd_figures(args) -> int:
     from moe.config import load_config
-    from moe.estimates.leak import print_figures
+    from moe.estimates.report import print_figures
     from moe.layout import parse_layout
 
     layout = parse_layout(args.layout) if args.layout else None
@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
     out = args.out or f"runs/{model_cfg.name}"
     world = int(os.environ.get("WORLD_SIZE", 1))
     loop_args = dict(resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
-                     device=args.device, progress=None if not args.no_progress else False)
+                     init_from=args.init_from, device=args.device, progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
         summary = _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
     else:
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)")
+    t.add_argument("--init-from", dest="init_from", metavar="CHECKPOINT", help="start a new run from this "
+                   "checkpoint's weights (e.g. extend its context: --seq-len 1024 --set max_seq_len=1024 --set "
+                   "'rope_scaling={rope_type=\"yarn\", factor=4.0, original_max_position_embeddings=256}')")
     t.add_argument("--allow-changes", action="store_true", help="with --resume: accept training settings that differ "
                    "from the checkpoint's (the run then no longer continues as if never stopped)")
     t.add_argument("--dense", action="store_true",

@@ -62,6 +62,36 @@ def _integers(obj, *names: str) -> None:
 EXPERT_BACKENDS = ("auto", "torch", "triton")  # = kernels.BACKENDS (kernels cannot import moe; a test keeps them equal)
 
 
+ROPE_TYPES = ("linear", "dynamic", "yarn")
+_ROPE_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
+_YARN_KEYS = {"beta_fast", "beta_slow", "attention_factor", "truncate"}
+
+
+def _check_rope_scaling(scaling, max_seq_len: int) -> None:
+    """Raise a ValueError naming the rope_scaling key that is missing, unknown or out of range."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a table (dict) or absent, got {scaling!r}")
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling.rope_type must be one of {ROPE_TYPES}, got {kind!r}")
+    allowed = _ROPE_KEYS | (_YARN_KEYS if kind == "yarn" else set())
+    unknown = sorted(set(scaling) - allowed)
+    if unknown:
+        raise ValueError(f"rope_scaling: unknown key(s) {unknown} for rope_type {kind!r}; known: {sorted(allowed)}")
+    factor = scaling.get("factor")
+    if not _number(factor) or factor <= 1:
+        raise ValueError(f"rope_scaling.factor must be a number > 1, got {factor!r}")
+    original = scaling.get("original_max_position_embeddings")
+    if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= max_seq_len:
+        raise ValueError(f"rope_scaling.original_max_position_embeddings must be an integer in [1, max_seq_len="
+                         f"{max_seq_len}] (the pretraining length), got {original!r}")
+    for key in ("beta_fast", "beta_slow", "attention_factor"):
+        if key in scaling and (not _number(scaling[key]) or scaling[key] <= 0):
+            raise ValueError(f"rope_scaling.{key} must be a number > 0, got {scaling[key]!r}")
+    if "truncate" in scaling and not isinstance(scaling["truncate"], bool):
+        raise ValueError(f"rope_scaling.truncate must be true or false, got {scaling['truncate']!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "custom"
@@ -77,6 +107,12 @@ class ModelConfig:
     activation: str = "gelu"  # "gelu": gelu(x W_up) W_down;  "swiglu": (silu(x W_gate) * x W_up) W_down
     max_seq_len: int = 256
     rope_theta: float = 10000.0
+    # RoPE scaling for a context longer than pretraining, with Hugging Face's keys and meanings
+    # (transformers 5: rope_parameters = {"rope_theta": rope_theta, **rope_scaling}); moe/model/rope.py
+    # has the formulas. {"rope_type": "linear" | "dynamic" | "yarn", "factor": > 1,
+    # "original_max_position_embeddings": the pretraining length, yarn: "beta_fast", "beta_slow",
+    # "attention_factor", "truncate"}. None: plain RoPE.
+    rope_scaling: dict | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
@@ -112,6 +148,8 @@ class ModelConfig:
             raise ValueError(f"router_jitter must be < 1, got {self.router_jitter}")
         if self.expert_backend not in EXPERT_BACKENDS:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling, self.max_seq_len)
 
     @property
     def n_matrices(self) -> int:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import shrunk
-from moe.model.attention import Attention, apply_rope, rope_tables
+from moe.model.attention import Attention
+from moe.model.rope import apply_rope, rope_tables
 from moe.serving.generate import generate, sample_next
 from moe.model import MoETransformer, Positions
 

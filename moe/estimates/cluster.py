@@ -32,7 +32,8 @@ import math
 from dataclasses import dataclass, replace
 
 from moe.config import ModelConfig
-from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
+from moe.estimates.arithmetic import (attention_flops_per_token, count_params, forward_flops_per_token,
+                                     kv_cache_bytes_per_token)
 from moe.estimates.layout_memory import activation_bytes_per_token_layer, kv_heads_held, stage_memory, worst_stage
 from moe.estimates.leak import LEAK_TRAIN_BATCH_TOKENS, TRAIN_TOKENS
 from moe.layout import Layout, stage_layers
@@ -291,3 +292,32 @@ def _days_at_full_mfu(cfg: ModelConfig, gpu: GPU, n_gpus: int) -> float:
 def implied_mfu(cfg: ModelConfig, gpu: GPU, n_gpus: int, days: float) -> float:
     """The MFU at which n_gpus finish 13T tokens of this config in `days`."""
     return _days_at_full_mfu(cfg, gpu, n_gpus) / days
+
+
+def context_rows(cfg: ModelConfig, contexts=(8192, 32768), tp: int = 8, pp: int = 16) -> list[tuple[str, ...]]:
+    """What a longer context costs at inference, per context: (quantity, value at each context, how).
+    The leak: pretraining at 8k, a 32k version fine-tuned from it, and "the 32k seqlen GPT-4 definitely
+    cannot run on 40GB A100s"."""
+    weights = inference_weights_bytes(cfg, tp, pp)
+    rows = [
+        ("K/V cache per sequence, whole model (bf16)",
+         *(f"{kv_cache_bytes_per_token(cfg) * c / 2**30:.3g} GiB" for c in contexts),
+         f"{cfg.n_layers} layers x {cfg.n_kv_heads} K/V head(s) x {cfg.head_dim} x 2 (K and V) x 2 bytes per position"),
+        (f"  on one GPU of tp {tp} x pp {pp}", *(f"{kv_bytes_per_sequence(cfg, tp, pp, c) / 2**20:.3g} MiB" for c in contexts),
+         f"a stage's {math.ceil(cfg.n_layers / pp)} layers; the single K/V head is replicated over tp"),
+    ]
+    for gpu in (GPUS["A100"], GPUS["H100"]):
+        rows.append((f"  largest decode microbatch b on {gpu.name}",
+                     *(f"{max_microbatch(cfg, gpu, tp, pp, c)} (users {pp * max_microbatch(cfg, gpu, tp, pp, c)})"
+                       for c in contexts),
+                     f"pp b sequences' K/V beside {weights / 1e9:.1f} GB of weights in 90% of {gpu.memory_gb:g} GB"))
+    mha = replace(cfg, n_kv_heads=cfg.n_heads)  # the K/V the leak's "55B shared attention" implies
+    a100 = GPUS["A100"]
+    rows.append((f"  ... with {cfg.n_heads} K/V heads (multi-head) on {a100.name}",
+                 *(str(max_microbatch(mha, a100, tp, pp, c)) for c in contexts),
+                 f"the same with multi-head K/V ({inference_weights_bytes(mha, tp, pp) / 1e9:.1f} GB of weights): "
+                 "0 means not one sequence fits"))
+    rows.append(("attention share of forward FLOPs per token", *(
+        f"{attention_flops_per_token(cfg, c) / forward_flops_per_token(cfg, c):.1%}" for c in contexts),
+        "4 layers heads head_dim context / (2 matmul params + that), at the last position of a full context"))
+    return rows

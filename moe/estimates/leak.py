@@ -1,4 +1,5 @@
-"""The leaked GPT-4 figures, and `python -m moe figures`: what a config implies, side by side with the leaked GPT-4 figures.
+"""The leaked GPT-4 figures, and the rows of `python -m moe figures` (moe/estimates/report.py) that
+hold what a config implies beside them.
 
 Imports no torch. The leaked figures are the ones quoted from the July 2023 SemiAnalysis report;
 where they contradict each other or the stated shape, the table says so instead of fudging the
@@ -9,8 +10,7 @@ from __future__ import annotations
 
 from moe.config import ModelConfig
 from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token, matmul_params_per_token
-from moe.estimates.layout_memory import layout_rows
-from moe.estimates.units import binary_bytes, format_table, si
+from moe.estimates.units import binary_bytes, si
 
 TRAIN_TOKENS = 13e12  # leak: ~13T tokens
 LEAK_TRAIN_BATCH_TOKENS = 60e6  # leak: "batch size 60 million tokens" (by the end of training)
@@ -83,24 +83,3 @@ def figure_rows(cfg: ModelConfig) -> list[tuple[str, str, str, str]]:
 
 def is_gpt4_shape(cfg: ModelConfig) -> bool:
     return (cfg.n_layers, cfg.d_model, cfg.n_experts, cfg.d_ff) == (120, 10752, 16, 43008)
-
-
-def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = None, seq_len: int | None = None) -> None:
-    """The config's figures; with a moe.layout.Layout, also what one GPU of that layout holds."""
-    print(f"config {cfg.name!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of "
-          f"{cfg.head_dim}, {cfg.n_kv_heads} K/V head(s), {cfg.n_experts} experts of d_ff {cfg.d_ff} "
-          f"({cfg.activation}), top-{cfg.top_k}, vocab {cfg.vocab_size:,}")
-    rows = figure_rows(cfg)
-    if is_gpt4_shape(cfg):
-        print(format_table(rows, ("quantity", "this config", "leak", "comparison / note")))
-    else:  # the leak's figures describe the gpt4 shape only
-        print(format_table([r[:2] for r in rows], ("quantity", "this config")))
-        print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
-    if layout is not None:
-        batch_tokens = LEAK_TRAIN_BATCH_TOKENS if batch_tokens is None else batch_tokens
-        seq_len = cfg.max_seq_len if seq_len is None else seq_len
-        if not (batch_tokens > 0 and seq_len > 0):
-            raise ValueError(f"batch_tokens and seq_len must be > 0, got {batch_tokens} and {seq_len}")
-        print(f"\nper GPU in layout {layout.describe()} ({layout.schedule} schedule), "
-              f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}")
-        print(format_table(layout_rows(cfg, layout, batch_tokens, seq_len), ("quantity", "per GPU", "how")))

@@ -27,23 +27,7 @@ from torch.profiler import record_function
 from moe.config import ModelConfig
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.positions import Positions
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_len, head_dim / 2] for rotary embeddings."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()  # angles in float64: exact at long positions
-
-
-def apply_rope(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor) -> torch.Tensor:
-    """Rotate the (i, i + d/2) pairs of each head by position-dependent angles (the Llama/Mixtral
-    "rotate half" layout, so weights convert to and from Hugging Face's). cos, sin broadcast against
-    x: [T, d/2], or [B, 1, T, d/2] for per-row positions."""
-    x = x_BHTd.float() if x_BHTd.element_size() < 4 else x_BHTd  # rotate half precision in float32
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos_Td.to(x.device, x.dtype), sin_Td.to(x.device, x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x_BHTd)
+from moe.model.rope import apply_rope
 
 
 class Attention(nn.Module):

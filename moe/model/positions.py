@@ -78,6 +78,13 @@ class Positions:
         if not self.paged_rows and self.kv_len > cache.max_len:
             raise ValueError(f"position {self.kv_len - 1} is past the KV cache's {cache.max_len} positions")
 
+    @property
+    def length(self) -> int:
+        """How many positions the attention spans: what dynamic RoPE scaling sizes its tables by."""
+        if self.cached and not self.paged_rows:
+            return self.kv_len
+        return int(self.pos.max()) + 1 if self.pos.numel() else 0
+
     def rope(self, cos_table: torch.Tensor, sin_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rotary tables at these positions: [T, d/2], or [B, T, d/2] per row (padding at 0)."""
         pos = self.pos.clamp(min=0) if self.paged_rows else self.pos

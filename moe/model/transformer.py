@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from moe.config import ModelConfig
-from moe.model.attention import Attention, rope_tables
+from moe.model.attention import Attention
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.moe_layer import MoELayer
 from moe.model.positions import Positions
+from moe.model.rope import Rotary
 from moe.model.router import RouterOutput
 
 
@@ -69,9 +70,7 @@ class MoETransformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rotary = Rotary(cfg)  # positions -> rotary tables (moe/model/rope.py), no parameters
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,7 +116,7 @@ class MoETransformer(nn.Module):
         B, T = idx_BT.shape
         positions = positions or Positions.causal(T, idx_BT.device)
         positions.check(B, T, self.cfg.max_seq_len, self.blocks[0].attn.kv_cache)
-        rope = positions.rope(self.rope_cos, self.rope_sin)
+        rope = positions.rope(*self.rotary.tables(positions.length))
         x_BTD = self.tok_emb(idx_BT)
         routing = []
         for block in self.blocks:

@@ -51,13 +51,13 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in layers})  # names as in the ModuleList
         if self.last:
             self.norm, self.lm_head = model.norm, model.lm_head
-        self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin  # plain attributes: not in state_dict
+        self.rotary = model.rotary  # its tables are buffers kept out of state_dict
         self.cfg = model.cfg
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x_BTD = self.tok_emb(h) if self.first else h
         positions = Positions.causal(x_BTD.shape[1], x_BTD.device)
-        rope = positions.rope(self.rope_cos, self.rope_sin)
+        rope = positions.rope(*self.rotary.tables(positions.length))
         for block in self.blocks.values():
             x_BTD, routing = block(x_BTD, rope, positions)
             if torch.is_grad_enabled():

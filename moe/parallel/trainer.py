@@ -35,7 +35,7 @@ from moe.parallel import checkpoint as dist_checkpoint
 from moe.parallel.parallelize import (Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize,
                                      sync_gradients)
 from moe.parallel.zero import Zero1AdamW
-from moe.training import loop, run_dir
+from moe.training import checkpoint, loop, run_dir
 from moe.training.local import autocast
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 
@@ -68,12 +68,15 @@ class DistributedTrainer:
     train_cfg: TrainConfig
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout,
-              device: torch.device) -> "DistributedTrainer":
+    def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, device: torch.device,
+              init_from=None) -> "DistributedTrainer":
         layout.check(model_cfg, dist.get_world_size(), train_cfg.batch_size)
         par = init_parallel(layout, device)
         torch.manual_seed(train_cfg.seed)  # every rank builds the same full model, then keeps its part
-        model = MoETransformer(model_cfg).to(device)
+        model = MoETransformer(model_cfg)
+        if init_from is not None:
+            checkpoint.load_weights(model, init_from)
+        model.to(device)
         module, schedule = model, None
         if layout.pp > 1:
             from moe.parallel.pipeline import build_schedule, build_stage
@@ -201,8 +204,8 @@ def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: La
                       device: str | None = None, **kw) -> dict:
     """The training loop (moe.training.loop.train, whose keywords it takes) on this rank's part of
     `layout`, under torchrun or in one process. Rank 0 logs and writes summary.json."""
-    def build(model_cfg, train_cfg, _):
-        trainer = DistributedTrainer.build(model_cfg, train_cfg, layout, init_process_group(device))
+    def build(model_cfg, train_cfg, _, init_from):
+        trainer = DistributedTrainer.build(model_cfg, train_cfg, layout, init_process_group(device), init_from)
         if trainer.is_main:
             kw.get("log", print)(f"layout {layout.describe()} on {dist.get_world_size()} process(es), "
                                  f"{trainer.par.device.type}")

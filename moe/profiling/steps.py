@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from moe.config import ModelConfig
 from moe.model import Block, KVCache, Positions
-from moe.model.attention import rope_tables
+from moe.model.rope import Rotary
 
 
 def build_layers(cfg: ModelConfig, n_layers: int, device, dtype) -> nn.ModuleList:
@@ -42,14 +42,14 @@ class Steps:
     def __init__(self, layers: nn.ModuleList, cfg: ModelConfig, device, dtype, seed: int = 0):
         self.layers, self.cfg, self.device, self.dtype = layers, cfg, device, dtype
         self.gen = torch.Generator(device).manual_seed(seed)
-        self.cos, self.sin = (t.to(device) for t in rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta))
+        self.rotary = Rotary(cfg).to(device)
 
     def _randn(self, *shape, requires_grad=False):
         return torch.randn(*shape, generator=self.gen, device=self.device, dtype=self.dtype,
                            requires_grad=requires_grad)
 
     def _run(self, x_BTD, positions: Positions):
-        rope = positions.rope(self.cos, self.sin)
+        rope = positions.rope(*self.rotary.tables(positions.length))
         routing = []
         for block in self.layers:
             x_BTD, r = block(x_BTD, rope, positions)

@@ -27,11 +27,14 @@ def autocast(device: torch.device):
 class LocalTrainer:
     is_main = True
 
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | None = None):
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | None = None, init_from=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         torch.manual_seed(train_cfg.seed)
-        self.model = MoETransformer(model_cfg).to(self.device)
+        self.model = MoETransformer(model_cfg)
+        if init_from is not None:  # start from these weights (any checkpoint, distributed ones too)
+            checkpoint.load_weights(self.model, init_from)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.model.train()
 

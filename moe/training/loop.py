@@ -129,27 +129,49 @@ class _Budget:
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
-          allow_changes: bool = False, device: str | None = None, corpus=None, progress: bool | None = None,
-          plot: bool = True, log=print, build=None) -> dict:
+          allow_changes: bool = False, init_from=None, device: str | None = None, corpus=None,
+          progress: bool | None = None, plot: bool = True, log=print, build=None) -> dict:
     """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
 
     Before anything is built, the main process makes sure out_dir is a writable directory, locks it for
     the whole run (moe/training/run_dir.py) and removes dead writers' scratch directories. A fresh run
     refuses an out_dir that already holds checkpoints unless overwrite=True; a resumed one refuses
     changed training settings (they break "continues as if never stopped") unless allow_changes=True.
-    build(model_cfg, cfg, device) -> Trainer (default: LocalTrainer, one process)."""
+    init_from: a fresh run that starts from a checkpoint's weights (e.g. to extend its context: see
+    check_extension); new optimizer, step 0, this run's schedule.
+    build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 keeps the run directory's books
-        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot,
-                      log, build)
+        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress,
+                      plot, log, build)
     run_dir.prepare(out_dir)
     with run_dir.lock(out_dir):
         run_dir.clean_stale(out_dir)
-        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot,
-                      log, build)
+        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress,
+                      plot, log, build)
 
 
-def _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, corpus, progress, plot, log, build):
+def check_extension(model_cfg: ModelConfig, init_from) -> None:
+    """A run that starts from `init_from`'s weights at a longer context must scale RoPE from the length
+    the checkpoint was trained at: rope_scaling.original_max_position_embeddings names it."""
+    saved, _ = checkpoint.read_config(init_from)
+    trained_at = (saved.rope_scaling or {}).get("original_max_position_embeddings", saved.max_seq_len)
+    scaling = model_cfg.rope_scaling
+    if scaling and scaling["original_max_position_embeddings"] != trained_at:
+        raise ValueError(f"rope_scaling.original_max_position_embeddings ({scaling['original_max_position_embeddings']}) "
+                         f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}")
+
+
+def _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress, plot,
+           log, build):
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
+                         "(--set max_seq_len=...) with rope_scaling to extend a model's context")
+    if init_from is not None:
+        if resume:
+            raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues one: "
+                             "give one of them")
+        check_extension(model_cfg, init_from)
     stale = not resume and run_dir.check_fresh(out_dir, overwrite)
     if resume:
         step_dir = run_dir.resolve(out_dir)
@@ -160,7 +182,7 @@ def _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, device, co
             raise ValueError(f"--resume with changed training settings ({shown}): the run would no longer "
                              "continue as if never stopped (the schedule, batches or updates differ from a "
                              "straight run). Resume with the saved settings, or pass --allow-changes.")
-    trainer: Trainer = (build or LocalTrainer)(model_cfg, cfg, device)
+    trainer: Trainer = (build or LocalTrainer)(model_cfg, cfg, device, init_from)
     say = log if trainer.is_main else (lambda *a, **k: None)
     if stale and trainer.is_main:
         run_dir.remove_checkpoints(out_dir)

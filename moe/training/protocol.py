@@ -1,6 +1,7 @@
 """What the training loop (moe/training/loop.py) drives: one process's trainer
 (moe/training/local.py) or one rank's part of a parallel layout (moe/parallel/trainer.py).
-Both answer the same calls, so the loop is written once."""
+Both answer the same calls, so the loop is written once. The loop builds one with
+build(model_cfg, train_cfg, device, init_from) (init_from: a checkpoint whose weights to start from)."""
 
 from __future__ import annotations
 
