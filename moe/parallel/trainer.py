@@ -13,6 +13,10 @@ layout against it). Only the last pipeline stage sees the loss: it is averaged o
 and broadcast to the whole pipeline, so every rank reports the same number. Rank 0 logs and keeps
 the run directory's books.
 
+Decisions every rank must share cost one small collective: `agree` broadcasts rank 0's re-fitted
+max_steps (time budget), `any` all-reduces the interrupt flag once per step (a signal that reaches one
+rank stops all of them at the same step).
+
 Differences from one process: the global torch RNG is not checkpointed (router jitter draws would
 not repeat on resume); expert counts are reported with pp = 1 only. Checkpoints are distributed
 (moe/parallel/checkpoint.py) and resume in any layout.

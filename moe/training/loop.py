@@ -25,6 +25,7 @@ summary["interrupted"] set; a second signal aborts at once); a loss or weights t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -141,14 +142,23 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     check_extension); new optimizer, step 0, this run's schedule.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 keeps the run directory's books
-        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress,
-                      plot, log, build)
+    with _own(out_dir):
+        return _train(model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                      init_from=init_from, device=device, corpus=corpus, progress=progress, plot=plot, log=log,
+                      build=build)
+
+
+@contextlib.contextmanager
+def _own(out_dir: pathlib.Path):
+    """The main process (rank 0 under torchrun) proves out_dir writable, locks it for the run and
+    removes dead writers' scratch directories; the other ranks only write their shards into it."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
     run_dir.prepare(out_dir)
     with run_dir.lock(out_dir):
         run_dir.clean_stale(out_dir)
-        return _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress,
-                      plot, log, build)
+        yield
 
 
 def check_extension(model_cfg: ModelConfig, init_from) -> None:
@@ -162,7 +172,7 @@ def check_extension(model_cfg: ModelConfig, init_from) -> None:
                          f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}")
 
 
-def _train(model_cfg, cfg, out_dir, resume, overwrite, allow_changes, init_from, device, corpus, progress, plot,
+def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, corpus, progress, plot,
            log, build):
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
