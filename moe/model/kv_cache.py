@@ -45,7 +45,7 @@ class KVCache(nn.Module):
         """Write the new tokens at positions.pos [T]; return K, V [B, G, kv_len, d] and the mask
         [T, kv_len], or None for one token (decode: it is at kv_len - 1 and sees everything, and
         without a mask SDPA may use its flash kernel)."""
-        pos_T, kv_len = positions.pos, positions.kv_len
+        pos_T, kv_len = positions.pos, positions.length
         self.k.index_copy_(2, pos_T, k_BGTd.to(self.k.dtype))
         self.v.index_copy_(2, pos_T, v_BGTd.to(self.v.dtype))
         if pos_T.numel() == 1:

@@ -8,7 +8,7 @@ One small type for the three ways a forward pass places its tokens; the model ch
     Positions.causal(T)        no cache: positions 0..T-1 of every row, plain causal attention
                                (training, and scoring whole sequences)
     Positions.at(pos_T)        a contiguous KVCache (moe/model/kv_cache.py): every row writes its
-                               K/V at positions pos_T and reads positions 0..kv_len-1
+                               K/V at positions pos_T and reads positions 0..length-1
                                (prefill: arange(n); decode: [n])
     Positions.paged(pos_BT, pages_BP)
                                a PagedKVCache: row b is its own sequence, token t at position
@@ -26,26 +26,26 @@ import torch
 @dataclass(frozen=True)
 class Positions:
     pos: torch.Tensor  # int64 [T] (shared by every row), or [B, T] per row when paged
+    length: int  # max(pos) + 1: the positions attention spans (a contiguous cache reads 0 .. length - 1)
     cached: bool = False  # write and read a KV cache
     pages_BP: torch.Tensor | None = None  # paged cache: each row's pages
-    kv_len: int = 0  # contiguous cache: positions a query may read (max(pos) + 1)
 
     @classmethod
     def causal(cls, T: int, device=None) -> "Positions":
-        return cls(torch.arange(T, device=device))
+        return cls(torch.arange(T, device=device), T)
 
     @classmethod
     def at(cls, pos_T: torch.Tensor) -> "Positions":
         if pos_T.dim() != 1 or not pos_T.numel():
             raise ValueError(f"cache positions must be a non-empty 1-D tensor [T], got shape {tuple(pos_T.shape)}")
-        return cls(pos_T, cached=True, kv_len=int(pos_T.max()) + 1)
+        return cls(pos_T, int(pos_T.max()) + 1, cached=True)  # the one device sync of a cached step
 
     @classmethod
     def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor) -> "Positions":
         if pos_BT.dim() != 2 or pages_BP.dim() != 2 or pages_BP.shape[0] != pos_BT.shape[0]:
             raise ValueError(f"paged positions need pos [B, T] and pages [B, P], got {tuple(pos_BT.shape)} "
                              f"and {tuple(pages_BP.shape)}")
-        return cls(pos_BT, cached=True, pages_BP=pages_BP)
+        return cls(pos_BT, int(pos_BT.max()) + 1 if pos_BT.numel() else 0, cached=True, pages_BP=pages_BP)
 
     @property
     def paged_rows(self) -> bool:
@@ -63,9 +63,8 @@ class Positions:
         if tuple(self.pos.shape) != want:
             raise ValueError(f"positions must have shape {list(want)} for a batch of {B} x {T} tokens, "
                              f"got {list(self.pos.shape)}")
-        last = int(self.pos.max()) if self.pos.numel() else -1
-        if last >= max_seq_len:
-            raise ValueError(f"position {last} is past max_seq_len {max_seq_len}"
+        if self.length > max_seq_len:
+            raise ValueError(f"position {self.length - 1} is past max_seq_len {max_seq_len}"
                              if self.cached else f"sequence of {T} tokens exceeds max_seq_len {max_seq_len}")
         if not self.cached:
             return
@@ -75,15 +74,8 @@ class Positions:
         if self.paged_rows != hasattr(cache, "page_size"):
             raise ValueError(f"{'paged' if self.paged_rows else 'contiguous'} positions given, but the model's "
                              f"cache is {type(cache).__name__}")
-        if not self.paged_rows and self.kv_len > cache.max_len:
-            raise ValueError(f"position {self.kv_len - 1} is past the KV cache's {cache.max_len} positions")
-
-    @property
-    def length(self) -> int:
-        """How many positions the attention spans: what dynamic RoPE scaling sizes its tables by."""
-        if self.cached and not self.paged_rows:
-            return self.kv_len
-        return int(self.pos.max()) + 1 if self.pos.numel() else 0
+        if not self.paged_rows and self.length > cache.max_len:
+            raise ValueError(f"position {self.length - 1} is past the KV cache's {cache.max_len} positions")
 
     def rope(self, cos_table: torch.Tensor, sin_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rotary tables at these positions: [T, d/2], or [B, T, d/2] per row (padding at 0)."""

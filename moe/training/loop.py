@@ -213,8 +213,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
         data_gen.set_state(state["data_rng"])
         step, train_time, hist = state["step"], state["train_time_s"], History(**state["history"])
         if cfg.time_budget_s and step > FIRST_FIT[1]:  # keep the schedule fitted so far; else obey max_steps
-            max_steps = state["max_steps"]
-        expert_tokens = state["expert_tokens"]
+            max_steps = state.get("max_steps", max_steps)
+        # distributed checkpoints written before the loops were one kept neither of these
+        expert_tokens = state.get("expert_tokens", expert_tokens)
         say(f"resumed from {step_dir} at step {step}{note}")
 
     def save() -> pathlib.Path:
