@@ -113,6 +113,7 @@ class _Budget:
     def __init__(self, cfg: TrainConfig, step: int, train_time: float):
         self.budget = cfg.time_budget_s
         self.mark = (step, train_time) if step >= FIRST_FIT[0] else None  # where the step-time window starts
+        self.per_step: float | None = None  # seconds per step at the last fit
 
     def before_step(self, step: int, train_time: float) -> None:
         if step == FIRST_FIT[0]:

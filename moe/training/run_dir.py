@@ -198,20 +198,21 @@ def _step_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted((p for p in run_dir.glob("step-*") if re.fullmatch(r"step-\d+(\.\d+)?", p.name)), key=key)
 
 
-def verify(path: pathlib.Path) -> None:
-    """Raise a RunDirError naming `path` if it differs from the checksum its step directory recorded
-    (checkpoints written before checksums existed carry none and are read unchecked)."""
-    path = pathlib.Path(path)
-    sums_file = path.parent / CHECKSUMS
+def _recorded(step_dir: pathlib.Path) -> dict | None:
+    """The checksums a step directory recorded at save, or None for one written before checksums."""
+    sums_file = step_dir / CHECKSUMS
     if not sums_file.exists():
-        return
+        return None
     try:
-        sums = json.loads(sums_file.read_text())
+        return json.loads(sums_file.read_text())
     except (OSError, ValueError) as e:
         raise RunDirError(f"{sums_file}: unreadable ({e}); the checkpoint is damaged") from None
+
+
+def _check_file(path: pathlib.Path, sums: dict) -> None:
     want = sums.get(path.name)
     if want is None:
-        raise RunDirError(f"{path}: not listed in {sums_file}; the checkpoint is damaged")
+        raise RunDirError(f"{path}: not listed in {path.parent / CHECKSUMS}; the checkpoint is damaged")
     if not path.exists():
         raise RunDirError(f"{path}: missing; the checkpoint is damaged")
     size = path.stat().st_size
@@ -223,12 +224,22 @@ def verify(path: pathlib.Path) -> None:
                           "the file was changed or damaged after it was written")
 
 
+def verify(path: pathlib.Path) -> None:
+    """Raise a RunDirError naming `path` if it differs from the checksum its step directory recorded
+    (checkpoints written before checksums existed carry none and are read unchecked)."""
+    path = pathlib.Path(path)
+    sums = _recorded(path.parent)
+    if sums is not None:
+        _check_file(path, sums)
+
+
 def verify_all(step_dir) -> None:
-    """verify() every file a step directory recorded (a distributed checkpoint: any rank may read any)."""
+    """verify() every file a step directory recorded (a distributed checkpoint: any rank may read any),
+    reading checksums.json once."""
     step_dir = pathlib.Path(step_dir)
-    if (step_dir / CHECKSUMS).exists():
-        for name in json.loads((step_dir / CHECKSUMS).read_text()):
-            verify(step_dir / name)
+    sums = _recorded(step_dir)
+    for name in sums or ():
+        _check_file(step_dir / name, sums)
 
 
 def latest(run_dir) -> pathlib.Path | None:
