@@ -7,7 +7,9 @@ The public API: import these names from `moe`, never from the wings inside, whic
     config     ModelConfig, TrainConfig, load_config, load_train_config, preset_names, Layout, parse_layout
     model      MoETransformer, Block, ModelOutput, Attention, KVCache, PagedKVCache, Positions, MoELayer,
                moe_layer_reference, TopKRouter, route, RouterOutput
-    training   train, TrainingError, save_checkpoint, load_model, load_weights, read_config
+    data       prepare, TokenDataset, load_tokenizer (bytes, bpe:N, cl100k_base, Hugging Face)
+    training   train, TrainingError, save_checkpoint, load_model, load_weights, read_config,
+               convert_from_hf, convert_to_hf (Mixtral-layout checkpoints)
     serving    generate, Engine, Request, Result, RequestError, SamplingParams
     parallel   train_distributed (under torchrun), parallelize
     estimates  count_params, forward_flops_per_token, print_figures (no torch)
@@ -24,8 +26,10 @@ from moe.layout import Layout, parse_layout
 _LAZY = {
     **dict.fromkeys(["MoETransformer", "Block", "ModelOutput", "Attention", "KVCache", "PagedKVCache", "Positions",
                      "MoELayer", "moe_layer_reference", "TopKRouter", "route", "RouterOutput"], "moe.model"),
-    **dict.fromkeys(["train", "TrainingError", "save_checkpoint", "load_model", "load_weights", "read_config"],
-                    "moe.training"),
+    **dict.fromkeys(["TokenDataset", "load_tokenizer"], "moe.data"),
+    "prepare": "moe.data.prepare",
+    **dict.fromkeys(["train", "TrainingError", "save_checkpoint", "load_model", "load_weights", "read_config",
+                     "convert_from_hf", "convert_to_hf"], "moe.training"),
     **dict.fromkeys(["generate", "Engine", "Request", "Result", "RequestError", "SamplingParams"], "moe.serving"),
     "train_distributed": "moe.parallel.trainer",
     "parallelize": "moe.parallel.parallelize",

@@ -1,4 +1,4 @@
-"""Command line: python -m moe {train, generate, serve-bench, figures} --help
+"""Command line: python -m moe {prepare, train, generate, serve-bench, convert, figures} --help
 
 Exit codes: 0 done; 2 bad input, refused before any work (a bad flag or file, a locked or unwritable
 run directory, a damaged checkpoint, changed settings on --resume); 3 training stopped by a loss or
@@ -66,6 +66,8 @@ def cmd_train(args) -> int:
             train_over[flag] = getattr(args, flag)
     if args.expert_backend:
         model_over["expert_backend"] = args.expert_backend
+    if args.data is not None:
+        _vocab_follows_data(args.data, model_over)
     model_cfg = load_config(args.config, **model_over)
     if args.dense:
         model_cfg = model_cfg.dense_twin()
@@ -74,7 +76,7 @@ def cmd_train(args) -> int:
                                                                       "schedule", "first_stage_layers", "sharding")})
     out = args.out or f"runs/{model_cfg.name}"
     world = int(os.environ.get("WORLD_SIZE", 1))
-    loop_args = dict(resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+    loop_args = dict(data=args.data, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
                      init_from=args.init_from, device=args.device, progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
         summary = _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
@@ -84,6 +86,34 @@ def cmd_train(args) -> int:
         print(f"training {model_cfg.name} -> {out}")
         summary = train(model_cfg, train_cfg, out, **loop_args)
     return EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK
+
+
+def _vocab_follows_data(data, model_over: dict) -> None:
+    """vocab_size follows the data's tokenizer unless given with --set (then it must hold it: the
+    training loop checks)."""
+    from moe.data import open_data
+
+    if "vocab_size" not in model_over:
+        model_over["vocab_size"] = open_data(data, 0.05).tokenizer.vocab_size
+
+
+def cmd_prepare(args) -> int:
+    from moe.data.prepare import prepare
+
+    prepare(args.data, args.tokenizer, args.out, val_data=args.val_data or (), val_fraction=args.val_fraction,
+            on_bad=args.on_bad, overwrite=args.overwrite, shard_tokens=args.shard_tokens,
+            progress=None if not args.no_progress else False)
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from moe.training import hf_mixtral
+
+    if args.from_hf:
+        hf_mixtral.from_hf(args.from_hf, args.out, overwrite=args.overwrite)
+    else:
+        hf_mixtral.to_hf(args.to_hf, args.out, overwrite=args.overwrite)
+    return EXIT_OK
 
 
 def _holds_distributed_checkpoint(path) -> bool:
@@ -139,18 +169,34 @@ def _load(path, args):
     return load_model(path, _device(args), **overrides)
 
 
+def _tokenizer(checkpoint, draft_checkpoint=None):
+    """The checkpoint's own tokenizer; a draft model must share it."""
+    from moe.data import tokenizer as tokenizers
+    from moe.training.run_dir import resolve
+
+    tok = tokenizers.load(resolve(checkpoint))
+    if draft_checkpoint is not None:
+        draft = tokenizers.load(resolve(draft_checkpoint))
+        if draft.fingerprint != tok.fingerprint:
+            raise ValueError(f"--draft-checkpoint {draft_checkpoint} uses the {draft.describe()} tokenizer, "
+                             f"--checkpoint {checkpoint} the {tok.describe()} one: speculative decoding needs one")
+    return tok
+
+
 def cmd_generate(args) -> int:
     """The text, then one line of statistics: tokens, time, tokens/s (and the draft's acceptance)."""
     import random
     import time
 
-    from moe.data import decode, encode
     from moe.serving import Engine, Request
 
     sampling = _sampling(args)
+    tok = _tokenizer(args.checkpoint, args.draft_checkpoint)
     model = _load(args.checkpoint, args)
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    prompt = encode(args.prompt)
+    prompt = tok.encode(args.prompt)
+    if not prompt:
+        raise ValueError("--prompt is empty: give at least one character to continue")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed)
     engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens)  # pages for one full sequence
@@ -159,7 +205,7 @@ def cmd_generate(args) -> int:
     seconds = time.perf_counter() - t
     if isinstance(result, Exception):
         raise result
-    print(decode(prompt + result.tokens))
+    print(tok.decode(prompt + result.tokens))
     n = len(result.tokens)
     stats = (f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
              f"{result.target_forwards} target forwards")
@@ -181,7 +227,9 @@ def cmd_serve_bench(args) -> int:
     sampling = _sampling(args)
     if args.out:
         prepare(args.out)  # an unwritable --out fails now, not after the replay
+    tok = None
     if args.checkpoint:
+        tok = _tokenizer(args.checkpoint, args.draft_checkpoint)
         model = _load(args.checkpoint, args)
     else:
         from moe.config import load_config
@@ -192,7 +240,7 @@ def cmd_serve_bench(args) -> int:
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
                     max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
-    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed)
+    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
     summary = replay.replay(engine, requests, args.rate, args.seed)
     summary["setup"] = {**environment(torch.cuda.is_available()), "config": model.cfg.name, "checkpoint": args.checkpoint,
                         "draft": args.draft_checkpoint, "draft_tokens": args.draft_tokens if draft else None,
@@ -222,8 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seq-len", type=POSITIVE_INT, help="sequence length for --layout (default: the config's max_seq_len)")
     f.set_defaults(func=cmd_figures)
 
-    t = sub.add_parser("train", help="train on the bundled Shakespeare corpus (byte-level)")
+    d = sub.add_parser("prepare", help="tokenize your text into a dataset of memory-mapped shards for train --data")
+    d.add_argument("--data", nargs="+", required=True, metavar="PATH", help="text files, directories of them, "
+                   "JSONL files (a \"text\" field per line), .gz of these, or 'shakespeare' (the bundled corpus)")
+    d.add_argument("--tokenizer", default="bytes", help="bytes (default), bpe:N (a byte-level BPE of N tokens "
+                   "learned from the training documents) or cl100k_base (GPT-4's; tiktoken)")
+    d.add_argument("--out", required=True, help="the dataset directory, e.g. data/NAME")
+    d.add_argument("--val-data", nargs="+", metavar="PATH", help="the validation documents (else: --val-fraction "
+                   "of the documents, chosen by a hash of their names)")
+    d.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    d.add_argument("--on-bad", choices=("stop", "skip"), default="stop",
+                   help="an empty, unreadable or non-UTF-8 file: stop (default, before writing anything) or skip it")
+    d.add_argument("--shard-tokens", type=POSITIVE_INT, default=100_000_000, help="tokens per shard file")
+    d.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", help="train on the bundled Shakespeare corpus (byte-level) or a prepared dataset")
     t.add_argument("--config", default="tiny", help="preset name or .toml path")
+    t.add_argument("--data", help="a dataset written by `prepare` (default: the bundled corpus, byte-level); "
+                   "vocab_size follows its tokenizer")
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)")
@@ -264,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a checkpoint through the KV cache")
     g.add_argument("--checkpoint", required=True, help="run directory (uses its latest step) or a step directory")
     g.add_argument("--prompt", default="\n", help="text to continue")
-    g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="bytes to generate")
+    g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="tokens to generate")
     g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this much probability")
@@ -284,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
     s.add_argument("--rate", type=POSITIVE_FLOAT, default=4.0, help="mean arrivals per second (Poisson)")
     s.add_argument("--requests", type=POSITIVE_INT, default=32, help="requests to replay")
-    s.add_argument("--prompt-len", type=POSITIVE_INT, default=32, help="prompt bytes (slices of the held-out text)")
+    s.add_argument("--prompt-len", type=POSITIVE_INT, default=32, help="prompt tokens (slices of the held-out text)")
     s.add_argument("--max-new-tokens", type=POSITIVE_INT, default=64, help="new tokens per request")
     s.add_argument("--kv-budget-mb", type=POSITIVE_FLOAT, default=16.0, help="KV cache memory (MiB) for all sequences")
     s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
@@ -300,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="file name stem (default serve-<config>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")
     s.set_defaults(func=cmd_serve_bench)
+
+    c = sub.add_parser("convert", help="Hugging Face Mixtral checkpoints to ours (--from-hf) and back (--to-hf)")
+    way = c.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR", help="a MixtralForCausalLM directory: config.json, safetensors "
+                     "(sharded or not) and tokenizer.json; --out is then a run directory of ours")
+    way.add_argument("--to-hf", metavar="CHECKPOINT", help="a run or step directory of ours (SwiGLU, untied, "
+                     "dropless); --out is then the Hugging Face directory")
+    c.add_argument("--out", required=True, help="where to write")
+    c.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    c.set_defaults(func=cmd_convert)
     return p
 
 

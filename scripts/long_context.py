@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from moe.config import load_train_config  # noqa: E402
-from moe.data import load_corpus, split_corpus  # noqa: E402
+from moe.data import bundled_split  # noqa: E402
 from moe.model import MoETransformer  # noqa: E402
 from moe.profiling.timing import device_slug, environment  # noqa: E402
 from moe.training import load_weights, read_config, train  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
     torch.manual_seed(0)
     base_cfg, _ = read_config(args.base)
     bucket = base_cfg.max_seq_len
-    _, val = split_corpus(load_corpus(), load_train_config("tiny").val_fraction)
+    val = torch.frombuffer(bytearray(bundled_split(load_train_config("tiny").val_fraction)[1]), dtype=torch.uint8)
     results = {"base": str(args.base), "trained_at": base_cfg.max_seq_len, "length": args.length,
                "fine_tune_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "variants": {}}
     short = MoETransformer(base_cfg)

@@ -4,6 +4,7 @@ and carry the measurements to the leaked inference and training clusters.
     python scripts/profile_model.py --config gpt4 --layers 2 --tp 8            # every mode, on a GPU
     python scripts/profile_model.py --config gpt4 --layers 1 --mode decode --context 8192 --batches 1,8,64
     python scripts/profile_model.py                                              # on a CPU: width / 32
+    python scripts/profile_model.py --checkpoint runs/mixtral --mode decode    # a checkpoint's real shape
 
 What runs (moe/profiling/steps.py): N layers of the config's 1/tp shard (query heads and every expert's
 d_ff split; the K/V head, norms and router whole), random bf16 weights, the model's own Block code
@@ -27,6 +28,9 @@ Outputs under --out (default bench/results/<device>/): profile_<config>_L<N>.jso
 printed, plus device, versions and date), profile_<config>_L<N>.png, and Chrome traces
 trace_<config>_L<N>_<mode>.json.gz (open in https://ui.perfetto.dev or chrome://tracing).
 On a CPU the same code runs at width / --scale in float32 and says that real figures need a GPU.
+With --checkpoint (e.g. a converted Mixtral), the layers take that checkpoint's shape and, whole
+(tp 1, scale 1: the defaults then), its first --layers layers' weights, so routing is the trained one;
+prompt and contexts default to its max_seq_len.
 """
 
 from __future__ import annotations
@@ -101,8 +105,23 @@ def measure_point(mode: str, fn, sizes: dict, attended: float, kv_rows: int, sha
     return point
 
 
+def load_layer_weights(layers, checkpoint) -> None:
+    """The checkpoint's blocks.0 .. blocks.N-1 into the N layers (the same shapes: tp 1, scale 1)."""
+    from safetensors import safe_open
+
+    from moe.training.run_dir import resolve
+
+    with safe_open(str(resolve(checkpoint) / "model.safetensors"), "pt") as st:
+        for i, layer in enumerate(layers):
+            prefix = f"blocks.{i}."
+            state = {k[len(prefix):]: st.get_tensor(k) for k in st.keys() if k.startswith(prefix)}
+            layer.load_state_dict(state)
+
+
 def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, tag: str) -> list[dict]:
     layers = build_layers(shard, args.layers, device, dtype)
+    if args.checkpoint and args.tp == 1 and args.scale == 1:
+        load_layer_weights(layers, args.checkpoint)
     steps = Steps(layers, shard, device, dtype)
     common = dict(shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps, cuda=cuda)
     points = []
@@ -325,6 +344,7 @@ def plot(report: dict, path: pathlib.Path) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="gpt4")
+    p.add_argument("--checkpoint", help="profile this checkpoint's shape (and weights) instead of --config")
     p.add_argument("--layers", type=int, default=1, help="layers to materialize (default 1)")
     p.add_argument("--tp", type=int, default=8, help="tensor-parallel degree whose 1/tp shard one GPU holds")
     p.add_argument("--mode", default="all", choices=("all", "prefill", "decode", "train"))
@@ -342,17 +362,25 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    scale = args.scale or (1 if cuda else 32)
-    args.tokens = args.tokens or 8192 // scale
+    if args.checkpoint:
+        from moe.training import read_config
+
+        full, _ = read_config(args.checkpoint)
+        args.config, args.tp, args.scale = full.name, args.tp if "--tp" in (argv or sys.argv) else 1, args.scale or 1
+        length = full.max_seq_len
+    else:
+        full, length = load_config(args.config), 8192
+    scale = args.scale = args.scale or (1 if cuda else 32)
+    args.tokens = args.tokens or length // scale
     args.seq_len = args.seq_len or args.tokens
-    args.contexts = [int(c) for c in args.context.split(",")] if args.context else [8192 // scale, 32768 // scale]
+    default_contexts = [length // 2 - 1, length - 1] if args.checkpoint else [8192 // scale, 32768 // scale]
+    args.contexts = [int(c) for c in args.context.split(",")] if args.context else default_contexts
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.max_batch = args.max_batch or (4096 if cuda else 16)
     args.reps = args.reps or (20 if cuda else 3)
     args.modes = ("prefill", "decode", "train") if args.mode == "all" else (args.mode,)
     if args.layers < 1 or args.tp < 1:
         p.error("--layers and --tp must be >= 1")
-    full = load_config(args.config)
     max_len = max([args.tokens, args.seq_len, *(c + 1 for c in args.contexts)])
     try:
         cfg = scaled_config(full, scale, max_len)
@@ -377,6 +405,13 @@ def main(argv=None) -> dict:
     points = run_modes(args, shard, device, dtype, cuda, here, out, tag)
 
     # The cluster, twice: from this run's layer times (a GPU only), and predicted from the roofline.
+    # It is the leak's 128-GPU cluster (tp8 x pp16): a checkpoint of another shape only has its layers timed.
+    if args.checkpoint:
+        report = dict(meta=meta, points=points)
+        print(points_table(points))
+        print("\n" + breakdown_table(points))
+        (out / f"profile_{tag}.json").write_text(json.dumps(report, indent=1))
+        return report
     full_shard = dataclasses.replace(X.shard_shape(full, args.tp), n_layers=1)
     gpus = dict(X.GPUS)
     measured = None

@@ -249,7 +249,7 @@ def test_checksum_verification_costs_little(tmp_path):
     benchmark, not asserted here)."""
     run(tmp_path, max_steps=2)
     sums = json.loads((run_dir.latest(tmp_path) / "checksums.json").read_text())
-    assert set(sums) == {"model.safetensors", "config.json", "trainer.pt"}
+    assert set(sums) == {"model.safetensors", "config.json", "trainer.pt", "tokenizer.moe.json"}
 
 
 # 7. numbers and token ids ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from moe.training.run_dir import publish, temp_dir, verify_all
 
 
 def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainConfig, layout,
-         trainer_state: dict, step: int) -> pathlib.Path:
+         trainer_state: dict, step: int, files: dict[str, bytes] | None = None) -> pathlib.Path:
     """Every rank calls this together. Returns the step directory."""
     run_dir = pathlib.Path(run_dir)
     rank0 = dist.get_rank() == 0
@@ -51,6 +51,8 @@ def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainCon
         config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout)}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         torch.save(trainer_state, tmp / "trainer.pt")
+        for name, content in (files or {}).items():  # e.g. the tokenizer
+            (tmp / name).write_bytes(content)
         final = [publish(run_dir, tmp, step)]
     else:
         final = [None]

@@ -180,9 +180,9 @@ class DistributedTrainer:
             return bad or ["(a parameter on another rank)"]
         return []
 
-    def save(self, out_dir: pathlib.Path, state: dict, step: int) -> pathlib.Path:
+    def save(self, out_dir: pathlib.Path, state: dict, step: int, files: dict[str, bytes]) -> pathlib.Path:
         return dist_checkpoint.save(out_dir, self.module, self.optimizer, self.model_cfg, self.train_cfg,
-                                    self.par.layout, dict(state, layout=self.par.layout.describe()), step)
+                                    self.par.layout, dict(state, layout=self.par.layout.describe()), step, files)
 
     def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
         if not run_dir.is_distributed(step_dir):

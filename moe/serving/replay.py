@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from moe.data import load_corpus, split_corpus
+from moe.data import ByteTokenizer, Tokenizer, bundled_split
 from moe.serving.engine import Engine
 from moe.serving.request import Request
 
@@ -34,8 +34,13 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
-def make_requests(n: int, prompt_len: int, max_new_tokens: int, sampling: dict, seed: int) -> list[Request]:
-    _, val = split_corpus(load_corpus(), 0.05)
+def make_requests(n: int, prompt_len: int, max_new_tokens: int, sampling: dict, seed: int,
+                  tokenizer: Tokenizer | None = None) -> list[Request]:
+    """n prompts of prompt_len tokens: slices of the held-out text in the model's tokenizer (bytes by default)."""
+    text = bundled_split(0.05)[1].decode("utf-8")
+    val = np.asarray((tokenizer or ByteTokenizer()).encode(text))
+    if len(val) <= prompt_len:
+        raise ValueError(f"prompt_len {prompt_len} exceeds the {len(val)} held-out tokens")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(val) - prompt_len, n)
     return [Request(val[s:s + prompt_len].tolist(), max_new_tokens, sampling=sampling, seed=seed + i)

@@ -4,6 +4,7 @@
       model.safetensors     the weights (a tied output head is stored once, as the embedding)
       config.json           model and training config
       trainer.pt            optimizer state, step, RNG states, data position, history
+      tokenizer.moe.json    the tokenizer its token ids mean (moe/data/tokenizer.py; absent: bytes)
 
 Loading also reads the distributed checkpoints of moe/parallel/checkpoint.py, whole, into one process.
 """
@@ -32,17 +33,29 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
-                    trainer_state: dict | None = None, step: int = 0) -> pathlib.Path:
+                    trainer_state: dict | None = None, step: int = 0, files: dict[str, bytes] | None = None
+                    ) -> pathlib.Path:
+    """A step directory: the model's weights, config.json, trainer.pt (given trainer_state) and
+    `files` (name -> content, e.g. tokenizer.moe.json), published whole (moe/training/run_dir.py)."""
+    return save_weights(run_dir, _weights(model), model_cfg, train_cfg, trainer_state, step, files)
+
+
+def save_weights(run_dir, weights: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                 train_cfg: TrainConfig | None = None, trainer_state: dict | None = None, step: int = 0,
+                 files: dict[str, bytes] | None = None) -> pathlib.Path:
+    """save_checkpoint from a state dict (our parameter names) instead of a model."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_weights(model), str(tmp / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     config = {"model": model_cfg.to_dict(), "train": None if train_cfg is None else vars(train_cfg)}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
+    for name, content in (files or {}).items():
+        (tmp / name).write_bytes(content)
     return publish(run_dir, tmp, step)
 
 

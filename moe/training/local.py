@@ -66,9 +66,9 @@ class LocalTrainer:
     def nonfinite_weights(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
 
-    def save(self, out_dir: pathlib.Path, state: dict, step: int) -> pathlib.Path:
+    def save(self, out_dir: pathlib.Path, state: dict, step: int, files: dict[str, bytes]) -> pathlib.Path:
         state = dict(state, optimizer=self.optimizer.state_dict(), torch_rng=torch.get_rng_state())
-        return checkpoint.save_checkpoint(out_dir, self.model, self.model_cfg, self.train_cfg, state, step)
+        return checkpoint.save_checkpoint(out_dir, self.model, self.model_cfg, self.train_cfg, state, step, files)
 
     def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
         if is_distributed(step_dir):

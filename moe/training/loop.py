@@ -38,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from moe.config import ModelConfig, TrainConfig
-from moe.data import get_batch, load_corpus, split_corpus
+from moe.data import TokenDataset, get_batch, open_data
+from moe.data import tokenizer as tokenizers
 from moe.training import checkpoint, run_dir
 from moe.training.local import LocalTrainer
 from moe.training.optim import lr_at
@@ -131,7 +132,7 @@ class _Budget:
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
-          allow_changes: bool = False, init_from=None, device: str | None = None, corpus=None,
+          allow_changes: bool = False, init_from=None, device: str | None = None, data=None,
           progress: bool | None = None, plot: bool = True, log=print, build=None) -> dict:
     """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
 
@@ -141,11 +142,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     changed training settings (they break "continues as if never stopped") unless allow_changes=True.
     init_from: a fresh run that starts from a checkpoint's weights (e.g. to extend its context: see
     check_extension); new optimizer, step 0, this run's schedule.
+    data: a prepared dataset directory (moe/data/dataset.py), or a TokenDataset; None: the bundled
+    corpus, byte-level. Its tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
     with _own(out_dir):
         return _train(model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                      init_from=init_from, device=device, corpus=corpus, progress=progress, plot=plot, log=log,
+                      init_from=init_from, device=device, data=data, progress=progress, plot=plot, log=log,
                       build=build)
 
 
@@ -173,8 +176,26 @@ def check_extension(model_cfg: ModelConfig, init_from) -> None:
                          f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}")
 
 
-def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, corpus, progress, plot,
+def check_tokenizer(model_cfg: ModelConfig, dataset: TokenDataset, checkpoint_dir=None) -> None:
+    """The model's vocabulary must hold the data's tokens, and a checkpoint to continue from must
+    have been trained with the same tokenizer."""
+    tok = dataset.tokenizer
+    if model_cfg.vocab_size < tok.vocab_size:
+        raise ValueError(f"vocab_size {model_cfg.vocab_size} of config {model_cfg.name!r} cannot hold the "
+                         f"{tok.describe()} tokenizer of dataset {dataset.name}: the CLI sets vocab_size from the "
+                         f"data; give --set vocab_size={tok.vocab_size} (or larger, to pad)")
+    if checkpoint_dir is not None:
+        saved = tokenizers.load(run_dir.resolve(checkpoint_dir))
+        if saved.fingerprint != tok.fingerprint:
+            raise ValueError(f"{checkpoint_dir} was trained with the {saved.describe()} tokenizer, dataset "
+                             f"{dataset.name} uses {tok.describe()}: its token ids mean different text")
+
+
+def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot,
            log, build):
+    dataset = data if isinstance(data, TokenDataset) else open_data(data, cfg.val_fraction)
+    dataset.check_seq_len(cfg.seq_len)
+    check_tokenizer(model_cfg, dataset, init_from)
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
                          "(--set max_seq_len=...) with rope_scaling to extend a model's context")
@@ -186,6 +207,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     stale = not resume and run_dir.check_fresh(out_dir, overwrite)
     if resume:
         step_dir = run_dir.resolve(out_dir)
+        check_tokenizer(model_cfg, dataset, step_dir)
         saved_cfg, saved_train = checkpoint.read_config(step_dir)
         changed = changed_settings(saved_train, cfg)
         shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -197,7 +219,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     say = log if trainer.is_main else (lambda *a, **k: None)
     if stale and trainer.is_main:
         run_dir.remove_checkpoints(out_dir)
-    train_data, val_data = split_corpus(load_corpus(corpus), cfg.val_fraction)
+    train_data, val_data = dataset.train, dataset.val
+    tokenizer_file = {tokenizers.FILE: dataset.tokenizer.to_bytes()}  # saved beside the weights
+    per_token = dataset.tokenizer.kind != "bytes"  # then also log bits per byte (bytes: nats/token = nats/byte)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
     eval_batches = [get_batch(val_data, cfg.batch_size, cfg.seq_len, eval_gen) for _ in range(cfg.eval_batches)]
     data_gen = torch.Generator().manual_seed(cfg.seed)
@@ -228,7 +252,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
                                 f"without saving. Last good checkpoint: {last_good()}")
         state = dict(step=step, train_time_s=train_time, max_steps=max_steps, history=vars(hist),
                      data_rng=data_gen.get_state(), expert_tokens=expert_tokens)
-        return trainer.save(out_dir, state, step)
+        return trainer.save(out_dir, state, step, tokenizer_file)
 
     def last_good() -> str:
         held = run_dir.latest(out_dir)
@@ -280,6 +304,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
                 hist.add(step, step * tokens_per_step, train_time, running / n_running, val)
                 running, n_running = 0.0, 0
                 msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
+                       + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")
                        + (f"grad norm {norm:.3f}  " if norm is not None else "")
                        + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
                        + (f"  load max/mean {balance:.2f}" if balance is not None else ""))
@@ -295,7 +320,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     summary = {
         "config": model_cfg.name, "steps": step, "max_steps": max_steps, "tokens": step * tokens_per_step,
         "train_time_s": round(train_time, 2), "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),
-        "final_val_loss": hist.val_loss[-1] if hist.val_loss else None, "interrupted": interrupted,
+        "final_val_loss": hist.val_loss[-1] if hist.val_loss else None,
+        "final_val_bits_per_byte": dataset.bits_per_byte(hist.val_loss[-1]) if hist.val_loss else None,
+        "data": dataset.name, "tokenizer": dataset.tokenizer.describe(), "interrupted": interrupted,
         "checkpoint": str(saved), "history": vars(hist), "expert_tokens": expert_tokens.tolist(),
         **trainer.describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }

@@ -43,8 +43,9 @@ class Trainer(Protocol):
     def nonfinite_weights(self) -> list[str]:
         """Names of parameters holding inf or NaN (on any process)."""
 
-    def save(self, out_dir: pathlib.Path, state: dict, step: int) -> pathlib.Path:
-        """A checkpoint of the weights, the optimizer and the loop's `state`; returns its step directory."""
+    def save(self, out_dir: pathlib.Path, state: dict, step: int, files: dict[str, bytes]) -> pathlib.Path:
+        """A checkpoint of the weights, the optimizer, the loop's `state` and `files` (name -> content,
+        e.g. the tokenizer); returns its step directory."""
 
     def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
         """Restore the weights and the optimizer; return the loop's state and a note for the log."""

@@ -1,0 +1,150 @@
+"""A prepared dataset: token ids in memory-mapped shards, read window by window, never loaded whole.
+
+    data/NAME/
+      dataset.json          format, tokenizer, dtype, per split: shards (file, tokens, sha256), tokens,
+                            documents, bytes of text; sources (path, sha256, bytes); what was skipped
+      tokenizer.moe.json    the tokenizer (moe/data/tokenizer.py)
+      train-00000.bin ...   token ids, raw little-endian uint16 (vocab <= 65,536) or uint32, the
+      val-00000.bin ...     documents one after another (with <|endoftext|> between them where the
+                            tokenizer has one); nanoGPT's convention
+
+`python -m moe prepare` writes one (moe/data/prepare.py). A split is one long token stream over its
+shards: a training window may cross a shard boundary. The bundled corpus is the same thing in memory
+(TokenDataset.bundled), split as it always was: the last val_fraction of its bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe.data import tokenizer as tokenizers
+from moe.data.tokenizer import ByteTokenizer, Tokenizer
+
+CORPUS = pathlib.Path(__file__).resolve().parent / "shakespeare.txt.gz"
+BUNDLED = "shakespeare"  # the name `prepare --data` and `train --data` know the bundled corpus by
+META = "dataset.json"
+FORMAT = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+class TokenArray:
+    """A read-only token stream over one or more arrays (memory-mapped shards, or arrays in memory)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def window(self, start: int, n: int) -> np.ndarray:
+        """Tokens [start, start + n), joined across shard boundaries."""
+        if not 0 <= start <= start + n <= len(self):
+            raise IndexError(f"window [{start}, {start + n}) outside a stream of {len(self)} tokens")
+        out, i = [], int(np.searchsorted(self.starts, start, side="right")) - 1
+        while n > 0:
+            offset = start - int(self.starts[i])
+            piece = self.parts[i][offset: offset + n]
+            out.append(piece)
+            start, n, i = start + len(piece), n - len(piece), i + 1
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def get_batch(data: TokenArray, batch_size: int, seq_len: int, generator: torch.Generator):
+    """Random windows: inputs x [B, T] and next-token targets y [B, T], int64."""
+    if len(data) <= seq_len:
+        raise ValueError(f"a split of {len(data)} tokens is too short for seq_len {seq_len}")
+    starts = torch.randint(len(data) - seq_len, (batch_size,), generator=generator)
+    windows = torch.from_numpy(np.stack([data.window(s, seq_len + 1) for s in starts.tolist()]).astype(np.int64))
+    return windows[:, :-1], windows[:, 1:]
+
+
+@dataclass
+class TokenDataset:
+    name: str
+    tokenizer: Tokenizer
+    train: TokenArray
+    val: TokenArray
+    val_bytes: int  # UTF-8 bytes of the validation text: bits per byte = nats per token * tokens / bytes / ln 2
+
+    @property
+    def val_tokens_per_byte(self) -> float:
+        return len(self.val) / self.val_bytes
+
+    def bits_per_byte(self, nats_per_token: float) -> float:
+        return nats_per_token * self.val_tokens_per_byte / math.log(2)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        for split, arr in (("train", self.train), ("validation", self.val)):
+            if len(arr) <= seq_len:
+                raise ValueError(f"dataset {self.name}: its {split} split holds {len(arr)} tokens, too short for "
+                                 f"seq_len {seq_len} (it needs more than seq_len); use a shorter --seq-len or "
+                                 "more text")
+
+    @classmethod
+    def bundled(cls, val_fraction: float = 0.05) -> "TokenDataset":
+        """The bundled corpus, byte-level, in memory."""
+        train, val = bundled_split(val_fraction)
+        return cls(BUNDLED, ByteTokenizer(), TokenArray([np.frombuffer(train, np.uint8)]),
+                   TokenArray([np.frombuffer(val, np.uint8)]), len(val))
+
+    @classmethod
+    def open(cls, path) -> "TokenDataset":
+        """A prepared dataset directory, checked: format, tokenizer, every shard's size."""
+        path = pathlib.Path(path)
+        meta_file = path / META
+        if not meta_file.is_file():
+            hint = ("it is not a prepared dataset (python -m moe prepare --data ... --out DIR writes one)"
+                    if path.is_dir() else "no such directory")
+            raise ValueError(f"--data {path}: {hint}")
+        try:
+            meta = json.loads(meta_file.read_text())
+            dtype, splits = np.dtype(meta["dtype"]), meta["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{meta_file}: not a readable dataset description ({type(e).__name__}: {e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_file}: dataset format {meta.get('format')!r}, this version reads {FORMAT}")
+        tok = tokenizers.load(path)
+        if tok.fingerprint != meta.get("tokenizer", {}).get("fingerprint"):
+            raise ValueError(f"{path}: {tokenizers.FILE} is not the tokenizer the dataset was prepared with")
+        arrays = {}
+        for split in ("train", "val"):
+            parts = []
+            for shard in splits[split]["shards"]:
+                f = path / shard["file"]
+                size = f.stat().st_size if f.is_file() else None
+                if size != shard["tokens"] * dtype.itemsize:
+                    raise ValueError(f"{f}: {'missing' if size is None else f'{size} bytes'}, expected "
+                                     f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} tokens); "
+                                     "the dataset is damaged: prepare it again")
+                if shard["tokens"]:
+                    parts.append(np.memmap(f, dtype=dtype, mode="r"))
+            arrays[split] = TokenArray(parts)
+        return cls(path.name, tok, arrays["train"], arrays["val"], splits["val"]["bytes"])
+
+
+def bundled_split(val_fraction: float) -> tuple[bytes, bytes]:
+    """The bundled corpus's UTF-8 bytes, split before its last val_fraction (moved forward to a
+    character boundary)."""
+    raw = gzip.decompress(CORPUS.read_bytes())
+    cut = len(raw) - int(len(raw) * val_fraction)
+    while cut < len(raw) and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: not a boundary
+        cut += 1
+    return raw[:cut], raw[cut:]
+
+
+def open_data(data, val_fraction: float) -> TokenDataset:
+    """`train --data`: a prepared directory, or None / 'shakespeare' for the bundled corpus."""
+    if data is None or (str(data) == BUNDLED and not pathlib.Path(data).exists()):
+        return TokenDataset.bundled(val_fraction)
+    return TokenDataset.open(data)

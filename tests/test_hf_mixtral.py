@@ -1,0 +1,177 @@
+"""Hugging Face Mixtral checkpoints to and from ours, proven on transformers itself: a random
+MixtralForCausalLM built and saved by transformers converts to a model with the same logits,
+greedy tokens and expert choices; ours -> HF -> ours is bit for bit; what does not map is refused."""
+
+import json
+import pathlib
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import shrunk
+from moe.__main__ import main
+from moe.data import tokenizer as tokenizers
+from moe.model import MoETransformer
+from moe.serving import generate
+from moe.training import checkpoint, load_model
+from moe.training.hf_mixtral import ConversionError, from_hf, to_hf
+
+transformers = pytest.importorskip("transformers")
+QUIET = dict(log=lambda *_: None)
+HF_SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                max_position_embeddings=128, rope_theta=10000.0)
+
+
+def _hf_model(**overrides):
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(**{**HF_SHAPE, **overrides})
+    return transformers.MixtralForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random Mixtral saved by transformers in shards, with a byte-level BPE tokenizer.json."""
+    d = tmp_path_factory.mktemp("hf")
+    _hf_model().save_pretrained(d, max_shard_size="100KB")
+    assert (d / "model.safetensors.index.json").exists()  # sharded
+    tok = tokenizers.train_bpe(iter(["the quick brown fox jumps over the lazy dog. " * 40]), 300)
+    (d / "tokenizer.json").write_text(tok.to_hf_json())
+    return d
+
+
+@pytest.fixture(scope="module")
+def converted(hf_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ours")
+    from_hf(hf_dir, out, **QUIET)
+    return out
+
+
+def test_logits_and_expert_choices_match_transformers(hf_dir, converted):
+    hf = transformers.MixtralForCausalLM.from_pretrained(hf_dir).eval()
+    ours = load_model(converted).eval()
+    x = torch.randint(0, 300, (3, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs, mine = hf(x, output_router_logits=True), ours(x)
+    rel = ((theirs.logits - mine.logits).abs().max() / theirs.logits.abs().max()).item()
+    assert rel < 1e-5, rel
+    for layer, (logits, routing) in enumerate(zip(theirs.router_logits, mine.routing)):
+        chosen = logits.topk(2, dim=-1).indices.sort(dim=-1).values
+        assert torch.equal(chosen, routing.experts.sort(dim=-1).values), f"layer {layer}"
+
+
+def test_greedy_generation_matches_transformers(hf_dir, converted):
+    hf = transformers.MixtralForCausalLM.from_pretrained(hf_dir).eval()
+    ours = load_model(converted).eval()
+    prompt = [5, 17, 42, 99, 7]
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
+                             pad_token_id=0)[0, len(prompt):].tolist()
+    assert generate(ours, prompt, 24, greedy=True) == theirs
+
+
+def test_ours_to_hf_and_back_is_bit_for_bit(tmp_path):
+    cfg = shrunk("tiny", activation="swiglu", n_kv_heads=2, vocab_size=256, max_seq_len=128,
+                 rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64})
+    model = MoETransformer(cfg).eval()
+    checkpoint.save_checkpoint(tmp_path / "ours", model, cfg, files={tokenizers.FILE: tokenizers.ByteTokenizer().to_bytes()})
+    to_hf(tmp_path / "ours", tmp_path / "hf", **QUIET)
+    hf, info = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    x = torch.randint(0, 256, (2, 100))
+    with torch.no_grad():  # YaRN scaling included: the same function in transformers
+        torch.testing.assert_close(hf.eval()(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    assert hf_tok.encode("héllo ✓", add_special_tokens=False) == list("héllo ✓".encode())  # byte ids kept
+    from_hf(tmp_path / "hf", tmp_path / "back", **QUIET)
+    before = load_file(tmp_path / "ours" / "step-0000000" / "model.safetensors")
+    after = load_file(tmp_path / "back" / "step-0000000" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    back_cfg, _ = checkpoint.read_config(tmp_path / "back")
+    assert back_cfg.rope_scaling == cfg.rope_scaling and back_cfg.n_kv_heads == 2
+
+
+def test_converted_model_runs_everywhere(converted, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(converted), "--prompt", "the quick", "--max-new-tokens", "6",
+                 "--greedy", "--draft-checkpoint", str(converted), "--draft-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("the quick")
+    assert "= 1.000" in out.err, out.err  # the draft is the model itself: greedy accepts every proposal
+    assert main(["serve-bench", "--checkpoint", str(converted), "--requests", "2", "--prompt-len", "8",
+                 "--max-new-tokens", "4", "--rate", "100"]) == 0
+    ours = load_model(converted, expert_backend="triton").eval()  # the Triton kernels (interpreter on a CPU)
+    ref = load_model(converted, expert_backend="torch").eval()
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-4, atol=1e-4)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_model", pathlib.Path(__file__).parents[1] / "scripts" / "profile_model.py")
+    profile_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_model)
+    report = profile_model.main(["--checkpoint", str(converted), "--mode", "decode", "--batches", "1", "--reps", "1",
+                                 "--profile-steps", "1", "--context", "16", "--out", str(tmp_path / "prof")])
+    assert report["meta"]["shard"]["d_model"] == 64 and report["meta"]["shard"]["experts"] == 4  # its real shape
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _edit_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model_type="llama", architectures=["LlamaForCausalLM"]), r"\['LlamaForCausalLM'\] \(model_type 'llama'\) is not Mixtral-like"),
+    (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
+    (dict(tie_word_embeddings=True), "tied embeddings"),
+    (dict(sliding_window=32), "sliding_window 32"),
+    (dict(intermediate_size=80), r"experts\.\*\.w1\.weight \(stacked\): shape \(4, 64, 96\), the config implies \(4, 64, 80\)"),
+    (dict(vocab_size=200), r"holds \d+ tokens, more than the config's vocab_size 200"),
+])
+def test_from_hf_refuses_what_does_not_map(hf_dir, tmp_path, changes, message):
+    d = _copy(hf_dir, tmp_path / "hf")
+    _edit_config(d, **changes)
+    with pytest.raises(ConversionError, match=message):
+        from_hf(d, tmp_path / "out", **QUIET)
+    assert not (tmp_path / "out" / "latest").exists()
+
+
+def test_from_hf_names_missing_pieces(hf_dir, tmp_path, capsys):
+    assert main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    d = _copy(hf_dir, tmp_path / "hf")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(ConversionError, match="no tokenizer.json"):
+        from_hf(d, tmp_path / "out", **QUIET)
+    d = _copy(hf_dir, tmp_path / "hf2")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    shard = d / sorted(set(index["weight_map"].values()))[0]
+    tensors = load_file(shard)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name][:-1]
+    save_file(tensors, shard)
+    with pytest.raises(ConversionError, match=f"{name}: shape"):
+        from_hf(d, tmp_path / "out2", **QUIET)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(activation="gelu"), "activation 'gelu'"),
+    (dict(activation="swiglu", capacity_factor=1.25), "capacity_factor 1.25"),
+    (dict(activation="swiglu", tie_embeddings=True), "tie_embeddings"),
+])
+def test_to_hf_refuses_what_does_not_map(tmp_path, overrides, message):
+    cfg = shrunk("tiny", **overrides)
+    checkpoint.save_checkpoint(tmp_path / "ours", MoETransformer(cfg), cfg)
+    with pytest.raises(ConversionError, match=message):
+        to_hf(tmp_path / "ours", tmp_path / "hf", **QUIET)
+    assert not (tmp_path / "hf").exists()
