@@ -7,11 +7,16 @@ load when first asked for); never `moe`.
     routed_mlp(x, weights, experts, ...)     the same from the router's choices (sorts them itself)
     sorted_mlp(x_sorted, offsets, ...)       the MLP on rows already sorted by expert
     sort_by_expert, combine                 the permutation into expert order and back
+    quantize, dequantize, quantized_mlp     weight-only int8 / fp8 / int4 experts for serving;
+                                            quantized_mlp_reference (kernels/quantized.py)
 """
 
 from kernels.expert_mlp import expert_mlp, expert_mlp_reference, routed_mlp, sorted_mlp
 from kernels.grouped_matmul import BACKENDS, check_offsets, grouped_mm, grouped_mm_reference
 from kernels.permute import combine, sort_by_expert
+from kernels.quantized import (SCHEMES, QuantizedWeight, dequantize, quantize, quantized_mlp,
+                               quantized_mlp_reference)
 
 __all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "combine",
-           "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp"]
+           "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp", "SCHEMES", "QuantizedWeight", "quantize",
+           "dequantize", "quantized_mlp", "quantized_mlp_reference"]

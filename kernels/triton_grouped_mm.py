@@ -73,14 +73,21 @@ def _row_configs():
 
 
 def _prune_row_configs(configs, named_args, **kwargs):
-    """Keep the configs whose row tile suits the mean rows per expert, and, where two accumulators
-    are live (DUAL: SwiGLU's gate and up), tiles of at most 128x128 fp32 each so they stay in registers.
-    At least one config always survives."""
+    """Keep the configs whose row tile suits the mean rows per expert; where two accumulators are live
+    (DUAL: SwiGLU's gate and up), tiles of at most 128x128 fp32 each so they stay in registers; for
+    int4 weights, K blocks within one scale group. At least one config always survives."""
     args = {**named_args, **kwargs}  # the autotuner passes positional arguments by name, keywords as keywords
     mean_rows = 1 << (args["ROWS_CLASS"] - 1)
     fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == (mean_rows <= 48)
-            and not (args.get("DUAL") and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)]
+            and not (args.get("DUAL") and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)
+            and not int4_block_too_deep(c.kwargs["BLOCK_K"], args.get("WQ", 0), args.get("QGROUP", 128))]
     return fits or configs
+
+
+def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
+    """An int4 K block deeper than its scale group needs a [BLOCK_K, BLOCK_N] tile of scales per step,
+    which overflows shared memory once pipelined; within one group it needs one row."""
+    return wq == 2 and qgroup % block_k != 0
 
 
 def _dw_configs():
@@ -104,29 +111,46 @@ def _gelu_grad(x):
 
 @triton.jit
 def _accumulate(acc, a_ptr, a_rows, row_ok, w_ptr, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
-                BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time."""
+                BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                ws_ptr=None, stride_sg=0, stride_sn=0, WQ: tl.constexpr = 0, QGROUP: tl.constexpr = 128):
+    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time. Quantized W (WQ, see
+    kernels/quantized.py) is widened to A's dtype as it is loaded: int8 and fp8 exactly (their
+    per-column scales are applied to the accumulator afterwards, by the caller); int4 times its
+    group's scale here, since the scale changes along K."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
                     mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
-                    mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)
+        w_ok = (ks[:, None] < K) & (cols[None, :] < N)
+        if WQ == 2:  # int4: two per byte along K, low nibble first, stored as value + 8
+            packed = tl.load(w_ptr + (ks // 2)[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=8)
+            nibble = (packed.to(tl.int32) >> ((ks % 2) * 4)[:, None]) & 15
+            if QGROUP % BLOCK_K == 0:  # the block lies inside one group: one row of scales
+                s = tl.load(ws_ptr + (k0 // QGROUP) * stride_sg + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
+            else:
+                s = tl.load(ws_ptr + (ks // QGROUP)[:, None] * stride_sg + cols[None, :] * stride_sn, mask=w_ok,
+                            other=0.0)
+            w = ((nibble - 8).to(tl.float32) * s).to(a.dtype)
+        else:
+            w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=0.0)
+            if WQ == 1:  # int8 or fp8 e4m3: every value is exact in bf16 and fp32
+                w = w.to(a.dtype)
         if DOT_FP32:
             a, w = a.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     return acc
 
 
-@triton.autotune(configs=_row_configs(), key=["ROWS_CLASS", "K", "N", "EPI", "DUAL", "PAIR2"],
+@triton.autotune(configs=_row_configs(), key=["ROWS_CLASS", "K", "N", "EPI", "DUAL", "PAIR2", "WQ"],
                  prune_configs_by={"early_config_prune": _prune_row_configs})
 @triton.jit
 def _rows_kernel(
     a_ptr, a2_ptr, src_ptr, w_ptr, w2_ptr, offsets_ptr,
-    out_ptr, out2_ptr, pre_ptr, pre2_ptr, dst_ptr, scale_ptr, dscale_ptr,
+    out_ptr, out2_ptr, pre_ptr, pre2_ptr, dst_ptr, scale_ptr, dscale_ptr, ws_ptr, ws2_ptr,
     K, N, E, ROWS_CLASS, DSCALE_WIDTH,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_om, stride_on, stride_pm, stride_dm,
-    GATHER: tl.constexpr, DUAL: tl.constexpr, PAIR2: tl.constexpr, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
+    stride_se, stride_sg, stride_sn,
+    WQ: tl.constexpr, QGROUP: tl.constexpr, GATHER: tl.constexpr, DUAL: tl.constexpr, PAIR2: tl.constexpr, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
     SCALE: tl.constexpr, SCATTER: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
@@ -161,12 +185,18 @@ def _rows_kernel(
         a_rows = tl.load(src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER else rows
         w_g = w_ptr + g.to(tl.int64) * stride_we
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        ws_g, ws2_g = ws_ptr + g.to(tl.int64) * stride_se, ws2_ptr + g.to(tl.int64) * stride_se
         acc = _accumulate(acc, a_ptr, a_rows, row_ok, w_g, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
-                          BLOCK_K, DOT_FP32, PRECISION)
+                          BLOCK_K, DOT_FP32, PRECISION, ws_g, stride_sg, stride_sn, WQ, QGROUP)
+        if WQ == 1:  # per-column scales, once per tile
+            acc = acc * tl.load(ws_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
         if DUAL:
             acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             acc2 = _accumulate(acc2, a_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
-                               stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION)
+                               stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION,
+                               ws2_g, stride_sg, stride_sn, WQ, QGROUP)
+            if WQ == 1:
+                acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
         if PAIR2:
             acc = _accumulate(acc, a2_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
                               stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION)
@@ -274,12 +304,15 @@ def _dot_args(dtype: torch.dtype) -> dict:
 
 
 def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
-                 pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None):
+                 pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None, ws=None, ws2=None, wq=0,
+                 qgroup=128):
     """Launch _rows_kernel over m sorted rows: out[dst[r] or r] = epilogue(a[src[r] or r] @ w[g(r)]).
     w and w2 are [E, K, N] views with any strides (w2 shares w's strides); pre/pre2/dscale are
-    contiguous [m, ...] buffers. See the module doc for the options; the named steps below are the
-    combinations the expert MLP uses."""
-    E, K, N = w.shape
+    contiguous [m, ...] buffers. Quantized weights (wq 1: int8/fp8 with ws [E, N]; wq 2: int4 packed
+    [E, K/2, N] with ws [E, K/qgroup, N]; see kernels/quantized.py) come with their scales. See the
+    module doc for the options; the named steps below are the combinations the expert MLP uses."""
+    E, _, N = w.shape
+    K = a.shape[1]  # (a packed int4 w holds K/2 rows)
     if m == 0 or N == 0:
         return out
     if w2 is not None and w2.stride() != w.stride():
@@ -298,10 +331,12 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         offsets, out, out2 if out2 is not None else dummy, pre if pre is not None else dummy,
         pre2 if pre2 is not None else dummy, dst if dst is not None else dummy,
         scale if scale is not None else dummy, dscale if dscale is not None else dummy,
+        ws if ws is not None else dummy, ws2 if ws2 is not None else dummy,
         K, N, E, rows_class(m, E), dscale.shape[1] if dscale is not None else 0,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
-        GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
+        ws.stride(0) if ws is not None else 0, ws.stride(1) if wq == 2 else 0, ws.stride(-1) if ws is not None else 0,
+        WQ=wq, QGROUP=qgroup, GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
         SCALE=scale is not None, SCATTER=dst is not None, E_POW2=triton.next_power_of_2(E), **_dot_args(a.dtype),
     )
     return out
@@ -315,19 +350,20 @@ def grouped_rows(a_MK, w_EKN, offsets, out_MN):
     return _launch_rows(a_MK, w_EKN, offsets, out_MN, m=a_MK.shape[0])
 
 
-def up_activation(x_TD, src_M, w_up, w_gate, offsets, h_MF, pre_up=None, pre_gate=None):
+def up_activation(x_TD, src_M, w_up, w_gate, offsets, h_MF, pre_up=None, pre_gate=None, quant=None):
     """Forward step 1: h[r] = act(x[src[r]] @ w_up[g] (, x[src[r]] @ w_gate[g])), the gather in the
     loads, GELU or SwiGLU in the epilogue (SwiGLU's two products from one pass over x). With pre_*
-    buffers, also save the pre-activations for backward."""
+    buffers, also save the pre-activations for backward. quant: dict(ws=, ws2=, wq=, qgroup=) when
+    w_up / w_gate are quantized (kernels/quantized.py)."""
     swiglu = w_gate is not None
     return _launch_rows(x_TD, w_up, offsets, h_MF, m=src_M.numel(), src=src_M, w2=w_gate, dual=swiglu,
-                        epi=EPI_SWIGLU if swiglu else EPI_GELU, pre=pre_up, pre2=pre_gate)
+                        epi=EPI_SWIGLU if swiglu else EPI_GELU, pre=pre_up, pre2=pre_gate, **(quant or {}))
 
 
-def down_scatter(h_MF, w_down, offsets, order_M, scale_M, y_AD):
+def down_scatter(h_MF, w_down, offsets, order_M, scale_M, y_AD, quant=None):
     """Forward step 2: y[order[r]] = scale[r] * (h[r] @ w_down[g]): the routing weight and the move
     back to assignment order in the epilogue."""
-    return _launch_rows(h_MF, w_down, offsets, y_AD, m=h_MF.shape[0], dst=order_M, scale=scale_M)
+    return _launch_rows(h_MF, w_down, offsets, y_AD, m=h_MF.shape[0], dst=order_M, scale=scale_M, **(quant or {}))
 
 
 def activation_backward(dy_TD, src_M, w_down, offsets, scale_M, pre_up, pre_gate, d_up, d_gate, dscale):

@@ -1,4 +1,4 @@
-"""Command line: python -m moe {prepare, train, generate, serve-bench, convert, figures} --help
+"""Command line: python -m moe {prepare, train, generate, serve-bench, quantize, convert, figures} --help
 
 Exit codes: 0 done; 2 bad input, refused before any work (a bad flag or file, a locked or unwritable
 run directory, a damaged checkpoint, changed settings on --resume); 3 training stopped by a loss or
@@ -113,6 +113,18 @@ def cmd_convert(args) -> int:
         hf_mixtral.from_hf(args.from_hf, args.out, overwrite=args.overwrite)
     else:
         hf_mixtral.to_hf(args.to_hf, args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_quantize(args) -> int:
+    from moe.model.quantized import expert_bytes
+    from moe.training.checkpoint import load_model, quantize_checkpoint
+
+    before = expert_bytes(load_model(args.checkpoint))
+    step_dir = quantize_checkpoint(args.checkpoint, args.out, args.dtype, overwrite=args.overwrite)
+    after = expert_bytes(load_model(step_dir))
+    print(f"experts quantized to {args.dtype}: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB (scales "
+          f"included, {before / after:.2f}x smaller) -> {step_dir}")
     return EXIT_OK
 
 
@@ -366,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="file name stem (default serve-<config>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")
     s.set_defaults(func=cmd_serve_bench)
+
+    q = sub.add_parser("quantize", help="a serving copy of a checkpoint with weight-only int8 / fp8 / int4 experts")
+    q.add_argument("--checkpoint", required=True, help="run or step directory (unquantized)")
+    q.add_argument("--dtype", required=True, choices=("int8", "fp8", "int4"), help="int8 or fp8 e4m3 per output "
+                   "channel, or int4 in groups of 128 along the input (kernels/quantized.py)")
+    q.add_argument("--out", required=True, help="run directory for the quantized checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    q.set_defaults(func=cmd_quantize)
 
     c = sub.add_parser("convert", help="Hugging Face Mixtral checkpoints to ours (--from-hf) and back (--to-hf)")
     way = c.add_mutually_exclusive_group(required=True)

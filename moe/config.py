@@ -59,7 +59,8 @@ def _integers(obj, *names: str) -> None:
             raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
-EXPERT_BACKENDS = ("auto", "torch", "triton")  # = kernels.BACKENDS (kernels cannot import moe; a test keeps them equal)
+EXPERT_BACKENDS = ("auto", "torch", "triton")
+EXPERT_QUANT = ("none", "int8", "fp8", "int4")  # "none" + kernels.SCHEMES (a test keeps them equal)  # = kernels.BACKENDS (kernels cannot import moe; a test keeps them equal)
 
 
 ROPE_TYPES = ("linear", "dynamic", "yarn")
@@ -123,6 +124,9 @@ class ModelConfig:
     router_jitter: float = 0.0  # training only: router input *= U(1 - eps, 1 + eps)
     capacity_factor: float = 0.0  # 0: dropless; else capacity = ceil(cf * T * k / n_experts)
     expert_backend: str = "auto"  # expert matmuls: "auto" (Triton on CUDA, PyTorch elsewhere) | "torch" | "triton"
+    # Serving only: the experts' weights stored weight-only quantized, "none" | "int8" | "fp8" | "int4"
+    # (kernels/quantized.py; python -m moe quantize writes such checkpoints; train refuses them).
+    expert_quant: str = "none"
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",
@@ -150,6 +154,11 @@ class ModelConfig:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling, self.max_seq_len)
+        if self.expert_quant not in EXPERT_QUANT:
+            raise ValueError(f"expert_quant must be one of {EXPERT_QUANT}, got {self.expert_quant!r}")
+        if self.expert_quant != "none" and self.capacity_factor:
+            raise ValueError("a quantized model serves dropless: capacity_factor must be 0 with expert_quant "
+                             f"{self.expert_quant!r}")
 
     @property
     def n_matrices(self) -> int:

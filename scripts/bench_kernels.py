@@ -15,6 +15,11 @@ Two ops per shape, each on the same routed inputs for every implementation:
   mlp: the whole expert MLP (GELU, the gpt4 preset's), token rows in, token rows out
        triton (kernels.expert_mlp, fused gather/epilogues) | torch (gather, two F.grouped_mm, combine)
        | the dense MLP of the same rows with torch.mm (ceiling, no gather or combine).
+  qmlp (shapes B and C, forward): the same MLP over weight-only quantized experts (kernels/quantized.py)
+       triton int8 | fp8 (sm_89+) | int4, dequantized in the loads | torch: dequantize each active expert
+       and matmul (the CPU path) | torch._weight_int8pack_mm per expert (the alternative it was chosen over).
+       Checked against the fp32 MLP of the dequantized weights; decode bandwidth counts the quantized
+       bytes (values and scales) of the experts that received tokens.
 
 Method (bench/README.md): every implementation is checked against an fp32 reference
 first; timing is CUDA events around each call after warm-up (which also runs Triton's autotuner),
@@ -45,6 +50,7 @@ import kernels  # noqa: E402
 from moe.profiling.timing import device_ceilings, device_slug, environment, median_ms  # noqa: E402
 from kernels.expert_mlp import apply_expert_mlp  # noqa: E402
 from kernels.grouped_matmul import apply_grouped_mm, torch_grouped_mm  # noqa: E402
+from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp  # noqa: E402
 
 L2_BYTES = 50 * 2**20  # H100: 50 MB
 
@@ -98,6 +104,7 @@ def routed_inputs(shape: Shape, device, dtype, seed: int) -> dict:
 
     x_TD = rand(shape.T, shape.d, fan_in=1)
     return dict(x_TD=x_TD, x_MD=x_TD[order_M.to(device) // shape.k].contiguous(), order_M=order_M.to(device),
+                experts_TK=experts_A.view(shape.T, shape.k).to(device),
                 offsets_E=offsets_E.to(device), weights_TK=weights_TK.to(device), counts=counts,
                 w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d), w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f))
 
@@ -142,6 +149,44 @@ def gmm_reference(s):
 def mlp_reference(s):
     return kernels.expert_mlp_reference(s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"],
                                         s["w_up"].float(), None, s["w_down"].float(), activation_name="gelu")
+
+
+def qmlp(scheme, backend):
+    def run(s):
+        return quantized_mlp(s["x_TD"], s["weights_TK"], s["experts_TK"], s["q"][scheme][0], None, s["q"][scheme][1],
+                             activation_name="gelu", backend=backend)
+    return run
+
+
+def qmlp_int8pack(s):
+    """The alternative CPU path: torch._weight_int8pack_mm (int8 weights [N, K], a scale per output) per expert."""
+    up, down = s["int8pack"]
+    x_MD = s["x_TD"][s["order_M"] // s["weights_TK"].shape[1]]
+    ends = s["ends"]
+    y = torch.cat([torch._weight_int8pack_mm(F.gelu(torch._weight_int8pack_mm(x_MD[a:b], *up[g])), *down[g])
+                   for g, (a, b) in enumerate(zip([0] + ends[:-1], ends))])
+    return kernels.combine(y, s["order_M"], s["weights_TK"])
+
+
+def qmlp_reference(scheme):
+    def run(s):
+        up, down = (dequantize(w, torch.float32) for w in s["q"][scheme])
+        return kernels.expert_mlp_reference(s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"], up, None,
+                                            down, activation_name="gelu")
+    return run
+
+
+def quantize_set(s, schemes):
+    s["q"] = {sc: (quantize(s["w_up"], sc), quantize(s["w_down"], sc)) for sc in schemes}
+    if "int8" in schemes:  # _weight_int8pack_mm's layout: [N, K] int8 and [N] scales, per expert
+        s["int8pack"] = tuple([(w.q[g].T.contiguous(), w.scale[g].to(s["x_TD"].dtype)) for g in range(w.q.shape[0])]
+                              for w in s["q"]["int8"])
+
+
+QUANT_IMPLS = [("triton int8", "int8", qmlp("int8", "triton")), ("triton fp8", "fp8", qmlp("fp8", "triton")),
+               ("triton int4", "int4", qmlp("int4", "triton")), ("torch int8 dequantize", "int8", qmlp("int8", "torch")),
+               ("torch int8 _weight_int8pack_mm", "int8", qmlp_int8pack), ("torch int4 dequantize", "int4",
+                                                                           qmlp("int4", "torch"))]
 
 
 IMPLS = {
@@ -216,6 +261,36 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
             rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 4), "max_rel_err": err,
                          "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1),
                          "weight_gbps": round(weight_gbps, 1), "pct_copy": round(100 * weight_gbps / ceilings[1], 1)})
+    if not shape.backward and shape.name[0] in "BC":
+        rows += bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
+    return rows
+
+
+def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched) -> list[dict]:
+    schemes = ["int8", "int4"] + (["fp8"] if cuda and fp8_supported(torch.cuda.get_device_capability()) else [])
+    for s in sets:
+        quantize_set(s, schemes)
+    flops, rows = 2 * shape.T * shape.k * shape.d * shape.f * 2, []
+    for name, scheme, fn in QUANT_IMPLS:
+        if scheme not in schemes or (name.startswith("triton") and not use_triton):
+            continue
+        row = dict(shape=shape.name, op="qmlp", impl=name, T=shape.T, d=shape.d, f=shape.f, E=shape.E, k=shape.k,
+                   backward=False, skewed=shape.skewed, experts_touched=touched)
+        try:
+            err = max_rel_error(fn(one), qmlp_reference(scheme)(one))
+        except (RuntimeError, ValueError) as e:
+            rows.append({**row, "error": str(e).splitlines()[0][:120]})
+            continue
+        if err > (3e-2 if one["x_TD"].dtype != torch.float32 else 1e-3):
+            rows.append({**row, "error": f"wrong: max relative error {err:.2e} against the fp32 reference"})
+            continue
+        ms = median_ms(fn, sets, reps, cuda)
+        w_up = one["q"][scheme][0]
+        matrix_bytes = 2 * (w_up.nbytes / shape.E)  # one expert's up and down matrices, values and scales
+        weight_gbps = matrix_bytes * touched / ms / 1e6
+        rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 4), "max_rel_err": err,
+                     "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1), "weight_gbps": round(weight_gbps, 1),
+                     "pct_copy": round(100 * weight_gbps / ceilings[1], 1)})
     return rows
 
 
@@ -250,13 +325,13 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def print_table(rows, ceilings):
     print(f"dense matmul peak {ceilings[0]:.1f} TFLOP/s, copy {ceilings[1]:.0f} GB/s (measured in this run)")
-    head = f"{'shape':<20}{'op':<5}{'impl':<20}{'ms':>10}{'TFLOP/s':>10}{'% peak':>8}{'GB/s w':>9}{'% copy':>8}"
+    head = f"{'shape':<20}{'op':<6}{'impl':<32}{'ms':>10}{'TFLOP/s':>10}{'% peak':>8}{'GB/s w':>9}{'% copy':>8}"
     print(head + "\n" + "-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}  {r['error']}")
+            print(f"{r['shape']:<20}{r['op']:<6}{r['impl']:<32}  {r['error']}")
         else:
-            print(f"{r['shape']:<20}{r['op']:<5}{r['impl']:<20}{r['ms']:>10.3f}{r['tflops']:>10.3f}"
+            print(f"{r['shape']:<20}{r['op']:<6}{r['impl']:<32}{r['ms']:>10.3f}{r['tflops']:>10.3f}"
                   f"{r['pct_peak']:>8.1f}{r['weight_gbps']:>9.0f}{r['pct_copy']:>8.1f}")
 
 

@@ -33,7 +33,8 @@ import kernels.triton_grouped_mm as tg  # noqa: E402
 SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one program may use (H100, A100)
 UNIT_STRIDES = {"stride_ak", "stride_wn", "stride_on", "stride_bn", "stride_dn"}  # 1 on contiguous row-major tensors
 INDEX_PTRS = {"src_ptr", "dst_ptr", "offsets_ptr", "a_src_ptr", "b_src_ptr"}
-FP32_PTRS = {"scale_ptr", "dscale_ptr"}
+FP32_PTRS = {"scale_ptr", "dscale_ptr", "ws_ptr", "ws2_ptr"}
+W_PTRS = {"w_ptr", "w2_ptr"}  # a quantized variant's weights: W_TYPE below
 
 ROW_MODES = {  # name: the rows kernel's flags, as the launchers in kernels/ set them
     "grouped_mm": dict(),
@@ -44,6 +45,13 @@ ROW_MODES = {  # name: the rows kernel's flags, as the launchers in kernels/ set
     "GELU backward epilogue": dict(GATHER=True, EPI=tg.EPI_GELU_BWD, SCALE=True, TRANSPOSED_W=True),
     "SwiGLU backward epilogue": dict(GATHER=True, EPI=tg.EPI_SWIGLU_BWD, SCALE=True, TRANSPOSED_W=True),
     "SwiGLU dX, two pairs, scatter": dict(PAIR2=True, SCATTER=True, TRANSPOSED_W=True),
+    # serving quantized experts (kernels/quantized.py): weights widened in the loads, scales in the epilogue
+    "up + GELU, int8 W": dict(GATHER=True, EPI=tg.EPI_GELU, WQ=1, W_TYPE="i8"),
+    "up + gate + SwiGLU, fp8 W": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU, WQ=1, W_TYPE="fp8e4nv"),
+    "down, weighted scatter, int8 W": dict(SCALE=True, SCATTER=True, WQ=1, W_TYPE="i8"),
+    "down, weighted scatter, fp8 W": dict(SCALE=True, SCATTER=True, WQ=1, W_TYPE="fp8e4nv"),
+    "up + gate + SwiGLU, int4 W": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU, WQ=2, W_TYPE="u8"),
+    "down, weighted scatter, int4 W": dict(SCALE=True, SCATTER=True, WQ=2, W_TYPE="u8"),
 }
 DW_MODES = {
     "dW plain": dict(),
@@ -52,13 +60,14 @@ DW_MODES = {
 }
 
 
-def signature(fn, consts: dict, dtype: str, dynamic_unit: set[str]) -> tuple[dict, dict]:
+def signature(fn, consts: dict, dtype: str, dynamic_unit: set[str], w_type: str | None = None) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name in INDEX_PTRS else "*fp32" if name in FP32_PTRS else f"*{dtype}"
+            sig[name] = ("*i32" if name in INDEX_PTRS else "*fp32" if name in FP32_PTRS
+                         else f"*{w_type}" if w_type and name in W_PTRS else f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[name] = "i32"
@@ -70,16 +79,17 @@ def signature(fn, consts: dict, dtype: str, dynamic_unit: set[str]) -> tuple[dic
 def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: int) -> dict:
     flags = dict(flags)
     transposed = flags.pop("TRANSPOSED_W", False)
+    w_type = flags.pop("W_TYPE", None)
     consts = {**flags, **config.kwargs}
     if fn is tg._rows_kernel.fn:
         consts = {**dict(GATHER=False, DUAL=False, PAIR2=False, EPI=tg.EPI_STORE, SAVE_PRE=False, SCALE=False,
-                         SCATTER=False, E_POW2=16), **consts}
+                         SCATTER=False, E_POW2=16, WQ=0, QGROUP=128), **consts}
     else:
         consts = {**dict(GATHER_A=False, GATHER_B=False, SCALE_B=False), **consts}
     consts.update(DOT_FP32=False, PRECISION="ieee" if dtype == "fp32" else "tf32")
     units = UNIT_STRIDES - {"stride_wn"} | {"stride_wk"} if transposed else UNIT_STRIDES
     consts.update({n: 1 for n in units if n in fn.arg_names})
-    sig, attrs = signature(fn, consts, dtype, set())
+    sig, attrs = signature(fn, consts, dtype, set(), w_type)
     start = time.time()
     try:
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
@@ -90,6 +100,13 @@ def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: in
     ttgir = k.asm["ttgir"]
     return dict(ok=True, seconds=round(time.time() - start, 1), shared=k.metadata.shared,
                 pipelined="async_copy" in ttgir or "async_tma" in ttgir, wgmma="warp_group_dot" in ttgir)
+
+
+def kept_by_autotuner(config: triton.Config, flags: dict) -> bool:
+    """The pruning rules of tg._prune_row_configs that do not depend on the row count."""
+    if flags.get("DUAL") and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
+        return False  # two accumulators would spill
+    return not tg.int4_block_too_deep(config.kwargs.get("BLOCK_K", 0), flags.get("WQ", 0), 128)
 
 
 def main(argv=None) -> int:
@@ -107,11 +124,13 @@ def main(argv=None) -> int:
     for kernel, modes, configs in ((tg._rows_kernel, ROW_MODES, tg._row_configs()),
                                    (tg._dw_kernel, DW_MODES, tg._dw_configs())):
         for mode, flags in modes.items():
+            kept = [c for c in configs if kept_by_autotuner(c, flags)]
             if args.quick:  # the first config with big row tiles and the first with small ones
-                configs = list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(configs)}.values())
-            for config in configs:
-                if flags.get("DUAL") and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
-                    continue  # the autotuner prunes these (two accumulators would spill)
+                kept = list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(kept)}.values())
+            if flags.get("W_TYPE") == "fp8e4nv" and args.arch < 89:
+                print(f"skip {mode:<32} fp8 needs sm_89 or newer")
+                continue
+            for config in kept:
                 for dtype in dtypes:
                     r = compile_variant(kernel.fn, flags, config, dtype, args.arch)
                     compute_bound = config.kwargs["BLOCK_M"] >= 64

@@ -16,6 +16,8 @@ def test_kernels_compile_and_pipeline_for_sm90(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
-    assert {r["mode"] for r in results} >= {"up + gate + SwiGLU, gathered", "SwiGLU backward epilogue", "dW plain"}
+    assert {r["mode"] for r in results} >= {"up + gate + SwiGLU, gathered", "SwiGLU backward epilogue", "dW plain",
+                                            "up + gate + SwiGLU, int4 W", "down, weighted scatter, fp8 W",
+                                            "up + GELU, int8 W"}
     big = [r for r in results if int(r["config"].split("x")[0]) >= 64]
     assert big and all(r["pipelined"] and r["wgmma"] for r in big)

@@ -128,4 +128,5 @@ def test_kernels_import_only_torch():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for n in names:
-                assert n.split(".")[0] in {"torch", "triton", "kernels", "__future__", "math", "typing", "functools", "os"}, (f, n)
+                assert n.split(".")[0] in {"torch", "triton", "kernels", "__future__", "math", "typing", "functools", "os",
+                                           "dataclasses"}, (f, n)

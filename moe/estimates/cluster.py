@@ -129,11 +129,12 @@ def experts_touched(tokens: int, cfg: ModelConfig) -> float:
 
 
 def layer_costs(cfg: ModelConfig, tokens: int, context: float, kv_rows: int = 0,
-                touched: float | None = None) -> dict[str, tuple[float, float]]:
+                touched: float | None = None, expert_bytes: float = 2.0) -> dict[str, tuple[float, float]]:
     """{op group: (FLOPs, bytes)} of one forward layer of `cfg` (a shard) over `tokens` tokens that
     each attend to `context` positions on average. kv_rows: sequences whose K/V cache is read
     (decode); 0 for prefill and training, where K and V are computed, not read. touched: experts
-    that received tokens (default: the expectation under uniform routing). bf16 everywhere."""
+    that received tokens (default: the expectation under uniform routing). bf16 everywhere, but
+    expert weights at expert_bytes per weight (quantized serving: expert_weight_bytes)."""
     w = layer_params(cfg)
     d, hd = cfg.d_model, cfg.head_dim
     q_width = cfg.n_heads * hd
@@ -144,19 +145,19 @@ def layer_costs(cfg: ModelConfig, tokens: int, context: float, kv_rows: int = 0,
         "attention": (2 * tokens * w["attention"] + 4 * tokens * cfg.n_heads * hd * context,
                       2 * w["attention"] + kv_bytes + 2 * act + 4 * tokens * q_width),
         "router": (2 * tokens * w["router"], 2 * w["router"] + act),
-        "expert_matmuls": (2 * tokens * cfg.top_k * w["expert"], 2 * w["expert"] * experts
+        "expert_matmuls": (2 * tokens * cfg.top_k * w["expert"], expert_bytes * w["expert"] * experts
                            + 2 * cfg.top_k * act + 4 * tokens * cfg.top_k * cfg.d_ff),
         "norms": (0.0, 2 * act + 2 * w["norms"]),
     }
 
 
 def roofline_layer(cfg: ModelConfig, gpu: GPU, tokens: int, context: float, kv_rows: int = 0,
-                   backward: bool = False, touched: float | None = None) -> float:
+                   backward: bool = False, touched: float | None = None, expert_bytes: float = 2.0) -> float:
     """Seconds for one layer: each op group max(FLOPs / achieved peak, bytes / achieved bandwidth);
     with backward, 3x the forward FLOPs and bytes (dX and dW each re-read the weights)."""
     scale = 3 if backward else 1
     return sum(max(scale * f / gpu.flops, scale * b / gpu.bytes_per_s)
-               for f, b in layer_costs(cfg, tokens, context, kv_rows, touched).values())
+               for f, b in layer_costs(cfg, tokens, context, kv_rows, touched, expert_bytes).values())
 
 
 def rescale(seconds: float, shard: ModelConfig, measured_on: GPU, target: GPU, tokens: int, context: float,
@@ -320,4 +321,44 @@ def context_rows(cfg: ModelConfig, contexts=(8192, 32768), tp: int = 8, pp: int 
     rows.append(("attention share of forward FLOPs per token", *(
         f"{attention_flops_per_token(cfg, c) / forward_flops_per_token(cfg, c):.1%}" for c in contexts),
         "4 layers heads head_dim context / (2 matmul params + that), at the last position of a full context"))
+    return rows
+
+
+# --- weight-only quantized serving ------------------------------------------------------------------
+
+def expert_weight_bytes(cfg: ModelConfig, scheme: str) -> float:
+    """Bytes per expert weight stored as kernels/quantized.py does: bf16 2; int8 / fp8 1 plus a float32
+    scale per output column (per expert: F for the up/gate matrices, D for down); int4 half a byte
+    plus a float32 scale per group of 128 along the input."""
+    d, f = cfg.d_model, cfg.d_ff
+    per_matrix_scales = {"bf16": 0.0, "int8": 4 * (f + d) / (2 * d * f), "fp8": 4 * (f + d) / (2 * d * f),
+                         "int4": 4 / 128}[scheme]
+    return {"bf16": 2.0, "int8": 1.0, "fp8": 1.0, "int4": 0.5}[scheme] + per_matrix_scales
+
+
+def quantized_rows(cfg: ModelConfig, tp: int = 8, pp: int = 16, context: int = 8192,
+                   batches=(1, 64)) -> list[tuple[str, ...]]:
+    """Weight-only quantization at inference (tp x pp): bytes per GPU and the decode roofline per token,
+    at bf16, int8 / fp8 and int4 expert weights. The leak: "less than 30GB per GPU at FP16 and less
+    than 15GB at FP8/int8"."""
+    worst = worst_stage(stage_memory(cfg, Layout(tp=tp, pp=pp)))
+    shard = shard_shape(cfg, tp)
+    widths = ("bf16", "int8", "int4")
+    rows = [
+        ("expert weights per GPU (worst stage)", *(f"{worst.expert_params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB"
+                                                   for w in widths), "the rest stays bf16 (below)"),
+        ("all weights per GPU, experts quantized", *(
+            f"{(worst.expert_params * expert_weight_bytes(cfg, w) + 2 * worst.dense_params) / 1e9:.1f} GB" for w in widths),
+         "leak: < 30 GB at fp16, < 15 GB at fp8/int8 (weights only, before the K/V cache)"),
+        ("all weights per GPU, everything at that width", *(
+            f"{worst.params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB" for w in widths),
+         "attention, embedding and head quantized too"),
+    ]
+    for gpu in (GPUS["H100"], GPUS["A100"]):
+        for b in batches:
+            times = [decode_point(cfg, gpu, roofline_layer(shard, gpu, b, context, b, expert_bytes=expert_weight_bytes(cfg, w)),
+                                  b, context, tp, pp).latency_ms for w in widths]
+            rows.append((f"decode per token, b={b}, {context // 1024}k context, {gpu.name}",
+                         *(f"{t:.1f} ms" for t in times), f"roofline x {tp * pp} GPUs; {times[0] / times[1]:.2f}x "
+                         f"faster at int8, {times[0] / times[2]:.2f}x at int4"))
     return rows

@@ -4,7 +4,7 @@ layout puts on one GPU; what a 32k context costs against 8k. Imports no torch.""
 from __future__ import annotations
 
 from moe.config import ModelConfig
-from moe.estimates.cluster import context_rows
+from moe.estimates.cluster import context_rows, quantized_rows
 from moe.estimates.layout_memory import layout_rows
 from moe.estimates.leak import LEAK_TRAIN_BATCH_TOKENS, figure_rows, is_gpt4_shape
 from moe.estimates.units import format_table
@@ -21,6 +21,9 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
         print("\nlong context at inference, tp 8 x pp 16 (the leak: pretrained at 8k, 32k fine-tuned from it, "
               "'32k cannot run on 40GB A100s')")
         print(format_table(context_rows(cfg), ("quantity", "8k context", "32k context", "how")))
+        print("\nweight-only quantized experts at inference, tp 8 x pp 16 (python -m moe quantize; int8 and fp8 "
+              "store 1 byte per weight, int4 half a byte, plus their scales)")
+        print(format_table(quantized_rows(cfg), ("quantity", "bf16", "int8 / fp8", "int4", "how")))
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
         print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")

@@ -33,6 +33,7 @@ from torch.profiler import record_function
 from kernels.expert_mlp import activation
 from moe.config import ModelConfig
 from moe.model.experts import LocalExperts
+from moe.model.quantized import QuantizedParam
 from moe.model.router import RouterOutput, TopKRouter
 
 
@@ -45,15 +46,23 @@ class MoELayer(nn.Module):
             D, E, cfg.top_k, renormalize=cfg.router_renormalize, balance_coef=cfg.router_aux_loss_coef,
             z_coef=cfg.router_z_loss_coef, jitter=cfg.router_jitter, capacity_factor=cfg.capacity_factor,
         )
-        self.w_up = nn.Parameter(torch.empty(E, D, F_))
-        self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if cfg.activation == "swiglu" else None
-        self.w_down = nn.Parameter(torch.empty(E, F_, D))
+        swiglu, quant = cfg.activation == "swiglu", cfg.expert_quant
+        if quant == "none":
+            self.w_up = nn.Parameter(torch.empty(E, D, F_))
+            self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if swiglu else None
+            self.w_down = nn.Parameter(torch.empty(E, F_, D))
+        else:  # serving a quantized checkpoint (moe/model/quantized.py): buffers, loaded, never trained
+            self.w_up = QuantizedParam(quant, E, D, F_)
+            self.w_gate = QuantizedParam(quant, E, D, F_) if swiglu else None
+            self.w_down = QuantizedParam(quant, E, F_, D)
         self.experts = LocalExperts(cfg.activation, cfg.expert_backend)  # the seam: see moe/model/experts.py
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         nn.init.normal_(self.router.gate.weight, std=std)
+        if self.cfg.expert_quant != "none":
+            return
         for w in (self.w_up, self.w_gate):
             if w is not None:
                 nn.init.normal_(w, std=std)
@@ -64,7 +73,11 @@ class MoELayer(nn.Module):
         x_TD = x.reshape(-1, x.shape[-1])
         with record_function("moe/router"):
             r = self.router(x_TD)
-        x_TD, w_up, w_gate, w_down = in_autocast_dtype(x_TD, self.w_up, self.w_gate, self.w_down)
+        if self.cfg.expert_quant != "none":
+            (x_TD,) = in_autocast_dtype(x_TD)
+            w_up, w_gate, w_down = (None if w is None else w.weight() for w in (self.w_up, self.w_gate, self.w_down))
+        else:
+            x_TD, w_up, w_gate, w_down = in_autocast_dtype(x_TD, self.w_up, self.w_gate, self.w_down)
         y_TD = self.experts(x_TD, r, w_up, w_gate, w_down)
         return y_TD.view(x.shape), r
 

@@ -3,7 +3,7 @@
     python -m moe serve-bench --config tiny --rate 4 --requests 64 [--checkpoint runs/tiny]
 
 Requests arrive with exponential gaps at `rate` per second; each is a slice of the held-out corpus
-(prompt_len bytes) asking for max_new_tokens. The loop submits every request whose arrival time has
+(prompt_len tokens of the model's tokenizer) asking for max_new_tokens. The loop submits every request whose arrival time has
 passed, runs one engine step, and repeats (sleeping when idle). Reported:
   throughput        new tokens / (last completion - first arrival)
   TTFT              first token's emission - arrival (includes queueing)

@@ -132,3 +132,33 @@ def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=step_dir, no_dist=True)
     model.load_state_dict(state["model"])
+
+
+def quantize_checkpoint(path, out, scheme: str, *, overwrite: bool = False) -> pathlib.Path:
+    """A serving copy of a checkpoint with its expert weights quantized (moe/model/quantized.py):
+    weights, config (expert_quant set) and tokenizer; no optimizer state. Returns the step directory."""
+    from moe.model.quantized import quantize_state
+
+    step_dir = resolve(path)
+    cfg, _ = read_config(step_dir)
+    if cfg.expert_quant != "none":
+        raise ValueError(f"{step_dir} is already quantized ({cfg.expert_quant}): quantize the unquantized checkpoint")
+    if is_distributed(step_dir):
+        state = load_model(step_dir).state_dict()
+    else:
+        f = step_dir / "model.safetensors"
+        verify(f)
+        state = load_file(str(f))
+    new_cfg, new_state = quantize_state(cfg, state, scheme)
+    files = {}
+    tok = step_dir / "tokenizer.moe.json"
+    if tok.exists():
+        verify(tok)
+        files[tok.name] = tok.read_bytes()
+    from moe.training import run_dir
+
+    run_dir.prepare(out)
+    with run_dir.lock(out):
+        if run_dir.check_fresh(out, overwrite):
+            run_dir.remove_checkpoints(out)
+        return save_weights(out, new_state, new_cfg, files=files)

@@ -1,0 +1,133 @@
+"""Weight-only quantized serving measured on trained checkpoints: quality, bytes and decode speed.
+
+    python scripts/quantized_serving.py --checkpoint runs/tiny [--draft runs/tiny-draft]
+
+For each of fp32 (the checkpoint as trained), bf16 (every weight cast), and the experts quantized to
+int8, fp8 (e4m3; on a CPU its values are exact in float32, so the PyTorch path computes with them
+directly) and int4 (groups of 128), with attention, router and head left as trained:
+  - validation loss (nats per byte): 64 fixed windows of max_seq_len bytes of the held-out text;
+  - the bytes the expert weights occupy (values and scales);
+  - decode tokens/s through the serving engine at batch 1 and 8 (32-token prompts, 64 new tokens,
+    greedy; the median of --reps runs);
+  - greedy agreement with the fp32 model over 500 held-out prompts of 32 bytes: the share of
+    prompts whose next token is the same, and the share of 16-token continuations identical to fp32's.
+The draft model gets the loss and bytes. Writes bench/results/<device>/quantized.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from moe.data import TokenDataset, get_batch  # noqa: E402
+from moe.model.quantized import expert_bytes, quantize_model  # noqa: E402
+from moe.profiling.timing import device_slug, environment  # noqa: E402
+from moe.serving import Engine, Request  # noqa: E402
+from moe.training import load_model  # noqa: E402
+
+VARIANTS = ("fp32", "bf16", "int8", "fp8", "int4")
+
+
+def variant(model, name):
+    if name == "fp32":
+        return model
+    if name == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    return quantize_model(model, name)
+
+
+@torch.no_grad()
+def val_loss(model, val, seq_len: int) -> float:
+    x, y = get_batch(val, 64, seq_len, torch.Generator().manual_seed(0))
+    losses = [model(x[i:i + 16], targets=y[i:i + 16]).loss.item() for i in range(0, 64, 16)]
+    return sum(losses) / len(losses)
+
+
+def decode_tokens_per_s(model, prompts, batch: int, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        engine = Engine(model, max_batch=batch)
+        reqs = [Request(p, 64, {"greedy": True}) for p in prompts[:batch]]
+        t = time.perf_counter()
+        engine.run(reqs)
+        times.append(time.perf_counter() - t)
+    return 64 * batch / statistics.median(times)
+
+
+@torch.no_grad()
+def greedy(model, prompts) -> tuple[list[int], list[list[int]]]:
+    x = torch.tensor(prompts)
+    nxt = model(x).logits[:, -1].argmax(-1).tolist()
+    results = Engine(model, max_batch=64).run([Request(p, 16, {"greedy": True}) for p in prompts])
+    return nxt, [r.tokens for r in results]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--draft")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=500)
+    ap.add_argument("--out", help="results folder (default bench/results/<device>)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    val = TokenDataset.bundled(0.05).val
+    rng = np.random.default_rng(0)
+    prompts = [val.window(int(s), 32).tolist() for s in rng.integers(0, len(val) - 32, args.prompts)]
+    base = load_model(args.checkpoint).eval()
+    seq_len = base.cfg.max_seq_len
+    ref_next, ref_cont = greedy(base, prompts)
+    rows = {}
+    for name in VARIANTS:
+        model = variant(base, name).eval()
+        nxt, cont = (ref_next, ref_cont) if name == "fp32" else greedy(model, prompts)
+        rows[name] = {
+            "val_nats_per_byte": round(val_loss(model, val, seq_len), 4),
+            "expert_bytes": expert_bytes(model),
+            "decode_tok_s_b1": round(decode_tokens_per_s(model, prompts, 1, args.reps), 1),
+            "decode_tok_s_b8": round(decode_tokens_per_s(model, prompts, 8, args.reps), 1),
+            "next_token_agreement": round(sum(a == b for a, b in zip(nxt, ref_next)) / len(prompts), 4),
+            "continuation_identical": round(sum(a == b for a, b in zip(cont, ref_cont)) / len(prompts), 4),
+        }
+        rows[name]["delta_vs_fp32"] = round(rows[name]["val_nats_per_byte"] - rows["fp32"]["val_nats_per_byte"], 4)
+        print(name, rows[name], flush=True)
+    draft = {}
+    if args.draft:
+        d = load_model(args.draft).eval()
+        for name in VARIANTS:
+            m = variant(d, name).eval()
+            draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d.cfg.max_seq_len), 4),
+                           "expert_bytes": expert_bytes(m)}
+        print("draft", draft, flush=True)
+    env = environment(torch.cuda.is_available())
+    out = pathlib.Path(args.out) if args.out else ROOT / "bench" / "results" / device_slug(torch.cuda.is_available())
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts,
+                        "threads": torch.get_num_threads()}, "tiny": rows, "draft": draft}
+    (out / "quantized.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"{base.cfg.name} ({args.checkpoint}); {env['device']}, torch {env['torch']}, {env['date']}", "",
+             "| experts | val nats/byte | vs fp32 | expert bytes | decode tok/s b=1 | b=8 | next token = fp32 "
+             "| 16-token continuation = fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | {r['expert_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['decode_tok_s_b1']} | {r['decode_tok_s_b8']} | {r['next_token_agreement']:.1%} | "
+                     f"{r['continuation_identical']:.1%} |")
+    if draft:
+        lines += ["", "| draft experts | val nats/byte | expert bytes |", "|---|---|---|"]
+        lines += [f"| {n} | {r['val_nats_per_byte']} | {r['expert_bytes'] / 2**20:.2f} MiB |" for n, r in draft.items()]
+    (out / "quantized.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
