@@ -127,6 +127,7 @@ class ModelConfig:
     # Serving only: the experts' weights stored weight-only quantized, "none" | "int8" | "fp8" | "int4"
     # (kernels/quantized.py; python -m moe quantize writes such checkpoints; train refuses them).
     expert_quant: str = "none"
+    quantize_dense: bool = False  # with expert_quant: the attention projections and the output head too
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",
@@ -156,6 +157,11 @@ class ModelConfig:
             _check_rope_scaling(self.rope_scaling, self.max_seq_len)
         if self.expert_quant not in EXPERT_QUANT:
             raise ValueError(f"expert_quant must be one of {EXPERT_QUANT}, got {self.expert_quant!r}")
+        if not isinstance(self.quantize_dense, bool):
+            raise ValueError(f"quantize_dense must be true or false, got {self.quantize_dense!r}")
+        if self.quantize_dense and (self.expert_quant == "none" or self.tie_embeddings):
+            raise ValueError("quantize_dense needs expert_quant set (it takes the same scheme) and untied "
+                             "embeddings (a tied head is the embedding table)")
         if self.expert_quant != "none" and self.capacity_factor:
             raise ValueError("a quantized model serves dropless: capacity_factor must be 0 with expert_quant "
                              f"{self.expert_quant!r}")

@@ -4,9 +4,11 @@
 
 For each of fp32 (the checkpoint as trained), bf16 (every weight cast), and the experts quantized to
 int8, fp8 (e4m3; on a CPU its values are exact in float32, so the PyTorch path computes with them
-directly) and int4 (groups of 128), with attention, router and head left as trained:
-  - validation loss (nats per byte): 64 fixed windows of max_seq_len bytes of the held-out text;
-  - the bytes the expert weights occupy (values and scales);
+directly) and int4 (groups of 128), with attention, router and head left as trained; and int8 with
+the attention projections and the output head quantized too ("int8 + dense"):
+  - validation loss (nats per byte): 64 fixed windows of the held-out text, as long as the
+    checkpoint's training sequences (positions past those were never trained);
+  - the bytes the expert weights occupy, and all weights (values and scales);
   - decode tokens/s through the serving engine at batch 1 and 8 (32-token prompts, 64 new tokens,
     greedy; the median of --reps runs);
   - greedy agreement with the fp32 model over 500 held-out prompts of 32 bytes: the share of
@@ -30,12 +32,12 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from moe.data import TokenDataset, get_batch  # noqa: E402
-from moe.model.quantized import expert_bytes, quantize_model  # noqa: E402
+from moe.model.quantized import expert_bytes, quantize_model, weight_bytes  # noqa: E402
 from moe.profiling.timing import device_slug, environment  # noqa: E402
 from moe.serving import Engine, Request  # noqa: E402
-from moe.training import load_model  # noqa: E402
+from moe.training import load_model, read_config  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "int8", "fp8", "int4")
+VARIANTS = ("fp32", "bf16", "int8", "fp8", "int4", "int8 + dense")
 
 
 def variant(model, name):
@@ -43,7 +45,8 @@ def variant(model, name):
         return model
     if name == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16)
-    return quantize_model(model, name)
+    scheme, _, dense = name.partition(" + ")
+    return quantize_model(model, scheme, dense=bool(dense))
 
 
 @torch.no_grad()
@@ -85,7 +88,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     prompts = [val.window(int(s), 32).tolist() for s in rng.integers(0, len(val) - 32, args.prompts)]
     base = load_model(args.checkpoint).eval()
-    seq_len = base.cfg.max_seq_len
+    seq_len = (read_config(args.checkpoint)[1] or {}).get("seq_len", base.cfg.max_seq_len)
     ref_next, ref_cont = greedy(base, prompts)
     rows = {}
     for name in VARIANTS:
@@ -93,7 +96,7 @@ def main() -> None:
         nxt, cont = (ref_next, ref_cont) if name == "fp32" else greedy(model, prompts)
         rows[name] = {
             "val_nats_per_byte": round(val_loss(model, val, seq_len), 4),
-            "expert_bytes": expert_bytes(model),
+            "expert_bytes": expert_bytes(model), "weight_bytes": weight_bytes(model),
             "decode_tok_s_b1": round(decode_tokens_per_s(model, prompts, 1, args.reps), 1),
             "decode_tok_s_b8": round(decode_tokens_per_s(model, prompts, 8, args.reps), 1),
             "next_token_agreement": round(sum(a == b for a, b in zip(nxt, ref_next)) / len(prompts), 4),
@@ -106,20 +109,22 @@ def main() -> None:
         d = load_model(args.draft).eval()
         for name in VARIANTS:
             m = variant(d, name).eval()
-            draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d.cfg.max_seq_len), 4),
+            d_len = (read_config(args.draft)[1] or {}).get("seq_len", d.cfg.max_seq_len)
+            draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d_len), 4),
                            "expert_bytes": expert_bytes(m)}
         print("draft", draft, flush=True)
     env = environment(torch.cuda.is_available())
     out = pathlib.Path(args.out) if args.out else ROOT / "bench" / "results" / device_slug(torch.cuda.is_available())
     out.mkdir(parents=True, exist_ok=True)
-    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts,
+    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts, "seq_len": seq_len,
                         "threads": torch.get_num_threads()}, "tiny": rows, "draft": draft}
     (out / "quantized.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"{base.cfg.name} ({args.checkpoint}); {env['device']}, torch {env['torch']}, {env['date']}", "",
-             "| experts | val nats/byte | vs fp32 | expert bytes | decode tok/s b=1 | b=8 | next token = fp32 "
-             "| 16-token continuation = fp32 |", "|---|---|---|---|---|---|---|---|"]
+             "| weights | val nats/byte | vs fp32 | expert bytes | all weights | decode tok/s b=1 | b=8 "
+             "| next token = fp32 | 16-token continuation = fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | {r['expert_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['weight_bytes'] / 2**20:.2f} MiB | "
                      f"{r['decode_tok_s_b1']} | {r['decode_tok_s_b8']} | {r['next_token_agreement']:.1%} | "
                      f"{r['continuation_identical']:.1%} |")
     if draft:

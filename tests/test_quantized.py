@@ -13,7 +13,7 @@ from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp
 from moe.__main__ import main
 from moe.config import EXPERT_QUANT, ModelConfig, TrainConfig
 from moe.model import MoETransformer
-from moe.model.quantized import expert_bytes, quantize_model
+from moe.model.quantized import expert_bytes, quantize_model, weight_bytes
 from moe.serving import Engine, Request, generate
 from moe.training import train
 
@@ -116,6 +116,11 @@ def test_quality_target_and_engine_exactness(trained):
     assert abs(losses["fp8"] - base) < 0.05 and abs(losses["int4"] - base) < 0.1, (base, losses)
     q8 = quantize_model(model, "int8")
     assert expert_bytes(q8) < 0.3 * expert_bytes(model)  # 1 byte per weight (+ scales) against 4
+    everything = quantize_model(model, "int8", dense=True)  # attention and the head too
+    assert {"blocks.0.attn.wq.q", "lm_head.scale"} <= set(everything.state_dict())
+    assert not any(k.endswith("attn.wq.weight") or k == "lm_head.weight" for k in everything.state_dict())
+    assert weight_bytes(everything) < weight_bytes(q8) < weight_bytes(model)
+    assert abs(_val_loss(everything) - base) < 0.02, (base, _val_loss(everything))
     g = torch.Generator().manual_seed(0)
     reqs = [Request(torch.randint(0, 256, (int(n),), generator=g).tolist(), 8, {"greedy": True}, seed=i)
             for i, n in enumerate(torch.randint(3, 20, (6,), generator=g))]
@@ -141,6 +146,12 @@ def test_quantize_cli_and_refusals(trained, tmp_path, capsys):
     assert "invalid choice: 'int3'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="expert_quant must be one of"):
         ModelConfig(expert_quant="int2")
+    with pytest.raises(ValueError, match="quantize_dense needs expert_quant"):
+        ModelConfig(quantize_dense=True)
+    with pytest.raises(ValueError, match="untied"):
+        ModelConfig(expert_quant="int8", quantize_dense=True, tie_embeddings=True)
+    assert main(["quantize", "--checkpoint", str(trained), "--dtype", "int4", "--dense", "--out", str(tmp_path / "d")]) == 0
+    assert main(["generate", "--checkpoint", str(tmp_path / "d"), "--prompt", "ROMEO.", "--max-new-tokens", "3"]) == 0
     with pytest.raises(ValueError, match="train from the unquantized"):
         train(shrunk("tiny", expert_quant="int8"), TrainConfig(max_steps=1), tmp_path / "u", progress=False)
 

@@ -27,6 +27,7 @@ from torch.profiler import record_function
 from moe.config import ModelConfig
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.positions import Positions
+from moe.model.quantized import linear
 from moe.model.rope import apply_rope
 
 
@@ -34,10 +35,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = linear(cfg, cfg.d_model, cfg.n_heads * cfg.head_dim)  # nn.Linear, or quantized for serving
+        self.wk = linear(cfg, cfg.d_model, cfg.n_kv_heads * cfg.head_dim)
+        self.wv = linear(cfg, cfg.d_model, cfg.n_kv_heads * cfg.head_dim)
+        self.wo = linear(cfg, cfg.n_heads * cfg.head_dim, cfg.d_model)
         self.kv_cache: KVCache | PagedKVCache | None = None
 
     def forward(self, x_BTD, rope: tuple[torch.Tensor, torch.Tensor], positions: Positions | None = None):

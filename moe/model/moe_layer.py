@@ -75,7 +75,7 @@ class MoELayer(nn.Module):
             r = self.router(x_TD)
         if self.cfg.expert_quant != "none":
             (x_TD,) = in_autocast_dtype(x_TD)
-            w_up, w_gate, w_down = (None if w is None else w.weight() for w in (self.w_up, self.w_gate, self.w_down))
+            w_up, w_gate, w_down = (None if w is None else w.quantized() for w in (self.w_up, self.w_gate, self.w_down))
         else:
             x_TD, w_up, w_gate, w_down = in_autocast_dtype(x_TD, self.w_up, self.w_gate, self.w_down)
         y_TD = self.experts(x_TD, r, w_up, w_gate, w_down)

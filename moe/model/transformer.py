@@ -23,6 +23,7 @@ from moe.model.attention import Attention
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.moe_layer import MoELayer
 from moe.model.positions import Positions
+from moe.model.quantized import linear
 from moe.model.rope import Rotary
 from moe.model.router import RouterOutput
 
@@ -67,7 +68,7 @@ class MoETransformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = linear(cfg, cfg.d_model, cfg.vocab_size)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rotary = Rotary(cfg)  # positions -> rotary tables (moe/model/rope.py), no parameters
@@ -75,13 +76,15 @@ class MoETransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
+        dense = not self.cfg.quantize_dense  # quantized projections come from a checkpoint, never initialised
         nn.init.normal_(self.tok_emb.weight, std=std)
-        if not self.cfg.tie_embeddings:
+        if dense and not self.cfg.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, std=std)
         for block in self.blocks:
-            for lin in (block.attn.wq, block.attn.wk, block.attn.wv):
-                nn.init.normal_(lin.weight, std=std)
-            nn.init.normal_(block.attn.wo.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+            if dense:
+                for lin in (block.attn.wq, block.attn.wk, block.attn.wv):
+                    nn.init.normal_(lin.weight, std=std)
+                nn.init.normal_(block.attn.wo.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
             block.moe.reset_parameters()
 
     def setup_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:

@@ -134,8 +134,8 @@ def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
     model.load_state_dict(state["model"])
 
 
-def quantize_checkpoint(path, out, scheme: str, *, overwrite: bool = False) -> pathlib.Path:
-    """A serving copy of a checkpoint with its expert weights quantized (moe/model/quantized.py):
+def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrite: bool = False) -> pathlib.Path:
+    """A serving copy of a checkpoint with its expert weights (dense: attention and head too) quantized (moe/model/quantized.py):
     weights, config (expert_quant set) and tokenizer; no optimizer state. Returns the step directory."""
     from moe.model.quantized import quantize_state
 
@@ -149,7 +149,7 @@ def quantize_checkpoint(path, out, scheme: str, *, overwrite: bool = False) -> p
         f = step_dir / "model.safetensors"
         verify(f)
         state = load_file(str(f))
-    new_cfg, new_state = quantize_state(cfg, state, scheme)
+    new_cfg, new_state = quantize_state(cfg, state, scheme, dense)
     files = {}
     tok = step_dir / "tokenizer.moe.json"
     if tok.exists():

@@ -116,6 +116,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         f"capacity_factor {cfg.capacity_factor}: Mixtral drops no tokens": cfg.capacity_factor > 0,
         "tie_embeddings: refused (Mixtral checkpoints keep lm_head apart)": cfg.tie_embeddings,
         "router_renormalize false: Mixtral renormalises the top-k weights": not cfg.router_renormalize,
+        f"expert_quant {cfg.expert_quant!r}: convert the unquantized checkpoint": cfg.expert_quant != "none",
     }
     bad = [why for why, refused in refusals.items() if refused]
     if bad:
