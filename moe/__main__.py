@@ -207,7 +207,7 @@ def cmd_generate(args) -> int:
     tok = _tokenizer(args.checkpoint, args.draft_checkpoint)
     model = _load(args.checkpoint, args)
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    prompt = tok.encode(args.prompt)
+    prompt = tok.encode_prompt(args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: give at least one character to continue")
     seed = args.seed if args.seed is not None else random.randrange(2**31)

@@ -64,6 +64,18 @@ def test_byte_and_bpe_tokenizers_round_trip_any_text():
     assert again.fingerprint == bpe.fingerprint and again.encode(UNSEEN) == bpe.encode(UNSEEN)
 
 
+def test_a_hugging_face_post_processor_starts_prompts_not_documents():
+    """Mixtral's tokenizer.json puts <s> before a sequence: generate's prompts get it, prepared documents not."""
+    from tokenizers import Tokenizer as HFTok, processors
+
+    bpe = tokenizers.train_bpe(iter([TEXT]), 300)
+    tok = HFTok.from_str(bpe.to_hf_json())
+    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bpe.eot)])
+    hf = tokenizers.HFTokenizer.from_json(tok.to_str(), "hf")
+    assert hf.encode_prompt("the king") == [bpe.eot] + hf.encode("the king")
+    assert bpe.encode_prompt("the king") == bpe.encode("the king")
+
+
 @pytest.mark.parametrize("spec, message", [("bpe:100", "N > 257"), ("bpe:lots", "N > 257"),
                                            ("wordpiece", "unknown tokenizer")])
 def test_bad_tokenizer_spec(spec, message):

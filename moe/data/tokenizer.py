@@ -48,6 +48,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt to generate from: as encode, plus what the tokenizer puts before a sequence (a
+        Hugging Face tokenizer's post-processor, e.g. Mixtral's <s>)."""
+        return self.encode(text)
+
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
@@ -118,6 +123,9 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=True).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
