@@ -111,12 +111,22 @@ def test_checkpoint_reshards_into_another_layout(tmp_path):
 
 
 def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
-    """The command line end to end: expert parallel under torchrun, resumed as a pipeline, then one
-    process samples from the distributed checkpoint."""
+    """The command line end to end on a prepared BPE dataset: expert parallel under torchrun, resumed
+    as a pipeline, then one process samples from the distributed checkpoint with its tokenizer."""
+    from moe.data import bundled_split
+    from moe.data.prepare import prepare
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = bundled_split(0.05)[0][:60_000].decode()
+    for i in range(12):
+        (docs / f"{i}.txt").write_text(text[i * 5000:(i + 1) * 5000])
+    prepare([docs], "bpe:300", tmp_path / "data", val_fraction=0.25, progress=False, log=lambda *_: None)
+    run = tmp_path / "run"
     small = [f"--set={k}={v}" for k, v in {**SMALL, "eval_interval": 2, "eval_batches": 1,
-                                           "checkpoint_interval": 2}.items()]
-    common = ["-m", "moe", "train", "--config", "tiny", "--batch-size", "8", "--seq-len", "16", "--out",
-              str(tmp_path), *small]
+                                           "checkpoint_interval": 2}.items() if k != "vocab_size"]
+    common = ["-m", "moe", "train", "--config", "tiny", "--data", str(tmp_path / "data"), "--batch-size", "8",
+              "--seq-len", "16", "--out", str(run), *small]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     first = subprocess.run(torchrun + common + ["--ep", "2", "--max-steps", "4"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -126,7 +136,8 @@ def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "at step 4 (written by layout ep=2,zero1)" in second.stdout
     assert "step 6/6" in second.stdout
-    gen = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To",
+    assert (run / "step-0000006" / "tokenizer.moe.json").exists()  # rank 0 wrote it beside the shards
+    gen = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(run), "--prompt", "To",
                           "--max-new-tokens", "5"], capture_output=True, text=True)
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("To")
