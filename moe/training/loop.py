@@ -191,6 +191,12 @@ def check_tokenizer(model_cfg: ModelConfig, dataset: TokenDataset, checkpoint_di
                              f"{dataset.name} uses {tok.describe()}: its token ids mean different text")
 
 
+def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
+    if model_cfg.expert_quant != "none":
+        raise ValueError(f"{what} is quantized ({model_cfg.expert_quant} experts): quantized checkpoints are for "
+                         "serving; train from the unquantized checkpoint")
+
+
 def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot,
            log, build):
     dataset = data if isinstance(data, TokenDataset) else open_data(data, cfg.val_fraction)
@@ -199,10 +205,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
                          "(--set max_seq_len=...) with rope_scaling to extend a model's context")
-    for what, cfg_ in (("the config", model_cfg), ("--init-from", init_from and checkpoint.read_config(init_from)[0])):
-        if cfg_ and cfg_.expert_quant != "none":
-            raise ValueError(f"{what} is quantized ({cfg_.expert_quant} experts): quantized checkpoints are for "
-                             "serving; train from the unquantized checkpoint")
+    _refuse_quantized("the config", model_cfg)
+    if init_from is not None:
+        _refuse_quantized(f"--init-from {init_from}", checkpoint.read_config(init_from)[0])
     if init_from is not None:
         if resume:
             raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues one: "
