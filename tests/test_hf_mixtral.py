@@ -61,6 +61,22 @@ def test_logits_and_expert_choices_match_transformers(hf_dir, converted):
         assert torch.equal(chosen, routing.experts.sort(dim=-1).values), f"layer {layer}"
 
 
+def test_a_bf16_checkpoint_stays_bf16(tmp_path):
+    """A bf16 Mixtral converts to bf16 tensors on disk (no doubling), which load into float32 parameters
+    with the values unchanged: the same logits as transformers' model loaded in float32."""
+    d = tmp_path / "hf"
+    _hf_model().to(torch.bfloat16).save_pretrained(d)
+    (d / "tokenizer.json").write_text(tokenizers.ByteTokenizer().to_hf_json())  # 256 tokens <= vocab 300
+    from_hf(d, tmp_path / "ours", **QUIET)
+    saved = load_file(tmp_path / "ours" / "step-0000000" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    hf = transformers.MixtralForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ours = load_model(tmp_path / "ours").eval()
+    x = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_greedy_generation_matches_transformers(hf_dir, converted):
     hf = transformers.MixtralForCausalLM.from_pretrained(hf_dir).eval()
     ours = load_model(converted).eval()
