@@ -13,8 +13,8 @@ Two kernels:
     in registers, so a hot expert's tiles are shared out like any other's and nothing on the host
     needs the row counts (no device sync). Options, all compile-time:
     - GATHER: row r reads a[src[r]] (the token's row) instead of a[r]: no permuted copy of x.
-    - DUAL: a second weight w2 feeds a second accumulator from the same A tiles (SwiGLU: gate and up
-      in one pass over x).
+    - DUAL: a second weight w2 feeds a second accumulator from the same A tiles, in the same K loop
+      (SwiGLU: gate and up in one pass over x, each A tile loaded once).
     - PAIR2: a second (A, W) pair, a2 @ w2, is added into the same accumulator (SwiGLU's backward
       dX = d_up @ w_up^T + d_gate @ w_gate^T).
     - EPI: what the epilogue does with the fp32 accumulator (EPI_* below): store it; GELU or SwiGLU
@@ -90,6 +90,20 @@ def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
     return wq == 2 and qgroup % block_k != 0
 
 
+def _check_block_n(configs) -> None:
+    """The backward epilogue writes one routing-weight partial per DSCALE_BLOCK columns into a buffer
+    sized for MAX_BLOCK_N (dscale_buffer): a config with a wider or unaligned BLOCK_N would silently
+    drop partials, so none may exist."""
+    bad = [c.kwargs["BLOCK_N"] for c in configs
+           if c.kwargs["BLOCK_N"] > MAX_BLOCK_N or c.kwargs["BLOCK_N"] % DSCALE_BLOCK]
+    if bad:
+        raise ValueError(f"row kernel configs with BLOCK_N {bad}: each must be a multiple of {DSCALE_BLOCK} and at "
+                         f"most MAX_BLOCK_N = {MAX_BLOCK_N}")
+
+
+_check_block_n(_row_configs())
+
+
 def _dw_configs():
     if INTERPRET:
         return [triton.Config(dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=32), num_stages=1, num_warps=4)]
@@ -110,38 +124,57 @@ def _gelu_grad(x):
 
 
 @triton.jit
-def _accumulate(acc, a_ptr, a_rows, row_ok, w_ptr, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
-                BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-                ws_ptr=None, stride_sg=0, stride_sn=0, WQ: tl.constexpr = 0, QGROUP: tl.constexpr = 128):
-    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time. Quantized W (WQ, see
-    kernels/quantized.py) is widened to A's dtype as it is loaded: int8 and fp8 exactly (their
-    per-column scales are applied to the accumulator afterwards, by the caller); int4 times its
-    group's scale here, since the scale changes along K."""
+def _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn, dtype,
+            WQ: tl.constexpr, QGROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_K, BLOCK_N] tile w[ks, cols] in `dtype`. Quantized W (WQ, see kernels/quantized.py)
+    is widened as it is loaded: int8 and fp8 exactly (their per-column scales are applied to the
+    accumulator afterwards, by the caller); int4 times its group's scale here, since that scale
+    changes along K."""
+    w_ok = (ks[:, None] < K) & (cols[None, :] < N)
+    if WQ == 2:  # int4: two per byte along K, low nibble first, stored as value + 8
+        packed = tl.load(w_ptr + (ks // 2)[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=8)
+        nibble = (packed.to(tl.int32) >> ((ks % 2) * 4)[:, None]) & 15
+        if QGROUP % BLOCK_K == 0:  # the block lies inside one group: one row of scales
+            s = tl.load(ws_ptr + (k0 // QGROUP) * stride_sg + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
+        else:
+            s = tl.load(ws_ptr + (ks // QGROUP)[:, None] * stride_sg + cols[None, :] * stride_sn, mask=w_ok,
+                        other=0.0)
+        w = ((nibble - 8).to(tl.float32) * s).to(dtype)
+    else:
+        w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=0.0)
+        if WQ == 1:  # int8 or fp8 e4m3: every value is exact in bf16 and fp32
+            w = w.to(dtype)
+    return w  # one return: the compiler types every return alike, even in a pruned branch
+
+
+@triton.jit
+def _accumulate(acc, acc2, a_ptr, a_rows, row_ok, w_ptr, w2_ptr, cols, K, N, stride_am, stride_ak, stride_wk,
+                stride_wn, ws_ptr, ws2_ptr, stride_sg, stride_sn, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+                PRECISION: tl.constexpr, DUAL: tl.constexpr, WQ: tl.constexpr, QGROUP: tl.constexpr):
+    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time; with DUAL, also
+    acc2 += a @ w2 from the same A tile (SwiGLU's gate and up: A is loaded once)."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
                     mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
-        w_ok = (ks[:, None] < K) & (cols[None, :] < N)
-        if WQ == 2:  # int4: two per byte along K, low nibble first, stored as value + 8
-            packed = tl.load(w_ptr + (ks // 2)[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=8)
-            nibble = (packed.to(tl.int32) >> ((ks % 2) * 4)[:, None]) & 15
-            if QGROUP % BLOCK_K == 0:  # the block lies inside one group: one row of scales
-                s = tl.load(ws_ptr + (k0 // QGROUP) * stride_sg + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
-            else:
-                s = tl.load(ws_ptr + (ks // QGROUP)[:, None] * stride_sg + cols[None, :] * stride_sn, mask=w_ok,
-                            other=0.0)
-            w = ((nibble - 8).to(tl.float32) * s).to(a.dtype)
-        else:
-            w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=0.0)
-            if WQ == 1:  # int8 or fp8 e4m3: every value is exact in bf16 and fp32
-                w = w.to(a.dtype)
+        w = _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn, a.dtype,
+                    WQ, QGROUP, BLOCK_K)
         if DOT_FP32:
             a, w = a.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
-    return acc
+        if DUAL:
+            w2 = _load_w(w2_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws2_ptr, stride_sg, stride_sn, a.dtype,
+                         WQ, QGROUP, BLOCK_K)
+            if DOT_FP32:
+                w2 = w2.to(tl.float32)
+            acc2 = tl.dot(a, w2, acc2, input_precision=PRECISION)
+    return acc, acc2
 
 
-@triton.autotune(configs=_row_configs(), key=["ROWS_CLASS", "K", "N", "EPI", "DUAL", "PAIR2", "WQ"],
+# The key holds every compile-time mode (a variant never reuses another's choice) and stride_wn, which
+# tells a transposed W (dX through W^T: stride_wn = K) from a plain one (stride_wn = 1).
+@triton.autotune(configs=_row_configs(), key=["ROWS_CLASS", "K", "N", "EPI", "DUAL", "PAIR2", "WQ", "QGROUP", "GATHER",
+                                               "SCATTER", "SCALE", "SAVE_PRE", "stride_wn"],
                  prune_configs_by={"early_config_prune": _prune_row_configs})
 @triton.jit
 def _rows_kernel(
@@ -166,8 +199,9 @@ def _rows_kernel(
     n_col_tiles = tl.cdiv(N, BLOCK_N)
 
     for tile in range(tl.program_id(0), n_row_tiles * n_col_tiles, tl.num_programs(0)):
-        # Column tiles vary fastest within a group of GROUP_M row tiles, so the A rows and W columns a
-        # wave of programs touches stay in L2 (the ordering of Triton's matmul tutorial).
+        # Within a group of GROUP_M row tiles, row tiles vary fastest (a column tile's W is read by the
+        # group's row tiles one after another), so the A rows and W columns a wave of programs touches
+        # stay in L2 (the ordering of Triton's matmul tutorial).
         per_group = GROUP_M * n_col_tiles
         first = (tile // per_group) * GROUP_M
         group_rows = tl.minimum(n_row_tiles - first, GROUP_M)
@@ -184,22 +218,21 @@ def _rows_kernel(
 
         a_rows = tl.load(src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER else rows
         w_g = w_ptr + g.to(tl.int64) * stride_we
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         ws_g, ws2_g = ws_ptr + g.to(tl.int64) * stride_se, ws2_ptr + g.to(tl.int64) * stride_se
-        acc = _accumulate(acc, a_ptr, a_rows, row_ok, w_g, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
-                          BLOCK_K, DOT_FP32, PRECISION, ws_g, stride_sg, stride_sn, WQ, QGROUP)
+        w2_g = w2_ptr + g.to(tl.int64) * stride_we
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, BLOCK_N) if DUAL else (1, 1), dtype=tl.float32)
+        acc, acc2 = _accumulate(acc, acc2, a_ptr, a_rows, row_ok, w_g, w2_g, cols, K, N, stride_am, stride_ak,
+                                stride_wk, stride_wn, ws_g, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION,
+                                DUAL, WQ, QGROUP)
         if WQ == 1:  # per-column scales, once per tile
             acc = acc * tl.load(ws_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
-        if DUAL:
-            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc2 = _accumulate(acc2, a_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
-                               stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION,
-                               ws2_g, stride_sg, stride_sn, WQ, QGROUP)
-            if WQ == 1:
+            if DUAL:
                 acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
-        if PAIR2:
-            acc = _accumulate(acc, a2_ptr, a_rows, row_ok, w2_ptr + g.to(tl.int64) * stride_we, cols, K, N,
-                              stride_am, stride_ak, stride_wk, stride_wn, BLOCK_K, DOT_FP32, PRECISION)
+        if PAIR2:  # a second (A, W) pair into the same accumulator (never quantized: training only)
+            acc, acc2 = _accumulate(acc, acc2, a2_ptr, a_rows, row_ok, w2_g, w2_g, cols, K, N, stride_am, stride_ak,
+                                    stride_wk, stride_wn, ws_g, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32,
+                                    PRECISION, False, 0, QGROUP)
 
         mask = row_ok[:, None] & col_ok[None, :]
         pre_at = rows[:, None] * stride_pm + cols[None, :]
@@ -248,7 +281,7 @@ def _rows_kernel(
                 tl.store(out2_ptr + out_at, d_gate.to(out_ty), mask=mask)
 
 
-@triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N"])
+@triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N", "GATHER_A", "GATHER_B", "SCALE_B"])
 @triton.jit
 def _dw_kernel(
     a_ptr, a_src_ptr, b_ptr, b_src_ptr, scale_ptr, offsets_ptr, dw_ptr,

@@ -86,7 +86,7 @@ def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: in
                          SCATTER=False, E_POW2=16, WQ=0, QGROUP=128), **consts}
     else:
         consts = {**dict(GATHER_A=False, GATHER_B=False, SCALE_B=False), **consts}
-    consts.update(DOT_FP32=False, PRECISION="ieee" if dtype == "fp32" else "tf32")
+    consts.update(DOT_FP32=False, PRECISION="ieee")  # what the runtime passes (tg._dot_args; TF32 is off by default)
     units = UNIT_STRIDES - {"stride_wn"} | {"stride_wk"} if transposed else UNIT_STRIDES
     consts.update({n: 1 for n in units if n in fn.arg_names})
     sig, attrs = signature(fn, consts, dtype, set(), w_type)
