@@ -13,8 +13,8 @@ Two kernels:
     in registers, so a hot expert's tiles are shared out like any other's and nothing on the host
     needs the row counts (no device sync). Options, all compile-time:
     - GATHER: row r reads a[src[r]] (the token's row) instead of a[r]: no permuted copy of x.
-    - DUAL: a second weight w2 feeds a second accumulator from the same A tiles, in the same K loop
-      (SwiGLU: gate and up in one pass over x, each A tile loaded once).
+    - DUAL: a second weight w2 feeds a second accumulator from the same A rows (SwiGLU: gate and up in
+      one launch; two K loops, so each A tile is loaded twice; see the note in the kernel).
     - PAIR2: a second (A, W) pair, a2 @ w2, is added into the same accumulator (SwiGLU's backward
       dX = d_up @ w_up^T + d_gate @ w_gate^T).
     - EPI: what the epilogue does with the fp32 accumulator (EPI_* below): store it; GELU or SwiGLU
@@ -148,11 +148,10 @@ def _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, 
 
 
 @triton.jit
-def _accumulate(acc, acc2, a_ptr, a_rows, row_ok, w_ptr, w2_ptr, cols, K, N, stride_am, stride_ak, stride_wk,
-                stride_wn, ws_ptr, ws2_ptr, stride_sg, stride_sn, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
-                PRECISION: tl.constexpr, DUAL: tl.constexpr, WQ: tl.constexpr, QGROUP: tl.constexpr):
-    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time; with DUAL, also
-    acc2 += a @ w2 from the same A tile (SwiGLU's gate and up: A is loaded once)."""
+def _accumulate(acc, a_ptr, a_rows, row_ok, w_ptr, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws_ptr,
+                stride_sg, stride_sn, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                WQ: tl.constexpr, QGROUP: tl.constexpr):
+    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
@@ -162,13 +161,7 @@ def _accumulate(acc, acc2, a_ptr, a_rows, row_ok, w_ptr, w2_ptr, cols, K, N, str
         if DOT_FP32:
             a, w = a.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        if DUAL:
-            w2 = _load_w(w2_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws2_ptr, stride_sg, stride_sn, a.dtype,
-                         WQ, QGROUP, BLOCK_K)
-            if DOT_FP32:
-                w2 = w2.to(tl.float32)
-            acc2 = tl.dot(a, w2, acc2, input_precision=PRECISION)
-    return acc, acc2
+    return acc
 
 
 # The key holds every compile-time mode (a variant never reuses another's choice) and stride_wn, which
@@ -221,18 +214,20 @@ def _rows_kernel(
         ws_g, ws2_g = ws_ptr + g.to(tl.int64) * stride_se, ws2_ptr + g.to(tl.int64) * stride_se
         w2_g = w2_ptr + g.to(tl.int64) * stride_we
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_M, BLOCK_N) if DUAL else (1, 1), dtype=tl.float32)
-        acc, acc2 = _accumulate(acc, acc2, a_ptr, a_rows, row_ok, w_g, w2_g, cols, K, N, stride_am, stride_ak,
-                                stride_wk, stride_wn, ws_g, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION,
-                                DUAL, WQ, QGROUP)
+        acc = _accumulate(acc, a_ptr, a_rows, row_ok, w_g, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
+                          ws_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, WQ, QGROUP)
+        if DUAL:  # SwiGLU's gate: a second K loop over the same A rows (one loop with both weights holds
+            # three tiles per pipeline stage and overflows shared memory on several shipped configs)
+            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc2 = _accumulate(acc2, a_ptr, a_rows, row_ok, w2_g, cols, K, N, stride_am, stride_ak, stride_wk,
+                               stride_wn, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, WQ, QGROUP)
         if WQ == 1:  # per-column scales, once per tile
             acc = acc * tl.load(ws_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
             if DUAL:
                 acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
         if PAIR2:  # a second (A, W) pair into the same accumulator (never quantized: training only)
-            acc, acc2 = _accumulate(acc, acc2, a2_ptr, a_rows, row_ok, w2_g, w2_g, cols, K, N, stride_am, stride_ak,
-                                    stride_wk, stride_wn, ws_g, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32,
-                                    PRECISION, False, 0, QGROUP)
+            acc = _accumulate(acc, a2_ptr, a_rows, row_ok, w2_g, cols, K, N, stride_am, stride_ak, stride_wk,
+                              stride_wn, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, 0, QGROUP)
 
         mask = row_ok[:, None] & col_ok[None, :]
         pre_at = rows[:, None] * stride_pm + cols[None, :]

@@ -99,7 +99,28 @@ def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: in
         return dict(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     ttgir = k.asm["ttgir"]
     return dict(ok=True, seconds=round(time.time() - start, 1), shared=k.metadata.shared,
-                pipelined="async_copy" in ttgir or "async_tma" in ttgir, wgmma="warp_group_dot" in ttgir)
+                pipelined="async_copy" in ttgir or "async_tma" in ttgir, wgmma="warp_group_dot" in ttgir,
+                **machine_code(k.asm["cubin"]))
+
+
+CUOBJDUMP = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def machine_code(cubin: bytes) -> dict:
+    """What the SASS says (cuobjdump, shipped in the triton wheel): registers per thread, the stack
+    frame (where spilled registers go), local stores/loads (the spills themselves), HGMMA instructions."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([str(CUOBJDUMP), "--dump-sass", f.name], capture_output=True, text=True).stdout
+    field = lambda name: int(m.group(1)) if (m := re.search(rf"{name}:(\d+)", usage)) else None  # noqa: E731
+    return dict(registers=field("REG"), stack=field("STACK"), spill_stores=len(re.findall(r"\bSTL\b", sass)),
+                spill_loads=len(re.findall(r"\bLDL\b", sass)), hgmma=len(re.findall(r"\bHGMMA\b", sass)))
 
 
 def kept_by_autotuner(config: triton.Config, flags: dict) -> bool:
@@ -143,7 +164,10 @@ def main(argv=None) -> int:
                                         status="FAIL" if bad else "ok"))
                     row = results[-1]
                     detail = row.get("error") or (f"shared {row['shared'] / 1024:6.1f} KiB  pipelined "
-                                                  f"{row['pipelined']!s:5}  wgmma {row['wgmma']!s:5}")
+                                                  f"{row['pipelined']!s:5}  wgmma {row['wgmma']!s:5}  "
+                                                  f"regs {row['registers']}  stack {row['stack']:5}  "
+                                                  f"STL/LDL {row['spill_stores']}/{row['spill_loads']}  "
+                                                  f"HGMMA {row['hgmma']}")
                     print(f"{row['status']:4} {mode:<32} {cfg:<18} {dtype:<5} {detail}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, results=results), indent=1))

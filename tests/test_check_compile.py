@@ -20,4 +20,5 @@ def test_kernels_compile_and_pipeline_for_sm90(tmp_path):
                                             "up + gate + SwiGLU, int4 W", "down, weighted scatter, fp8 W",
                                             "up + GELU, int8 W"}
     big = [r for r in results if int(r["config"].split("x")[0]) >= 64]
-    assert big and all(r["pipelined"] and r["wgmma"] for r in big)
+    assert big and all(r["pipelined"] and r["wgmma"] and r["hgmma"] > 0 for r in big)  # HGMMA in the SASS too
+    assert all(0 < r["registers"] <= 255 and r["stack"] >= 0 for r in results)  # read back from the cubin
