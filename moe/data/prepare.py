@@ -63,7 +63,6 @@ class Source:
 
 @dataclass
 class Document:
-    name: str  # file path, plus ":LINE" for a JSONL record
     split: str
     pieces: Callable[[], Iterator[str]]  # the text, in pieces (called once per pass)
 
@@ -159,17 +158,16 @@ def _text_pieces(file: pathlib.Path) -> Iterator[str]:
 def _documents(src: Source, val_fraction: float) -> Iterator[Document]:
     if src.split == "bundled":
         for split, part in zip(("train", "val"), bundled_split(val_fraction)):
-            yield Document(f"{BUNDLED}:{split}", split, lambda part=part: iter([part.decode("utf-8")]))
+            yield Document(split, lambda part=part: iter([part.decode("utf-8")]))
         return
     if not _is_jsonl(src.file):
-        yield Document(src.path, src.split or _hash_split(src.name, val_fraction), lambda: _text_pieces(src.file))
+        yield Document(src.split or _hash_split(src.name, val_fraction), lambda: _text_pieces(src.file))
         return
     with _open_bytes(src.file) as f:
         for lineno, line in enumerate(f, 1):
             text = json.loads(line)["text"] if line.strip() else ""
             if text:
-                yield Document(f"{src.path}:{lineno}", src.split or _hash_split(f"{src.name}:{lineno}", val_fraction),
-                               lambda text=text: iter([text]))
+                yield Document(src.split or _hash_split(f"{src.name}:{lineno}", val_fraction), lambda text=text: iter([text]))
 
 
 class _ShardWriter:
