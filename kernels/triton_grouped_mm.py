@@ -90,6 +90,38 @@ def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
     return wq == 2 and qgroup % block_k != 0
 
 
+# --- pinned launch configurations ------------------------------------------------------------------
+# By default every launch uses the configuration kernels/pinned_configs.py names for its mode and
+# row class: no autotuning in the middle of serving, nothing that breaks CUDA-graph capture, and the
+# same tiles (so the same bits) on every rank. MOE_AUTOTUNE=1 turns Triton's autotuner back on.
+AUTOTUNE = os.environ.get("MOE_AUTOTUNE") == "1"
+ROW_FLAGS = ("GATHER", "DUAL", "PAIR2", "EPI", "SAVE_PRE", "SCALE", "SCATTER", "WQ", "TRANSPOSED_W")
+DW_FLAGS = ("GATHER_A", "GATHER_B", "SCALE_B")
+
+
+def mode_key(flags: dict, names=ROW_FLAGS) -> str:
+    """The pinned table's key for a launch's compile-time modes (missing flags count as off/0)."""
+    return " ".join(f"{n}={int(flags.get(n, 0))}" for n in names)
+
+
+def rows_bound(m: int, e: int) -> str:
+    """'memory' for a few rows per expert (decode), else 'compute' (the autotuner's split, below)."""
+    return "memory" if (1 << (rows_class(m, e) - 1)) <= 48 else "compute"
+
+
+def pinned(table: dict, key: str, bound: str, candidates) -> dict:
+    """The launch meta-parameters the pinned table names, or (a mode it does not list) the first
+    candidate of that row class: BLOCK_*, GROUP_M, num_warps, num_stages."""
+    if INTERPRET:
+        c = candidates[0]  # the interpreter has one small config
+    else:
+        row = table.get(key, {}).get(bound)
+        if row is not None:
+            return dict(row)
+        c = next((c for c in candidates if (c.kwargs["BLOCK_M"] <= 32) == (bound == "memory")), candidates[0])
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
 def _check_block_n(configs) -> None:
     """The backward epilogue writes one routing-weight partial per DSCALE_BLOCK columns into a buffer
     sized for MAX_BLOCK_N (dscale_buffer): a config with a wider or unaligned BLOCK_N would silently
@@ -354,7 +386,16 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         tiles = (triton.cdiv(m, meta["BLOCK_M"]) + E) * triton.cdiv(N, meta["BLOCK_N"])  # an upper bound
         return (min(tiles, n_prog),)
 
-    _rows_kernel[grid](
+    flags = dict(GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
+                 SCALE=scale is not None, SCATTER=dst is not None, WQ=wq)
+    if AUTOTUNE:
+        kernel, meta = _rows_kernel, {}
+    else:
+        from kernels.pinned_configs import ROWS
+
+        key = mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1})
+        kernel, meta = _rows_kernel.fn, pinned(ROWS, key, rows_bound(m, E), _row_configs())
+    kernel[grid](
         a, a2 if a2 is not None else dummy, src if src is not None else dummy, w, w2 if w2 is not None else dummy,
         offsets, out, out2 if out2 is not None else dummy, pre if pre is not None else dummy,
         pre2 if pre2 is not None else dummy, dst if dst is not None else dummy,
@@ -364,8 +405,7 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
         ws.stride(0) if ws is not None else 0, ws.stride(1) if wq == 2 else 0, ws.stride(-1) if ws is not None else 0,
-        WQ=wq, QGROUP=qgroup, GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
-        SCALE=scale is not None, SCATTER=dst is not None, E_POW2=triton.next_power_of_2(E), **_dot_args(a.dtype),
+        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), **flags, **_dot_args(a.dtype), **meta,
     )
     return out
 
@@ -427,10 +467,18 @@ def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, b_scale=N
         return out
     dummy = offsets
     grid = lambda meta: (E * triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _dw_kernel[grid](
+    flags = dict(GATHER_A=a_src is not None, GATHER_B=b_src is not None, SCALE_B=b_scale is not None)
+    if AUTOTUNE:
+        kernel, meta = _dw_kernel, {}
+    else:
+        from kernels.pinned_configs import DW
+
+        kernel, meta = _dw_kernel.fn, pinned(DW, mode_key(flags, DW_FLAGS), "compute", _dw_configs())
+        meta.pop("GROUP_M", None)
+    kernel[grid](
         a, a_src if a_src is not None else dummy, b, b_src if b_src is not None else dummy,
         b_scale if b_scale is not None else dummy, offsets, out, K, N, rows_class(m, E),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
-        GATHER_A=a_src is not None, GATHER_B=b_src is not None, SCALE_B=b_scale is not None, **_dot_args(a.dtype),
+        **flags, **_dot_args(a.dtype), **meta,
     )
     return out

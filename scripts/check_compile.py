@@ -41,9 +41,14 @@ ROW_MODES = {  # name: the rows kernel's flags, as the launchers in kernels/ set
     "grouped_mm dX (w transposed)": dict(TRANSPOSED_W=True),
     "up + GELU, gathered, saving pre": dict(GATHER=True, EPI=tg.EPI_GELU, SAVE_PRE=True),
     "up + gate + SwiGLU, gathered": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU, SAVE_PRE=True),
+    "up + GELU, gathered (inference)": dict(GATHER=True, EPI=tg.EPI_GELU),
+    "up + gate + SwiGLU, gathered (inference)": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU),
     "down, weighted scatter": dict(SCALE=True, SCATTER=True),
-    "GELU backward epilogue": dict(GATHER=True, EPI=tg.EPI_GELU_BWD, SCALE=True, TRANSPOSED_W=True),
-    "SwiGLU backward epilogue": dict(GATHER=True, EPI=tg.EPI_SWIGLU_BWD, SCALE=True, TRANSPOSED_W=True),
+    # the backward epilogues read the saved pre-activations: SAVE_PRE is set at launch (pre is passed)
+    "GELU backward epilogue": dict(GATHER=True, EPI=tg.EPI_GELU_BWD, SCALE=True, SAVE_PRE=True, TRANSPOSED_W=True),
+    "SwiGLU backward epilogue": dict(GATHER=True, EPI=tg.EPI_SWIGLU_BWD, SCALE=True, SAVE_PRE=True,
+                                     TRANSPOSED_W=True),
+    "GELU dX, scatter": dict(SCATTER=True, TRANSPOSED_W=True),
     "SwiGLU dX, two pairs, scatter": dict(PAIR2=True, SCATTER=True, TRANSPOSED_W=True),
     # serving quantized experts (kernels/quantized.py): weights widened in the loads, scales in the epilogue
     "up + GELU, int8 W": dict(GATHER=True, EPI=tg.EPI_GELU, WQ=1, W_TYPE="i8"),
@@ -51,6 +56,7 @@ ROW_MODES = {  # name: the rows kernel's flags, as the launchers in kernels/ set
     "down, weighted scatter, int8 W": dict(SCALE=True, SCATTER=True, WQ=1, W_TYPE="i8"),
     "down, weighted scatter, fp8 W": dict(SCALE=True, SCATTER=True, WQ=1, W_TYPE="fp8e4nv"),
     "up + gate + SwiGLU, int4 W": dict(GATHER=True, DUAL=True, EPI=tg.EPI_SWIGLU, WQ=2, W_TYPE="u8"),
+    "up + GELU, int4 W": dict(GATHER=True, EPI=tg.EPI_GELU, WQ=2, W_TYPE="u8"),
     "down, weighted scatter, int4 W": dict(SCALE=True, SCATTER=True, WQ=2, W_TYPE="u8"),
 }
 DW_MODES = {
@@ -123,6 +129,20 @@ def machine_code(cubin: bytes) -> dict:
                 spill_loads=len(re.findall(r"\bLDL\b", sass)), hgmma=len(re.findall(r"\bHGMMA\b", sass)))
 
 
+def pinned_configs(kernel, flags: dict) -> list[triton.Config]:
+    """The configurations kernels/pinned_configs.py makes the runtime launch for this mode."""
+    from kernels.pinned_configs import DW, ROWS
+
+    rows = kernel is tg._rows_kernel
+    key = tg.mode_key({k: v for k, v in flags.items() if k != "W_TYPE"}, tg.ROW_FLAGS if rows else tg.DW_FLAGS)
+    out = []
+    for meta in (ROWS if rows else DW).get(key, {}).values():
+        meta = dict(meta)
+        stages, warps = meta.pop("num_stages"), meta.pop("num_warps")
+        out.append(triton.Config(meta, num_stages=stages, num_warps=warps))
+    return out
+
+
 def kept_by_autotuner(config: triton.Config, flags: dict) -> bool:
     """The pruning rules of tg._prune_row_configs that do not depend on the row count."""
     if flags.get("DUAL") and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
@@ -135,8 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100, 80: A100)")
     p.add_argument("--all-dtypes", action="store_true", help="also fp16 and fp32 (default: bf16 only)")
     p.add_argument("--json", type=pathlib.Path, help="write the results here")
-    p.add_argument("--quick", action="store_true", help="per mode, only the first compute-bound and the first "
-                   "memory-bound config (what the test suite runs)")
+    p.add_argument("--quick", action="store_true", help="per mode, only the configs the runtime launches "
+                   "(kernels/pinned_configs.py; what the test suite runs)")
     args = p.parse_args(argv)
     if tg.INTERPRET:
         raise SystemExit("check_compile: TRITON_INTERPRET is set; run this in a fresh process")
@@ -146,8 +166,8 @@ def main(argv=None) -> int:
                                    (tg._dw_kernel, DW_MODES, tg._dw_configs())):
         for mode, flags in modes.items():
             kept = [c for c in configs if kept_by_autotuner(c, flags)]
-            if args.quick:  # the first config with big row tiles and the first with small ones
-                kept = list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(kept)}.values())
+            if args.quick:  # the configs the runtime launches: kernels/pinned_configs.py (else one of each class)
+                kept = pinned_configs(kernel, flags) or list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(kept)}.values())
             if flags.get("W_TYPE") == "fp8e4nv" and args.arch < 89:
                 print(f"skip {mode:<32} fp8 needs sm_89 or newer")
                 continue

@@ -71,3 +71,69 @@ def test_row_configs_fit_the_backward_epilogue(monkeypatch):
     tg._check_block_n(configs)
     with pytest.raises(ValueError, match=r"BLOCK_N \[512\]"):
         tg._check_block_n([tg._config(64, 512, 64, 3, 8, GROUP_M=8)])
+
+
+def test_every_launch_has_a_pinned_config(monkeypatch):
+    """Run every kernel mode the runtime uses (the MLP forward and backward for GELU and SwiGLU, the
+    grouped GEMM and its gradients, the quantized forwards) and record the pinned-table lookups: each
+    must find a row for its mode and row class, and each pinned config must pass the autotuner's
+    pruning and the backward epilogue's BLOCK_N rule."""
+    import torch
+
+    import kernels
+    from conftest import offsets_from
+    from kernels.pinned_configs import DW, ROWS
+
+    seen = []
+    real = tg.pinned
+
+    def record(table, key, bound, candidates):
+        seen.append((table is DW, key, bound))
+        return real(table, key, bound, candidates)
+
+    monkeypatch.setattr(tg, "pinned", record)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(9, 16, generator=g, requires_grad=True), torch.randn(3, 16, 24, generator=g, requires_grad=True)
+    kernels.grouped_mm(x, w, offsets_from([4, 0, 5]), backend="triton").sum().backward()
+    T, E, D, F_ = 6, 4, 16, 24
+    experts = torch.randint(0, E, (T, 2), generator=g)
+    weights = torch.rand(T, 2, generator=g)
+    for act in ("gelu", "swiglu"):
+        ws = [torch.randn(E, D, F_, generator=g, requires_grad=True) for _ in range(2)] + \
+             [torch.randn(E, F_, D, generator=g, requires_grad=True)]
+        xt = torch.randn(T, D, generator=g, requires_grad=True)
+        gate = ws[1] if act == "swiglu" else None
+        kernels.routed_mlp(xt, weights, experts, ws[0], gate, ws[2], activation_name=act, backend="triton").sum().backward()
+        with torch.no_grad():
+            kernels.routed_mlp(xt, weights, experts, ws[0], gate, ws[2], activation_name=act, backend="triton")
+        for scheme in kernels.SCHEMES:
+            q = [kernels.quantize(t, scheme) for t in ws]
+            kernels.quantized_mlp(xt.detach(), weights, experts, q[0], q[1] if gate is not None else None, q[2],
+                                  activation_name=act, backend="triton")
+    assert len({k for _, k, _ in seen}) >= 14
+    monkeypatch.setattr(tg, "INTERPRET", False)
+    missing = sorted(f"{'dW' if is_dw else 'rows'} {key} ({bound})" for is_dw, key, bound in set(seen)
+                     if bound not in (DW if is_dw else ROWS).get(key, {}))
+    assert not missing, "no pinned config for: " + "; ".join(missing)
+    for key, by_bound in ROWS.items():
+        flags = dict(kv.split("=") for kv in key.split())
+        for bound, meta in by_bound.items():
+            assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
+            assert not tg.int4_block_too_deep(meta["BLOCK_K"], int(flags["WQ"]), 128)
+        tg._check_block_n([tg._config(m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], 1, 4) for m in by_bound.values()])
+
+
+def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):
+    """MOE_AUTOTUNE=1 runs Triton's autotuner (here over the interpreter's one config) instead of the
+    pinned table: the same inputs give the same bits either way, and twice in a row."""
+    import torch
+
+    import kernels
+    from conftest import offsets_from
+
+    g = torch.Generator().manual_seed(1)
+    x, w, offsets = torch.randn(11, 20, generator=g), torch.randn(3, 20, 12, generator=g), offsets_from([5, 0, 6])
+    pinned = kernels.grouped_mm(x, w, offsets, backend="triton")
+    assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
+    monkeypatch.setattr(tg, "AUTOTUNE", True)
+    assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
