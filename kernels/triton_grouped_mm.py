@@ -77,8 +77,8 @@ def _prune_row_configs(configs, named_args, **kwargs):
     (DUAL: SwiGLU's gate and up), tiles of at most 128x128 fp32 each so they stay in registers; for
     int4 weights, K blocks within one scale group. At least one config always survives."""
     args = {**named_args, **kwargs}  # the autotuner passes positional arguments by name, keywords as keywords
-    mean_rows = 1 << (args["ROWS_CLASS"] - 1)
-    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == (mean_rows <= 48)
+    memory = memory_bound(args["ROWS_CLASS"])
+    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == memory
             and not (args.get("DUAL") and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)
             and not int4_block_too_deep(c.kwargs["BLOCK_K"], args.get("WQ", 0), args.get("QGROUP", 128))]
     return fits or configs
@@ -104,9 +104,14 @@ def mode_key(flags: dict, names=ROW_FLAGS) -> str:
     return " ".join(f"{n}={int(flags.get(n, 0))}" for n in names)
 
 
+def memory_bound(rows_cls: int) -> bool:
+    """A few rows per expert (decode, at most 48 on average): short row tiles (BLOCK_M <= 32)."""
+    return (1 << (rows_cls - 1)) <= 48
+
+
 def rows_bound(m: int, e: int) -> str:
-    """'memory' for a few rows per expert (decode), else 'compute' (the autotuner's split, below)."""
-    return "memory" if (1 << (rows_class(m, e) - 1)) <= 48 else "compute"
+    """The pinned table's row class: 'memory' or 'compute' (the autotuner's split, memory_bound)."""
+    return "memory" if memory_bound(rows_class(m, e)) else "compute"
 
 
 def pinned(table: dict, key: str, bound: str, candidates) -> dict:

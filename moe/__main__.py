@@ -66,17 +66,21 @@ def cmd_train(args) -> int:
             train_over[flag] = getattr(args, flag)
     if args.expert_backend:
         model_over["expert_backend"] = args.expert_backend
+    train_cfg = load_train_config(args.config, **train_over)
+    data = None
     if args.data is not None:
-        _vocab_follows_data(args.data, model_over)
+        from moe.data import open_data
+
+        data = open_data(args.data, train_cfg.val_fraction)  # opened once: the loop takes it as it is
+        model_over.setdefault("vocab_size", data.tokenizer.vocab_size)  # follows the data unless --set (checked)
     model_cfg = load_config(args.config, **model_over)
     if args.dense:
         model_cfg = model_cfg.dense_twin()
-    train_cfg = load_train_config(args.config, **train_over)
     layout = load_layout(args.config, **{k: getattr(args, k) for k in ("dp", "tp", "ep", "pp", "microbatches",
                                                                       "schedule", "first_stage_layers", "sharding")})
     out = args.out or f"runs/{model_cfg.name}"
     world = int(os.environ.get("WORLD_SIZE", 1))
-    loop_args = dict(data=args.data, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+    loop_args = dict(data=data, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
                      init_from=args.init_from, device=args.device, progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
         summary = _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
@@ -86,15 +90,6 @@ def cmd_train(args) -> int:
         print(f"training {model_cfg.name} -> {out}")
         summary = train(model_cfg, train_cfg, out, **loop_args)
     return EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK
-
-
-def _vocab_follows_data(data, model_over: dict) -> None:
-    """vocab_size follows the data's tokenizer unless given with --set (then it must hold it: the
-    training loop checks)."""
-    from moe.data import open_data
-
-    if "vocab_size" not in model_over:
-        model_over["vocab_size"] = open_data(data, 0.05).tokenizer.vocab_size
 
 
 def cmd_prepare(args) -> int:
@@ -120,8 +115,8 @@ def cmd_quantize(args) -> int:
     from moe.model.quantized import expert_bytes, weight_bytes
     from moe.training.checkpoint import load_model, quantize_checkpoint
 
-    before = expert_bytes(load_model(args.checkpoint))
-    step_dir = quantize_checkpoint(args.checkpoint, args.out, args.dtype, dense=args.dense, overwrite=args.overwrite)
+    step_dir, before = quantize_checkpoint(args.checkpoint, args.out, args.dtype, dense=args.dense,
+                                           overwrite=args.overwrite)
     quantized = load_model(step_dir)
     after = expert_bytes(quantized)
     print(f"experts quantized to {args.dtype}: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB (scales "

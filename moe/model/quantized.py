@@ -62,6 +62,11 @@ def linear(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Module:
     return QuantizedLinear(cfg.expert_quant, d_in, d_out) if cfg.quantize_dense else nn.Linear(d_in, d_out, bias=False)
 
 
+def is_expert_weight(name: str) -> bool:
+    """A state-dict name of a MoE layer's expert weight (blocks.i.moe.w_up, w_gate, w_down)."""
+    return ".moe." in name and name.rsplit(".", 1)[-1] in EXPERT_WEIGHTS
+
+
 def _stored(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     q = qw.q.view(torch.uint8) if qw.scheme == "fp8" else qw.q
     return {"q": q, "scale": qw.scale}
@@ -81,7 +86,7 @@ def quantize_state(cfg: ModelConfig, state: dict[str, torch.Tensor], scheme: str
     new_cfg = dataclasses.replace(cfg, expert_quant=scheme, quantize_dense=dense)  # validates
     out = {}
     for name, tensor in state.items():
-        if name.rsplit(".", 1)[-1] in EXPERT_WEIGHTS and ".moe." in name:
+        if is_expert_weight(name):
             out.update({f"{name}.{k}": v for k, v in _stored(quantize(tensor, scheme)).items()})
         elif dense and _dense_weight(name):
             stem = name.removesuffix(".weight")

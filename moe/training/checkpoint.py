@@ -134,10 +134,12 @@ def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
     model.load_state_dict(state["model"])
 
 
-def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrite: bool = False) -> pathlib.Path:
+def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrite: bool = False
+                        ) -> tuple[pathlib.Path, int]:
     """A serving copy of a checkpoint with its expert weights (dense: attention and head too) quantized (moe/model/quantized.py):
-    weights, config (expert_quant set) and tokenizer; no optimizer state. Returns the step directory."""
-    from moe.model.quantized import quantize_state
+    weights, config (expert_quant set) and tokenizer; no optimizer state. Returns the step directory
+    and the bytes the expert weights took before (for the report; the quantized model says the after)."""
+    from moe.model.quantized import is_expert_weight, quantize_state
 
     step_dir = resolve(path)
     cfg, _ = read_config(step_dir)
@@ -150,6 +152,7 @@ def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrit
         verify(f)
         state = load_file(str(f))
     new_cfg, new_state = quantize_state(cfg, state, scheme, dense)
+    before = sum(t.numel() * t.element_size() for k, t in state.items() if is_expert_weight(k))
     files = {}
     tok = step_dir / "tokenizer.moe.json"
     if tok.exists():
@@ -161,4 +164,4 @@ def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrit
     with run_dir.lock(out):
         if run_dir.check_fresh(out, overwrite):
             run_dir.remove_checkpoints(out)
-        return save_weights(out, new_state, new_cfg, files=files)
+        return save_weights(out, new_state, new_cfg, files=files), before
