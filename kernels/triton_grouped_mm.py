@@ -13,8 +13,8 @@ Two kernels:
     in registers, so a hot expert's tiles are shared out like any other's and nothing on the host
     needs the row counts (no device sync). Options, all compile-time:
     - GATHER: row r reads a[src[r]] (the token's row) instead of a[r]: no permuted copy of x.
-    - DUAL: a second weight w2 feeds a second accumulator from the same A rows (SwiGLU: gate and up in
-      one launch; two K loops, so each A tile is loaded twice; see the note in the kernel).
+    - DUAL: a second weight w2 feeds a second accumulator from the same A tiles (SwiGLU: up and gate in
+      one K loop, each A tile loaded once and used by two dots).
     - PAIR2: a second (A, W) pair, a2 @ w2, is added into the same accumulator (SwiGLU's backward
       dX = d_up @ w_up^T + d_gate @ w_gate^T).
     - EPI: what the epilogue does with the fp32 accumulator (EPI_* below): store it; GELU or SwiGLU
@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 EPI_STORE, EPI_GELU, EPI_SWIGLU, EPI_GELU_BWD, EPI_SWIGLU_BWD = range(5)
-DSCALE_BLOCK = 32  # the backward epilogue writes one partial row-dot per DSCALE_BLOCK columns (see _rows_kernel)
+DSCALE_COLS = 32  # the backward epilogue writes one partial row-dot per DSCALE_COLS columns (see _rows_kernel)
 MAX_BLOCK_N = 256
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -54,34 +54,63 @@ def rows_class(m: int, e: int) -> int:
     return max(1, m // max(e, 1)).bit_length()
 
 
-def _config(bm, bn, bk, stages, warps, **extra):
-    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **extra), num_stages=stages, num_warps=warps)
+def _config(bm, bn, bk, stages, warps, group_m, epi_split=1):
+    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, EPI_SPLIT=epi_split),
+                         num_stages=stages, num_warps=warps)
 
 
 def _row_configs():
     if INTERPRET:  # one small config: the interpreter runs every candidate, slowly
-        return [_config(16, 32, 16, 1, 4, GROUP_M=2)]
+        return [_config(16, 32, 16, 1, 4, 2, epi_split=2)]
     return [
-        # compute-bound: many rows per expert
-        _config(128, 256, 64, 3, 8, GROUP_M=8), _config(128, 128, 64, 4, 8, GROUP_M=8),
-        _config(128, 128, 64, 3, 4, GROUP_M=8), _config(64, 256, 64, 4, 8, GROUP_M=8),
-        _config(64, 128, 64, 4, 4, GROUP_M=8),
+        # compute-bound: many rows per expert; the epilogue in two column halves keeps it out of local memory
+        _config(128, 256, 64, 3, 8, 8, 2), _config(128, 128, 64, 4, 8, 8, 2), _config(128, 128, 64, 3, 8, 8, 2),
+        _config(128, 128, 64, 3, 4, 8, 2), _config(64, 256, 64, 4, 8, 8, 2), _config(64, 128, 64, 4, 4, 8, 2),
         # memory-bound: a handful of rows per expert; wide K steps keep many weight bytes in flight
-        _config(16, 64, 256, 4, 4, GROUP_M=1), _config(16, 128, 128, 4, 4, GROUP_M=1),
-        _config(32, 128, 128, 4, 4, GROUP_M=1), _config(16, 256, 128, 3, 8, GROUP_M=1),
+        _config(16, 64, 256, 4, 4, 1), _config(16, 128, 128, 4, 4, 1), _config(32, 128, 128, 4, 4, 1),
+        _config(16, 256, 128, 3, 8, 1), _config(16, 128, 128, 4, 8, 1), _config(16, 64, 128, 4, 4, 1),
+        _config(32, 64, 128, 4, 4, 1), _config(16, 128, 64, 4, 4, 1),
     ]
 
 
+# Shared memory one program may use, by compute capability (H100 / A100); an unknown device gets the
+# smaller. The autotuner's pruning and scripts/check_compile.py both use it.
+SHARED_LIMIT = {90: 232448, 80: 166912}
+
+
+def shared_estimate(config, dual: bool, w_bytes: float, a_bytes: int = 2) -> int:
+    """Shared memory bytes the K loop's pipeline holds: one A tile and one (DUAL: two) W tiles per
+    buffer; Triton 3 keeps num_stages buffers for warp-group MMA tiles (BLOCK_M >= 64 on sm_90) and
+    num_stages - 1 otherwise (what the compile report shows to within the epilogue's scratch)."""
+    bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    buffers = config.num_stages if bm >= 64 else config.num_stages - 1
+    return int(buffers * (bm * bk * a_bytes + (2 if dual else 1) * bk * bn * w_bytes))
+
+
+def fits(config, flags: dict, shared_limit: int) -> bool:
+    """The row-count-independent pruning: two accumulators (DUAL) at most 128x128 fp32 each, so they stay
+    in registers; the pipeline within shared memory; int4 K blocks within one scale group."""
+    bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    dual, wq = bool(flags.get("DUAL")), int(flags.get("WQ", 0))
+    w_bytes = {0: 2, 1: 1, 2: 0.5}[wq]
+    return (not (dual and bm * bn > 128 * 128) and shared_estimate(config, dual, w_bytes) <= shared_limit
+            and not int4_block_too_deep(bk, wq, flags.get("QGROUP", 128)))
+
+
+def _device_shared_limit() -> int:
+    if INTERPRET or not torch.cuda.is_available():
+        return SHARED_LIMIT[90]
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).shared_memory_per_block_optin
+
+
 def _prune_row_configs(configs, named_args, **kwargs):
-    """Keep the configs whose row tile suits the mean rows per expert; where two accumulators are live
-    (DUAL: SwiGLU's gate and up), tiles of at most 128x128 fp32 each so they stay in registers; for
-    int4 weights, K blocks within one scale group. At least one config always survives."""
+    """Keep the configs whose row tile suits the mean rows per expert and that fit (see fits). At least
+    one config always survives."""
     args = {**named_args, **kwargs}  # the autotuner passes positional arguments by name, keywords as keywords
     memory = memory_bound(args["ROWS_CLASS"])
-    fits = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == memory
-            and not (args.get("DUAL") and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)
-            and not int4_block_too_deep(c.kwargs["BLOCK_K"], args.get("WQ", 0), args.get("QGROUP", 128))]
-    return fits or configs
+    limit = _device_shared_limit()
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"] <= 32) == memory and fits(c, args, limit)]
+    return kept or configs
 
 
 def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
@@ -128,13 +157,13 @@ def pinned(table: dict, key: str, bound: str, candidates) -> dict:
 
 
 def _check_block_n(configs) -> None:
-    """The backward epilogue writes one routing-weight partial per DSCALE_BLOCK columns into a buffer
+    """The backward epilogue writes one routing-weight partial per DSCALE_COLS columns into a buffer
     sized for MAX_BLOCK_N (dscale_buffer): a config with a wider or unaligned BLOCK_N would silently
     drop partials, so none may exist."""
     bad = [c.kwargs["BLOCK_N"] for c in configs
-           if c.kwargs["BLOCK_N"] > MAX_BLOCK_N or c.kwargs["BLOCK_N"] % DSCALE_BLOCK]
+           if c.kwargs["BLOCK_N"] > MAX_BLOCK_N or c.kwargs["BLOCK_N"] % DSCALE_COLS]
     if bad:
-        raise ValueError(f"row kernel configs with BLOCK_N {bad}: each must be a multiple of {DSCALE_BLOCK} and at "
+        raise ValueError(f"row kernel configs with BLOCK_N {bad}: each must be a multiple of {DSCALE_COLS} and at "
                          f"most MAX_BLOCK_N = {MAX_BLOCK_N}")
 
 
@@ -161,14 +190,23 @@ def _gelu_grad(x):
 
 
 @triton.jit
-def _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn, dtype,
-            WQ: tl.constexpr, QGROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The [BLOCK_K, BLOCK_N] tile w[ks, cols] in `dtype`. Quantized W (WQ, see kernels/quantized.py)
-    is widened as it is loaded: int8 and fp8 exactly (their per-column scales are applied to the
-    accumulator afterwards, by the caller); int4 times its group's scale here, since that scale
-    changes along K."""
-    w_ok = (ks[:, None] < K) & (cols[None, :] < N)
-    if WQ == 2:  # int4: two per byte along K, low nibble first, stored as value + 8
+def _load_w(w_ptr, w_desc, g, ks, k0, cols, n0, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn, dtype,
+            WQ: tl.constexpr, QGROUP: tl.constexpr, TMA: tl.constexpr, W_T: tl.constexpr, BLOCK_K: tl.constexpr,
+            BLOCK_N: tl.constexpr):
+    """The [BLOCK_K, BLOCK_N] tile w[g][ks, cols] in `dtype`: through the tensor descriptor (TMA: the copy
+    engine fetches the box, zero-filled past K and N; W_T: w[g] is stored [N, K]) or through pointers.
+    Quantized W (WQ, see kernels/quantized.py) is widened as it is loaded: int8 and fp8 exactly (their
+    per-column scales are applied to the accumulator afterwards, by the caller); int4 times its group's
+    scale here, since that scale changes along K."""
+    if TMA:
+        if W_T:
+            w = tl.trans(w_desc.load([g, n0, k0]).reshape(BLOCK_N, BLOCK_K))
+        else:
+            w = w_desc.load([g, k0, n0]).reshape(BLOCK_K, BLOCK_N)
+        if WQ == 1:
+            w = w.to(dtype)
+    elif WQ == 2:  # int4: two per byte along K, low nibble first, stored as value + 8
+        w_ok = (ks[:, None] < K) & (cols[None, :] < N)
         packed = tl.load(w_ptr + (ks // 2)[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=8)
         nibble = (packed.to(tl.int32) >> ((ks % 2) * 4)[:, None]) & 15
         if QGROUP % BLOCK_K == 0:  # the block lies inside one group: one row of scales
@@ -178,6 +216,7 @@ def _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, 
                         other=0.0)
         w = ((nibble - 8).to(tl.float32) * s).to(dtype)
     else:
+        w_ok = (ks[:, None] < K) & (cols[None, :] < N)
         w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=w_ok, other=0.0)
         if WQ == 1:  # int8 or fp8 e4m3: every value is exact in bf16 and fp32
             w = w.to(dtype)
@@ -185,20 +224,51 @@ def _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, 
 
 
 @triton.jit
-def _accumulate(acc, a_ptr, a_rows, row_ok, w_ptr, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws_ptr,
-                stride_sg, stride_sn, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-                WQ: tl.constexpr, QGROUP: tl.constexpr):
-    """acc += a[a_rows, :K] @ w[:K, cols], BLOCK_K columns of A at a time."""
+def _w_descriptor(w_ptr, E, K, N, stride_we, stride_wk, stride_wn, TMA: tl.constexpr, W_T: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A tensor descriptor over all of W [E, K, N] (W_T: stored as [E, N, K]), boxes of one expert's
+    [BLOCK_K, BLOCK_N] tile; without TMA, w_ptr itself (the argument is then unused)."""
+    if TMA:
+        if W_T:
+            d = tl.make_tensor_descriptor(w_ptr, shape=[E, N, K], strides=[stride_we, stride_wn, 1],
+                                          block_shape=[1, BLOCK_N, BLOCK_K])
+        else:
+            d = tl.make_tensor_descriptor(w_ptr, shape=[E, K, N], strides=[stride_we, stride_wk, 1],
+                                          block_shape=[1, BLOCK_K, BLOCK_N])
+    else:
+        d = w_ptr
+    return d
+
+
+@triton.jit
+def _accumulate(acc, acc2, a_ptr, a_desc, a_rows, row0, row_ok, w_ptr, w_desc, w2_ptr, w2_desc, g, cols, n0, K, N,
+                stride_am, stride_ak, stride_wk, stride_wn, ws_ptr, ws2_ptr, stride_sg, stride_sn,
+                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                WQ: tl.constexpr, QGROUP: tl.constexpr, DUAL: tl.constexpr, TMA: tl.constexpr, A_TMA: tl.constexpr,
+                W_T: tl.constexpr):
+    """acc += a[a_rows, :K] @ w[g][:K, cols], BLOCK_K columns of A at a time; with DUAL also
+    acc2 += a[a_rows, :K] @ w2[g][:K, cols] from the same A tile (SwiGLU's up and gate: A is read once).
+    A_TMA: A's rows are the contiguous row0.. (not gathered) and come through a_desc."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
-                    mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
-        w = _load_w(w_ptr, ks, k0, cols, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn, a.dtype,
-                    WQ, QGROUP, BLOCK_K)
+        if A_TMA:  # rows past the expert's end belong to the next expert: read, then masked at the store
+            a = a_desc.load([row0, k0])
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                        mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
+        w = _load_w(w_ptr, w_desc, g, ks, k0, cols, n0, K, N, stride_wk, stride_wn, ws_ptr, stride_sg, stride_sn,
+                    a.dtype, WQ, QGROUP, TMA, W_T, BLOCK_K, BLOCK_N)
+        if DUAL:
+            w2 = _load_w(w2_ptr, w2_desc, g, ks, k0, cols, n0, K, N, stride_wk, stride_wn, ws2_ptr, stride_sg,
+                         stride_sn, a.dtype, WQ, QGROUP, TMA, W_T, BLOCK_K, BLOCK_N)
         if DOT_FP32:
             a, w = a.to(tl.float32), w.to(tl.float32)
+            if DUAL:
+                w2 = w2.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
-    return acc
+        if DUAL:
+            acc2 = tl.dot(a, w2, acc2, input_precision=PRECISION)
+    return acc, acc2
 
 
 # The key holds every compile-time mode (a variant never reuses another's choice) and stride_wn, which
@@ -215,8 +285,8 @@ def _rows_kernel(
     stride_se, stride_sg, stride_sn,
     WQ: tl.constexpr, QGROUP: tl.constexpr, GATHER: tl.constexpr, DUAL: tl.constexpr, PAIR2: tl.constexpr, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
     SCALE: tl.constexpr, SCATTER: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    TMA: tl.constexpr, W_T: tl.constexpr, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EPI_SPLIT: tl.constexpr,
 ):
     # The tile list, from the offsets: expert g owns row tiles tile_end[g]-tiles[g] .. tile_end[g]-1.
     e = tl.arange(0, E_POW2)
@@ -227,6 +297,19 @@ def _rows_kernel(
     tile_end = tl.cumsum(tiles, 0)
     n_row_tiles = tl.sum(tiles)
     n_col_tiles = tl.cdiv(N, BLOCK_N)
+    # TMA (Hopper): descriptors made once per program. A's only when its rows are not gathered (a
+    # gathered tile is BLOCK_M scattered rows, which TMA cannot fetch as one box); W2's for DUAL / PAIR2.
+    A_TMA: tl.constexpr = TMA and not GATHER
+    w_desc = _w_descriptor(w_ptr, E, K, N, stride_we, stride_wk, stride_wn, TMA, W_T, BLOCK_K, BLOCK_N)
+    w2_desc = _w_descriptor(w2_ptr, E, K, N, stride_we, stride_wk, stride_wn, TMA and (DUAL or PAIR2), W_T, BLOCK_K,
+                            BLOCK_N)
+    if A_TMA:
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[last, K], strides=[stride_am, 1],
+                                           block_shape=[BLOCK_M, BLOCK_K])
+        a2_desc = tl.make_tensor_descriptor(a2_ptr, shape=[last, K], strides=[stride_am, 1],
+                                            block_shape=[BLOCK_M, BLOCK_K]) if PAIR2 else a_desc
+    else:
+        a_desc, a2_desc = a_ptr, a2_ptr
 
     for tile in range(tl.program_id(0), n_row_tiles * n_col_tiles, tl.num_programs(0)):
         # Within a group of GROUP_M row tiles, row tiles vary fastest (a column tile's W is read by the
@@ -244,73 +327,95 @@ def _rows_kernel(
         row_ok = rows < tl.sum(tl.where(e == g, ends, 0))
         rows = rows.to(tl.int64)
         cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
 
         a_rows = tl.load(src_ptr + rows, mask=row_ok, other=0).to(tl.int64) if GATHER else rows
+        row0 = tl.sum(tl.where(e == g, starts, 0)) + in_g * BLOCK_M
         w_g = w_ptr + g.to(tl.int64) * stride_we
         ws_g, ws2_g = ws_ptr + g.to(tl.int64) * stride_se, ws2_ptr + g.to(tl.int64) * stride_se
         w2_g = w2_ptr + g.to(tl.int64) * stride_we
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc = _accumulate(acc, a_ptr, a_rows, row_ok, w_g, cols, K, N, stride_am, stride_ak, stride_wk, stride_wn,
-                          ws_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, WQ, QGROUP)
-        if DUAL:  # SwiGLU's gate: a second K loop over the same A rows (one loop with both weights holds
-            # three tiles per pipeline stage and overflows shared memory on several shipped configs)
-            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc2 = _accumulate(acc2, a_ptr, a_rows, row_ok, w2_g, cols, K, N, stride_am, stride_ak, stride_wk,
-                               stride_wn, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, WQ, QGROUP)
+        acc, acc2 = _accumulate(acc, acc, a_ptr, a_desc, a_rows, row0, row_ok, w_g, w_desc, w2_g, w2_desc, g, cols,
+                                col_tile * BLOCK_N, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws_g, ws2_g,
+                                stride_sg, stride_sn, BLOCK_K, BLOCK_N, DOT_FP32, PRECISION, WQ, QGROUP, DUAL, TMA,
+                                A_TMA, W_T)
         if WQ == 1:  # per-column scales, once per tile
-            acc = acc * tl.load(ws_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
+            acc = acc * tl.load(ws_g + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
             if DUAL:
-                acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=col_ok, other=0.0)[None, :]
+                acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
         if PAIR2:  # a second (A, W) pair into the same accumulator (never quantized: training only)
-            acc = _accumulate(acc, a2_ptr, a_rows, row_ok, w2_g, cols, K, N, stride_am, stride_ak, stride_wk,
-                              stride_wn, ws2_g, stride_sg, stride_sn, BLOCK_K, DOT_FP32, PRECISION, 0, QGROUP)
+            acc, _ = _accumulate(acc, acc, a2_ptr, a2_desc, a_rows, row0, row_ok, w2_g, w2_desc, w2_g, w2_desc, g, cols,
+                                 col_tile * BLOCK_N, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws2_g, ws2_g,
+                                 stride_sg, stride_sn, BLOCK_K, BLOCK_N, DOT_FP32, PRECISION, 0, QGROUP, False, TMA,
+                                 A_TMA, W_T)
 
-        mask = row_ok[:, None] & col_ok[None, :]
-        pre_at = rows[:, None] * stride_pm + cols[None, :]
-        if SCALE:
-            scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None] if SCALE else 1.0
         out_rows = tl.load(dst_ptr + rows, mask=row_ok, other=0).to(tl.int64) if SCATTER else rows
-        out_at = out_rows[:, None] * stride_om + cols[None, :] * stride_on
-        out_ty = out_ptr.dtype.element_ty
-
-        if EPI == 0:  # EPI_STORE
-            if SCALE:
-                acc = acc * scale
-            tl.store(out_ptr + out_at, acc.to(out_ty), mask=mask)
-        elif EPI == 1:  # EPI_GELU: acc is the pre-activation
-            if SAVE_PRE:
-                tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
-            tl.store(out_ptr + out_at, _gelu(acc).to(out_ty), mask=mask)
-        elif EPI == 2:  # EPI_SWIGLU: acc is up, acc2 is gate
-            if SAVE_PRE:
-                tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
-                tl.store(pre2_ptr + pre_at, acc2.to(out_ty), mask=mask)
-            tl.store(out_ptr + out_at, (acc * acc2 * tl.sigmoid(acc2)).to(out_ty), mask=mask)
-        else:  # EPI_GELU_BWD / EPI_SWIGLU_BWD: acc = dy @ w_down^T, the gradient of h before the routing weight
-            up = tl.load(pre_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
-            if EPI == 3:
-                h = _gelu(up)
-            else:
-                gate = tl.load(pre2_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
-                sig = tl.sigmoid(gate)
-                h = up * gate * sig
+        if EPI_SPLIT == 2:  # the epilogue one column half at a time: half the live registers (see _halves)
+            acc_l, acc_r = _halves(acc, BLOCK_M, BLOCK_N)
+            acc2_l, acc2_r = _halves(acc2, BLOCK_M, BLOCK_N)
+            cols_l = col_tile * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+            part = _epilogue(acc_l, acc2_l, rows, out_rows, row_ok, cols_l, N, scale, out_ptr, out2_ptr, pre_ptr,
+                             pre2_ptr, stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
+            part += _epilogue(acc_r, acc2_r, rows, out_rows, row_ok, cols_l + BLOCK_N // 2, N, scale, out_ptr,
+                              out2_ptr, pre_ptr, pre2_ptr, stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
+        else:
+            part = _epilogue(acc, acc2, rows, out_rows, row_ok, cols, N, scale, out_ptr, out2_ptr, pre_ptr, pre2_ptr,
+                             stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
+        if EPI >= 3:
             # d(routing weight of row r) = <dy_t, h_r @ w_down> = <acc_r, h_r>, summed over column tiles
             # in a fixed order on the host. This tile writes its partial at column col_tile*BLOCK_N/32 and
-            # zeros over the rest of its BLOCK_N/32 columns, so whichever config the autotuner ran last,
-            # every column that can hold a partial is rewritten by each launch.
-            j = tl.arange(0, BLOCK_N // 32)
-            part = tl.where(j[None, :] == 0, tl.sum(acc * h, axis=1)[:, None], 0.0)
+            # zeros over the rest of its BLOCK_N/32 columns, so whichever config ran last, every column
+            # that can hold a partial is rewritten by each launch.
+            j = tl.arange(0, BLOCK_N // 32)  # DSCALE_COLS
             dcols = col_tile * (BLOCK_N // 32) + j
-            tl.store(dscale_ptr + rows[:, None] * stride_dm + dcols[None, :], part,
-                     mask=row_ok[:, None] & (dcols[None, :] < DSCALE_WIDTH))
-            dh = acc * scale
-            if EPI == 3:
-                tl.store(out_ptr + out_at, (dh * _gelu_grad(up)).to(out_ty), mask=mask)
-            else:
-                tl.store(out_ptr + out_at, (dh * gate * sig).to(out_ty), mask=mask)
-                d_gate = dh * up * sig * (1.0 + gate * (1.0 - sig))
-                tl.store(out2_ptr + out_at, d_gate.to(out_ty), mask=mask)
+            tl.store(dscale_ptr + rows[:, None] * stride_dm + dcols[None, :],
+                     tl.where(j[None, :] == 0, part[:, None], 0.0), mask=row_ok[:, None] & (dcols[None, :] < DSCALE_WIDTH))
+
+
+@triton.jit
+def _halves(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x[:, :BLOCK_N/2], x[:, BLOCK_N/2:] of a [BLOCK_M, BLOCK_N] tile (Triton has no slicing: reshape
+    to [BLOCK_M, 2, BLOCK_N/2], move the 2 last, split). Along N the accumulator's layout splits
+    without moving data between threads."""
+    return tl.split(tl.permute(tl.reshape(x, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _epilogue(acc, acc2, rows, out_rows, row_ok, cols, N, scale, out_ptr, out2_ptr, pre_ptr, pre2_ptr, stride_pm,
+              stride_om, stride_on, EPI: tl.constexpr, SAVE_PRE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Finish the [BLOCK_M, n] piece of an output tile at columns `cols` from its fp32 accumulator(s):
+    store, activate (saving the pre-activations), or the activation's backward. Returns the piece's
+    share of the routing weight's gradient, sum over its columns of acc * h (backward epilogues; zeros
+    otherwise)."""
+    mask = row_ok[:, None] & (cols < N)[None, :]
+    pre_at = rows[:, None] * stride_pm + cols[None, :]
+    out_at = out_rows[:, None] * stride_om + cols[None, :] * stride_on
+    out_ty = out_ptr.dtype.element_ty
+    part = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if EPI == 0:  # EPI_STORE (scale is 1.0 unless SCALE)
+        tl.store(out_ptr + out_at, (acc * scale).to(out_ty), mask=mask)
+    elif EPI == 1:  # EPI_GELU: acc is the pre-activation
+        if SAVE_PRE:
+            tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
+        tl.store(out_ptr + out_at, _gelu(acc).to(out_ty), mask=mask)
+    elif EPI == 2:  # EPI_SWIGLU: acc is up, acc2 is gate
+        if SAVE_PRE:
+            tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
+            tl.store(pre2_ptr + pre_at, acc2.to(out_ty), mask=mask)
+        tl.store(out_ptr + out_at, (acc * acc2 * tl.sigmoid(acc2)).to(out_ty), mask=mask)
+    else:  # EPI_GELU_BWD / EPI_SWIGLU_BWD: acc = dy @ w_down^T, the gradient of h before the routing weight
+        up = tl.load(pre_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
+        dh = acc * scale
+        if EPI == 3:
+            part = tl.sum(acc * _gelu(up), axis=1)
+            tl.store(out_ptr + out_at, (dh * _gelu_grad(up)).to(out_ty), mask=mask)
+        else:
+            gate = tl.load(pre2_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(gate)
+            part = tl.sum(acc * (up * gate * sig), axis=1)
+            tl.store(out_ptr + out_at, (dh * gate * sig).to(out_ty), mask=mask)
+            tl.store(out2_ptr + out_at, (dh * up * sig * (1.0 + gate * (1.0 - sig))).to(out_ty), mask=mask)
+    return part
 
 
 @triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N", "GATHER_A", "GATHER_B", "SCALE_B"])
@@ -363,6 +468,34 @@ def _num_programs(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+TMA_ENABLED = os.environ.get("MOE_TMA", "1") != "0"  # MOE_TMA=0: pointer loads everywhere (to compare)
+
+
+def _tma_ok(t: torch.Tensor, inner: int) -> bool:
+    """Whether a tensor descriptor can cover t with `inner` as its unit-stride dimension: TMA needs a
+    16-byte aligned base and every other stride a multiple of 16 bytes."""
+    size = t.element_size()
+    return (t.stride(inner) == 1 and t.data_ptr() % 16 == 0
+            and all(st * size % 16 == 0 for d, st in enumerate(t.stride()) if d != inner))
+
+
+def _use_tma(a, w, a2, w2, gather: bool, wq: int) -> bool:
+    """TMA for W (and A when its rows are not gathered) on Hopper and later, and under the interpreter
+    (which emulates it, so the CPU tests cover this path): not for packed int4 W (its K is halved and
+    unpacked by hand), and only where every operand's layout allows (_tma_ok)."""
+    if not TMA_ENABLED or wq == 2 or not (INTERPRET or torch.cuda.get_device_capability(a.device)[0] >= 9):
+        return False
+    w_inner = 2 if w.stride(2) == 1 else 1
+    ws = [w] + ([w2] if w2 is not None else [])
+    as_ = [] if gather else [a] + ([a2] if a2 is not None else [])
+    return all(_tma_ok(t, w_inner) for t in ws) and all(_tma_ok(t, 1) for t in as_)
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Triton's global scratch for tensor descriptors made inside a kernel (128 bytes per program)."""
+    return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
+
+
 def _dot_args(dtype: torch.dtype) -> dict:
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return dict(DOT_FP32=INTERPRET and dtype == torch.bfloat16, PRECISION="tf32" if tf32 else "ieee")
@@ -393,12 +526,15 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
 
     flags = dict(GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
                  SCALE=scale is not None, SCATTER=dst is not None, WQ=wq)
+    tma = _use_tma(a, w, a2, w2, src is not None, wq)
+    if tma:
+        triton.set_allocator(_scratch)
     if AUTOTUNE:
         kernel, meta = _rows_kernel, {}
     else:
         from kernels.pinned_configs import ROWS
 
-        key = mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1})
+        key = mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1})  # (TMA follows from the device)
         kernel, meta = _rows_kernel.fn, pinned(ROWS, key, rows_bound(m, E), _row_configs())
     kernel[grid](
         a, a2 if a2 is not None else dummy, src if src is not None else dummy, w, w2 if w2 is not None else dummy,
@@ -410,7 +546,8 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
         ws.stride(0) if ws is not None else 0, ws.stride(1) if wq == 2 else 0, ws.stride(-1) if ws is not None else 0,
-        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), **flags, **_dot_args(a.dtype), **meta,
+        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, W_T=w.stride(2) != 1, **flags, **_dot_args(a.dtype),
+        **meta,
     )
     return out
 
@@ -459,7 +596,7 @@ def dx_scatter(d_up, d_gate, w_up, w_gate, offsets, order_M, dx_AD):
 
 def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
     """The [m, width] fp32 buffer the backward epilogue writes per-column-tile partial row-dots into."""
-    width = triton.cdiv(n, MAX_BLOCK_N) * (MAX_BLOCK_N // DSCALE_BLOCK)
+    width = triton.cdiv(n, MAX_BLOCK_N) * (MAX_BLOCK_N // DSCALE_COLS)
     return torch.zeros(m, width, device=device, dtype=torch.float32)
 
 

@@ -30,7 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 import kernels.triton_grouped_mm as tg  # noqa: E402
 
-SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one program may use (H100, A100)
+SHARED_LIMIT = tg.SHARED_LIMIT  # bytes of shared memory one program may use, by compute capability
 UNIT_STRIDES = {"stride_ak", "stride_wn", "stride_on", "stride_bn", "stride_dn"}  # 1 on contiguous row-major tensors
 INDEX_PTRS = {"src_ptr", "dst_ptr", "offsets_ptr", "a_src_ptr", "b_src_ptr"}
 FP32_PTRS = {"scale_ptr", "dscale_ptr", "ws_ptr", "ws2_ptr"}
@@ -90,6 +90,8 @@ def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: in
     if fn is tg._rows_kernel.fn:
         consts = {**dict(GATHER=False, DUAL=False, PAIR2=False, EPI=tg.EPI_STORE, SAVE_PRE=False, SCALE=False,
                          SCATTER=False, E_POW2=16, WQ=0, QGROUP=128), **consts}
+        # as the runtime decides (tg._use_tma, on the contiguous layouts assumed here): TMA from sm_90 on
+        consts.update(TMA=arch >= 90 and consts["WQ"] != 2, W_T=transposed)
     else:
         consts = {**dict(GATHER_A=False, GATHER_B=False, SCALE_B=False), **consts}
     consts.update(DOT_FP32=False, PRECISION="ieee")  # what the runtime passes (tg._dot_args; TF32 is off by default)
@@ -125,8 +127,9 @@ def machine_code(cubin: bytes) -> dict:
         usage = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([str(CUOBJDUMP), "--dump-sass", f.name], capture_output=True, text=True).stdout
     field = lambda name: int(m.group(1)) if (m := re.search(rf"{name}:(\d+)", usage)) else None  # noqa: E731
-    return dict(registers=field("REG"), stack=field("STACK"), spill_stores=len(re.findall(r"\bSTL\b", sass)),
-                spill_loads=len(re.findall(r"\bLDL\b", sass)), hgmma=len(re.findall(r"\bHGMMA\b", sass)))
+    count = lambda op: len(re.findall(rf"\b{op}\b", sass))  # noqa: E731
+    return dict(registers=field("REG"), stack=field("STACK"), spill_stores=count("STL"), spill_loads=count("LDL"),
+                hgmma=count("HGMMA"), tma_loads=count("UTMALDG"), async_copies=count("LDGSTS"))
 
 
 def pinned_configs(kernel, flags: dict) -> list[triton.Config]:
@@ -143,11 +146,10 @@ def pinned_configs(kernel, flags: dict) -> list[triton.Config]:
     return out
 
 
-def kept_by_autotuner(config: triton.Config, flags: dict) -> bool:
-    """The pruning rules of tg._prune_row_configs that do not depend on the row count."""
-    if flags.get("DUAL") and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
-        return False  # two accumulators would spill
-    return not tg.int4_block_too_deep(config.kwargs.get("BLOCK_K", 0), flags.get("WQ", 0), 128)
+def kept_by_autotuner(config: triton.Config, flags: dict, arch: int) -> bool:
+    """The autotuner's pruning that does not depend on the row count (tg.fits)."""
+    return tg.fits(config, flags, SHARED_LIMIT.get(arch, SHARED_LIMIT[80])) if "BLOCK_N" in config.kwargs and \
+        "GROUP_M" in config.kwargs else True
 
 
 def main(argv=None) -> int:
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
     for kernel, modes, configs in ((tg._rows_kernel, ROW_MODES, tg._row_configs()),
                                    (tg._dw_kernel, DW_MODES, tg._dw_configs())):
         for mode, flags in modes.items():
-            kept = [c for c in configs if kept_by_autotuner(c, flags)]
+            kept = [c for c in configs if kept_by_autotuner(c, flags, args.arch)]
             if args.quick:  # the configs the runtime launches: kernels/pinned_configs.py (else one of each class)
                 kept = pinned_configs(kernel, flags) or list({c.kwargs["BLOCK_M"] >= 64: c for c in reversed(kept)}.values())
             if flags.get("W_TYPE") == "fp8e4nv" and args.arch < 89:

@@ -63,14 +63,14 @@ def test_every_tile_is_computed_exactly_once(counts, block_m, block_n, group_m, 
 
 
 def test_row_configs_fit_the_backward_epilogue(monkeypatch):
-    """Every shipped BLOCK_N (the GPU list, not just the interpreter's) is a multiple of DSCALE_BLOCK
+    """Every shipped BLOCK_N (the GPU list, not just the interpreter's) is a multiple of DSCALE_COLS
     and at most MAX_BLOCK_N; a wider one is refused by name."""
     monkeypatch.setattr(tg, "INTERPRET", False)
     configs = tg._row_configs()
     assert len(configs) > 1
     tg._check_block_n(configs)
     with pytest.raises(ValueError, match=r"BLOCK_N \[512\]"):
-        tg._check_block_n([tg._config(64, 512, 64, 3, 8, GROUP_M=8)])
+        tg._check_block_n([tg._config(64, 512, 64, 3, 8, 8)])
 
 
 def test_every_launch_has_a_pinned_config(monkeypatch):
@@ -120,7 +120,7 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
         for bound, meta in by_bound.items():
             assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
             assert not tg.int4_block_too_deep(meta["BLOCK_K"], int(flags["WQ"]), 128)
-        tg._check_block_n([tg._config(m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], 1, 4) for m in by_bound.values()])
+        tg._check_block_n([tg._config(m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], 1, 4, 1) for m in by_bound.values()])
 
 
 def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):

@@ -131,6 +131,41 @@ def test_expert_mlp_is_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
+    """The tensor-descriptor (TMA) loads and the pointer loads are two ways to fetch the same tiles:
+    forward and every gradient agree bit for bit (through the interpreter, which emulates TMA; on a
+    Hopper GPU, compiled). The layouts here qualify for TMA (aligned strides), and it is checked that
+    the TMA path was taken, for A as well as W (the grouped GEMM and dX's second pair are not gathered)."""
+    import kernels.triton_grouped_mm as tg
+
+    gen = torch.Generator().manual_seed(5)
+    T, k, E, weights, experts_A = routing("drops", gen)
+    order, offsets = (t.to(DEVICE) for t in kernels.sort_by_expert(experts_A, E, has_dropped=True))
+    inputs = [t.to(DEVICE) for t in (torch.randn(T, 24, generator=gen), weights, torch.randn(E, 24, 40, generator=gen),
+                                     torch.randn(E, 24, 40, generator=gen), torch.randn(E, 40, 24, generator=gen))]
+    if act == "gelu":
+        inputs[3] = None
+    x, w = torch.randn(13, 24, generator=gen).to(DEVICE), torch.randn(3, 24, 40, generator=gen).to(DEVICE)
+    small = offsets_from([6, 0, 7], DEVICE)
+    used = []
+    real = tg._use_tma
+    monkeypatch.setattr(tg, "_use_tma", lambda *a: used.append(real(*a)) or used[-1])
+
+    def run():
+        mlp = grads_of(lambda x_, wt, u, g, d: kernels.expert_mlp(x_, wt, order, offsets, u, g, d, activation_name=act,
+                                                                   backend="triton"), inputs)
+        return mlp + grads_of(lambda a, b: kernels.grouped_mm(a, b, small, backend="triton"), [x, w])
+
+    with_tma = run()
+    assert used and all(used)
+    monkeypatch.setattr(tg, "TMA_ENABLED", False)
+    used.clear()
+    for a, b in zip(with_tma, run()):
+        assert torch.equal(a, b)
+    assert not any(used)
+
+
 def test_expert_mlp_bad_input():
     T, k, E, D, F = 4, 2, 3, 8, 16
     x, weights = torch.randn(T, D), torch.rand(T, k)
