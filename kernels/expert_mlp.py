@@ -182,7 +182,7 @@ class _FusedExpertMLP(torch.autograd.Function):
         d_weights = torch.zeros(T * k, device=x_TD.device, dtype=torch.float32)
         d_weights = d_weights.index_copy(0, order_M.long(), dscale_MJ.sum(dim=1)).view(T, k).to(weights_TK.dtype)
         # 2-3. the weight gradients
-        dw_down = expert_xt_y(h_MF, dy_TD, offsets_E, torch.empty_like(w_down), m=M, b_src=src_M, b_scale=scale_M)
+        dw_down = expert_xt_y(h_MF, dy_TD, offsets_E, torch.empty_like(w_down), m=M, b_src=src_M, a_scale=scale_M)
         dw_up = expert_xt_y(x_TD, d_up, offsets_E, torch.empty_like(w_up), m=M, a_src=src_M)
         dw_gate = expert_xt_y(x_TD, d_gate, offsets_E, torch.empty_like(w_gate), m=M, a_src=src_M) if swiglu else None
         # 4. dx, in assignment order, then summed over k

@@ -4,7 +4,7 @@ Legend: M sorted rows (token-expert assignments grouped by expert), K reduction 
 width, E experts, T tokens, A = T*k assignments; `offsets` int32 [E] are cumulative row counts
 (expert g owns sorted rows offsets[g-1]:offsets[g]).
 
-Two kernels:
+Three kernels:
 
 `_rows_kernel`: out[r] = epilogue(a[src[r]] @ w[g(r)]) for sorted rows r, tiled over (row tile,
     column tile) pairs. The row tiles never straddle two experts: expert g has cdiv(m_g, BLOCK_M) of
@@ -18,14 +18,25 @@ Two kernels:
     - PAIR2: a second (A, W) pair, a2 @ w2, is added into the same accumulator (SwiGLU's backward
       dX = d_up @ w_up^T + d_gate @ w_gate^T).
     - EPI: what the epilogue does with the fp32 accumulator (EPI_* below): store it; GELU or SwiGLU
-      forward (optionally saving the pre-activations for backward); GELU or SwiGLU backward.
+      forward (optionally saving the pre-activations for backward); GELU or SwiGLU backward; or
+      (EPI_PARTIAL, split-K) store the raw sums of one K slice. EPI_SPLIT = 2 runs it one column half
+      at a time, which keeps the large tiles' epilogues in registers.
     - SCALE / SCATTER: multiply row r by scale[r] and store it at row dst[r] (the routing weight and
       the move back to assignment order). Every output row is written by exactly one program, so the
       result is deterministic: no atomics.
+    - TMA (sm_90+): W, and A when not gathered, arrive through tensor descriptors (the copy engine,
+      out-of-bounds boxes zero-filled); otherwise through pointer loads the compiler turns into
+      asynchronous copies. Outputs are stored through pointers: a row tile's last rows may belong
+      to the next expert, which a TMA box store would overwrite.
+    - SPLIT_K (decode): when the output tiles are fewer than two waves of programs (split_k), each
+      tile's K range is cut into slices computed by different programs into an fp32 workspace.
+
+`_reduce_splits_kernel`: split-K's second pass: sums a row's slices in order (deterministic) and
+    runs the epilogue.
 
 `_dw_kernel`: dw[g] = a_g^T @ b_g for each expert: one program per (expert, K tile, N tile), each
-    looping over its expert's rows (gathered and scaled on load when asked). An expert with no rows
-    gets exact zeros.
+    looping over its expert's rows (gathered on load, and A's rows scaled by the routing weight when
+    asked). An expert with no rows gets exact zeros.
 
 Both accumulate in fp32. fp32 inputs use IEEE fp32 dots unless torch allows TF32
 (`torch.backends.cuda.matmul.allow_tf32`), so the default matches torch.matmul. Under Triton's
@@ -42,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-EPI_STORE, EPI_GELU, EPI_SWIGLU, EPI_GELU_BWD, EPI_SWIGLU_BWD = range(5)
+EPI_STORE, EPI_GELU, EPI_SWIGLU, EPI_GELU_BWD, EPI_SWIGLU_BWD, EPI_PARTIAL = range(6)
 DSCALE_COLS = 32  # the backward epilogue writes one partial row-dot per DSCALE_COLS columns (see _rows_kernel)
 MAX_BLOCK_N = 256
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -66,6 +77,7 @@ def _row_configs():
         # compute-bound: many rows per expert; the epilogue in two column halves keeps it out of local memory
         _config(128, 256, 64, 3, 8, 8, 2), _config(128, 128, 64, 4, 8, 8, 2), _config(128, 128, 64, 3, 8, 8, 2),
         _config(128, 128, 64, 3, 4, 8, 2), _config(64, 256, 64, 4, 8, 8, 2), _config(64, 128, 64, 4, 4, 8, 2),
+        _config(64, 128, 64, 4, 8, 8, 2), _config(128, 64, 64, 4, 8, 8, 2),  # (two accumulators: SwiGLU's forward)
         # memory-bound: a handful of rows per expert; wide K steps keep many weight bytes in flight
         _config(16, 64, 256, 4, 4, 1), _config(16, 128, 128, 4, 4, 1), _config(32, 128, 128, 4, 4, 1),
         _config(16, 256, 128, 3, 8, 1), _config(16, 128, 128, 4, 8, 1), _config(16, 64, 128, 4, 4, 1),
@@ -125,7 +137,7 @@ def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
 # same tiles (so the same bits) on every rank. MOE_AUTOTUNE=1 turns Triton's autotuner back on.
 AUTOTUNE = os.environ.get("MOE_AUTOTUNE") == "1"
 ROW_FLAGS = ("GATHER", "DUAL", "PAIR2", "EPI", "SAVE_PRE", "SCALE", "SCATTER", "WQ", "TRANSPOSED_W")
-DW_FLAGS = ("GATHER_A", "GATHER_B", "SCALE_B")
+DW_FLAGS = ("GATHER_A", "GATHER_B", "SCALE_A")
 
 
 def mode_key(flags: dict, names=ROW_FLAGS) -> str:
@@ -241,15 +253,17 @@ def _w_descriptor(w_ptr, E, K, N, stride_we, stride_wk, stride_wn, TMA: tl.const
 
 
 @triton.jit
-def _accumulate(acc, acc2, a_ptr, a_desc, a_rows, row0, row_ok, w_ptr, w_desc, w2_ptr, w2_desc, g, cols, n0, K, N,
+def _accumulate(acc, acc2, a_ptr, a_desc, a_rows, row0, row_ok, w_ptr, w_desc, w2_ptr, w2_desc, g, cols, n0, k_lo, k_hi,
+                K, N,
                 stride_am, stride_ak, stride_wk, stride_wn, ws_ptr, ws2_ptr, stride_sg, stride_sn,
                 BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
                 WQ: tl.constexpr, QGROUP: tl.constexpr, DUAL: tl.constexpr, TMA: tl.constexpr, A_TMA: tl.constexpr,
                 W_T: tl.constexpr):
-    """acc += a[a_rows, :K] @ w[g][:K, cols], BLOCK_K columns of A at a time; with DUAL also
-    acc2 += a[a_rows, :K] @ w2[g][:K, cols] from the same A tile (SwiGLU's up and gate: A is read once).
+    """acc += a[a_rows, k_lo:k_hi] @ w[g][k_lo:k_hi, cols], BLOCK_K columns of A at a time (k_lo a multiple
+    of BLOCK_K; k_hi one too, or K); with DUAL also acc2 += the same with w2 from the same A tile
+    (SwiGLU's up and gate: A is read once).
     A_TMA: A's rows are the contiguous row0.. (not gathered) and come through a_desc."""
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         if A_TMA:  # rows past the expert's end belong to the next expert: read, then masked at the store
             a = a_desc.load([row0, k0])
@@ -280,13 +294,13 @@ def _accumulate(acc, acc2, a_ptr, a_desc, a_rows, row0, row_ok, w_ptr, w_desc, w
 def _rows_kernel(
     a_ptr, a2_ptr, src_ptr, w_ptr, w2_ptr, offsets_ptr,
     out_ptr, out2_ptr, pre_ptr, pre2_ptr, dst_ptr, scale_ptr, dscale_ptr, ws_ptr, ws2_ptr,
-    K, N, E, ROWS_CLASS, DSCALE_WIDTH,
+    K, N, E, ROWS_CLASS, DSCALE_WIDTH, K_SPLIT,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_om, stride_on, stride_pm, stride_dm,
     stride_se, stride_sg, stride_sn,
     WQ: tl.constexpr, QGROUP: tl.constexpr, GATHER: tl.constexpr, DUAL: tl.constexpr, PAIR2: tl.constexpr, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
     SCALE: tl.constexpr, SCATTER: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, W_T: tl.constexpr, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EPI_SPLIT: tl.constexpr,
+    TMA: tl.constexpr, TMA_STORE: tl.constexpr, W_T: tl.constexpr, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EPI_SPLIT: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # The tile list, from the offsets: expert g owns row tiles tile_end[g]-tiles[g] .. tile_end[g]-1.
     e = tl.arange(0, E_POW2)
@@ -310,8 +324,22 @@ def _rows_kernel(
                                             block_shape=[BLOCK_M, BLOCK_K]) if PAIR2 else a_desc
     else:
         a_desc, a2_desc = a_ptr, a2_ptr
+    # TMA_STORE: non-scattered outputs (and the saved pre-activations) leave full row tiles as TMA boxes
+    TMA_OUT: tl.constexpr = TMA_STORE and not SCATTER
+    TMA_PRE: tl.constexpr = TMA_STORE and SAVE_PRE and (EPI == 1 or EPI == 2)
+    SUB_N: tl.constexpr = BLOCK_N // EPI_SPLIT
+    out_desc = _out_descriptor(out_ptr, last * SPLIT_K, N, stride_om, TMA_OUT, BLOCK_M, SUB_N)
+    out2_desc = _out_descriptor(out2_ptr, last * SPLIT_K, N, stride_om, TMA_OUT and (EPI == 4 or (EPI == 5 and DUAL)),
+                                BLOCK_M, SUB_N)
+    pre_desc = _out_descriptor(pre_ptr, last, N, stride_pm, TMA_PRE, BLOCK_M, SUB_N)
+    pre2_desc = _out_descriptor(pre2_ptr, last, N, stride_pm, TMA_PRE and EPI == 2, BLOCK_M, SUB_N)
 
-    for tile in range(tl.program_id(0), n_row_tiles * n_col_tiles, tl.num_programs(0)):
+    n_tiles = n_row_tiles * n_col_tiles
+    for tile_s in range(tl.program_id(0), n_tiles * SPLIT_K, tl.num_programs(0)):
+        # Split-K (EPI_PARTIAL, decode): the tile list repeats once per K slice of K_SPLIT columns
+        split, tile = tile_s // n_tiles, tile_s % n_tiles
+        k_lo = split * K_SPLIT
+        k_hi = tl.minimum(k_lo + K_SPLIT, K)
         # Within a group of GROUP_M row tiles, row tiles vary fastest (a column tile's W is read by the
         # group's row tiles one after another), so the A rows and W columns a wave of programs touches
         # stay in L2 (the ordering of Triton's matmul tutorial).
@@ -335,8 +363,8 @@ def _rows_kernel(
         w2_g = w2_ptr + g.to(tl.int64) * stride_we
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc, acc2 = _accumulate(acc, acc, a_ptr, a_desc, a_rows, row0, row_ok, w_g, w_desc, w2_g, w2_desc, g, cols,
-                                col_tile * BLOCK_N, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws_g, ws2_g,
-                                stride_sg, stride_sn, BLOCK_K, BLOCK_N, DOT_FP32, PRECISION, WQ, QGROUP, DUAL, TMA,
+                                col_tile * BLOCK_N, k_lo, k_hi, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws_g,
+                                ws2_g, stride_sg, stride_sn, BLOCK_K, BLOCK_N, DOT_FP32, PRECISION, WQ, QGROUP, DUAL, TMA,
                                 A_TMA, W_T)
         if WQ == 1:  # per-column scales, once per tile
             acc = acc * tl.load(ws_g + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
@@ -344,24 +372,34 @@ def _rows_kernel(
                 acc2 = acc2 * tl.load(ws2_g + cols * stride_sn, mask=cols < N, other=0.0)[None, :]
         if PAIR2:  # a second (A, W) pair into the same accumulator (never quantized: training only)
             acc, _ = _accumulate(acc, acc, a2_ptr, a2_desc, a_rows, row0, row_ok, w2_g, w2_desc, w2_g, w2_desc, g, cols,
-                                 col_tile * BLOCK_N, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws2_g, ws2_g,
+                                 col_tile * BLOCK_N, k_lo, k_hi, K, N, stride_am, stride_ak, stride_wk, stride_wn, ws2_g,
+                                 ws2_g,
                                  stride_sg, stride_sn, BLOCK_K, BLOCK_N, DOT_FP32, PRECISION, 0, QGROUP, False, TMA,
                                  A_TMA, W_T)
 
         scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None] if SCALE else 1.0
         out_rows = tl.load(dst_ptr + rows, mask=row_ok, other=0).to(tl.int64) if SCATTER else rows
+        if EPI == 5:  # EPI_PARTIAL: out is the [SPLIT_K * M, N] fp32 workspace, slice `split` first
+            out_rows = rows + split * last
+        full = in_g * BLOCK_M + BLOCK_M <= tl.sum(tl.where(e == g, ends - starts, 0))  # every row is g's
+        out_row0 = row0 + split * last if EPI == 5 else row0
+        col0 = col_tile * BLOCK_N
         if EPI_SPLIT == 2:  # the epilogue one column half at a time: half the live registers (see _halves)
             acc_l, acc_r = _halves(acc, BLOCK_M, BLOCK_N)
             acc2_l, acc2_r = _halves(acc2, BLOCK_M, BLOCK_N)
-            cols_l = col_tile * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+            cols_l = col0 + tl.arange(0, BLOCK_N // 2)
             part = _epilogue(acc_l, acc2_l, rows, out_rows, row_ok, cols_l, N, scale, out_ptr, out2_ptr, pre_ptr,
-                             pre2_ptr, stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
+                             pre2_ptr, stride_pm, stride_om, stride_on, out_desc, out2_desc, pre_desc, pre2_desc,
+                             out_row0, row0, col0, full, EPI, SAVE_PRE, DUAL, TMA_OUT, TMA_PRE, BLOCK_M)
             part += _epilogue(acc_r, acc2_r, rows, out_rows, row_ok, cols_l + BLOCK_N // 2, N, scale, out_ptr,
-                              out2_ptr, pre_ptr, pre2_ptr, stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
+                              out2_ptr, pre_ptr, pre2_ptr, stride_pm, stride_om, stride_on, out_desc, out2_desc,
+                              pre_desc, pre2_desc, out_row0, row0, col0 + BLOCK_N // 2, full, EPI, SAVE_PRE, DUAL,
+                              TMA_OUT, TMA_PRE, BLOCK_M)
         else:
             part = _epilogue(acc, acc2, rows, out_rows, row_ok, cols, N, scale, out_ptr, out2_ptr, pre_ptr, pre2_ptr,
-                             stride_pm, stride_om, stride_on, EPI, SAVE_PRE, BLOCK_M)
-        if EPI >= 3:
+                             stride_pm, stride_om, stride_on, out_desc, out2_desc, pre_desc, pre2_desc, out_row0, row0,
+                             col0, full, EPI, SAVE_PRE, DUAL, TMA_OUT, TMA_PRE, BLOCK_M)
+        if EPI == 3 or EPI == 4:
             # d(routing weight of row r) = <dy_t, h_r @ w_down> = <acc_r, h_r>, summed over column tiles
             # in a fixed order on the host. This tile writes its partial at column col_tile*BLOCK_N/32 and
             # zeros over the rest of its BLOCK_N/32 columns, so whichever config ran last, every column
@@ -381,50 +419,107 @@ def _halves(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _put(ptr, desc, at, value, mask, row0, col0, full, TMA_OUT: tl.constexpr):
+    """Store value at ptr[at] where mask holds; with TMA_OUT, a full row tile (every row its expert's)
+    goes out as one TMA box at [row0, col0] instead (clipped at the output's last column by the copy
+    engine). A partial tile's last rows belong to the next expert, which a box would overwrite."""
+    if TMA_OUT:
+        if full:
+            desc.store([row0, col0], value)
+        else:
+            tl.store(ptr + at, value, mask=mask)
+    else:
+        tl.store(ptr + at, value, mask=mask)
+
+
+@triton.jit
 def _epilogue(acc, acc2, rows, out_rows, row_ok, cols, N, scale, out_ptr, out2_ptr, pre_ptr, pre2_ptr, stride_pm,
-              stride_om, stride_on, EPI: tl.constexpr, SAVE_PRE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Finish the [BLOCK_M, n] piece of an output tile at columns `cols` from its fp32 accumulator(s):
-    store, activate (saving the pre-activations), or the activation's backward. Returns the piece's
-    share of the routing weight's gradient, sum over its columns of acc * h (backward epilogues; zeros
-    otherwise)."""
+              stride_om, stride_on, out_desc, out2_desc, pre_desc, pre2_desc, out_row0, row0, col0, full,
+              EPI: tl.constexpr, SAVE_PRE: tl.constexpr, DUAL: tl.constexpr, TMA_OUT: tl.constexpr,
+              TMA_PRE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Finish the [BLOCK_M, n] piece of an output tile at columns `cols` (the first is col0) from its
+    fp32 accumulator(s): store, activate (saving the pre-activations), or the activation's backward.
+    Stores go through _put: TMA_OUT for out/out2 (their row out_row0 first), TMA_PRE for the saved
+    pre-activations (row0 first). Returns the piece's share of the routing weight's gradient, sum over
+    its columns of acc * h (backward epilogues; zeros otherwise)."""
     mask = row_ok[:, None] & (cols < N)[None, :]
     pre_at = rows[:, None] * stride_pm + cols[None, :]
     out_at = out_rows[:, None] * stride_om + cols[None, :] * stride_on
     out_ty = out_ptr.dtype.element_ty
     part = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if EPI == 0:  # EPI_STORE (scale is 1.0 unless SCALE)
-        tl.store(out_ptr + out_at, (acc * scale).to(out_ty), mask=mask)
+        _put(out_ptr, out_desc, out_at, (acc * scale).to(out_ty), mask, out_row0, col0, full, TMA_OUT)
+    elif EPI == 5:  # EPI_PARTIAL: the raw fp32 sums of one K slice, finished by _reduce_splits_kernel
+        _put(out_ptr, out_desc, out_at, acc, mask, out_row0, col0, full, TMA_OUT)
+        if DUAL:
+            _put(out2_ptr, out2_desc, out_at, acc2, mask, out_row0, col0, full, TMA_OUT)
     elif EPI == 1:  # EPI_GELU: acc is the pre-activation
         if SAVE_PRE:
-            tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
-        tl.store(out_ptr + out_at, _gelu(acc).to(out_ty), mask=mask)
+            _put(pre_ptr, pre_desc, pre_at, acc.to(out_ty), mask, row0, col0, full, TMA_PRE)
+        _put(out_ptr, out_desc, out_at, _gelu(acc).to(out_ty), mask, out_row0, col0, full, TMA_OUT)
     elif EPI == 2:  # EPI_SWIGLU: acc is up, acc2 is gate
         if SAVE_PRE:
-            tl.store(pre_ptr + pre_at, acc.to(out_ty), mask=mask)
-            tl.store(pre2_ptr + pre_at, acc2.to(out_ty), mask=mask)
-        tl.store(out_ptr + out_at, (acc * acc2 * tl.sigmoid(acc2)).to(out_ty), mask=mask)
+            _put(pre_ptr, pre_desc, pre_at, acc.to(out_ty), mask, row0, col0, full, TMA_PRE)
+            _put(pre2_ptr, pre2_desc, pre_at, acc2.to(out_ty), mask, row0, col0, full, TMA_PRE)
+        _put(out_ptr, out_desc, out_at, (acc * acc2 * tl.sigmoid(acc2)).to(out_ty), mask, out_row0, col0, full,
+             TMA_OUT)
     else:  # EPI_GELU_BWD / EPI_SWIGLU_BWD: acc = dy @ w_down^T, the gradient of h before the routing weight
         up = tl.load(pre_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
         dh = acc * scale
         if EPI == 3:
             part = tl.sum(acc * _gelu(up), axis=1)
-            tl.store(out_ptr + out_at, (dh * _gelu_grad(up)).to(out_ty), mask=mask)
+            _put(out_ptr, out_desc, out_at, (dh * _gelu_grad(up)).to(out_ty), mask, out_row0, col0, full, TMA_OUT)
         else:
             gate = tl.load(pre2_ptr + pre_at, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(gate)
             part = tl.sum(acc * (up * gate * sig), axis=1)
-            tl.store(out_ptr + out_at, (dh * gate * sig).to(out_ty), mask=mask)
-            tl.store(out2_ptr + out_at, (dh * up * sig * (1.0 + gate * (1.0 - sig))).to(out_ty), mask=mask)
+            _put(out_ptr, out_desc, out_at, (dh * gate * sig).to(out_ty), mask, out_row0, col0, full, TMA_OUT)
+            _put(out2_ptr, out2_desc, out_at, (dh * up * sig * (1.0 + gate * (1.0 - sig))).to(out_ty), mask,
+                 out_row0, col0, full, TMA_OUT)
     return part
 
 
-@triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N", "GATHER_A", "GATHER_B", "SCALE_B"])
+@triton.jit
+def _out_descriptor(ptr, rows, N, stride, ON: tl.constexpr, BLOCK_M: tl.constexpr, SUB_N: tl.constexpr):
+    """A tensor descriptor over the [rows, N] output at ptr (row stride `stride`), boxes of
+    [BLOCK_M, SUB_N] (one epilogue piece); without ON, ptr itself (unused)."""
+    if ON:
+        d = tl.make_tensor_descriptor(ptr, shape=[rows, N], strides=[stride, 1], block_shape=[BLOCK_M, SUB_N])
+    else:
+        d = ptr
+    return d
+
+
+@triton.jit
+def _reduce_splits_kernel(part_ptr, part2_ptr, out_ptr, out2_ptr, dst_ptr, scale_ptr, M, N, stride_om, stride_on,
+                          SPLIT_K: tl.constexpr, DUAL: tl.constexpr, EPI: tl.constexpr, SCALE: tl.constexpr,
+                          SCATTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split-K's second pass: sum the SPLIT_K fp32 partials of each sorted row in slice order (a fixed
+    order, so the result is deterministic) and run the epilogue the unsplit launch would have run."""
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols < N)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        at = (split * M + rows)[:, None] * N + cols[None, :]
+        acc += tl.load(part_ptr + at, mask=mask, other=0.0)
+        if DUAL:
+            acc2 += tl.load(part2_ptr + at, mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None] if SCALE else 1.0
+    out_rows = tl.load(dst_ptr + rows, mask=row_ok, other=0).to(tl.int64) if SCATTER else rows
+    _epilogue(acc, acc2, rows, out_rows, row_ok, cols, N, scale, out_ptr, out2_ptr, out_ptr, out_ptr, 0, stride_om,
+              stride_on, out_ptr, out_ptr, out_ptr, out_ptr, 0, 0, 0, False, EPI, False, DUAL, False, False, BLOCK_M)
+
+
+@triton.autotune(configs=_dw_configs(), key=["ROWS_CLASS", "K", "N", "GATHER_A", "GATHER_B", "SCALE_A"])
 @triton.jit
 def _dw_kernel(
     a_ptr, a_src_ptr, b_ptr, b_src_ptr, scale_ptr, offsets_ptr, dw_ptr,
     K, N, ROWS_CLASS,
     stride_am, stride_ak, stride_bm, stride_bn, stride_de, stride_dk, stride_dn,
-    GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, SCALE_B: tl.constexpr,
+    GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, SCALE_A: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -448,9 +543,11 @@ def _dw_kernel(
                     mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
         b = tl.load(b_ptr + b_rows[:, None] * stride_bm + ns[None, :] * stride_bn,
                     mask=row_ok[:, None] & (ns[None, :] < N), other=0.0)
-        if SCALE_B:
+        if SCALE_A:  # a_g^T diag(scale) b_g: scale A, the operand the MMA takes from registers (B is read
+            # from shared memory, so scaling it would cost a round trip there); the product is rounded
+            # once, to the input type, as torch's own backward rounds scale * dy
             scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-            b = (b.to(tl.float32) * scale[:, None]).to(b_ptr.dtype.element_ty)
+            a = (a.to(tl.float32) * scale[:, None]).to(a_ptr.dtype.element_ty)
         if DOT_FP32:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
@@ -483,7 +580,7 @@ def _use_tma(a, w, a2, w2, gather: bool, wq: int) -> bool:
     """TMA for W (and A when its rows are not gathered) on Hopper and later, and under the interpreter
     (which emulates it, so the CPU tests cover this path): not for packed int4 W (its K is halved and
     unpacked by hand), and only where every operand's layout allows (_tma_ok)."""
-    if not TMA_ENABLED or wq == 2 or not (INTERPRET or torch.cuda.get_device_capability(a.device)[0] >= 9):
+    if not TMA_ENABLED or wq == 2 or _arch(a.device.index or 0) < 90:
         return False
     w_inner = 2 if w.stride(2) == 1 else 1
     ws = [w] + ([w2] if w2 is not None else [])
@@ -494,6 +591,14 @@ def _use_tma(a, w, a2, w2, gather: bool, wq: int) -> bool:
 def _scratch(size: int, alignment: int, stream):
     """Triton's global scratch for tensor descriptors made inside a kernel (128 bytes per program)."""
     return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
+
+
+@functools.cache
+def _arch(device_index: int) -> int:
+    """The pinned tables' architecture: 90 (Hopper and later: TMA, warp-group MMA) or 80 (the rest)."""
+    if INTERPRET:
+        return 90
+    return 90 if torch.cuda.get_device_capability(device_index)[0] >= 9 else 80
 
 
 def _dot_args(dtype: torch.dtype) -> dict:
@@ -522,34 +627,71 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
 
     def grid(meta):
         tiles = (triton.cdiv(m, meta["BLOCK_M"]) + E) * triton.cdiv(N, meta["BLOCK_N"])  # an upper bound
-        return (min(tiles, n_prog),)
+        return (min(tiles * meta["SPLIT_K"], n_prog),)
 
     flags = dict(GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
                  SCALE=scale is not None, SCATTER=dst is not None, WQ=wq)
     tma = _use_tma(a, w, a2, w2, src is not None, wq)
     if tma:
         triton.set_allocator(_scratch)
+    bound = rows_bound(m, E)
+    split = 1
     if AUTOTUNE:
         kernel, meta = _rows_kernel, {}
     else:
         from kernels.pinned_configs import ROWS
 
-        key = mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1})  # (TMA follows from the device)
-        kernel, meta = _rows_kernel.fn, pinned(ROWS, key, rows_bound(m, E), _row_configs())
+        table = ROWS[_arch(a.device.index or 0)]
+        meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+        if bound == "memory" and epi <= EPI_SWIGLU and pre is None and a2 is None:
+            split = split_k(m, E, K, N, meta, n_prog)
+        if split > 1:  # the partial pass: raw sums into a workspace; scale, scatter and epilogue come after
+            final = dict(out=out, out2=out2, dst=dst, scale=scale, epi=epi)
+            flags.update(EPI=EPI_PARTIAL, SCALE=False, SCATTER=False)
+            meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+            out = torch.empty(split * m, N, device=a.device, dtype=torch.float32)
+            out2 = torch.empty_like(out) if dual else None
+            dst = scale = None
+        kernel = _rows_kernel.fn
+    k_split = triton.cdiv(triton.cdiv(K, split), meta.get("BLOCK_K", 1)) * meta.get("BLOCK_K", 1)
+    # TMA stores too when every output the kernel writes row-contiguously qualifies
+    tma_store = tma and all(_tma_ok(t, 1) for t in (None if dst is not None else out, out2, pre, pre2) if t is not None)
     kernel[grid](
         a, a2 if a2 is not None else dummy, src if src is not None else dummy, w, w2 if w2 is not None else dummy,
         offsets, out, out2 if out2 is not None else dummy, pre if pre is not None else dummy,
         pre2 if pre2 is not None else dummy, dst if dst is not None else dummy,
         scale if scale is not None else dummy, dscale if dscale is not None else dummy,
         ws if ws is not None else dummy, ws2 if ws2 is not None else dummy,
-        K, N, E, rows_class(m, E), dscale.shape[1] if dscale is not None else 0,
+        K, N, E, rows_class(m, E), dscale.shape[1] if dscale is not None else 0, k_split if split > 1 else K,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
         ws.stride(0) if ws is not None else 0, ws.stride(1) if wq == 2 else 0, ws.stride(-1) if ws is not None else 0,
-        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, W_T=w.stride(2) != 1, **flags, **_dot_args(a.dtype),
-        **meta,
+        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, TMA_STORE=tma_store, W_T=w.stride(2) != 1,
+        SPLIT_K=split,
+        **flags, **_dot_args(a.dtype), **meta,
     )
-    return out
+    if split == 1:
+        return out
+    block_n = 32 if INTERPRET else 128
+    _reduce_splits_kernel[(triton.cdiv(m, 16), triton.cdiv(N, block_n))](
+        out, out2 if out2 is not None else out, final["out"], final["out2"] if final["out2"] is not None else dummy,
+        final["dst"] if final["dst"] is not None else dummy, final["scale"] if final["scale"] is not None else dummy, m,
+        N, final["out"].stride(0), final["out"].stride(1), SPLIT_K=split, DUAL=dual, EPI=final["epi"],
+        SCALE=final["scale"] is not None, SCATTER=final["dst"] is not None, BLOCK_M=16, BLOCK_N=block_n, num_warps=4, num_stages=1)
+    return final["out"]
+
+
+def split_k(m: int, e: int, k: int, n: int, meta: dict, n_programs: int) -> int:
+    """How many K slices a memory-bound launch (decode) splits into: when its output tiles are fewer
+    than two waves of programs, double the slices (at most 8, each at least one BLOCK_K deep) until
+    they are not. The tile count is an upper bound from the host's view (no device sync): at most m
+    row tiles, and at most cdiv(m, BLOCK_M) + E of them."""
+    tiles = min(m, triton.cdiv(m, meta["BLOCK_M"]) + e) * triton.cdiv(n, meta["BLOCK_N"])
+    k_blocks = triton.cdiv(k, meta["BLOCK_K"])
+    split = 1
+    while split < 8 and tiles * split < 2 * n_programs and 2 * split <= k_blocks:
+        split *= 2
+    return split
 
 
 # The named steps. Shapes: x [T, D]; h, pre-activations, d_up, d_gate [M, F]; y, dx [A, D] in
@@ -600,26 +742,27 @@ def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
     return torch.zeros(m, width, device=device, dtype=torch.float32)
 
 
-def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, b_scale=None):
+def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, a_scale=None):
     """The weight gradients (backward steps 2-3): out[g] = a_g^T @ b_g per expert over m sorted rows,
-    with a's / b's rows optionally gathered (a[a_src[r]]) and b's rows scaled by b_scale[r]. out is
+    with a's / b's rows optionally gathered (a[a_src[r]]) and a's rows scaled by a_scale[r]. out is
     [E, K, N]."""
     E, K, N = out.shape
     if K == 0 or N == 0:
         return out
     dummy = offsets
     grid = lambda meta: (E * triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    flags = dict(GATHER_A=a_src is not None, GATHER_B=b_src is not None, SCALE_B=b_scale is not None)
+    flags = dict(GATHER_A=a_src is not None, GATHER_B=b_src is not None, SCALE_A=a_scale is not None)
     if AUTOTUNE:
         kernel, meta = _dw_kernel, {}
     else:
         from kernels.pinned_configs import DW
 
-        kernel, meta = _dw_kernel.fn, pinned(DW, mode_key(flags, DW_FLAGS), "compute", _dw_configs())
+        table = DW[_arch(a.device.index or 0)]
+        kernel, meta = _dw_kernel.fn, pinned(table, mode_key(flags, DW_FLAGS), "compute", _dw_configs())
         meta.pop("GROUP_M", None)
     kernel[grid](
         a, a_src if a_src is not None else dummy, b, b_src if b_src is not None else dummy,
-        b_scale if b_scale is not None else dummy, offsets, out, K, N, rows_class(m, E),
+        a_scale if a_scale is not None else dummy, offsets, out, K, N, rows_class(m, E),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
         **flags, **_dot_args(a.dtype), **meta,
     )

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # What only a GPU can show, in one command (the first call on a lent H100/H200; its image already has
 # torch, triton and every package the project imports, and no network, so nothing is installed):
-#   1. the GPU tests: Triton kernels compiled (not interpreted) against float64, quantized kernels;
+#   1. the GPU tests: Triton kernels compiled (not interpreted) against float64, quantized kernels, and
+#      every pinned launch configuration forced onto every launch in turn, in bf16 and fp16 (E = 1 and 5,
+#      empty experts, experts with fewer rows than a tile, a skewed hot expert, transposed W), TMA
+#      against pointer loads bit for bit, split-K decode against the reference;
 #   2. scripts/bench_kernels.py: every shape A-E and the quantized rows, with the measured ceilings;
 #   3. scripts/profile_model.py: one GPT-4-shape layer at decode (8k context, batch 1, 8, 64).
 # Everything is written under bench/results/<device>/ (and copied to $OUT when the device tool sets it);
 # gpu_run.log holds the console. Each step has its own time limit so one hang cannot eat the lease.
-# Budget (a guess until the first run): about 9 minutes in all.
+# Budget (a guess until the first run): about 12 minutes in all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,7 +19,7 @@ out=bench/results/$dev
 mkdir -p "$out"
 log() { tee -a "$out/gpu_run.log"; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv; } 2>&1 | log
-timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_kernels.py tests/test_quantized.py \
+timeout 420 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_kernels.py tests/test_quantized.py \
     tests/test_kernels.py 2>&1 | tail -20 | log
 timeout 300 $PY scripts/bench_kernels.py --out "$out" 2>&1 | log
 timeout 150 $PY scripts/profile_model.py --layers 1 --mode decode --context 8192 --batches 1,8,64 --out "$out" 2>&1 \

@@ -1,13 +1,17 @@
 """Choose the launch configuration every kernel mode uses by default and write kernels/pinned_configs.py.
 
     python scripts/check_compile.py --json bench/results/compile-sm90/check_compile.json   # the evidence
-    python scripts/pin_configs.py                                                          # the table
+    python scripts/check_compile.py --arch 80 --json bench/results/compile-sm80/check_compile.json
+    python scripts/pin_configs.py                                                          # the tables
 
 Until a GPU times them, the choice rests on the compiled code alone (scripts/check_compile.py's
-report, read back from the SASS), per mode and per row class (memory-bound: BLOCK_M <= 32, the
-decode tiles; compute-bound: the rest), among the configs the autotuner's pruning keeps:
-  1. it fits an A100's shared memory too (163 KiB), so one table serves sm_80 and sm_90;
-  2. the fewest spilled bytes (the stack frame);
+reports, read back from the SASS), per architecture (sm_90: Hopper and later; sm_80: the rest), per
+mode and per row class (memory-bound: BLOCK_M <= 32, the decode tiles; compute-bound: the rest),
+among the configs the autotuner's pruning keeps (K and N do not change the compiled code, so they
+are not keys until measured times say they matter):
+  1. it fits the architecture's shared memory;
+  2. the fewest findings (check_compile.findings: spills, no HGMMA, no TMA, no asynchronous copies),
+     then the fewest spilled bytes (the stack frame);
   3. warp-group MMA (HGMMA) for compute-bound tiles;
   4. the largest output tile (BLOCK_M x BLOCK_N), then the deepest K step.
 With a GPU, replace this with measured times (MOE_AUTOTUNE=1 runs Triton's autotuner instead).
@@ -27,59 +31,86 @@ import check_compile as cc  # noqa: E402  (sets TRITON_INTERPRET=0 before triton
 
 import kernels.triton_grouped_mm as tg  # noqa: E402
 
-A100_SHARED = cc.SHARED_LIMIT[80]
+def label(config) -> str:
+    """A triton.Config as check_compile's report names it: '128x128x64 s4 w8'."""
+    tiles = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return f"{tiles} s{config.num_stages} w{config.num_warps}"
 
 
-def parse(config: str) -> dict:
-    tiles, stages, warps = config.split()
-    bm, bn, bk = (int(x) for x in tiles.split("x"))
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=int(stages[1:]), num_warps=int(warps[1:]))
-
-
-def rank(r: dict):
-    c = parse(r["config"])
-    return (r["stack"], not r["hgmma"], -c["BLOCK_M"] * c["BLOCK_N"], -c["BLOCK_K"])
+def meta_of(kernel: str, name: str) -> dict:
+    """The launch meta-parameters of the candidate config the report calls `name`."""
+    configs = tg._row_configs() if kernel == "_rows_kernel" else tg._dw_configs()
+    c = next(c for c in configs if label(c) == name)
+    return dict(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps)
 
 
 def choose(results: list[dict]) -> tuple[dict, dict, list[str]]:
+    """Per mode key and row class, the config whose worst compiled variant over the modes sharing that
+    key (int8 and fp8 weights share one) ranks best."""
     rows, dw, notes = {}, {}, []
-    group_m = {c.kwargs["BLOCK_M"]: c.kwargs.get("GROUP_M", 1) for c in tg._row_configs()}
     for modes, table, kernel in ((cc.ROW_MODES, rows, "_rows_kernel"), (cc.DW_MODES, dw, "_dw_kernel")):
+        by_key = {}
+        reported = {r["mode"] for r in results}
         for mode, flags in modes.items():
+            if mode not in reported:  # not compiled for this architecture (fp8 before sm_89)
+                continue
             flags = {k: v for k, v in flags.items() if k != "W_TYPE"}
-            key = tg.mode_key(flags, tg.ROW_FLAGS if kernel == "_rows_kernel" else tg.DW_FLAGS)
-            for bound in ("memory", "compute") if kernel == "_rows_kernel" else ("compute",):
-                fits = [r for r in results if r["kernel"] == kernel and r["mode"] == mode and r["status"] == "ok"
-                        and r["dtype"] == "bf16" and r["shared"] <= A100_SHARED
-                        and (kernel == "_dw_kernel" or (parse(r["config"])["BLOCK_M"] <= 32) == (bound == "memory"))]
+            by_key.setdefault(tg.mode_key(flags, tg.ROW_FLAGS if kernel == "_rows_kernel" else tg.DW_FLAGS),
+                              (flags, []))[1].append(mode)
+        for key, (flags, names) in by_key.items():
+            bounds = ("compute",) if kernel == "_dw_kernel" else ("memory",) if flags.get("EPI") == tg.EPI_PARTIAL \
+                else ("memory", "compute")
+            for bound in bounds:
+                variants = {}  # config -> its compiled variants over the modes sharing the key
+                for r in results:
+                    if (r["kernel"] == kernel and r["mode"] in names and r["dtype"] == "bf16"
+                            and (kernel == "_dw_kernel" or (int(r["config"].split("x")[0]) <= 32) == (bound == "memory"))):
+                        variants.setdefault(r["config"], []).append(r)
+                fits = {c: rs for c, rs in variants.items() if len(rs) == len(names)
+                        and all(r["ok"] and r["status"] != "skip" for r in rs)}
                 if not fits:
-                    notes.append(f"{mode} ({bound}): no config fits; the runtime falls back to the first candidate")
+                    notes.append(f"{' / '.join(names)} ({bound}): no config fits; the runtime falls back to the "
+                                 "first candidate")
                     continue
-                best = min(fits, key=rank)
-                meta = parse(best["config"])
-                if kernel == "_rows_kernel":
-                    meta["GROUP_M"] = group_m[meta["BLOCK_M"]]
-                table.setdefault(key, {})[bound] = meta
-                notes.append(f"{mode} ({bound}): {best['config']}, stack {best['stack']} B, HGMMA {best['hgmma']}, "
-                             f"shared {best['shared'] / 1024:.0f} KiB")
+
+                def rank(item):
+                    config, rs = item
+                    c = meta_of(kernel, config)
+                    return (max(len(r["findings"]) for r in rs), max(r["stack"] for r in rs),
+                            not all(r["hgmma"] for r in rs), -c["BLOCK_M"] * c["BLOCK_N"], -c["BLOCK_K"])
+
+                config, rs = min(fits.items(), key=rank)
+                table.setdefault(key, {})[bound] = meta_of(kernel, config)
+                found = sorted({f for r in rs for f in r["findings"]})
+                notes.append(f"{' / '.join(names)} ({bound}): {config}, stack {max(r['stack'] for r in rs)} B, "
+                             f"HGMMA {min(r['hgmma'] for r in rs)}, TMA {min(r['tma_loads'] for r in rs)}, shared "
+                             f"{max(r['shared'] for r in rs) / 1024:.0f} KiB" + (f", {'; '.join(found)}" if found else ""))
     return rows, dw, notes
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--report", type=pathlib.Path, default=ROOT / "bench" / "results" / "compile-sm90" / "check_compile.json")
+    p.add_argument("--reports", type=pathlib.Path, nargs="+",
+                   default=[ROOT / "bench" / "results" / f"compile-sm{a}" / "check_compile.json" for a in (90, 80)])
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "kernels" / "pinned_configs.py")
     args = p.parse_args()
-    report = json.loads(args.report.read_text())
-    rows, dw, notes = choose(report["results"])
-    text = ['"""The launch configuration of every kernel mode, per row class: written by scripts/pin_configs.py',
-            f"from {args.report.relative_to(ROOT)} (sm_{report['arch']}, Triton {report['triton']}; the compiled code's",
-            "evidence: fits 163 KiB of shared memory, fewest spilled bytes, HGMMA, largest tile). Do not edit by hand.",
-            "", *notes, '"""', "", "ROWS = {"]
-    text += [f"    {k!r}: {v!r}," for k, v in rows.items()] + ["}", "", "DW = {"]
-    text += [f"    {k!r}: {v!r}," for k, v in dw.items()] + ["}", ""]
+    tables, all_notes = {}, []
+    for path in args.reports:
+        report = json.loads(path.read_text())
+        rows, dw, notes = choose(report["results"])
+        tables[report["arch"]] = (rows, dw)
+        all_notes += [f"sm_{report['arch']} ({path.relative_to(ROOT)}, Triton {report['triton']}):"]
+        all_notes += [f"  {n}" for n in notes]
+    text = ['"""The launch configuration of every kernel mode, per architecture and row class: written by',
+            "scripts/pin_configs.py from the compile reports (the compiled code's evidence: fits shared memory, no",
+            "findings, HGMMA, largest tile). Do not edit by hand.", "", *all_notes, '"""', ""]
+    for name, index in (("ROWS", 0), ("DW", 1)):
+        text += [f"{name} = {{"]
+        for arch, pair in tables.items():
+            text += [f"    {arch}: {{"] + [f"        {k!r}: {v!r}," for k, v in pair[index].items()] + ["    },"]
+        text += ["}", ""]
     args.out.write_text("\n".join(text))
-    print("\n".join(notes))
+    print("\n".join(all_notes))
     print(f"wrote {args.out}")
 
 

@@ -88,14 +88,15 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
     real = tg.pinned
 
     def record(table, key, bound, candidates):
-        seen.append((table is DW, key, bound))
+        seen.append((any(table is t for t in DW.values()), key, bound))
         return real(table, key, bound, candidates)
 
     monkeypatch.setattr(tg, "pinned", record)
+    monkeypatch.setattr(tg, "_num_programs", lambda index: 64)  # as on a GPU: the small inference launches split K
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(9, 16, generator=g, requires_grad=True), torch.randn(3, 16, 24, generator=g, requires_grad=True)
     kernels.grouped_mm(x, w, offsets_from([4, 0, 5]), backend="triton").sum().backward()
-    T, E, D, F_ = 6, 4, 16, 24
+    T, E, D, F_ = 6, 4, 32, 24
     experts = torch.randint(0, E, (T, 2), generator=g)
     weights = torch.rand(T, 2, generator=g)
     for act in ("gelu", "swiglu"):
@@ -110,17 +111,26 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
             q = [kernels.quantize(t, scheme) for t in ws]
             kernels.quantized_mlp(xt.detach(), weights, experts, q[0], q[1] if gate is not None else None, q[2],
                                   activation_name=act, backend="triton")
-    assert len({k for _, k, _ in seen}) >= 14
+    assert len({k for _, k, _ in seen}) >= 20
+    assert any(f"EPI={tg.EPI_PARTIAL}" in k for _, k, _ in seen)  # split-K's partial pass was looked up
     monkeypatch.setattr(tg, "INTERPRET", False)
-    missing = sorted(f"{'dW' if is_dw else 'rows'} {key} ({bound})" for is_dw, key, bound in set(seen)
-                     if bound not in (DW if is_dw else ROWS).get(key, {}))
-    assert not missing, "no pinned config for: " + "; ".join(missing)
-    for key, by_bound in ROWS.items():
-        flags = dict(kv.split("=") for kv in key.split())
-        for bound, meta in by_bound.items():
-            assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
-            assert not tg.int4_block_too_deep(meta["BLOCK_K"], int(flags["WQ"]), 128)
-        tg._check_block_n([tg._config(m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], 1, 4, 1) for m in by_bound.values()])
+    assert set(ROWS) == set(DW) == {80, 90}
+    for arch in ROWS:  # every architecture's table has a row for every launch
+        missing = sorted(f"{'dW' if is_dw else 'rows'} {key} ({bound})" for is_dw, key, bound in set(seen)
+                         if bound not in (DW if is_dw else ROWS)[arch].get(key, {}))
+        assert not missing, f"sm_{arch}: no pinned config for: " + "; ".join(missing)
+        for key, by_bound in ROWS[arch].items():
+            flags = {k: int(v) for k, v in (kv.split("=") for kv in key.split())}
+            for bound, meta in by_bound.items():
+                assert set(meta) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EPI_SPLIT", "num_warps",
+                                     "num_stages"}, key
+                assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
+                config = tg._config(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["num_stages"],
+                                    meta["num_warps"], meta["GROUP_M"], meta["EPI_SPLIT"])
+                assert tg.fits(config, flags, tg.SHARED_LIMIT[arch]), (arch, key, bound, meta)
+                tg._check_block_n([config])
+        assert all(set(m) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
+                   for by_bound in DW[arch].values() for m in by_bound.values())
 
 
 def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):

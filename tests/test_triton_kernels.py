@@ -136,18 +136,20 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     """The tensor-descriptor (TMA) loads and the pointer loads are two ways to fetch the same tiles:
     forward and every gradient agree bit for bit (through the interpreter, which emulates TMA; on a
     Hopper GPU, compiled). The layouts here qualify for TMA (aligned strides), and it is checked that
-    the TMA path was taken, for A as well as W (the grouped GEMM and dX's second pair are not gathered)."""
+    the TMA path was taken, for A as well as W (the grouped GEMM and dX's second pair are not gathered),
+    with full row tiles whose outputs leave as TMA boxes and partial ones that are stored row by row."""
     import kernels.triton_grouped_mm as tg
 
     gen = torch.Generator().manual_seed(5)
-    T, k, E, weights, experts_A = routing("drops", gen)
-    order, offsets = (t.to(DEVICE) for t in kernels.sort_by_expert(experts_A, E, has_dropped=True))
+    T, k, E = 30, 2, 3  # 20 rows per expert on average: full 16-row tiles (stored as TMA boxes) and partial ones
+    weights, experts = torch.randn(T, E, generator=gen).softmax(-1).topk(k)
+    order, offsets = (t.to(DEVICE) for t in kernels.sort_by_expert(experts.reshape(-1), E))
     inputs = [t.to(DEVICE) for t in (torch.randn(T, 24, generator=gen), weights, torch.randn(E, 24, 40, generator=gen),
                                      torch.randn(E, 24, 40, generator=gen), torch.randn(E, 40, 24, generator=gen))]
     if act == "gelu":
         inputs[3] = None
-    x, w = torch.randn(13, 24, generator=gen).to(DEVICE), torch.randn(3, 24, 40, generator=gen).to(DEVICE)
-    small = offsets_from([6, 0, 7], DEVICE)
+    x, w = torch.randn(57, 24, generator=gen).to(DEVICE), torch.randn(3, 24, 40, generator=gen).to(DEVICE)
+    small = offsets_from([20, 0, 37], DEVICE)
     used = []
     real = tg._use_tma
     monkeypatch.setattr(tg, "_use_tma", lambda *a: used.append(real(*a)) or used[-1])
@@ -164,6 +166,53 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     for a, b in zip(with_tma, run()):
         assert torch.equal(a, b)
     assert not any(used)
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+def test_split_k_decode_matches_reference_and_is_deterministic(monkeypatch, act):
+    """Decode-sized launches (two tokens, few output tiles) on a machine with many programs split K into
+    slices whose fp32 partials a second pass sums in a fixed order: the result matches the float64
+    reference (and, quantized, the torch path on the same quantized weights), repeats bit for bit,
+    and the split was really taken."""
+    import kernels.triton_grouped_mm as tg
+
+    monkeypatch.setattr(tg, "_num_programs", lambda index: 64)  # as on a GPU: 2 tokens are far from two waves
+    splits = []
+    real = tg.split_k
+    monkeypatch.setattr(tg, "split_k", lambda *a: splits.append(real(*a)) or splits[-1])
+    gen = torch.Generator().manual_seed(2)
+    T, k, E, D, F = 2, 2, 6, 64, 96
+    weights, experts = torch.randn(T, E, generator=gen).softmax(-1).topk(k)
+    x = torch.randn(T, D, generator=gen)
+    ws = [torch.randn(*s, generator=gen) / s[1] ** 0.5 for s in [(E, D, F), (E, D, F), (E, F, D)]]
+    gate = 1 if act == "swiglu" else None
+
+    def run(w, backend, dtype=torch.float32, fn=kernels.routed_mlp):
+        return fn(x.to(dtype), weights.to(dtype), experts, w[0], w[1] if gate else None, w[2], activation_name=act,
+                  backend=backend)
+
+    got = run(ws, "triton")
+    assert splits and min(splits) > 1
+    assert_near(got, run([w.double() for w in ws], "torch", torch.float64), torch.float32, "y")
+    assert torch.equal(got, run(ws, "triton"))
+    for scheme in kernels.SCHEMES:
+        q = [kernels.quantize(w, scheme) for w in ws]
+        assert_near(run(q, "triton", fn=kernels.quantized_mlp), run(q, "torch", fn=kernels.quantized_mlp).double(),
+                    torch.float32, scheme)
+
+
+def test_split_k_policy():
+    """The split doubles while the launch has fewer than two waves of tiles, stops at 8 slices or one
+    BLOCK_K per slice, and training-sized launches are never split."""
+    from kernels.triton_grouped_mm import split_k
+
+    meta = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128)
+    # GPT-4 decode, batch 1: the down-projection (K = 43,008, N = 10,752) of 2 active rows, 84 column
+    # tiles each, on an H100's 132 SMs
+    assert split_k(2, 16, 43008, 10752, meta, 132) == 2  # 168 tiles -> 336 >= 264
+    assert split_k(1, 16, 43008, 1024, meta, 132) == 8  # 8 tiles: as many slices as allowed
+    assert split_k(2, 16, 256, 1024, meta, 132) == 2  # K = 2 blocks: at most 2 slices
+    assert split_k(4096, 16, 43008, 10752, dict(meta, BLOCK_M=128), 132) == 1
 
 
 def test_expert_mlp_bad_input():
@@ -247,3 +296,68 @@ def test_compiled_shapes_on_gpu(dtype, rows_per_expert):
                     [x.double(), weights, *(w.double() for w in ws)])
     for what, g, r in zip(["y", "dx", "d_weights", "dw_up", "dw_gate", "dw_down"], got, want):
         assert_near(g.cpu(), r, dtype, what)
+
+
+def _pinned_metas(table):
+    """Each distinct launch configuration in a pinned table, once."""
+    seen = {}
+    for by_bound in table.values():
+        for meta in by_bound.values():
+            seen[tuple(sorted(meta.items()))] = meta
+    return list(seen.values())
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_pinned_config_on_gpu(monkeypatch, dtype):
+    """Every configuration kernels/pinned_configs.py ships, forced onto every launch in turn (compiled,
+    on the GPU), against the float64 references: the expert MLP forward and backward (GELU and SwiGLU)
+    and the grouped GEMM through a transposed W, with E = 1 and E = 5 (empty experts, experts with
+    fewer rows than a tile, a skewed hot expert), and the quantized forward (int8, int4)."""
+    import kernels.triton_grouped_mm as tg
+    from kernels import pinned_configs
+
+    ROWS, DW = (table[tg._arch(0)] for table in (pinned_configs.ROWS, pinned_configs.DW))
+    cases = {"E=1": [37], "E=5 ragged": [0, 3, 0, 130, 9]}
+    real = tg.pinned
+    row_metas, dw_metas = _pinned_metas(ROWS), _pinned_metas(DW)
+    for i, row_meta in enumerate(row_metas):
+        for dw_meta in dw_metas if i == 0 else dw_metas[:1]:  # every dW config once, with the first row config
+            monkeypatch.setattr(tg, "pinned", lambda table, key, bound, c, r=row_meta, d=dw_meta:
+                                dict(d if table is DW else r))
+            for name, counts in cases.items():
+                E, M = len(counts), sum(counts)
+                offsets = offsets_from(counts, "cuda")
+                gen = torch.Generator().manual_seed(E)
+                x, w = torch.randn(M, 96, generator=gen), torch.randn(E, 80, 96, generator=gen).transpose(1, 2)
+                got = grads_of(lambda a, b: kernels.grouped_mm(a, b, offsets, backend="triton"),
+                               [x.to("cuda", dtype), w.to("cuda", dtype)])
+                want = grads_of(lambda a, b: kernels.grouped_mm_reference(a, b, offsets.cpu()), [x.double(), w.double()])
+                for what, g, r in zip(["y", "dx", "dw"], got, want):
+                    assert_near(g.cpu(), r, dtype, f"{row_meta} {name} grouped_mm {what}")
+                order, offs = kernels.sort_by_expert(torch.repeat_interleave(torch.arange(E), torch.tensor(counts)), E)
+                T = M  # k = 1: each row its own token
+                wt = torch.rand(T, 1, generator=gen)
+                ws = [torch.randn(*s, generator=gen) / s[1] ** 0.5 for s in [(E, 64, 96), (E, 64, 96), (E, 96, 64)]]
+                xt = torch.randn(T, 64, generator=gen)
+                for act in ("gelu", "swiglu"):
+                    gate = 1 if act == "swiglu" else None
+
+                    def mlp(fn, device, dt):
+                        return grads_of(lambda x_, wt_, u, g, d: fn(x_, wt_, order.to(device), offs.to(device), u, g, d,
+                                                                    activation_name=act, **({"backend": "triton"}
+                                                                                            if device == "cuda" else {})),
+                                        [xt.to(device, dt), wt.to(device), ws[0].to(device, dt),
+                                         ws[1].to(device, dt) if gate else None, ws[2].to(device, dt)])
+
+                    got = mlp(kernels.expert_mlp, "cuda", dtype)
+                    want = mlp(kernels.expert_mlp_reference, "cpu", torch.float64)
+                    for i, (g, r) in enumerate(zip(got, want)):
+                        assert_near(g.cpu(), r, dtype, f"{row_meta} {name} {act} output/grad {i}")
+                    for scheme in ("int8", "int4"):
+                        q = [kernels.quantize(t.to("cuda", dtype), scheme) for t in ws]
+                        experts = torch.repeat_interleave(torch.arange(E), torch.tensor(counts)).view(T, 1)
+                        args = (xt.to("cuda", dtype), wt.to("cuda", dtype), experts.cuda(), q[0], q[1] if gate else None, q[2])
+                        y = kernels.quantized_mlp(*args, activation_name=act, backend="triton")
+                        ref = kernels.quantized_mlp(*args, activation_name=act, backend="torch")
+                        assert_near(y.float().cpu(), ref.double().cpu(), dtype, f"{row_meta} {name} {act} {scheme}")
