@@ -677,7 +677,8 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         out, out2 if out2 is not None else out, final["out"], final["out2"] if final["out2"] is not None else dummy,
         final["dst"] if final["dst"] is not None else dummy, final["scale"] if final["scale"] is not None else dummy, m,
         N, final["out"].stride(0), final["out"].stride(1), SPLIT_K=split, DUAL=dual, EPI=final["epi"],
-        SCALE=final["scale"] is not None, SCATTER=final["dst"] is not None, BLOCK_M=16, BLOCK_N=block_n, num_warps=4, num_stages=1)
+        SCALE=final["scale"] is not None, SCATTER=final["dst"] is not None, BLOCK_M=16, BLOCK_N=block_n, num_warps=4,
+        num_stages=1)
     return final["out"]
 
 
