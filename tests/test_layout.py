@@ -50,8 +50,10 @@ def test_layout_check_model_constraints():
     with pytest.raises(ValueError, match="n_kv_heads=2"):
         Layout(tp=4).check(shrunk(n_kv_heads=2))
     Layout(tp=2).check(shrunk(n_kv_heads=2))  # grouped-query heads split with the query heads
-    with pytest.raises(ValueError, match="dropless"):
-        Layout(ep=2).check(shrunk(capacity_factor=1.25))
+    for split in (dict(ep=2), dict(dp=2), dict(microbatches=2), dict(pp=2, microbatches=4)):
+        with pytest.raises(ValueError, match="drops would depend on the split; use dropless"):
+            Layout(**split).check(shrunk(capacity_factor=1.25))
+    Layout(tp=2).check(shrunk(capacity_factor=1.25))  # tensor parallel ranks route the same tokens
     with pytest.raises(ValueError, match="untied"):
         Layout(pp=2).check(shrunk(tie_embeddings=True))
 
