@@ -608,12 +608,14 @@ def _dot_args(dtype: torch.dtype) -> dict:
 
 def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
                  pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None, ws=None, ws2=None, wq=0,
-                 qgroup=128):
+                 qgroup=128, meta=None, split=None):
     """Launch _rows_kernel over m sorted rows: out[dst[r] or r] = epilogue(a[src[r] or r] @ w[g(r)]).
     w and w2 are [E, K, N] views with any strides (w2 shares w's strides); pre/pre2/dscale are
     contiguous [m, ...] buffers. Quantized weights (wq 1: int8/fp8 with ws [E, N]; wq 2: int4 packed
     [E, K/2, N] with ws [E, K/qgroup, N]; see kernels/quantized.py) come with their scales. See the
-    module doc for the options; the named steps below are the combinations the expert MLP uses."""
+    module doc for the options; the named steps below are the combinations the expert MLP uses.
+    meta / split (scripts/tune_configs.py): launch with these meta-parameters and K slices instead of
+    the pinned table's and split_k's (with split > 1, meta is the partial pass's)."""
     E, _, N = w.shape
     K = a.shape[1]  # (a packed int4 w holds K/2 rows)
     if m == 0 or N == 0:
@@ -635,20 +637,23 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
     if tma:
         triton.set_allocator(_scratch)
     bound = rows_bound(m, E)
-    split = 1
-    if AUTOTUNE:
-        kernel, meta = _rows_kernel, {}
+    forced = meta
+    if AUTOTUNE and forced is None:
+        kernel, meta, split = _rows_kernel, {}, 1
     else:
         from kernels.pinned_configs import ROWS
 
         table = ROWS[_arch(a.device.index or 0)]
-        meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
-        if bound == "memory" and epi <= EPI_SWIGLU and pre is None and a2 is None:
-            split = split_k(m, E, K, N, meta, n_prog)
+        if forced is None:
+            meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+        if split is None:
+            splittable = bound == "memory" and epi <= EPI_SWIGLU and pre is None and a2 is None
+            split = split_k(m, E, K, N, meta, n_prog) if splittable else 1
         if split > 1:  # the partial pass: raw sums into a workspace; scale, scatter and epilogue come after
             final = dict(out=out, out2=out2, dst=dst, scale=scale, epi=epi)
             flags.update(EPI=EPI_PARTIAL, SCALE=False, SCATTER=False)
-            meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+            if forced is None:
+                meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
             out = torch.empty(split * m, N, device=a.device, dtype=torch.float32)
             out2 = torch.empty_like(out) if dual else None
             dst = scale = None

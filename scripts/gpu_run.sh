@@ -24,4 +24,7 @@ timeout 420 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_kernels.py
 timeout 300 $PY scripts/bench_kernels.py --out "$out" 2>&1 | log
 timeout 150 $PY scripts/profile_model.py --layers 1 --mode decode --context 8192 --batches 1,8,64 --out "$out" 2>&1 \
     | tail -40 | log
+# TUNE=1: also time every clean config of every mode and write the table the GPU would pin
+# (scripts/tune_configs.py --quick; several minutes: hundreds of compiles)
+if [ "${TUNE:-0}" = 1 ]; then timeout 420 $PY scripts/tune_configs.py --quick --reps 10 --out "$out" 2>&1 | tail -5 | log; fi
 if [ -n "${OUT:-}" ]; then cp -r "$out" "$OUT/"; fi

@@ -14,7 +14,8 @@ are not keys until measured times say they matter):
      then the fewest spilled bytes (the stack frame);
   3. warp-group MMA (HGMMA) for compute-bound tiles;
   4. the largest output tile (BLOCK_M x BLOCK_N), then the deepest K step.
-With a GPU, replace this with measured times (MOE_AUTOTUNE=1 runs Triton's autotuner instead).
+With a GPU, scripts/tune_configs.py times the clean candidates and writes the table the measurements
+choose (MOE_AUTOTUNE=1 instead runs Triton's autotuner at every new shape, in the middle of a run).
 """
 
 from __future__ import annotations

@@ -147,3 +147,28 @@ def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):
     assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
     monkeypatch.setattr(tg, "AUTOTUNE", True)
     assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
+
+
+def test_tuning_script_covers_every_pinned_row(tmp_path):
+    """scripts/tune_configs.py (the GPU's way to choose the pinned configs) runs its whole plumbing
+    through the interpreter: every mode key and row class of the shipped sm_90 table is launched with
+    each candidate's meta-parameters forced, timed, and gets a row in the table it writes."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from kernels.pinned_configs import ROWS
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "tune_configs.py"), "--interpret", "--reps", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    namespace = {}
+    exec((tmp_path / "tuned_configs.py").read_text(), namespace)
+    tuned = namespace["ROWS"]
+    assert {(k, b) for k, v in tuned.items() for b in v} == {(k, b) for k, v in ROWS[90].items() for b in v}
+    timings = json.loads((tmp_path / "tuned_configs.json").read_text())["timings"]
+    assert timings and all(t["ms"] > 0 for t in timings)
