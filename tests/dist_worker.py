@@ -35,8 +35,9 @@ def run(rank, world, port, spec):
     if spec.get("load"):
         done = dist_checkpoint.load(spec["load"], trainer.module, trainer.optimizer)["step"]
     results = []
+    rows = trainer.batch_rows(train_cfg.batch_size)  # as the loop does: each rank is given only its rows
     for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
-        r = trainer.step(x, y, train_cfg.lr)
+        r = trainer.step(x[rows], y[rows], train_cfg.lr)
         results.append((r.loss, r.grad_norm))
     step = done + spec["steps"]
     dist_checkpoint.save(spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout,

@@ -147,3 +147,35 @@ def test_cli_figures_layout():
     assert out.returncode == 0, out.stderr
     assert "per GPU in layout dp=208,tp=8,pp=15" in out.stdout and "pipeline bubble" in out.stdout
     assert "30.4%" in out.stdout  # 14 / 46
+
+
+@pytest.mark.parametrize("layout", [dict(dp=2), dict(dp=2, ep=2, microbatches=3), dict(pp=2, microbatches=4),
+                                    dict(ep=4, tp=2)])
+def test_each_rank_reads_only_its_rows_of_the_batch(layout, monkeypatch):
+    """The rows a rank trains on (DistributedTrainer.batch_rows): in each microbatch (a contiguous
+    block of B/m rows, as one process accumulates them) its data shard's slice; the data shards
+    together read every row exactly once; and get_batch reads only those rows' windows, from the
+    same random stream as the whole batch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from moe.data.dataset import TokenArray, get_batch
+    from moe.parallel.trainer import DistributedTrainer
+
+    lay, B = Layout(**layout), 24
+    per_rank = {r: DistributedTrainer.batch_rows(SimpleNamespace(par=SimpleNamespace(layout=lay, data_rank=r)), B)
+                for r in range(lay.data_shards)}
+    assert sorted(i for rows in per_rank.values() for i in rows) == list(range(B))
+    n = B // lay.microbatches // lay.data_shards
+    for r, rows in per_rank.items():
+        assert rows == [j * (B // lay.microbatches) + r * n + i for j in range(lay.microbatches) for i in range(n)]
+    data = TokenArray([np.arange(1000, dtype=np.uint16)])
+    x_all, _ = get_batch(data, B, 8, torch.Generator().manual_seed(0))
+    reads = []
+    real = TokenArray.window
+    monkeypatch.setattr(TokenArray, "window", lambda self, start, length: reads.append(start) or real(self, start, length))
+    x_mine, _ = get_batch(data, B, 8, torch.Generator().manual_seed(0), per_rank[lay.data_shards - 1])
+    assert len(reads) == len(per_rank[lay.data_shards - 1])
+    assert torch.equal(x_mine, x_all[per_rank[lay.data_shards - 1]])

@@ -60,11 +60,15 @@ class TokenArray:
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 
-def get_batch(data: TokenArray, batch_size: int, seq_len: int, generator: torch.Generator):
-    """Random windows: inputs x [B, T] and next-token targets y [B, T], int64."""
+def get_batch(data: TokenArray, batch_size: int, seq_len: int, generator: torch.Generator, rows=None):
+    """Random windows: inputs x [B, T] and next-token targets y [B, T], int64. rows (a list of row
+    indices): read only those rows of the batch (a data-parallel rank's share); the generator draws
+    the whole batch's starts either way, so every process stays on the same stream."""
     if len(data) <= seq_len:
         raise ValueError(f"a split of {len(data)} tokens is too short for seq_len {seq_len}")
     starts = torch.randint(len(data) - seq_len, (batch_size,), generator=generator)
+    if rows is not None:
+        starts = starts[torch.as_tensor(rows, dtype=torch.long)]
     windows = torch.from_numpy(np.stack([data.window(s, seq_len + 1) for s in starts.tolist()]).astype(np.int64))
     return windows[:, :-1], windows[:, 1:]
 

@@ -2,8 +2,9 @@
 
 The training loop is moe/training/loop.py's, for every layout; this is the Trainer it drives
 (moe/training/protocol.py). One step, on every rank:
-    1. the same global batch [B, T] on every rank (the loop's sampler), cut into `microbatches`;
-       keep this rank's data shard (of dp x ep) of each
+    1. the global batch [B, T] cut into `microbatches`, and this rank's data shard (of dp x ep) of
+       each: the loop's sampler draws every row's window on every rank (one random stream) and
+       reads only this rank's rows (batch_rows)
     2. forward and backward: the model itself (pp = 1: gradient accumulation over microbatches),
        or this rank's stage under a pipeline schedule (moe/parallel/pipeline.py)
     3. average gradients over the data shards (sync_gradients; FSDP2 already did), clip by the
@@ -95,15 +96,19 @@ class DistributedTrainer:
     def is_main(self) -> bool:
         return dist.get_rank() == 0
 
-    def shard(self, t_BT: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of the global batch: microbatch j is rows j*B/m .. (j+1)*B/m of the batch,
-        as in one process's gradient accumulation, and each rank takes its data shard of every one
-        (so the expert counts the routers all-reduce are those of the same microbatch)."""
+    def batch_rows(self, batch_size: int) -> list[int]:
+        """This rank's rows of the global batch, which the loop alone reads: microbatch j is rows
+        j*B/m .. (j+1)*B/m of the batch, as in one process's gradient accumulation, and each rank takes
+        its data shard of every one (so the expert counts the routers all-reduce are those of the
+        same microbatch)."""
         m, d = self.par.layout.microbatches, self.par.layout.data_shards
-        t_MBT = t_BT.view(m, t_BT.shape[0] // m, *t_BT.shape[1:])
-        n = t_MBT.shape[1] // d
-        mine = t_MBT[:, self.par.data_rank * n:(self.par.data_rank + 1) * n]
-        return mine.reshape(m * n, *t_BT.shape[1:]).to(self.par.device)
+        per_mb = batch_size // m
+        n = per_mb // d
+        return [j * per_mb + self.par.data_rank * n + i for j in range(m) for i in range(n)]
+
+    def shard(self, t_BT: torch.Tensor) -> torch.Tensor:
+        """This rank's rows (batch_rows, already selected by the loop) on its device."""
+        return t_BT.to(self.par.device)
 
     def forward_backward(self, x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gradients of the mean loss over this rank's microbatches; returns its cross-entropy (last

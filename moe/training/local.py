@@ -38,6 +38,9 @@ class LocalTrainer:
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.model.train()
 
+    def batch_rows(self, batch_size: int) -> None:
+        return None  # one process reads the whole batch
+
     def step(self, x_BT, y_BT, lr: float) -> StepResult:
         set_lr(self.optimizer, lr)
         with autocast(self.device):

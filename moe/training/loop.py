@@ -232,7 +232,8 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     tokenizer_file = {tokenizers.FILE: dataset.tokenizer.to_bytes()}  # saved beside the weights
     per_token = dataset.tokenizer.kind != "bytes"  # then also log bits per byte (bytes: nats/token = nats/byte)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
-    eval_batches = [get_batch(val_data, cfg.batch_size, cfg.seq_len, eval_gen) for _ in range(cfg.eval_batches)]
+    rows = trainer.batch_rows(cfg.batch_size)  # this process's rows of every global batch (None: all)
+    eval_batches = [get_batch(val_data, cfg.batch_size, cfg.seq_len, eval_gen, rows) for _ in range(cfg.eval_batches)]
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
@@ -278,7 +279,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
         while step < max_steps:
             budget.before_step(step, train_time)
             t0 = _clock()
-            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, data_gen)
+            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, data_gen, rows)
             try:
                 result = trainer.step(x, y, lr_at(step, cfg, max_steps))
             except NonFiniteLoss as e:

@@ -34,11 +34,15 @@ class StepResult:
 class Trainer(Protocol):
     is_main: bool  # logs, writes the summary, the plot and the run directory's bookkeeping
 
+    def batch_rows(self, batch_size: int) -> list[int] | None:
+        """The rows of each global batch this process reads and trains on (None: all of them)."""
+
     def step(self, x_BT: torch.Tensor, y_BT: torch.Tensor, lr: float) -> StepResult:
-        """One optimizer step on the global batch (raise NonFiniteLoss before updating)."""
+        """One optimizer step on the global batch, of which x and y are this process's batch_rows
+        (raise NonFiniteLoss before updating)."""
 
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean cross-entropy over the batches, no update."""
+        """Mean cross-entropy over the global batches (this process's rows of each), no update."""
 
     def nonfinite_weights(self) -> list[str]:
         """Names of parameters holding inf or NaN (on any process)."""
