@@ -80,6 +80,39 @@ def test_aux_losses_match_formulas():
     assert out.tokens_per_expert.tolist() == [(e_ref == i).sum().item() for i in range(8)]
 
 
+def test_data_parallel_counts_are_reduced_asynchronously(monkeypatch):
+    """With a count group the router starts the counts' all-reduce without blocking and waits only
+    before the balance loss needs f: here a stand-in group of two ranks routing the same tokens
+    (the reduce doubles the counts) gives the one-process balance loss, which it could not if f were
+    read before the wait."""
+    import moe.model.router as router_mod
+
+    events = []
+
+    class Pending:  # until wait() the buffer holds nothing usable (zeros), as an unfinished reduce may
+        def __init__(self, t):
+            self.t, self.total = t, 2 * t  # the other rank's identical counts, summed
+            t.zero_()
+
+        def wait(self):
+            self.t.copy_(self.total)
+            events.append("wait")
+
+    def all_reduce(t, group=None, async_op=False):
+        events.append(("start", async_op, group))
+        return Pending(t)
+
+    monkeypatch.setattr(router_mod.dist, "all_reduce", all_reduce)
+    r = _router()
+    x = torch.randn(40, 16)
+    alone = r(x)
+    r.count_group = "data group"
+    together = r(x)
+    assert events == [("start", True, "data group"), "wait"]
+    torch.testing.assert_close(together.balance_loss, alone.balance_loss)
+    assert torch.equal(together.tokens_per_expert, alone.tokens_per_expert)  # the local counts are reported
+
+
 def test_balance_loss_is_one_at_uniform_routing_and_grows_when_collapsed():
     E, k = 8, 2
     r = _router(E, k)

@@ -93,14 +93,16 @@ class TopKRouter(nn.Module):
 
         T, E = logits_TE.shape
         counts_E = torch.bincount(experts_TK.reshape(-1), minlength=E)
-        all_counts_E = counts_E
-        if self.count_group is not None:
+        all_counts_E, pending = counts_E, None
+        if self.count_group is not None:  # started now, awaited only where f needs it
             all_counts_E = counts_E.clone()
-            dist.all_reduce(all_counts_E, group=self.count_group)
-        f_E = all_counts_E.float() / all_counts_E.sum().clamp(min=1)  # = counts / (T * k) in one process
+            pending = dist.all_reduce(all_counts_E, group=self.count_group, async_op=True)
         P_E = logits_TE.softmax(dim=-1).mean(dim=0)
-        balance = E * (f_E * P_E).sum()
         z = torch.logsumexp(logits_TE, dim=-1).pow(2).mean()
+        if pending is not None:
+            pending.wait()
+        f_E = all_counts_E.float() / all_counts_E.sum().clamp(min=1)  # = counts / (T * k) in one process
+        balance = E * (f_E * P_E).sum()
 
         keep_TK, capacity = None, self.capacity(T)
         n_dropped = counts_E.new_zeros(())

@@ -64,9 +64,10 @@ class ParallelExperts:
         counts_E = torch.diff(offsets_E.long(), prepend=offsets_E.new_zeros(1).long())
         counts_RL = torch.empty_like(counts_E)  # [ep * L]: rank r's rows for my local expert l at r * L + l
         torch.distributed.all_to_all_single(counts_RL, counts_E, group=self.ep_group)
-        send = counts_E.view(self.ep, L).sum(dim=1).tolist()
         counts_RL = counts_RL.view(self.ep, L)
-        recv = counts_RL.sum(dim=1).tolist()
+        # The row all-to-all takes its split sizes as host integers (all_to_all_single has no
+        # device-side splits), so this is the layer's one host sync: both lists in one copy.
+        send, recv = torch.stack([counts_E.view(self.ep, L).sum(dim=1), counts_RL.sum(dim=1)]).tolist()
         x_RD = all_to_all(x_AD, recv, send, self.ep_group)
 
         local_expert_R = torch.repeat_interleave(torch.arange(L, device=x_TD.device).repeat(self.ep),
