@@ -28,6 +28,10 @@ def run(rank, world, port, spec):
     from moe.layout import Layout
 
     device = init_process_group("cpu")
+    if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
+        import moe.parallel.trainer as trainer_mod
+
+        trainer_mod.autocast = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
     cfg = load_config("tiny", **{**SMALL, **spec.get("model", {})})
     train_cfg = load_train_config("tiny", **TRAIN)
     trainer = DistributedTrainer.build(cfg, train_cfg, Layout(**spec["layout"]), device)
