@@ -9,6 +9,9 @@ load when first asked for); never `moe`.
     sort_by_expert, combine                 the permutation into expert order and back
     quantize, dequantize, quantized_mlp     weight-only int8 / fp8 / int4 experts for serving;
                                             quantized_mlp_reference (kernels/quantized.py)
+
+The Triton paths run as the custom operators of kernels/ops.py (torch.ops.moe.*), registered when
+first used.
 """
 
 from kernels.expert_mlp import expert_mlp, expert_mlp_reference, routed_mlp, sorted_mlp

@@ -131,61 +131,9 @@ def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down,
     """expert_mlp after the checks: for callers that checked, or built the order and offsets themselves."""
     if resolve_backend(backend, x_TD) != "triton":
         return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    from kernels import ops  # the fused Triton path, a custom op (kernels/ops.py)
+
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x_TD, weights_TK, w_up, w_gate, w_down))
     with record_function("moe/expert_matmuls"):
-        return _FusedExpertMLP.apply(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down)
-
-
-def _sum_over_k(rows_AD: torch.Tensor, T: int, k: int) -> torch.Tensor:
-    return rows_AD.view(T, k, -1).sum(dim=1) if k > 1 else rows_AD
-
-
-class _FusedExpertMLP(torch.autograd.Function):
-    """The Triton path: forward steps 1-2 and backward steps 1-4 of the module doc, each one named
-    launch of kernels/triton_grouped_mm.py."""
-
-    @staticmethod
-    def forward(ctx, x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down):
-        from kernels.triton_grouped_mm import down_scatter, up_activation
-
-        (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
-        swiglu = w_gate is not None
-        order_M = order_M.to(torch.int32)
-        src_M = torch.div(order_M, k, rounding_mode="floor")  # the token row of each sorted assignment
-        scale_M = weights_TK.reshape(-1)[order_M].float()
-        save = any(ctx.needs_input_grad)  # grad mode is off inside forward; this says whether backward will run
-        pre_up = x_TD.new_empty(M, F_) if save else None
-        pre_gate = x_TD.new_empty(M, F_) if save and swiglu else None
-
-        h_MF = up_activation(x_TD, src_M, w_up, w_gate, offsets_E, x_TD.new_empty(M, F_), pre_up, pre_gate)  # 1
-        y_AD = (x_TD.new_zeros if M < T * k else x_TD.new_empty)(T * k, D)  # dropped rows are never written
-        down_scatter(h_MF, w_down, offsets_E, order_M, scale_M, y_AD)  # 2
-        if save:
-            ctx.save_for_backward(x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF,
-                                  pre_up, pre_gate)
-        with record_function("moe/combine"):
-            return _sum_over_k(y_AD, T, k)
-
-    @staticmethod
-    def backward(ctx, dy_TD):
-        from kernels.triton_grouped_mm import activation_backward, dscale_buffer, dx_scatter, expert_xt_y
-
-        (x_TD, weights_TK, order_M, src_M, scale_M, offsets_E, w_up, w_gate, w_down, h_MF, pre_up,
-         pre_gate) = ctx.saved_tensors
-        (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
-        dy_TD = dy_TD.contiguous()
-        swiglu = w_gate is not None
-
-        # 1. d_up (, d_gate) and the routing weights' gradient
-        d_up, d_gate = x_TD.new_empty(M, F_), (x_TD.new_empty(M, F_) if swiglu else None)
-        dscale_MJ = dscale_buffer(M, F_, x_TD.device)
-        activation_backward(dy_TD, src_M, w_down, offsets_E, scale_M, pre_up, pre_gate, d_up, d_gate, dscale_MJ)
-        d_weights = torch.zeros(T * k, device=x_TD.device, dtype=torch.float32)
-        d_weights = d_weights.index_copy(0, order_M.long(), dscale_MJ.sum(dim=1)).view(T, k).to(weights_TK.dtype)
-        # 2-3. the weight gradients
-        dw_down = expert_xt_y(h_MF, dy_TD, offsets_E, torch.empty_like(w_down), m=M, b_src=src_M, a_scale=scale_M)
-        dw_up = expert_xt_y(x_TD, d_up, offsets_E, torch.empty_like(w_up), m=M, a_src=src_M)
-        dw_gate = expert_xt_y(x_TD, d_gate, offsets_E, torch.empty_like(w_gate), m=M, a_src=src_M) if swiglu else None
-        # 4. dx, in assignment order, then summed over k
-        dx_AD = (x_TD.new_zeros if M < T * k else x_TD.new_empty)(T * k, D)
-        dx_scatter(d_up, d_gate, w_up, w_gate, offsets_E, order_M, dx_AD)
-        return _sum_over_k(dx_AD, T, k), d_weights, None, None, dw_up, dw_gate, dw_down
+        return ops.expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, save)[0]

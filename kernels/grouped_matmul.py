@@ -168,31 +168,6 @@ class _GroupedMM(torch.autograd.Function):
         return dx, dw, None
 
 
-class _TritonGroupedMM(torch.autograd.Function):
-    """The same op on the Triton kernels: dX is a grouped matmul against w^T (a strided view, no
-    copy), dW a per-expert reduction over each expert's rows."""
-
-    @staticmethod
-    def forward(ctx, x_MK, w_EKN, offsets):
-        from kernels.triton_grouped_mm import grouped_rows
-
-        ctx.save_for_backward(x_MK, w_EKN, offsets)
-        return grouped_rows(x_MK, w_EKN, offsets, x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2]))
-
-    @staticmethod
-    def backward(ctx, dy_MN):
-        from kernels.triton_grouped_mm import expert_xt_y, grouped_rows
-
-        x_MK, w_EKN, offsets = ctx.saved_tensors
-        dy_MN, m = dy_MN.contiguous(), x_MK.shape[0]
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = grouped_rows(dy_MN, w_EKN.transpose(1, 2), offsets, x_MK.new_empty(x_MK.shape))
-        if ctx.needs_input_grad[1]:
-            dw = expert_xt_y(x_MK, dy_MN, offsets, w_EKN.new_empty(w_EKN.shape), m=m)
-        return dx, dw, None
-
-
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc."""
     check_grouped_mm_args(x, w, offsets)
@@ -202,5 +177,7 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backe
 def apply_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, backend: str) -> torch.Tensor:
     """grouped_mm after the checks: for callers that checked, or built the offsets themselves."""
     if resolve_backend(backend, x) == "triton":
-        return _TritonGroupedMM.apply(x, w, offsets)
+        from kernels import ops  # the Triton path, a custom op (kernels/ops.py)
+
+        return ops.grouped_mm(x, w, offsets)
     return _GroupedMM.apply(x, w, offsets)

@@ -20,11 +20,19 @@ def sort_by_expert(experts_A: torch.Tensor, n_experts: int, *, has_dropped: bool
     no -1 entries and skips the one device sync needed to trim them."""
     key_A = experts_A.masked_fill(experts_A < 0, n_experts) if has_dropped else experts_A
     order_A = torch.argsort(key_A, stable=True)
-    counts = torch.bincount(key_A, minlength=n_experts + 1)[:n_experts]
+    counts = count_per_expert(key_A, n_experts + 1)[:n_experts]
     offsets_E = counts.cumsum(0).to(torch.int32)
     if has_dropped:
         order_A = order_A[: int(offsets_E[-1])]
     return order_A, offsets_E
+
+
+def count_per_expert(experts_A: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """int64 [n_experts]: how many entries of experts_A (ids in [0, n_experts)) name each expert. A
+    scatter-add into a fixed-size vector, not torch.bincount, whose output length depends on the
+    values and so breaks a torch.compile graph."""
+    return torch.zeros(n_experts, dtype=torch.int64, device=experts_A.device).scatter_add_(
+        0, experts_A.reshape(-1).long(), torch.ones_like(experts_A.reshape(-1), dtype=torch.int64))
 
 
 def combine(y_MD: torch.Tensor, order_M: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:

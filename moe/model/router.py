@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.permute import count_per_expert
+
 
 def route(logits: torch.Tensor, top_k: int, *, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights float32 [T, k], experts int64 [T, k]) from router logits [T, E]; see the module doc."""
@@ -92,7 +94,7 @@ class TopKRouter(nn.Module):
         weights_TK, experts_TK = route(logits_TE, self.top_k, renormalize=self.renormalize)
 
         T, E = logits_TE.shape
-        counts_E = torch.bincount(experts_TK.reshape(-1), minlength=E)
+        counts_E = count_per_expert(experts_TK, E)
         all_counts_E, pending = counts_E, None
         if self.count_group is not None:  # started now, awaited only where f needs it
             all_counts_E = counts_E.clone()

@@ -1,0 +1,80 @@
+"""The Triton paths as custom operators (kernels/ops.py): torch.library.opcheck holds each to its
+schema, its fake (meta) implementation, its autograd registration and AOT dispatch with dynamic
+shapes; torch.compile's front end traces the MoE experts without a graph break. On the CPU the
+kernels run through Triton's interpreter (conftest), so the shapes stay small."""
+
+import pytest
+import torch
+
+import kernels
+from conftest import DEVICE, offsets_from
+from kernels import ops
+
+
+def _mlp_inputs(act: str, gen: torch.Generator, requires_grad: bool = True):
+    T, k, E, D, F = 6, 2, 3, 16, 32
+    weights, experts = torch.randn(T, E, generator=gen).softmax(-1).topk(k)
+    order, offsets = kernels.sort_by_expert(experts.reshape(-1), E)
+    ws = [torch.randn(*s, generator=gen) / s[1] ** 0.5 for s in [(E, D, F), (E, D, F), (E, F, D)]]
+    x = torch.randn(T, D, generator=gen)
+    leaves = [t.to(DEVICE).requires_grad_(requires_grad) for t in (x, weights, ws[0], ws[1], ws[2])]
+    x, weights, w_up, w_gate, w_down = leaves
+    return x, weights, order.to(DEVICE), offsets.to(DEVICE), w_up, w_gate if act == "swiglu" else None, w_down
+
+
+def test_grouped_mm_ops_pass_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    offsets = offsets_from([3, 0, 5], DEVICE)
+    x = torch.randn(8, 16, generator=gen).to(DEVICE).requires_grad_()
+    w = torch.randn(3, 16, 24, generator=gen).to(DEVICE).requires_grad_()
+    torch.library.opcheck(torch.ops.moe.grouped_mm.default, (x, w, offsets))
+    dy = torch.randn(8, 24, generator=gen).to(DEVICE)
+    torch.library.opcheck(torch.ops.moe.grouped_mm_backward.default, (dy, x.detach(), w.detach(), offsets))
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+def test_expert_mlp_ops_pass_opcheck(act):
+    gen = torch.Generator().manual_seed(1)
+    args = _mlp_inputs(act, gen)
+    torch.library.opcheck(torch.ops.moe.expert_mlp.default, (*args, True))
+    torch.library.opcheck(torch.ops.moe.expert_mlp.default, (*(a.detach() if torch.is_tensor(a) else a for a in args),
+                                                             False), test_utils=("test_schema", "test_faketensor"))
+    y, h, pre_up, pre_gate = ops.expert_mlp(*(a.detach() if torch.is_tensor(a) else a for a in args), True)
+    dy = torch.randn(y.shape, generator=gen).to(DEVICE)
+    plain = [a.detach() if torch.is_tensor(a) else a for a in args]
+    torch.library.opcheck(torch.ops.moe.expert_mlp_backward.default, (dy, *plain, h, pre_up, pre_gate))
+
+
+def test_expert_mlp_without_saved_activations_refuses_backward():
+    """save=False (inference: no pre-activations kept) cannot be differentiated; the error says why."""
+    gen = torch.Generator().manual_seed(2)
+    args = _mlp_inputs("swiglu", gen)
+    y = ops.expert_mlp(*args, False)[0]
+    with pytest.raises(RuntimeError, match="save=False"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+def test_dynamo_traces_the_triton_experts_without_a_graph_break(act):
+    """torch.compile's front end (dynamo) sees kernels.routed_mlp on the Triton backend as one graph:
+    the router's sort and the custom op, no break; the compiled function (eager backend, which runs
+    the traced graph) gives the same output and gradients."""
+    gen = torch.Generator().manual_seed(3)
+    x, weights, order, offsets, w_up, w_gate, w_down = _mlp_inputs(act, gen)
+    experts = torch.randint(0, w_up.shape[0], weights.shape, generator=gen).to(DEVICE)
+
+    def fn(x_, wt, u, g, d):
+        return kernels.routed_mlp(x_, wt, experts, u, g, d, activation_name=act, backend="triton")
+
+    explained = torch._dynamo.explain(fn)(x, weights, w_up, w_gate, w_down)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    inputs = [t for t in (x, weights, w_up, w_gate, w_down)]
+    got, want = compiled(*inputs), fn(*inputs)
+    assert torch.equal(got, want)
+    leaves = [t for t in inputs if t is not None]
+    g_got = torch.autograd.grad(got.sum(), leaves)
+    g_want = torch.autograd.grad(want.sum(), leaves)
+    for a, b in zip(g_got, g_want):
+        assert torch.equal(a, b)
