@@ -78,3 +78,29 @@ def test_dynamo_traces_the_triton_experts_without_a_graph_break(act):
     g_want = torch.autograd.grad(want.sum(), leaves)
     for a, b in zip(g_got, g_want):
         assert torch.equal(a, b)
+
+
+def test_value_checks_step_aside_while_tracing():
+    """The checks that read tensor values (grouped_mm's offsets, the model's token ids) would each
+    break a torch.compile graph, so they run eagerly only: traced, the public grouped_mm and the
+    token check make no graph break; eagerly they still refuse bad values (tests/test_kernels.py,
+    tests/test_model.py)."""
+    from conftest import shrunk
+    from moe.model import MoETransformer
+
+    gen = torch.Generator().manual_seed(4)
+    offsets = offsets_from([3, 0, 5], DEVICE)
+    x, w = torch.randn(8, 16, generator=gen).to(DEVICE), torch.randn(3, 16, 24, generator=gen).to(DEVICE)
+    explained = torch._dynamo.explain(lambda a, b: kernels.grouped_mm(a, b, offsets, backend="triton"))(x, w)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    model = MoETransformer(shrunk())
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 5))
+
+    def check(t):
+        model._check_tokens(t, "ids")
+        return t + 1
+
+    explained = torch._dynamo.explain(check)(ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    with pytest.raises(ValueError, match="out of range"):
+        check(ids + model.cfg.vocab_size)
