@@ -633,6 +633,7 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
 
     flags = dict(GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
                  SCALE=scale is not None, SCATTER=dst is not None, WQ=wq)
+    w_t = w.stride(2) != 1  # W read through its transpose (dX = dY W^T)
     tma = _use_tma(a, w, a2, w2, src is not None, wq)
     if tma:
         triton.set_allocator(_scratch)
@@ -645,7 +646,7 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
 
         table = ROWS[_arch(a.device.index or 0)]
         if forced is None:
-            meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+            meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w_t}), bound, _row_configs())
         if split is None:
             splittable = bound == "memory" and epi <= EPI_SWIGLU and pre is None and a2 is None
             split = split_k(m, E, K, N, meta, n_prog) if splittable else 1
@@ -653,7 +654,7 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
             final = dict(out=out, out2=out2, dst=dst, scale=scale, epi=epi)
             flags.update(EPI=EPI_PARTIAL, SCALE=False, SCATTER=False)
             if forced is None:
-                meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w.stride(2) != 1}), bound, _row_configs())
+                meta = pinned(table, mode_key({**flags, "TRANSPOSED_W": w_t}), bound, _row_configs())
             out = torch.empty(split * m, N, device=a.device, dtype=torch.float32)
             out2 = torch.empty_like(out) if dual else None
             dst = scale = None
@@ -671,7 +672,7 @@ def _launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         pre.stride(0) if pre is not None else 0, dscale.stride(0) if dscale is not None else 0,
         ws.stride(0) if ws is not None else 0, ws.stride(1) if wq == 2 else 0, ws.stride(-1) if ws is not None else 0,
-        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, TMA_STORE=tma_store, W_T=w.stride(2) != 1,
+        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, TMA_STORE=tma_store, W_T=w_t,
         SPLIT_K=split,
         **flags, **_dot_args(a.dtype), **meta,
     )

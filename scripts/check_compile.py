@@ -145,6 +145,12 @@ def compile_variant(fn, flags: dict, config: triton.Config, dtype: str, arch: in
                 **machine_code(k.asm["cubin"]))
 
 
+def label(config: triton.Config) -> str:
+    """A config as the report names it: '128x128x64 s4 w8' (BLOCK_M x BLOCK_N x BLOCK_K, stages, warps)."""
+    tiles = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if b in config.kwargs)
+    return f"{tiles} s{config.num_stages} w{config.num_warps}"
+
+
 def jit_of(kernel):
     """The JITFunction of a kernel, autotuned or not."""
     return kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
@@ -281,8 +287,7 @@ def main(argv=None) -> int:
                 found = findings(r, kernel, flags, config, args.arch)
                 status = "FAIL" if found and is_shipped else "note" if found else "ok"
             failed += status == "FAIL"
-            cfg = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if b in config.kwargs)
-            cfg += f" s{config.num_stages} w{config.num_warps}"
+            cfg = label(config)
             results.append(dict(kernel=name, mode=mode, config=cfg, dtype=dtype, **r, shipped=is_shipped,
                                 findings=found, status=status))
             row = results[-1]

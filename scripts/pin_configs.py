@@ -32,16 +32,10 @@ import check_compile as cc  # noqa: E402  (sets TRITON_INTERPRET=0 before triton
 
 import kernels.triton_grouped_mm as tg  # noqa: E402
 
-def label(config) -> str:
-    """A triton.Config as check_compile's report names it: '128x128x64 s4 w8'."""
-    tiles = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-    return f"{tiles} s{config.num_stages} w{config.num_warps}"
-
-
 def meta_of(kernel: str, name: str) -> dict:
     """The launch meta-parameters of the candidate config the report calls `name`."""
     configs = tg._row_configs() if kernel == "_rows_kernel" else tg._dw_configs()
-    c = next(c for c in configs if label(c) == name)
+    c = next(c for c in configs if cc.label(c) == name)
     return dict(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps)
 
 

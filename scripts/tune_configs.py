@@ -98,7 +98,6 @@ def candidates(report: dict | None, key: str, bound: str, interpret: bool) -> li
     if interpret or report is None:
         return [dict(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps) for c in configs]
     import check_compile as cc  # (after triton loaded: its TRITON_INTERPRET=0 no longer matters)
-    from pin_configs import label
 
     modes = [mode for mode, f in cc.ROW_MODES.items()
              if tg.mode_key({x: v for x, v in f.items() if x != "W_TYPE"}) == key]
@@ -107,7 +106,7 @@ def candidates(report: dict | None, key: str, bound: str, interpret: bool) -> li
     for c in configs:
         if (c.kwargs["BLOCK_M"] <= 32) != (bound == "memory"):
             continue
-        mine = [r for r in rows if r["config"] == label(c)]
+        mine = [r for r in rows if r["config"] == cc.label(c)]
         if mine and all(r["ok"] and r["status"] != "skip" and not r["findings"] for r in mine):
             out.append(dict(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps))
     return out
