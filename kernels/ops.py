@@ -77,7 +77,7 @@ def expert_mlp(x_TD: torch.Tensor, weights_TK: torch.Tensor, order_M: torch.Tens
                save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from kernels.triton_grouped_mm import down_scatter, up_activation
 
-    (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
+    (T, k), M, (D, F_) = weights_TK.shape, order_M.numel(), w_up.shape[1:]
     swiglu = w_gate is not None
     order_M = order_M.to(torch.int32)
     src_M = torch.div(order_M, k, rounding_mode="floor")  # the token row of each sorted assignment
@@ -106,7 +106,7 @@ def expert_mlp_backward(dy_TD: torch.Tensor, x_TD: torch.Tensor, weights_TK: tor
                                                          torch.Tensor]:
     from kernels.triton_grouped_mm import activation_backward, dscale_buffer, dx_scatter, expert_xt_y
 
-    (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), w_up.shape
+    (T, k), M, (D, F_) = weights_TK.shape, order_M.numel(), w_up.shape[1:]
     swiglu = w_gate is not None
     order_M = order_M.to(torch.int32)
     src_M = torch.div(order_M, k, rounding_mode="floor")

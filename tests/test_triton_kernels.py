@@ -319,7 +319,6 @@ def test_every_pinned_config_on_gpu(monkeypatch, dtype):
 
     ROWS, DW = (table[tg._arch(0)] for table in (pinned_configs.ROWS, pinned_configs.DW))
     cases = {"E=1": [37], "E=5 ragged": [0, 3, 0, 130, 9]}
-    real = tg.pinned
     row_metas, dw_metas = _pinned_metas(ROWS), _pinned_metas(DW)
     for i, row_meta in enumerate(row_metas):
         for dw_meta in dw_metas if i == 0 else dw_metas[:1]:  # every dW config once, with the first row config

@@ -106,14 +106,11 @@ class DistributedTrainer:
         n = per_mb // d
         return [j * per_mb + self.par.data_rank * n + i for j in range(m) for i in range(n)]
 
-    def shard(self, t_BT: torch.Tensor) -> torch.Tensor:
-        """This rank's rows (batch_rows, already selected by the loop) on its device."""
-        return t_BT.to(self.par.device)
 
     def forward_backward(self, x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gradients of the mean loss over this rank's microbatches; returns its cross-entropy (last
         stage) and, without a pipeline, its expert counts [L, E]."""
-        x, y, m = self.shard(x_BT), self.shard(y_BT), self.par.layout.microbatches
+        x, y, m = x_BT.to(self.par.device), y_BT.to(self.par.device), self.par.layout.microbatches  # (batch_rows)
         loss = torch.zeros((), device=self.par.device)
         if self.schedule is None:
             counts = None
@@ -164,7 +161,7 @@ class DistributedTrainer:
         total = 0.0
         self.module.eval()
         for x, y in batches:
-            x, y = self.shard(x), self.shard(y)
+            x, y = x.to(self.par.device), y.to(self.par.device)
             loss = torch.zeros((), device=self.par.device)
             with autocast(self.par.device):
                 if self.schedule is None:
