@@ -48,8 +48,9 @@ def reference(steps, microbatches=1, model=None):
     """One process: the same model, batches, clip and AdamW; (loss, grad norm) per step."""
     cfg = load_config("tiny", **{**SMALL, **(model or {})})
     train_cfg = load_train_config("tiny", **TRAIN)
-    torch.manual_seed(train_cfg.seed)
-    m = MoETransformer(cfg)
+    m = MoETransformer(cfg)  # built whole, on the host, as one process builds it
+    m.init_weights(train_cfg.seed)  # the trainers' seed; they build on meta and materialize their shards
+    torch.manual_seed(train_cfg.seed)  # and leave the global generator there (router jitter)
     opt = make_optimizer(m.parameters(), train_cfg)
     results = []
     for x, y in batches(cfg, train_cfg, steps):
@@ -153,8 +154,9 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
     got = spawn(layout, tmp_path, bf16=True)
     cfg = load_config("tiny", **SMALL)
     train_cfg = load_train_config("tiny", **TRAIN)
-    torch.manual_seed(train_cfg.seed)
-    m = MoETransformer(cfg)
+    m = MoETransformer(cfg)  # built whole, on the host, as one process builds it
+    m.init_weights(train_cfg.seed)  # the trainers' seed; they build on meta and materialize their shards
+    torch.manual_seed(train_cfg.seed)  # and leave the global generator there (router jitter)
     opt = make_optimizer(m.parameters(), train_cfg)
     mb = layout.get("microbatches", 1)
     for (loss, _), (x, y) in zip(got, batches(cfg, train_cfg, 2), strict=True):

@@ -128,3 +128,38 @@ def test_attend_cached_equals_sdpa_with_expanded_kv_heads(kv_heads, mask_kind):
     expand = lambda t: t.repeat_interleave(H // kv_heads, dim=1)  # noqa: E731
     want = torch.nn.functional.scaled_dot_product_attention(q, expand(k), expand(v), attn_mask=mask)
     torch.testing.assert_close(attend_cached(q, k, v, mask), want)
+
+
+def test_init_is_per_parameter_and_the_same_built_on_meta():
+    """moe/model/init.py: a model built on the meta device and materialized equals one built on the
+    host with the same seed, bit for bit; each parameter's values come from its own stream (a deeper
+    model shares the shallower one's unscaled weights), with the stated std."""
+    import math
+
+    from moe.model.init import materialize
+
+    cfg = shrunk("tiny")
+    host = MoETransformer(cfg)
+    host.init_weights(7)
+    with torch.device("meta"):
+        meta = MoETransformer(cfg)
+    materialize(meta, cfg, "cpu", 7)
+    for (name, a), b in zip(host.state_dict().items(), meta.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(host.rotary.cos, meta.rotary.cos) and torch.equal(host.rotary.sin, meta.rotary.sin)
+
+    deeper = MoETransformer(shrunk("tiny", n_layers=cfg.n_layers + 1))
+    deeper.init_weights(7)
+    assert torch.equal(deeper.blocks[0].attn.wq.weight, host.blocks[0].attn.wq.weight)
+    assert torch.equal(deeper.blocks[0].moe.w_up, host.blocks[0].moe.w_up)
+    assert not torch.equal(host.blocks[0].moe.w_up, host.blocks[1].moe.w_up)
+
+    residual = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    for name, p in host.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+            continue
+        want = residual if name.endswith(("attn.wo.weight", "moe.w_down")) else cfg.init_std
+        n = p.numel()  # five standard errors of the sample's std and mean
+        assert abs(p.double().std().item() / want - 1) < 5 / math.sqrt(2 * n), name
+        assert abs(p.double().mean().item()) < 5 * want / math.sqrt(n), name

@@ -91,10 +91,16 @@ class Rotary(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.head_dim, self.theta, self.scaling = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
-        self.register_buffer("cos", cos, persistent=False)  # not in checkpoints: derived from the config
-        self.register_buffer("sin", sin, persistent=False)
+        self.head_dim, self.theta, self.scaling, self.max_len = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len
+        self.register_buffer("cos", None, persistent=False)  # not in checkpoints: derived from the config
+        self.register_buffer("sin", None, persistent=False)
+        self.reset_tables()
+
+    def reset_tables(self) -> None:
+        """(Re)compute the tables, on the device the module is on (after to_empty, for instance)."""
+        cos, sin = rope_tables(self.head_dim, self.max_len, self.theta, self.scaling)
+        device = self.cos.device if self.cos is not None else None
+        self.cos, self.sin = cos.to(device), sin.to(device)
 
     @property
     def dynamic(self) -> bool:

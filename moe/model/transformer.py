@@ -9,7 +9,6 @@ Legend: B batch, T sequence, D d_model, V vocab_size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torch.profiler import record_function
 
 from moe.config import ModelConfig
 from moe.model.attention import Attention
+from moe.model.init import init_weights
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.moe_layer import MoELayer
 from moe.model.positions import Positions
@@ -72,20 +72,16 @@ class MoETransformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rotary = Rotary(cfg)  # positions -> rotary tables (moe/model/rope.py), no parameters
-        self.reset_parameters()
+        if self.tok_emb.weight.device.type != "meta":  # on meta: materialize() later, shard by shard
+            self.init_weights()
 
-    def reset_parameters(self) -> None:
-        std = self.cfg.init_std
-        dense = not self.cfg.quantize_dense  # quantized projections come from a checkpoint, never initialised
-        nn.init.normal_(self.tok_emb.weight, std=std)
-        if dense and not self.cfg.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=std)
-        for block in self.blocks:
-            if dense:
-                for lin in (block.attn.wq, block.attn.wk, block.attn.wv):
-                    nn.init.normal_(lin.weight, std=std)
-                nn.init.normal_(block.attn.wo.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
-            block.moe.reset_parameters()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Every parameter from its own stream of `seed` (moe/model/init.py); None: a seed drawn from
+        torch's global generator, so torch.manual_seed(s) before construction fixes the weights.
+        Quantized projections are buffers that come from a checkpoint, never initialised."""
+        if seed is None:
+            seed = int(torch.randint(2**62, (), device="cpu"))
+        init_weights(self, self.cfg, seed)
 
     def setup_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate a KV cache of max_len positions (default max_seq_len) in every layer."""

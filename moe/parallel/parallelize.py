@@ -3,9 +3,10 @@ mesh and its groups, tensor and expert parallelism as DTensor shards (and Parall
 in each MoE layer's seam), FSDP2, and the gradient synchronization and clipping that data
 parallelism with ZeRO-1 needs. The model itself imports nothing from here.
 
-Every rank builds the full model from the same seed and keeps its part, so a layout starts from
-exactly the weights one process would train (fine for the presets that fit a host; a 1.8T model
-would be built on the meta device and loaded from a checkpoint instead).
+The model arrives built on the meta device (no storage): parallelize only decides each tensor's
+shards, and the trainer then allocates this rank's shards and initialises them from per-parameter
+random streams (moe/model/init.py), so a layout starts from exactly the weights one process would
+train and no rank ever allocates the whole model.
 
 Where each parameter lives, and who else holds the same local tensor (its replica group):
 

@@ -14,6 +14,10 @@ layout against it). Only the last pipeline stage sees the loss: it is averaged o
 and broadcast to the whole pipeline, so every rank reports the same number. Rank 0 logs and keeps
 the run directory's books.
 
+Construction: every rank builds the model on the meta device, keeps its stage, parallelizes it
+(still on meta), then allocates only its own shards and initialises them (moe/model/init.py: the
+same full tensors as one process, cut to the shard), or loads them from --init-from.
+
 Decisions every rank must share cost one small collective: `agree` broadcasts rank 0's re-fitted
 max_steps (time budget), `any` all-reduces the interrupt flag once per step (a signal that reaches one
 rank stops all of them at the same step).
@@ -36,6 +40,7 @@ import torch.distributed as dist
 from moe.config import ModelConfig, TrainConfig
 from moe.layout import Layout
 from moe.model import MoETransformer
+from moe.model.init import copy_shard, materialize
 from moe.parallel import checkpoint as dist_checkpoint
 from moe.parallel.parallelize import (Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize,
                                      sync_gradients)
@@ -77,17 +82,18 @@ class DistributedTrainer:
               init_from=None) -> "DistributedTrainer":
         layout.check(model_cfg, dist.get_world_size(), train_cfg.batch_size)
         par = init_parallel(layout, device)
-        torch.manual_seed(train_cfg.seed)  # every rank builds the same full model, then keeps its part
-        model = MoETransformer(model_cfg)
-        if init_from is not None:
-            checkpoint.load_weights(model, init_from)
-        model.to(device)
+        torch.manual_seed(train_cfg.seed)
+        with torch.device("meta"):  # no rank allocates the whole model: only its shards, below
+            model = MoETransformer(model_cfg)
         module, schedule = model, None
         if layout.pp > 1:
             from moe.parallel.pipeline import build_schedule, build_stage
 
             module = build_stage(model, layout, par.rank["pp"])
         parallelize(module, par)
+        materialize(module, model_cfg, device, train_cfg.seed)  # the same full tensors as one process
+        if init_from is not None:
+            _load_shards(module, model, init_from)
         if layout.pp > 1:
             schedule = build_schedule(module, layout, par.rank["pp"], par.groups["pp"], device)
         return cls(par, module, Zero1AdamW(module, par, train_cfg), schedule, model_cfg, train_cfg)
@@ -204,6 +210,18 @@ class DistributedTrainer:
 
     def describe(self) -> dict:
         return {"device": self.par.device.type, "layout": vars(self.par.layout), "world_size": dist.get_world_size()}
+
+
+def _load_shards(module: torch.nn.Module, full_model: MoETransformer, init_from) -> None:
+    """This rank's shards of a checkpoint's weights: a distributed one through DCP (which reads only
+    the overlapping chunks), a single-process one read whole on the host and cut here."""
+    step_dir = run_dir.resolve(init_from)
+    if run_dir.is_distributed(step_dir):
+        dist_checkpoint.load(step_dir, module)
+        return
+    saved = checkpoint.read_weights(step_dir, full_model)  # full_model: on meta, for its names and shapes
+    for name, p in module.named_parameters():
+        copy_shard(p, saved[name])
 
 
 def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, out_dir, *,

@@ -77,14 +77,23 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     step_dir = resolve(path)
     if is_distributed(step_dir):
         _load_distributed_whole(model, step_dir)
-        return step_dir
+    else:
+        model.load_state_dict(read_weights(step_dir, model), strict=not model.cfg.tie_embeddings)
+    return step_dir
+
+
+def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full tensors of a single-process checkpoint, checked against `model`'s names and shapes
+    (`model` may live on the meta device: only its shapes are read)."""
     f = step_dir / "model.safetensors"
     verify(f)
     try:
         saved = load_file(str(f))
     except (SafetensorError, OSError) as e:
         raise RunDirError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
-    expected = _weights(model)
+    expected = model.state_dict()
+    if model.cfg.tie_embeddings:
+        expected.pop("lm_head.weight")
     problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
                 for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
     problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]
@@ -92,8 +101,7 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"checkpoint {str(step_dir)!r} does not fit this model ({len(problems)} tensor(s)): {shown}")
-    model.load_state_dict(saved, strict=not model.cfg.tie_embeddings)
-    return step_dir
+    return saved
 
 
 def load_model(path, device="cpu", **overrides):

@@ -11,6 +11,7 @@ import torch
 
 from moe.config import ModelConfig, TrainConfig
 from moe.model import MoETransformer
+from moe.model.init import materialize
 from moe.training import checkpoint
 from moe.training.optim import make_optimizer, set_lr
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
@@ -31,10 +32,11 @@ class LocalTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         torch.manual_seed(train_cfg.seed)
-        self.model = MoETransformer(model_cfg)
+        with torch.device("meta"):  # built as every layout builds it (moe/parallel/trainer.py)
+            self.model = MoETransformer(model_cfg)
+        materialize(self.model, model_cfg, self.device, train_cfg.seed)
         if init_from is not None:  # start from these weights (any checkpoint, distributed ones too)
             checkpoint.load_weights(self.model, init_from)
-        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.model.train()
 
