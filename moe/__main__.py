@@ -142,17 +142,15 @@ def _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args) -> d
         hint = (f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
                 if layout.world_size != world else "")
         raise ValueError(f"{e}{hint}") from None
-    import torch.distributed as dist
 
-    from moe.parallel.trainer import train_distributed
+    from moe.parallel.trainer import close_process_group, train_distributed
 
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"training {model_cfg.name} -> {out} in layout {layout.describe()}")
     try:
         return train_distributed(model_cfg, train_cfg, layout, out, **loop_args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_process_group()
 
 
 def _sampling(args) -> dict:

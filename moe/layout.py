@@ -1,7 +1,9 @@
 """A parallel layout: how many ways each axis splits the model and the batch. Imports no torch.
 
-    dp  data parallel: replicas that see different sequences; gradients are averaged, and the
-        optimizer state is sharded (ZeRO stage 1) or everything is (FSDP2, `sharding = "fsdp"`).
+    dp  data parallel: replicas that see different sequences; gradients are averaged. Both shardings
+        run on FSDP2: "zero1" gathers the weights once per step (2x the parameter bytes of traffic)
+        and shards gradients and optimizer state; "fsdp" also frees and re-gathers them around
+        each block (3x, the least memory).
     ep  expert parallel: a rank holds n_experts / ep experts of every layer and tokens travel to
         their expert's rank by all-to-all. The ep ranks also see different sequences, so for
         everything but the experts they are data parallel too (the "data" group is dp x ep ranks).
@@ -39,7 +41,8 @@ class Layout:
     schedule: str = "1f1b"  # pipeline schedule: "1f1b" or "gpipe" (the same bubble, different memory)
     first_stage_layers: int = 0  # 0: split the layers evenly; else the first stage (which also holds
     #                              the embedding) gets this many and the rest are split evenly
-    sharding: str = "zero1"  # data parallel: "zero1" (optimizer state sharded) or "fsdp" (FSDP2)
+    sharding: str = "zero1"  # data parallel, both on FSDP2: "zero1" (weights gathered once per step;
+    #                          gradients and optimizer state sharded) or "fsdp" (also re-gathered for backward)
 
     def __post_init__(self) -> None:
         for name in (*AXES, "microbatches"):
@@ -93,9 +96,6 @@ class Layout:
         if self.pp > 1 and cfg.tie_embeddings:
             raise ValueError("pipeline parallelism needs untied embeddings: the embedding and the output head "
                              "live on different stages")
-        if self.sharding == "fsdp" and self.tp > 1:
-            raise ValueError("sharding='fsdp' with tp > 1 is not supported; use sharding='zero1' with tensor "
-                             "parallelism (the GPT-4 layout)")
         stage_layers(cfg.n_layers, self.pp, self.first_stage_layers)
         per_step = self.data_shards * self.microbatches
         if batch_size is not None and batch_size % per_step:

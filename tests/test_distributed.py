@@ -37,20 +37,26 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(layout: dict, out, steps=2, load=None, model=None, bf16=False) -> list:
-    spec = dict(layout=layout, out=str(out), steps=steps, load=load and str(load), model=model or {}, bf16=bf16)
+def spawn(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False) -> list:
+    spec = dict(layout=layout, out=str(out), steps=steps, load=load and str(load), model=model or {}, bf16=bf16,
+                record=record)
     world = Layout(**layout).world_size
     mp.spawn(run, args=(world, _port(), spec), nprocs=world)
     return json.loads((out / "results.json").read_text())
+
+
+def reference_model(cfg, train_cfg) -> MoETransformer:
+    m = MoETransformer(cfg)  # built whole, on the host, as one process builds it
+    m.init_weights(train_cfg.seed)  # the trainers' seed; they build on meta and materialize their shards
+    torch.manual_seed(train_cfg.seed)  # and leave the global generator there (router jitter)
+    return m
 
 
 def reference(steps, microbatches=1, model=None):
     """One process: the same model, batches, clip and AdamW; (loss, grad norm) per step."""
     cfg = load_config("tiny", **{**SMALL, **(model or {})})
     train_cfg = load_train_config("tiny", **TRAIN)
-    m = MoETransformer(cfg)  # built whole, on the host, as one process builds it
-    m.init_weights(train_cfg.seed)  # the trainers' seed; they build on meta and materialize their shards
-    torch.manual_seed(train_cfg.seed)  # and leave the global generator there (router jitter)
+    m = reference_model(cfg, train_cfg)
     opt = make_optimizer(m.parameters(), train_cfg)
     results = []
     for x, y in batches(cfg, train_cfg, steps):
@@ -91,6 +97,9 @@ LAYOUTS = {  # name: (layout, model overrides)
     "dp2 x ep2 fsdp": (dict(dp=2, ep=2, sharding="fsdp"), None),
     "tp2 x pp2": (dict(tp=2, pp=2, microbatches=2), None),
     "ep2 x tp2": (dict(ep=2, tp=2), None),
+    "dp2 x tp2 zero1": (dict(dp=2, tp=2), None),  # FSDP2 x tp on one 2-D mesh
+    "dp2 x tp2 fsdp": (dict(dp=2, tp=2, sharding="fsdp"), None),
+    "dp2 x pp2 zero1": (dict(dp=2, pp=2, microbatches=2), None),
 }
 
 
@@ -99,6 +108,27 @@ def test_layout_step_matches_one_process(name, tmp_path):
     layout, model = LAYOUTS[name]
     got = spawn(layout, tmp_path, model=model)
     check_against_reference(got, tmp_path, 2, layout.get("microbatches", 1), model)
+
+
+@pytest.mark.parametrize("sharding,microbatches", [("zero1", 1), ("zero1", 2), ("fsdp", 1)])
+def test_gradient_sync_bytes_per_step(sharding, microbatches, tmp_path):
+    """Data parallel traffic of one step, tallied by a recording layer over torch.distributed (rank 0,
+    second step): "zero1" all-gathers and reduce-scatters the parameter bytes once each, 2x in all,
+    with or without gradient accumulation; "fsdp" gathers twice (forward and backward), 3x. Parameter
+    bytes here are the float32 model's, each first dimension padded to a multiple of dp as FSDP2
+    pads its shards; everything else (loss, norm, router counts) is a few hundred bytes."""
+    dp = 2
+    got = spawn(dict(dp=dp, microbatches=microbatches, sharding=sharding), tmp_path, record=True)
+    tally = got[-1][2]
+    cfg = load_config("tiny", **SMALL)
+    padded = sum(-(-p.shape[0] // dp) * dp * p[0].numel() * 4 for p in MoETransformer(cfg).parameters())
+    gathers = 2 if sharding == "fsdp" else 1
+    assert tally.get("all_gather_single", 0) == gathers * padded
+    assert tally.get("reduce_scatter_single", 0) == padded
+    small = sum(v for k, v in tally.items() if k not in ("all_gather_single", "reduce_scatter_single"))
+    assert small < 1000, tally
+    if sharding == "zero1":
+        assert sum(tally.values()) <= 2 * padded + 1000
 
 
 def test_checkpoint_reshards_into_another_layout(tmp_path):
@@ -154,9 +184,7 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
     got = spawn(layout, tmp_path, bf16=True)
     cfg = load_config("tiny", **SMALL)
     train_cfg = load_train_config("tiny", **TRAIN)
-    m = MoETransformer(cfg)  # built whole, on the host, as one process builds it
-    m.init_weights(train_cfg.seed)  # the trainers' seed; they build on meta and materialize their shards
-    torch.manual_seed(train_cfg.seed)  # and leave the global generator there (router jitter)
+    m = reference_model(cfg, train_cfg)
     opt = make_optimizer(m.parameters(), train_cfg)
     mb = layout.get("microbatches", 1)
     for (loss, _), (x, y) in zip(got, batches(cfg, train_cfg, 2), strict=True):

@@ -33,7 +33,6 @@ def test_parse_layout():
     (dict(pp=3), 3, None, "pp=3 stages need at least 3 layers"),
     (dict(pp=2, first_stage_layers=2), 2, None, "leaves fewer than one layer"),
     (dict(dp=2, microbatches=3), 2, 8, "batch_size=8 must be divisible by dp x ep x microbatches = 6"),
-    (dict(tp=2, sharding="fsdp"), 2, None, "sharding='fsdp' with tp > 1"),
 ])
 def test_layout_check(layout, world, batch, words):
     cfg = shrunk()  # 2 layers, 4 heads (1 K/V), 16 experts, d_ff 24

@@ -10,15 +10,24 @@ train and no rank ever allocates the whole model.
 
 Where each parameter lives, and who else holds the same local tensor (its replica group):
 
-    parameter                         split over          replica group (gradients averaged over it)
+    parameter                         split over          replica group (FSDP2 shards it over this)
     experts w_up/w_gate/w_down        ep (dim 0), tp (F)  dp
     attention wq / wo                 tp (heads)          dp x ep ("data")
     K/V (one head), norms, router,    nothing             dp x ep; the tp ranks compute identical
     embedding, head                                       gradients (moe/parallel/collectives.py)
     (each stage's layers only)        pp
 
-Gradients are averaged over dp x ep data shards: the replica group sums, and the sum is divided
-by dp x ep also for the experts, whose local gradient already holds the ep ranks' tokens.
+Data parallelism is FSDP2 in both shardings, each parameter sharded over its replica group, one
+unit per block (its bucket: all-gathered before the block's forward, its gradients reduce-scattered
+as soon as its backward is done, overlapping the next block's):
+    "zero1"  reshard_after_forward=False: the weights are gathered once per step and stay whole until
+             backward ends, so the step's traffic is one all-gather and one reduce-scatter, 2x the
+             parameter bytes, as ZeRO-1 by reduce-scatter and all-gather; the gradients and AdamW's
+             state are sharded (ZeRO-2's memory), the weights too between steps.
+    "fsdp"   reshard_after_forward=True (ZeRO-3): the weights are freed after each block's forward and
+             gathered again for its backward, 3x the parameter bytes, for the least memory.
+FSDP2 averages over its mesh; the experts' gradients are divided by ep as well (sync_gradients),
+since their local gradient already holds the ep ranks' tokens.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class Parallel:
 
     layout: Layout
     mesh: DeviceMesh  # dims ("pp", "dp", "ep", "tp")
+    dense_mesh: DeviceMesh  # dims ("pp", "data", "tp"), data = dp x ep: the non-expert parameters' mesh
     device: torch.device
     rank: dict  # {"pp": i, "dp": j, "ep": k, "tp": l}
     groups: dict  # the same keys, plus "data": this rank's dp x ep group
@@ -69,14 +79,13 @@ def init_parallel(layout: Layout, device: torch.device) -> Parallel:
     mesh = init_device_mesh(device.type, tuple(getattr(layout, a) for a in AXES), mesh_dim_names=AXES)
     coords = dict(zip(AXES, mesh.get_coordinate()))
     groups = {a: mesh.get_group(a) for a in AXES}
-    ranks = mesh.mesh  # [pp, dp, ep, tp] global ranks
-    for p in range(layout.pp):  # the data group: same stage and tp rank; every rank creates every group
-        for t in range(layout.tp):
-            members = ranks[p, :, :, t].flatten().tolist()
-            group = dist.new_group(members)
-            if (coords["pp"], coords["tp"]) == (p, t):
-                groups["data"] = group
-    return Parallel(layout, mesh, device, coords, groups)
+    # The dense parameters' mesh: the same ranks with dp x ep as one "data" dim, so that FSDP2 over it
+    # composes with the tp DTensors built on its own "tp" dim (FSDP2 needs both from one root mesh).
+    # (Flattening mesh["dp", "ep"] instead gave the same groups, but gloo processes then aborted at
+    # exit about one run in ten.)
+    dense = init_device_mesh(device.type, (layout.pp, layout.data_shards, layout.tp), mesh_dim_names=("pp", "data", "tp"))
+    groups["data"] = dense.get_group("data")
+    return Parallel(layout, mesh, dense, device, coords, groups)
 
 
 def _is_expert(name: str) -> bool:
@@ -88,7 +97,7 @@ def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
     the routers to count tokens over the data group, and wrap in FSDP2 if the layout says so."""
     lay = par.layout
     blocks = module.blocks.values() if isinstance(module.blocks, nn.ModuleDict) else module.blocks
-    tp_mesh, expert_mesh = par.mesh["tp"], par.mesh["ep", "tp"]
+    tp_mesh, expert_mesh = par.dense_mesh["tp"], par.mesh["ep", "tp"]
     for block in blocks:
         if lay.tp > 1:
             plan = {"wq": ColwiseParallel(), "wo": RowwiseParallel()}
@@ -110,28 +119,24 @@ def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
                                           par.groups["ep"], lay.ep, par.groups["tp"], lay.tp)
         if lay.data_shards > 1:
             moe.router.count_group = par.groups["data"]
-    if lay.sharding == "fsdp" and lay.data_shards > 1:
+    if lay.data_shards > 1:
         _fully_shard(module, blocks, par)
     return module
 
 
 def _fully_shard(module, blocks, par: Parallel) -> None:
-    """FSDP2: experts sharded over dp (their replica group), everything else over dp x ep. FSDP2
-    averages gradients over its mesh, which is right for the rest; sync_gradients divides the
-    experts' by ep as well (set_gradient_divide_factor would, but needs PREMUL_SUM, which gloo lacks)."""
+    """FSDP2 over each parameter's replica group: the experts over dp, everything else over dp x ep
+    (a flattened slice of the same mesh, so that tp's DTensors compose with it: FSDP2 x tp)."""
     from torch.distributed.fsdp import fully_shard
 
-    data_mesh = DeviceMesh.from_group(par.groups["data"], par.device.type)  # dp x ep, flattened
+    reshard = par.layout.sharding == "fsdp"
+    data_mesh = par.dense_mesh["data"]
     for block in blocks:
         if par.layout.ep > 1:
-            fully_shard(block.moe.router, mesh=data_mesh)  # first, so the next unit holds only the experts
-            fully_shard(block.moe, mesh=par.mesh["dp"])  # a slice of the experts' DTensor mesh, as FSDP2 requires
-        fully_shard(block, mesh=data_mesh)
-    fully_shard(module, mesh=data_mesh)
-
-
-def replica_group(name: str, par: Parallel):
-    return par.groups["dp"] if _is_expert(name) else par.groups["data"]
+            fully_shard(block.moe.router, mesh=data_mesh, reshard_after_forward=reshard)  # first: the next unit holds only the experts
+            fully_shard(block.moe, mesh=par.mesh["dp"], reshard_after_forward=reshard)  # a slice of the experts' DTensor mesh
+        fully_shard(block, mesh=data_mesh, reshard_after_forward=reshard)
+    fully_shard(module, mesh=data_mesh, reshard_after_forward=reshard)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -141,31 +146,15 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sync_gradients(module: nn.Module, par: Parallel) -> None:
-    """Average every gradient over the dp x ep data shards: one flattened all-reduce per replica
-    group, divided by dp x ep. With FSDP2, which averaged over its mesh during backward, only the
-    experts' extra 1/ep is left to apply."""
-    lay = par.layout
-    if lay.data_shards == 1:
+    """Finish averaging the gradients over the dp x ep data shards: FSDP2 reduce-scattered them during
+    backward, averaging over each parameter's replica group; the experts' (replica group dp) also
+    need 1/ep. (set_gradient_divide_factor would do it in the reduce-scatter, but needs PREMUL_SUM,
+    which gloo lacks.)"""
+    if par.layout.data_shards == 1 or par.layout.ep == 1:
         return
-    if lay.sharding == "fsdp":
-        for name, p in module.named_parameters():
-            if p.grad is not None and _is_expert(name) and lay.ep > 1:
-                local_tensor(p.grad).div_(lay.ep)
-        return
-    buckets: dict[int, list] = {}
     for name, p in module.named_parameters():
-        if p.grad is not None:
-            group = replica_group(name, par)
-            buckets.setdefault(id(group), [group]).append(local_tensor(p.grad))
-    for group, *grads in buckets.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        if dist.get_world_size(group) > 1:
-            dist.all_reduce(flat, group=group)
-        flat.div_(lay.data_shards)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        if p.grad is not None and _is_expert(name):
+            local_tensor(p.grad).div_(par.layout.ep)
 
 
 def _copies(t: torch.Tensor, par: Parallel) -> int:
