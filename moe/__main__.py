@@ -52,7 +52,22 @@ def cmd_figures(args) -> int:
     from moe.layout import parse_layout
 
     layout = parse_layout(args.layout) if args.layout else None
-    print_figures(load_config(args.config, **_overrides(args.set)), layout, args.batch_tokens, args.seq_len)
+    cfg = load_config(args.config, **_overrides(args.set))
+    if args.simulate and layout is None:
+        raise ValueError("--simulate needs --layout: it builds one rank of each pipeline stage of that layout")
+    if args.simulate:
+        layout.check(cfg)  # before the figures, so a layout that cannot be built says so at once
+    print_figures(cfg, layout, args.batch_tokens, args.seq_len)
+    if args.simulate:
+        from moe.estimates.units import format_table
+        from moe.parallel.simulate import simulation_rows
+
+        rows, seconds = simulation_rows(cfg, layout)
+        print(f"\nsimulated: the first rank of each pipeline stage, built on the meta device in a fake world of "
+              f"{layout.world_size:,} ranks ({seconds:.1f} s); elements and bytes read off its sharded tensors, "
+              "against the arithmetic above")
+        print(format_table(rows, ("stage", "layers", "params", "vs arith", "bf16 (inference)", "kept (FSDP2 shard)",
+                                  "vs arith", "training state, peak", "vs arith")))
     return EXIT_OK
 
 
@@ -274,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(keys: dp tp ep pp microbatches schedule first_stage_layers sharding)")
     f.add_argument("--batch-tokens", type=POSITIVE_FLOAT, help="tokens per training step for --layout (default 60e6, the leak's)")
     f.add_argument("--seq-len", type=POSITIVE_INT, help="sequence length for --layout (default: the config's max_seq_len)")
+    f.add_argument("--simulate", action="store_true", help="also build one rank of each pipeline stage of --layout "
+                   "on the meta device in a fake process group and count its sharded tensors (needs torch)")
     f.set_defaults(func=cmd_figures)
 
     d = sub.add_parser("prepare", help="tokenize your text into a dataset of memory-mapped shards for train --data")

@@ -146,6 +146,16 @@ def test_cli_figures_layout():
     assert out.returncode == 0, out.stderr
     assert "per GPU in layout dp=208,tp=8,pp=15" in out.stdout and "pipeline bubble" in out.stdout
     assert "30.4%" in out.stdout  # 14 / 46
+    sim = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4", "--set", "d_model=768",
+                          "--set", "n_heads=96", "--set", "head_dim=8", "--set", "d_ff=3072", "--set", "vocab_size=1536",
+                          "--layout", "tp=8,pp=15,dp=192", "--simulate"], capture_output=True, text=True)
+    assert sim.returncode == 0, sim.stderr
+    assert "fake world of 23,040 ranks" in sim.stdout and "14 (rank 21,504)" in sim.stdout
+    for flags, message in [(["--simulate"], "--simulate needs --layout"),
+                           (["--layout", "tp=8,pp=15,dp=192", "--simulate"], "tp=8 must divide n_heads=84")]:
+        bad = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4", *flags],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize("layout", [dict(dp=2), dict(dp=2, ep=2, microbatches=3), dict(pp=2, microbatches=4),

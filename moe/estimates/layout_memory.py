@@ -5,9 +5,13 @@ What one GPU holds is what this code base's layout gives it (moe/parallel/parall
 wq/wo and each expert's d_ff split by tp; n_experts / ep experts; a single K/V head, the norms, the
 router, the embedding and the output head replicated over tp; the stage's layers (the worst stage
 is reported). Conventions:
-- training bytes per parameter: bf16 weights and gradients (2 + 2), and fp32 master weights and the
-  two AdamW moments (4 + 4 + 4) sharded by ZeRO-1 over the parameter's replica group (dp x ep for
-  the dense part, dp for the experts); FSDP2 also shards the weights and gradients.
+- training bytes per parameter, as this code base trains (fp32 weights under bf16 autocast, AdamW;
+  moe/parallel/parallelize.py): weights, gradients and the two moments (4 + 4 + 8 = 16 B), all
+  sharded by FSDP2 over the parameter's replica group (dp x ep for the dense part, dp for the
+  experts) between steps; during a step the weights are also gathered whole (fp32): the stage's
+  whole share with "zero1", with "fsdp" the stage's embedding / head and two blocks at a time (the
+  one computing and the one prefetched). `figures --simulate` (moe/parallel/simulate.py) builds the
+  sharded tensors and checks these counts.
 - activations: bf16 tensors kept for backward, per token and layer, without recomputation and with
   a fused (flash) attention that keeps no T x T matrix:
       attention  2 d (norm in, normed) + (H/tp + 2 G') hd (q, k, v) + H/tp hd (attention out)
@@ -31,10 +35,21 @@ class StageMemory:
     layers: int
     dense_params: int  # on one GPU: attention, norms, router (+ embedding / head on the end stages)
     expert_params: int  # on one GPU
+    edge_params: int = 0  # of dense_params, the embedding / final norm and head (outside the blocks)
 
     @property
     def params(self) -> int:
         return self.dense_params + self.expert_params
+
+    def sharded(self, lay: Layout) -> float:
+        """Elements one GPU keeps between steps: its FSDP2 share over each replica group."""
+        return self.dense_params / (lay.dp * lay.ep) + self.expert_params / lay.dp
+
+    def gathered(self, lay: Layout) -> float:
+        """Elements gathered whole during a step (see the conventions above)."""
+        if lay.sharding == "zero1" or lay.data_shards == 1:
+            return self.params
+        return self.edge_params + 2 * (self.params - self.edge_params) / self.layers
 
 
 def kv_heads_held(cfg: ModelConfig, tp: int) -> float:
@@ -49,10 +64,9 @@ def stage_memory(cfg: ModelConfig, lay: Layout) -> list[StageMemory]:
     expert_layer = cfg.n_experts / lay.ep * cfg.n_matrices * d * cfg.d_ff / tp
     out = []
     for i, layers in enumerate(stage_layers(cfg.n_layers, lay.pp, lay.first_stage_layers)):
-        dense = len(layers) * dense_layer
-        dense += cfg.vocab_size * d if i == 0 else 0
-        dense += (0 if cfg.tie_embeddings else cfg.vocab_size * d) + d if i == lay.pp - 1 else 0
-        out.append(StageMemory(len(layers), dense, len(layers) * expert_layer))
+        edge = cfg.vocab_size * d if i == 0 else 0
+        edge += (0 if cfg.tie_embeddings else cfg.vocab_size * d) + d if i == lay.pp - 1 else 0
+        out.append(StageMemory(len(layers), len(layers) * dense_layer + edge, len(layers) * expert_layer, edge))
     return out
 
 
@@ -80,10 +94,10 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     worst = worst_stage(stages)
     params = worst.params
     zero_dense, zero_expert = lay.dp * lay.ep, lay.dp
-    sharded = worst.dense_params / zero_dense + worst.expert_params / zero_expert  # one replica group's share
-    optimizer = 12 * sharded
-    fsdp = lay.sharding == "fsdp"
-    weights_grads = 4 * (sharded if fsdp else params)
+    at_rest = 16 * worst.sharded(lay)
+    gathered = 4 * worst.gathered(lay) if lay.data_shards > 1 else 0
+    how_gathered = ("the stage's whole share, gathered once per step (zero1)" if lay.sharding == "zero1" else
+                    "embedding / head and two blocks at a time (fsdp: one computing, one prefetched)")
 
     tokens_per_micro = batch_tokens / (lay.data_shards * lay.microbatches)
     sequences_per_micro = tokens_per_micro / seq_len
@@ -106,11 +120,12 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
          f"{si(worst.dense_params)} dense + {si(worst.expert_params)} expert; "
          f"{cfg.n_experts / lay.ep:g} experts of d_ff {cfg.d_ff / lay.tp:g}, {cfg.n_heads / lay.tp:g} query heads"),
         ("  as fp16/bf16", binary_bytes(weight_bytes), f"{weight_bytes / 1e9:.1f} GB: weights only (inference)"),
-        ("  weights + gradients, bf16", binary_bytes(weights_grads),
-         "sharded by FSDP2" if fsdp else "whole on every data-parallel rank (ZeRO-1 shards only the optimizer)"),
-        ("  fp32 master + AdamW moments, ZeRO-1", binary_bytes(optimizer),
-         f"12 B/param over {zero_dense} (dense) and {zero_expert} (expert) ranks"),
-        ("  training state total", binary_bytes(weights_grads + optimizer), "before activations"),
+        ("  weights, gradients, AdamW moments", binary_bytes(at_rest),
+         f"fp32, 4 + 4 + 8 B/param, sharded by FSDP2 over {zero_dense} (dense) and {zero_expert} (expert) ranks"
+         " (between steps)"),
+        ("  + weights gathered for the step", binary_bytes(gathered) if gathered else "0 (no data parallelism)",
+         f"fp32: {how_gathered}" if gathered else "the weights are whole already"),
+        ("  training state, peak", binary_bytes(at_rest + gathered), "before activations"),
         ("tokens per microbatch per GPU", f"{tokens_per_micro:,.0f}",
          f"{si(batch_tokens)} tokens per step / ({lay.data_shards} data shards x {lay.microbatches} microbatches)"
          f" = {sequences_per_micro:.3g} sequences of {seq_len}"),

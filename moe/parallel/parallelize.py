@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -126,17 +127,32 @@ def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
 
 def _fully_shard(module, blocks, par: Parallel) -> None:
     """FSDP2 over each parameter's replica group: the experts over dp, everything else over dp x ep
-    (a flattened slice of the same mesh, so that tp's DTensors compose with it: FSDP2 x tp)."""
+    (the "data" dim of the dense mesh, so that tp's DTensors compose with it: FSDP2 x tp)."""
     from torch.distributed.fsdp import fully_shard
 
     reshard = par.layout.sharding == "fsdp"
-    data_mesh = par.dense_mesh["data"]
+    dense, experts = par.dense_mesh["data"], par.mesh["dp"]
+    kw = {mesh: dict(mesh=mesh, reshard_after_forward=reshard, shard_placement_fn=partial(shard_dim, n=mesh.size()))
+          for mesh in (dense, experts)}
     for block in blocks:
         if par.layout.ep > 1:
-            fully_shard(block.moe.router, mesh=data_mesh, reshard_after_forward=reshard)  # first: the next unit holds only the experts
-            fully_shard(block.moe, mesh=par.mesh["dp"], reshard_after_forward=reshard)  # a slice of the experts' DTensor mesh
-        fully_shard(block, mesh=data_mesh, reshard_after_forward=reshard)
-    fully_shard(module, mesh=data_mesh, reshard_after_forward=reshard)
+            fully_shard(block.moe.router, **kw[dense])  # first, so the next unit holds only the experts
+            fully_shard(block.moe, **kw[experts])  # a slice of the experts' DTensor mesh
+        fully_shard(block, **kw[dense])
+    fully_shard(module, **kw[dense])
+
+
+def shard_dim(p: nn.Parameter, n: int) -> Shard:
+    """Where FSDP2 cuts a parameter over n ranks. Its default, dim 0, may be unevenly split (the first
+    ranks take a row more), but is only 16 long for the experts and the router, or one head for a
+    single K/V head: over more ranks than that, the first ones would hold a row each and the rest
+    nothing. Then take the longest dimension that n divides (FSDP2 splits no other unevenly); if
+    none does, dim 0 all the same (`figures --simulate` shows the imbalance)."""
+    shape = local_tensor(p).shape
+    if shape[0] >= n:
+        return Shard(0)
+    even = [d for d in range(len(shape)) if shape[d] % n == 0]
+    return Shard(max(even, key=lambda d: (shape[d], -d)) if even else 0)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

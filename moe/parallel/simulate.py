@@ -1,0 +1,117 @@
+"""A layout at full scale without the hardware: one rank of every distinct pipeline stage, built as
+the trainer builds it (the model on the meta device, its stage, tp / ep DTensors, FSDP2), in a world
+of torch.distributed's fake process group (every rank's bookkeeping, no communication), then the
+bytes it would hold read off its actual sharded tensors.
+
+`python -m moe figures --config gpt4 --layout tp=8,pp=15,dp=208 --simulate` prints them beside the
+arithmetic (moe/estimates/layout_memory.py). The simulated rank of stage s is the first of that
+stage (dp, ep and tp rank 0): FSDP2 gives any remainder of an uneven split to the first ranks, so
+it holds the most.
+
+Bytes follow this code base's training (fp32 weights under bf16 autocast, AdamW): per parameter
+element held, 4 B weight, 4 B gradient and 8 B of moments, all sharded by FSDP2 over the replica
+group; and, during a step, the weights gathered: the stage's whole (tp / ep) share with "zero1",
+the embedding / head and two blocks (one computing, one prefetched) with "fsdp".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from moe.config import ModelConfig
+from moe.estimates.layout_memory import stage_memory
+from moe.estimates.units import binary_bytes, si
+from moe.layout import Layout
+from moe.model import MoETransformer
+from moe.parallel.parallelize import init_parallel, parallelize
+from moe.parallel.pipeline import build_stage
+
+DATA_DIMS = ("data", "dp")  # the mesh dims FSDP2 shards over; the others are tp / ep splits
+
+
+@dataclass(frozen=True)
+class SimulatedRank:
+    stage: int
+    rank: int
+    layers: int
+    gathered: int  # parameter elements this rank computes with (its tp / ep share of the stage)
+    sharded: int  # parameter elements it keeps between steps (its FSDP2 shard of those)
+    edge: int  # of `gathered`, those outside the blocks (embedding, final norm, head)
+    largest_block: int  # the most gathered elements of one block
+
+    def gathered_for_step(self, lay: Layout) -> int:
+        """Elements gathered whole during a step: all with "zero1", the edge and two blocks with "fsdp"."""
+        if lay.sharding == "zero1" or lay.data_shards == 1:
+            return self.gathered
+        return self.edge + 2 * self.largest_block
+
+
+def _counts(t: torch.Tensor) -> tuple[int, int]:
+    """(gathered, sharded) elements of one parameter on this rank."""
+    if not isinstance(t, DTensor):
+        return t.numel(), t.numel()
+    names = t.device_mesh.mesh_dim_names or ()
+    splits = 1
+    for i, placement in enumerate(t.placements):
+        if not placement.is_replicate() and names[i] not in DATA_DIMS:
+            splits *= t.device_mesh.size(i)
+    return t.numel() // splits, t.to_local().numel()
+
+
+def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
+    """Build the first rank of every pipeline stage of `layout` on the meta device and count."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    layout.check(cfg)
+    if dist.is_initialized():
+        raise RuntimeError("simulate() needs a process without a process group: it creates fake ones")
+    per_stage = layout.world_size // layout.pp
+    out = []
+    for stage in range(layout.pp):
+        rank = stage * per_stage
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
+        try:
+            par = init_parallel(layout, torch.device("cpu"))
+            with torch.device("meta"):
+                model = MoETransformer(cfg)
+            module = build_stage(model, layout, stage) if layout.pp > 1 else model
+            parallelize(module, par)  # on meta: shards decided, nothing allocated
+            gathered = sharded = 0
+            for p in module.parameters():
+                g, s = _counts(p)
+                gathered, sharded = gathered + g, sharded + s
+            blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
+            per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
+            out.append(SimulatedRank(stage, rank, len(blocks), gathered, sharded, gathered - sum(per_block),
+                                     max(per_block)))
+        finally:
+            dist.destroy_process_group()
+    return out
+
+
+def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], float]:
+    """Per stage: measured against moe/estimates/layout_memory.py's arithmetic; and the seconds taken."""
+    start = time.perf_counter()
+    ranks = simulate(cfg, layout)
+    seconds = time.perf_counter() - start
+    rows = []
+    for r, arith in zip(ranks, stage_memory(cfg, layout), strict=True):
+        peak = 16 * r.sharded + 4 * r.gathered_for_step(layout) * (layout.data_shards > 1)
+        want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout) * (layout.data_shards > 1)
+        row = (str(r.layers), si(r.gathered), _diff(r.gathered, arith.params), binary_bytes(2 * r.gathered),
+               si(r.sharded), _diff(r.sharded, arith.sharded(layout)), binary_bytes(peak), _diff(peak, want_peak))
+        if rows and rows[-1][1:] == row:  # stages that measure the same share a row
+            rows[-1] = (f"{rows[-1][0].split(' (')[0].split('-')[0]}-{r.stage} (ranks {ranks_of[-1]:,}..{r.rank:,})", *row)
+        else:
+            ranks_of = [r.rank]
+            rows.append((f"{r.stage} (rank {r.rank:,})", *row))
+    return rows, seconds
+
+
+def _diff(measured: float, arithmetic: float) -> str:
+    return f"{(measured / arithmetic - 1):+.2%}" if arithmetic else "-"
