@@ -66,8 +66,9 @@ def cmd_figures(args) -> int:
         print(f"\nsimulated: the first rank of each pipeline stage, built on the meta device in a fake world of "
               f"{layout.world_size:,} ranks ({seconds:.1f} s); elements and bytes read off its sharded tensors, "
               "against the arithmetic above")
-        print(format_table(rows, ("stage", "layers", "params", "vs arith", "bf16 (inference)", "kept (FSDP2 shard)",
-                                  "vs arith", "training state, peak", "vs arith")))
+        print(format_table(rows, ("stage", "layers", "params", "vs arith", "bf16 (inference)",
+                                  "weights kept = gradients", "vs arith", "AdamW state", "vs arith",
+                                  "training state, peak", "vs arith")))
     return EXIT_OK
 
 

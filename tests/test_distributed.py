@@ -207,3 +207,15 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
     # while the mean error stays near 0.002 lr (seen); a lost or doubled gradient would not.
     assert errs.max() < 4.5 * TRAIN["lr"]
     assert errs.mean() < 0.02 * TRAIN["lr"]
+
+
+def test_dist_memory_script_reports_every_rank():
+    """scripts/dist_memory.py (the peak-memory figures in bench/results) runs end to end, at tiny size."""
+    out = subprocess.run([sys.executable, "scripts/dist_memory.py", "--config", "tiny", "--layout", "dp=2",
+                          "--steps", "1", "--batch-size", "4", "--seq-len", "16"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "peak RSS per rank" in lines[0] and len(lines) == 4
+    for line in lines[2:]:
+        before, built, stepped = (float(v.replace(",", "")) for v in line.split()[1:])
+        assert 0 < before <= built <= stepped

@@ -24,6 +24,7 @@ def test_simulated_ranks_hold_what_the_arithmetic_says(layout):
         assert r.gathered == pytest.approx(s.params, rel=1e-9)  # every tp / ep split is exact
         assert r.sharded == pytest.approx(s.sharded(lay), rel=0.01)  # FSDP2 rounds a split up on rank 0
         assert r.gathered_for_step(lay) == pytest.approx(s.gathered(lay), rel=0.01)
+        assert r.optimizer_bytes == pytest.approx(8 * s.sharded(lay), rel=0.01)  # two fp32 moments, as sharded
         if lay.data_shards == 1:
             assert r.sharded == r.gathered
 

@@ -9,8 +9,9 @@ stage (dp, ep and tp rank 0): FSDP2 gives any remainder of an uneven split to th
 it holds the most.
 
 Bytes follow this code base's training (fp32 weights under bf16 autocast, AdamW): per parameter
-element held, 4 B weight, 4 B gradient and 8 B of moments, all sharded by FSDP2 over the replica
-group; and, during a step, the weights gathered: the stage's whole (tp / ep) share with "zero1",
+element held, 4 B weight and 4 B gradient (FSDP2 gives the gradient its parameter's shard), and
+AdamW's moments as the optimizer allocates them (its state template, measured); and, during a
+step, the weights gathered: the stage's whole (tp / ep) share with "zero1",
 the embedding / head and two blocks (one computing, one prefetched) with "fsdp".
 """
 
@@ -23,13 +24,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from moe.config import ModelConfig
+from moe.config import ModelConfig, TrainConfig
 from moe.estimates.layout_memory import stage_memory
 from moe.estimates.units import binary_bytes, si
 from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.parallel.parallelize import init_parallel, parallelize
 from moe.parallel.pipeline import build_stage
+from moe.parallel.zero import ShardedAdamW
 
 DATA_DIMS = ("data", "dp")  # the mesh dims FSDP2 shards over; the others are tp / ep splits
 
@@ -43,12 +45,17 @@ class SimulatedRank:
     sharded: int  # parameter elements it keeps between steps (its FSDP2 shard of those)
     edge: int  # of `gathered`, those outside the blocks (embedding, final norm, head)
     largest_block: int  # the most gathered elements of one block
+    optimizer_bytes: int  # AdamW's moments as the optimizer creates them (state_template), on this rank
 
     def gathered_for_step(self, lay: Layout) -> int:
         """Elements gathered whole during a step: all with "zero1", the edge and two blocks with "fsdp"."""
         if lay.sharding == "zero1" or lay.data_shards == 1:
             return self.gathered
         return self.edge + 2 * self.largest_block
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _counts(t: torch.Tensor) -> tuple[int, int]:
@@ -60,7 +67,7 @@ def _counts(t: torch.Tensor) -> tuple[int, int]:
     for i, placement in enumerate(t.placements):
         if not placement.is_replicate() and names[i] not in DATA_DIMS:
             splits *= t.device_mesh.size(i)
-    return t.numel() // splits, t.to_local().numel()
+    return t.numel() // splits, _local(t).numel()
 
 
 def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
@@ -81,6 +88,9 @@ def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
                 model = MoETransformer(cfg)
             module = build_stage(model, layout, stage) if layout.pp > 1 else model
             parallelize(module, par)  # on meta: shards decided, nothing allocated
+            state = ShardedAdamW(module, TrainConfig()).state_template()
+            optimizer_bytes = sum(_local(t).numel() * t.element_size() for s in state.values()
+                                  for k, t in s.items() if k != "step")
             gathered = sharded = 0
             for p in module.parameters():
                 g, s = _counts(p)
@@ -88,7 +98,7 @@ def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
             blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
             per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
             out.append(SimulatedRank(stage, rank, len(blocks), gathered, sharded, gathered - sum(per_block),
-                                     max(per_block)))
+                                     max(per_block), optimizer_bytes))
         finally:
             dist.destroy_process_group()
     return out
@@ -99,16 +109,19 @@ def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], floa
     start = time.perf_counter()
     ranks = simulate(cfg, layout)
     seconds = time.perf_counter() - start
-    rows = []
+    rows, run = [], []
     for r, arith in zip(ranks, stage_memory(cfg, layout), strict=True):
-        peak = 16 * r.sharded + 4 * r.gathered_for_step(layout) * (layout.data_shards > 1)
-        want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout) * (layout.data_shards > 1)
+        data = layout.data_shards > 1
+        peak = 4 * r.sharded + 4 * r.sharded + r.optimizer_bytes + 4 * r.gathered_for_step(layout) * data
+        want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout) * data
         row = (str(r.layers), si(r.gathered), _diff(r.gathered, arith.params), binary_bytes(2 * r.gathered),
-               si(r.sharded), _diff(r.sharded, arith.sharded(layout)), binary_bytes(peak), _diff(peak, want_peak))
+               binary_bytes(4 * r.sharded), _diff(r.sharded, arith.sharded(layout)),
+               binary_bytes(r.optimizer_bytes), _diff(r.optimizer_bytes, 8 * arith.sharded(layout)),
+               binary_bytes(peak), _diff(peak, want_peak))
         if rows and rows[-1][1:] == row:  # stages that measure the same share a row
-            rows[-1] = (f"{rows[-1][0].split(' (')[0].split('-')[0]}-{r.stage} (ranks {ranks_of[-1]:,}..{r.rank:,})", *row)
+            rows[-1] = (f"{run[0].stage}-{r.stage} (ranks {run[0].rank:,}..{r.rank:,})", *row)
         else:
-            ranks_of = [r.rank]
+            run = [r]
             rows.append((f"{r.stage} (rank {r.rank:,})", *row))
     return rows, seconds
 
