@@ -82,6 +82,8 @@ def cmd_train(args) -> int:
             train_over[flag] = getattr(args, flag)
     if args.expert_backend:
         model_over["expert_backend"] = args.expert_backend
+    if args.compile:
+        train_over["compile"] = True
     train_cfg = load_train_config(args.config, **train_over)
     data = None
     if args.data is not None:
@@ -334,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     t.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="expert matmuls: auto (Triton on CUDA, PyTorch "
                    "elsewhere), torch or triton (default: the config's expert_backend)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the training step (one process; its first "
+                   "step compiles, inside the time budget)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     par = t.add_argument_group("parallel layout (launch with torchrun; the product of the degrees is the world "
                                "size; defaults from the config's [parallel] table, else 1)")

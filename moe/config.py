@@ -200,8 +200,11 @@ class TrainConfig:
     checkpoint_interval: int = 500
     seed: int = 1337
     val_fraction: float = 0.05
+    compile: bool = False  # torch.compile the training step (one process; the first step pays for it)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         _integers(self, "batch_size", "seq_len", "max_steps", "warmup_steps", "eval_interval",
                   "eval_batches", "checkpoint_interval", "seed")
         _positive(self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches",

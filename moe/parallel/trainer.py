@@ -93,6 +93,9 @@ class DistributedTrainer:
     def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, device: torch.device,
               init_from=None) -> "DistributedTrainer":
         layout.check(model_cfg, dist.get_world_size(), train_cfg.batch_size)
+        if train_cfg.compile:
+            raise ValueError("compile = true is for one process only so far: a layout's step (FSDP2, DTensor, "
+                             "pipeline schedules) runs eagerly")
         par = init_parallel(layout, device)
         torch.manual_seed(train_cfg.seed)
         with torch.device("meta"):  # no rank allocates the whole model: only its shards, below

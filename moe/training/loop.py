@@ -274,7 +274,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     tokens_per_step = cfg.batch_size * cfg.seq_len
     budget = _Budget(cfg, step, train_time)
     running, n_running, balance, norm = 0.0, 0, None, None
-    interrupted, saved, saved_step = False, None, None
+    interrupted, saved, saved_step, compile_said = False, None, None, False
     with _Interrupt() as interrupt:
         while step < max_steps:
             budget.before_step(step, train_time)
@@ -289,6 +289,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
             step += 1
             dt = _clock() - t0
             train_time += dt
+            if getattr(trainer, "compile_s", None) is not None and not compile_said:
+                compile_said = True
+                say(f"compiled the training step in {trainer.compile_s:.1f} s (its first step; inside the time budget)")
             running, n_running, norm = running + result.loss, n_running + 1, result.grad_norm
             if result.expert_tokens_LE is not None:
                 counts = result.expert_tokens_LE

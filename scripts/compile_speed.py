@@ -1,0 +1,85 @@
+"""Training-step throughput with and without torch.compile, for a preset and its dense twin, on this
+machine: the same LocalTrainer step (forward, backward, clip, AdamW) on random batches, in
+interleaved blocks (eager MoE, compiled MoE, eager dense, compiled dense, repeated) so that machine
+drift hits every variant alike; the median step of each. The compile time is the first compiled
+step, with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR is pointed at a fresh directory).
+
+    python scripts/compile_speed.py --config tiny --rounds 5 --steps 20 --out bench/results/cpu-2core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # before torch compiles
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from moe.config import load_config, load_train_config  # noqa: E402
+from moe.training.local import LocalTrainer  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20, help="steps per block")
+    ap.add_argument("--out", help="write compile_speed.json and .md here")
+    args = ap.parse_args(argv)
+    moe_cfg = load_config(args.config)
+    train_cfg = load_train_config(args.config)
+    B, T = train_cfg.batch_size, train_cfg.seq_len
+    variants = {}
+    for name, cfg in (("moe", moe_cfg), ("dense twin", moe_cfg.dense_twin())):
+        for compiled in (False, True):
+            tc = load_train_config(args.config, compile=compiled)
+            variants[(name, compiled)] = LocalTrainer(cfg, tc, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    batch = lambda: torch.randint(0, moe_cfg.vocab_size, (B, T + 1), generator=gen)  # noqa: E731
+    times = {k: [] for k in variants}
+    for trainer in variants.values():  # warm-up: compiles, and the allocator settles
+        for _ in range(3):
+            x = batch()
+            trainer.step(x[:, :-1], x[:, 1:], train_cfg.lr)
+    for _ in range(args.rounds):
+        for key, trainer in variants.items():
+            for _ in range(args.steps):
+                x = batch()
+                start = time.perf_counter()
+                trainer.step(x[:, :-1], x[:, 1:], train_cfg.lr)
+                times[key].append(time.perf_counter() - start)
+    rows = []
+    for (name, compiled), trainer in variants.items():
+        ms = statistics.median(times[name, compiled]) * 1e3
+        rows.append({"model": name, "compiled": compiled, "median_step_ms": round(ms, 1),
+                     "tokens_per_s": round(B * T / ms * 1e3), "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
+    for row in rows:
+        eager = next(r for r in rows if r["model"] == row["model"] and not r["compiled"])
+        row["speedup"] = round(eager["median_step_ms"] / row["median_step_ms"], 2)
+    result = {"config": args.config, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    keys = list(rows[0])
+    text = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+                     + ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]) + "\n"
+    print(text)
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compile_speed.json").write_text(json.dumps(result, indent=1))
+        (out / "compile_speed.md").write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
