@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--first-stage-layers", dest="first_stage_layers", type=int,
                      help="layers on the first pipeline stage, which also holds the embedding (default: even split)")
     par.add_argument("--sharding", choices=("zero1", "fsdp"),
-                     help="data parallel: ZeRO-1 optimizer-state sharding (default) or FSDP2")
+                     help="data parallel, both on FSDP2: zero1 (default) gathers the weights once per step, fsdp re-gathers them for backward (less memory, 1.5x the traffic)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model or [train] field, e.g. --set n_layers=2 --set warmup_steps=10")
     t.set_defaults(func=cmd_train)

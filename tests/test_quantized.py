@@ -12,7 +12,6 @@ from conftest import COUNTS, DEVICE, shrunk
 from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp, quantized_mlp_reference
 from moe.__main__ import main
 from moe.config import EXPERT_QUANT, ModelConfig, TrainConfig
-from moe.model import MoETransformer
 from moe.model.quantized import expert_bytes, quantize_model, weight_bytes
 from moe.serving import Engine, Request, generate
 from moe.training import train

@@ -10,7 +10,8 @@
 DCP stores each tensor by its global name and shape, whatever shards wrote it: a DTensor's shards
 (tensor and expert parallel, FSDP2) as chunks of the global tensor, a replicated tensor once, a
 pipeline stage only its own layers. Loading asks for the tensors the new layout holds, in its own
-shards, and DCP reads the overlapping chunks. ZeRO-1 state is saved by its owner alone.
+shards, and DCP reads the overlapping chunks. AdamW's moments are sharded like their parameters
+(FSDP2) and saved the same way.
 
 The step directory is written under a temporary name and published by rank 0 once every rank has
 finished (moe/training/run_dir.py). moe.training.checkpoint.load_weights reads it whole into one

@@ -1,7 +1,7 @@
 """Apply a Layout (moe/layout.py) to a finished model on torch.distributed, from outside: the device
 mesh and its groups, tensor and expert parallelism as DTensor shards (and ParallelExperts installed
-in each MoE layer's seam), FSDP2, and the gradient synchronization and clipping that data
-parallelism with ZeRO-1 needs. The model itself imports nothing from here.
+in each MoE layer's seam), FSDP2 for data parallelism (both shardings), and the gradient scaling and
+clipping that go with them. The model itself imports nothing from here.
 
 The model arrives built on the meta device (no storage): parallelize only decides each tensor's
 shards, and the trainer then allocates this rank's shards and initialises them from per-parameter
