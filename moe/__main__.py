@@ -223,7 +223,8 @@ def cmd_generate(args) -> int:
         raise ValueError("--prompt is empty: give at least one character to continue")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed)
-    engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens)  # pages for one full sequence
+    engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens,  # pages for one full sequence
+                    compile=args.compile)
     t = time.perf_counter()
     result = engine.run([request])[0]
     seconds = time.perf_counter() - t
@@ -233,6 +234,8 @@ def cmd_generate(args) -> int:
     n = len(result.tokens)
     stats = (f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
              f"{result.target_forwards} target forwards")
+    if engine.compile_s is not None:
+        stats += f" ({engine.compile_s:.2f} s of it in forwards that compiled)"
     if draft is not None:
         stats += (f"; {args.draft_tokens} draft tokens: acceptance {result.draft_accepted}/{result.draft_proposed} = "
                   f"{result.draft_accepted / max(1, result.draft_proposed):.3f}, "
@@ -263,9 +266,11 @@ def cmd_serve_bench(args) -> int:
         model = MoETransformer(load_config(args.config, **_overrides(args.set))).to(_device(args))
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
-                    max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens)
+                    max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens, compile=args.compile)
     requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
     summary = replay.replay(engine, requests, args.rate, args.seed)
+    if engine.compile_s is not None:
+        summary["compile_s"] = round(engine.compile_s, 2)  # inside the replay: early requests waited for it
     summary["setup"] = {**environment(torch.cuda.is_available()), "config": model.cfg.name, "checkpoint": args.checkpoint,
                         "draft": args.draft_checkpoint, "draft_tokens": args.draft_tokens if draft else None,
                         "rate": args.rate, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
@@ -274,6 +279,8 @@ def cmd_serve_bench(args) -> int:
     header = (f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
               f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
               f"{engine.n_pages} pages of {args.page_size}")
+    if engine.compile_s is not None:
+        header += f"; compiled ({engine.compile_s:.1f} s in forwards that compiled, inside the latencies)"
     replay.print_summary(summary, header)
     if args.out:
         out = replay.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
@@ -366,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model's forward (the first steps compile)")
     g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
                    "reports its acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
     g.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="arrivals, prompts, random weights and request seeds")
     s.add_argument("--device", help="cpu or cuda")
     s.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model's forward; the compile time lands "
+                   "in the first requests' latency")
     s.add_argument("--out", help="write <name>.json and <name>.png (per-expert batch sizes over steps) here")
     s.add_argument("--name", help="file name stem (default serve-<config>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model field")

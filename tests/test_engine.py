@@ -233,3 +233,24 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     assert "| greedy | 1 | target only |" in table and "| temperature 0.8 | 1 | 2 |" in table
     rows = json.loads((tmp_path / "sv" / "serving.json").read_text())["speculative"]
     assert [r["acceptance"] for r in rows if r["mode"] == "greedy"][0] is None  # target only proposes nothing
+
+
+def test_compiled_engine_decodes_as_eager_and_does_not_recompile():
+    """Engine(compile=True): greedy tokens equal the eager engine's for every request of a mixed
+    workload (prefills joining decodes, rows finishing at different steps); and once each kind of step
+    has been compiled, a second workload through the same engine, with other prompt lengths, batch
+    sizes and page counts, adds no graph (torch._dynamo's unique_graphs counter). (A new engine with
+    another page pool does recompile: the cache's size is a static shape.) Float64, as the rest here."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model()
+    first = [Request(list(range(1, 3 + i % 7)), 6 + i % 5, {"greedy": True}) for i in range(16)]
+    second = [Request(list(range(5, 9 + 3 * (i % 4))), 3 + i % 9, {"greedy": True}) for i in range(20)]
+    eager = Engine(model, n_pages=256, page_size=8, max_batch=8)
+    compiled = Engine(model, n_pages=256, page_size=8, max_batch=8, compile=True)
+    assert [r.tokens for r in compiled.run(first)] == [r.tokens for r in eager.run(first)]
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0 and compiled.compile_s > 0 and eager.compile_s is None  # it did compile, and says how long
+    assert [r.tokens for r in compiled.run(second)] == [r.tokens for r in eager.run(second)]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert {s.batch_size for s in compiled.steps} >= {1, 2, 8}  # the batch did vary

@@ -75,10 +75,11 @@ class _Row:
 class Engine:
     def __init__(self, model: MoETransformer, *, kv_budget_bytes: int | None = None, n_pages: int | None = None,
                  page_size: int = 16, max_batch: int = 64, draft: MoETransformer | None = None,
-                 draft_tokens: int = 4, clock=time.perf_counter):
+                 draft_tokens: int = 4, clock=time.perf_counter, compile: bool = False):
         """The page pool is n_pages pages, or as many as fit in kv_budget_bytes (the K/V of the target
         and of the draft, which share page ids), or, given neither, room for max_batch sequences of
-        max_seq_len positions. max_batch caps the rows in one step."""
+        max_seq_len positions. max_batch caps the rows in one step. compile: run the target's and the
+        draft's forwards through torch.compile (see _compiled)."""
         if draft is not None:
             if draft.cfg.vocab_size != model.cfg.vocab_size:
                 raise ValueError(f"draft and target have different vocabularies ({draft.cfg.vocab_size} "
@@ -103,6 +104,7 @@ class Engine:
         for m in (self.model, self.draft):
             if m is not None:
                 m.setup_paged_caches(n_pages, page_size)
+        self._calls = {id(m): _compiled(m) if compile else m for m in (self.model, self.draft) if m is not None}
         self.free_pages = collections.deque(range(n_pages))
         self.queue: collections.deque[_Row] = collections.deque()
         self.running: list[_Row] = []
@@ -139,6 +141,12 @@ class Engine:
         self.queue.append(_Row(rid, request, params, list(request.prompt), [],
                                torch.Generator().manual_seed(request.seed), result))
         return rid
+
+    @property
+    def compile_s(self) -> float | None:
+        """Seconds spent in forwards that compiled (None when not compiling)."""
+        spent = [getattr(c, "compile_s", None) for c in self._calls.values()]
+        return None if spent[0] is None else sum(spent)
 
     def has_work(self) -> bool:
         return bool(self.queue or self.running)
@@ -234,7 +242,7 @@ class Engine:
             pos[b, :len(f)] = torch.arange(s, s + len(f))
             n = min(P, len(row.pages))
             pages[b, :n] = torch.tensor(row.pages[:n], dtype=torch.long)
-        out = model(idx.to(device), Positions.paged(pos.to(device), pages.to(device)))
+        out = self._calls[id(model)](idx.to(device), Positions.paged(pos.to(device), pages.to(device)))
         logits = out.logits.float().cpu()
         return [logits[b, :len(f)] for b, f in enumerate(feeds)], out.routing
 
@@ -249,3 +257,25 @@ class Engine:
         while self.has_work():
             self.step()
         return [i if isinstance(i, RequestError) else self.results[i] for i in ids]
+
+
+def _compiled(model: MoETransformer):
+    """The model's forward through torch.compile with every size symbolic from the start (dynamic=True),
+    so steps of any batch, length or page count reuse the graphs once each kind of step (prefill,
+    decode, speculative verify; one row or several) has been seen; and with data-dependent output
+    shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`), so
+    there is no graph break. tests/test_engine.py counts the graphs a second workload adds: none.
+    call.compile_s sums the calls that compiled a graph (the compile time, with those calls' steps)."""
+    from torch._dynamo.utils import counters
+
+    compiled = torch.compile(model, dynamic=True)
+
+    def call(*args):
+        graphs, start = counters["stats"]["unique_graphs"], time.perf_counter()
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            out = compiled(*args)
+        if counters["stats"]["unique_graphs"] != graphs:
+            call.compile_s += time.perf_counter() - start
+        return out
+    call.compile_s = 0.0
+    return call
