@@ -104,3 +104,24 @@ def test_value_checks_step_aside_while_tracing():
     assert explained.graph_break_count == 0, explained.break_reasons
     with pytest.raises(ValueError, match="out of range"):
         check(ids + model.cfg.vocab_size)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the small preset on the Triton experts)")
+def test_small_preset_traces_without_a_graph_break_on_a_gpu():
+    """torch._dynamo.explain over the small preset's training forward (loss included) under bf16
+    autocast, the experts on the Triton custom operators: one graph, no break. (On the CPU the
+    PyTorch grouped-matmul path still breaks the graph once per MoE layer: its alignment check reads
+    data pointers, and F.grouped_mm's fake implementation takes only bf16 there.)"""
+    from moe.config import load_config
+    from moe.model import MoETransformer
+    from moe.model.init import materialize
+
+    cfg = load_config("small")
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    materialize(model, cfg, "cuda", 0)
+    ids = torch.randint(0, cfg.vocab_size, (2, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(lambda x: model(x, targets=x).loss)(ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
