@@ -109,9 +109,8 @@ def test_value_checks_step_aside_while_tracing():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the small preset on the Triton experts)")
 def test_small_preset_traces_without_a_graph_break_on_a_gpu():
     """torch._dynamo.explain over the small preset's training forward (loss included) under bf16
-    autocast, the experts on the Triton custom operators: one graph, no break. (On the CPU the
-    PyTorch grouped-matmul path still breaks the graph once per MoE layer: its alignment check reads
-    data pointers, and F.grouped_mm's fake implementation takes only bf16 there.)"""
+    autocast, the experts on the Triton custom operators: one graph, no break (the CPU's version is
+    the test below)."""
     from moe.config import load_config
     from moe.model import MoETransformer
     from moe.model.init import materialize
@@ -125,3 +124,28 @@ def test_small_preset_traces_without_a_graph_break_on_a_gpu():
         explained = torch._dynamo.explain(lambda x: model(x, targets=x).loss)(ids)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_cpu_grouped_matmul_traces_as_one_graph_and_matches_the_reference():
+    """Traced on the CPU, grouped_mm becomes one matmul per expert over rows whose bounds are data
+    (kernels/grouped_matmul.py, _traced_mm): fullgraph=True holds, with empty experts, and values and
+    gradients equal the per-expert reference; the tiny model's training forward is then one graph."""
+    from conftest import shrunk
+    from kernels.grouped_matmul import apply_grouped_mm, grouped_mm_reference
+    from moe.model import MoETransformer
+
+    gen = torch.Generator().manual_seed(5)
+    offsets = offsets_from([3, 0, 5, 0], "cpu")
+    x, w = torch.randn(8, 16, generator=gen, requires_grad=True), torch.randn(4, 16, 24, generator=gen, requires_grad=True)
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        traced = torch.compile(lambda a, b: apply_grouped_mm(a, b, offsets, "torch"), backend="eager", fullgraph=True)
+        got = traced(x, w)
+    want = grouped_mm_reference(x, w, offsets)
+    assert torch.allclose(got, want, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), (x, w)), torch.autograd.grad(want.square().sum(), (x, w))):
+        assert torch.allclose(a, b, atol=1e-5)
+    model = MoETransformer(shrunk())
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        explained = torch._dynamo.explain(lambda t: model(t, targets=t).loss)(ids)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons

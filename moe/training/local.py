@@ -43,7 +43,7 @@ class LocalTrainer:
         # The step's forward (and so its backward) through torch.compile: inductor fuses the router,
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
         # compilation is the training graph's; compile_s is the first step, compilation included.
-        self.forward = torch.compile(self.model) if train_cfg.compile else self.model
+        self.forward = _compiled(self.model) if train_cfg.compile else self.model
         self.compile_s: float | None = None
 
     def batch_rows(self, batch_size: int) -> None:
@@ -107,3 +107,15 @@ class LocalTrainer:
         compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
         return {"device": str(self.device), "threads": torch.get_num_threads(), "compiled": self.train_cfg.compile,
                 **compiled}
+
+
+def _compiled(model: torch.nn.Module):
+    """torch.compile of the model, traced with scalar outputs captured: the CPU grouped matmul reads
+    each expert's row bounds from the offsets (kernels/grouped_matmul.py, _traced_mm), so the step is
+    one graph with no break."""
+    compiled = torch.compile(model)
+
+    def call(*args, **kw):
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            return compiled(*args, **kw)
+    return call
