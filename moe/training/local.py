@@ -40,9 +40,10 @@ class LocalTrainer:
             checkpoint.load_weights(self.model, init_from)
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.model.train()
-        # The step's forward (and so its backward) through torch.compile: inductor fuses the router,
+        # The blocks' forward (and so backward) through torch.compile: inductor fuses the router,
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
         # compilation is the training graph's; compile_s is the first step, compilation included.
+        # (Compiling the whole model fused more, 1.16x against 1.05x on tiny, but took 65 s against 25.)
         self.forward = _compiled(self.model) if train_cfg.compile else self.model
         self.compile_s: float | None = None
 
@@ -110,12 +111,13 @@ class LocalTrainer:
 
 
 def _compiled(model: torch.nn.Module):
-    """torch.compile of the model, traced with scalar outputs captured: the CPU grouped matmul reads
-    each expert's row bounds from the offsets (kernels/grouped_matmul.py, _traced_mm), so the step is
-    one graph with no break."""
-    compiled = torch.compile(model)
+    """Each block through torch.compile (the blocks share their code, so one compilation serves all
+    of them), traced with scalar outputs captured: the CPU grouped matmul reads each expert's row
+    bounds from the offsets (kernels/grouped_matmul.py, _traced_mm), so a block is one graph."""
+    for block in model.blocks:
+        block.compile()
 
     def call(*args, **kw):
         with torch._dynamo.config.patch(capture_scalar_outputs=True):
-            return compiled(*args, **kw)
+            return model(*args, **kw)
     return call
