@@ -180,22 +180,8 @@ def apply_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, ba
         from kernels import ops  # the Triton path, a custom op (kernels/ops.py)
 
         return ops.grouped_mm(x, w, offsets)
-    if torch.compiler.is_compiling() and x.device.type == "cpu":
-        return _traced_mm(x, w, offsets)
+    if torch.compiler.is_compiling():  # one opaque op in the graph (kernels/ops.py), the same code inside
+        from kernels import ops
+
+        return ops.grouped_mm_torch(x, w, offsets)
     return _GroupedMM.apply(x, w, offsets)
-
-
-def _traced_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """What torch.compile traces on the CPU, where neither path above traces: F.grouped_mm's fake
-    implementation takes only bf16 there, _native_ok reads data pointers and the padded path sizes
-    its buffer from the data. One matmul per expert over rows whose bounds are data (unbacked sizes;
-    needs torch._dynamo.config.capture_scalar_outputs), differentiated by autograd itself; the
-    reference it is tested against is grouped_mm_reference."""
-    ends = offsets.tolist()
-    out, start = [], 0
-    for g, end in enumerate(ends):
-        torch._check(end >= start)
-        torch._check(end <= x_MK.shape[0])
-        out.append(x_MK.narrow(0, start, end - start) @ w_EKN[g])
-        start = end
-    return torch.cat(out)

@@ -126,26 +126,26 @@ def test_small_preset_traces_without_a_graph_break_on_a_gpu():
     assert explained.graph_count == 1
 
 
-def test_cpu_grouped_matmul_traces_as_one_graph_and_matches_the_reference():
-    """Traced on the CPU, grouped_mm becomes one matmul per expert over rows whose bounds are data
-    (kernels/grouped_matmul.py, _traced_mm): fullgraph=True holds, with empty experts, and values and
-    gradients equal the per-expert reference; the tiny model's training forward is then one graph."""
+def test_pytorch_grouped_matmul_op_passes_opcheck_and_traces_as_one_graph():
+    """The PyTorch path's grouped matmul as a custom op (moe::grouped_mm_torch, what torch.compile
+    sees): opcheck holds it to its schema, fake implementation and autograd; traced with
+    fullgraph=True, with empty experts, its values and gradients equal the per-expert reference; and
+    the tiny model's whole training forward is one graph."""
     from conftest import shrunk
     from kernels.grouped_matmul import apply_grouped_mm, grouped_mm_reference
     from moe.model import MoETransformer
 
     gen = torch.Generator().manual_seed(5)
     offsets = offsets_from([3, 0, 5, 0], "cpu")
-    x, w = torch.randn(8, 16, generator=gen, requires_grad=True), torch.randn(4, 16, 24, generator=gen, requires_grad=True)
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        traced = torch.compile(lambda a, b: apply_grouped_mm(a, b, offsets, "torch"), backend="eager", fullgraph=True)
-        got = traced(x, w)
-    want = grouped_mm_reference(x, w, offsets)
+    x = torch.randn(8, 16, generator=gen, requires_grad=True)
+    w = torch.randn(4, 16, 24, generator=gen, requires_grad=True)
+    torch.library.opcheck(ops.grouped_mm_torch, (x, w, offsets))
+    traced = torch.compile(lambda a, b: apply_grouped_mm(a, b, offsets, "torch"), backend="aot_eager", fullgraph=True)
+    got, want = traced(x, w), grouped_mm_reference(x, w, offsets)
     assert torch.allclose(got, want, atol=1e-6)
     for a, b in zip(torch.autograd.grad(got.square().sum(), (x, w)), torch.autograd.grad(want.square().sum(), (x, w))):
         assert torch.allclose(a, b, atol=1e-5)
     model = MoETransformer(shrunk())
     ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        explained = torch._dynamo.explain(lambda t: model(t, targets=t).loss)(ids)
+    explained = torch._dynamo.explain(lambda t: model(t, targets=t).loss)(ids)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons

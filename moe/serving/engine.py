@@ -272,7 +272,7 @@ def _compiled(model: MoETransformer):
 
     def call(*args):
         graphs, start = counters["stats"]["unique_graphs"], time.perf_counter()
-        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True):
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
             out = compiled(*args)
         if counters["stats"]["unique_graphs"] != graphs:
             call.compile_s += time.perf_counter() - start

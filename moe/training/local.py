@@ -43,7 +43,6 @@ class LocalTrainer:
         # The blocks' forward (and so backward) through torch.compile: inductor fuses the router,
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
         # compilation is the training graph's; compile_s is the first step, compilation included.
-        # (Compiling the whole model fused more, 1.16x against 1.05x on tiny, but took 65 s against 25.)
         self.forward = _compiled(self.model) if train_cfg.compile else self.model
         self.compile_s: float | None = None
 
@@ -111,13 +110,9 @@ class LocalTrainer:
 
 
 def _compiled(model: torch.nn.Module):
-    """Each block through torch.compile (the blocks share their code, so one compilation serves all
-    of them), traced with scalar outputs captured: the CPU grouped matmul reads each expert's row
-    bounds from the offsets (kernels/grouped_matmul.py, _traced_mm), so a block is one graph."""
+    """The model with each block through torch.compile: the blocks share their code, so one
+    compilation serves all of them. A block is one graph (the grouped matmuls are custom operators,
+    kernels/ops.py)."""
     for block in model.blocks:
         block.compile()
-
-    def call(*args, **kw):
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):
-            return model(*args, **kw)
-    return call
+    return model
