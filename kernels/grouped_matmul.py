@@ -168,6 +168,45 @@ class _GroupedMM(torch.autograd.Function):
         return dx, dw, None
 
 
+# Traced, the PyTorch path above would break the graph (its alignment check reads data
+# pointers, F.grouped_mm's fake implementation takes only bf16 on the CPU, the padded fallback sizes
+# its buffer from the data). As an opaque op it runs that same eager code inside the compiled graph.
+
+@torch.library.custom_op("moe::grouped_mm_torch", mutates_args=())
+def grouped_mm_torch(x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _mm(x_MK, w_EKN, offsets)
+
+
+@grouped_mm_torch.register_fake
+def _(x_MK, w_EKN, offsets):
+    return x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2])
+
+
+@torch.library.custom_op("moe::grouped_mm_torch_backward", mutates_args=())
+def grouped_mm_torch_backward(dy_MN: torch.Tensor, x_MK: torch.Tensor, w_EKN: torch.Tensor,
+                              offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dy_MN = dy_MN.contiguous()
+    return _mm(dy_MN, w_EKN.transpose(1, 2), offsets), _xt_dy(x_MK, dy_MN, offsets)
+
+
+@grouped_mm_torch_backward.register_fake
+def _(dy_MN, x_MK, w_EKN, offsets):
+    return x_MK.new_empty(x_MK.shape), torch.empty_like(w_EKN)
+
+
+def _grouped_mm_torch_grad(ctx, dy_MN):
+    x_MK, w_EKN, offsets = ctx.saved_tensors
+    dx, dw = grouped_mm_torch_backward(dy_MN, x_MK, w_EKN, offsets)
+    return dx, dw, None
+
+
+def _grouped_mm_torch_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+grouped_mm_torch.register_autograd(_grouped_mm_torch_grad, setup_context=_grouped_mm_torch_setup)
+
+
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """y [M, N] = x [M, K] (rows sorted by expert) times w [E, K, N] per expert; see the module doc."""
     check_grouped_mm_args(x, w, offsets)
@@ -180,8 +219,6 @@ def apply_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, ba
         from kernels import ops  # the Triton path, a custom op (kernels/ops.py)
 
         return ops.grouped_mm(x, w, offsets)
-    if torch.compiler.is_compiling():  # one opaque op in the graph (kernels/ops.py), the same code inside
-        from kernels import ops
-
-        return ops.grouped_mm_torch(x, w, offsets)
+    if torch.compiler.is_compiling():  # one opaque op in the graph, the same code inside
+        return grouped_mm_torch(x, w, offsets)
     return _GroupedMM.apply(x, w, offsets)

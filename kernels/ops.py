@@ -4,8 +4,7 @@ backward, instead of an autograd.Function whose insides the compiler cannot trac
 
     moe::grouped_mm(x [M, K], w [E, K, N], offsets [E]) -> y [M, N]
     moe::grouped_mm_backward(dy, x, w, offsets) -> (dx, dw)
-    moe::grouped_mm_torch, moe::grouped_mm_torch_backward: the same on the PyTorch path, for
-        torch.compile (see below)
+    (moe::grouped_mm_torch, the PyTorch path's, lives beside that path in kernels/grouped_matmul.py)
     moe::expert_mlp(x [T, D], weights [T, k], order [M], offsets [E], w_up, w_gate?, w_down, save)
         -> (y [T, D], h [M, F], pre_up [M, F] or [0], pre_gate [M, F] or [0])
     moe::expert_mlp_backward(dy, x, weights, order, offsets, w_up, w_gate?, w_down, h, pre_up, pre_gate)
@@ -69,46 +68,6 @@ def _grouped_mm_grad(ctx, dy_MN):
 
 
 grouped_mm.register_autograd(_grouped_mm_grad, setup_context=_grouped_mm_setup)
-
-
-# --- the PyTorch path's grouped matmul, for torch.compile ---------------------------------------
-# Traced, kernels.grouped_matmul's PyTorch path would break the graph (its alignment check reads data
-# pointers, F.grouped_mm's fake implementation takes only bf16 on the CPU, the padded fallback sizes
-# its buffer from the data). As an opaque op it runs that same eager code inside the compiled graph.
-
-@torch.library.custom_op("moe::grouped_mm_torch", mutates_args=())
-def grouped_mm_torch(x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    from kernels.grouped_matmul import _mm
-
-    return _mm(x_MK, w_EKN, offsets)
-
-
-@grouped_mm_torch.register_fake
-def _(x_MK, w_EKN, offsets):
-    return x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2])
-
-
-@torch.library.custom_op("moe::grouped_mm_torch_backward", mutates_args=())
-def grouped_mm_torch_backward(dy_MN: torch.Tensor, x_MK: torch.Tensor, w_EKN: torch.Tensor,
-                              offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from kernels.grouped_matmul import _mm, _xt_dy
-
-    dy_MN = dy_MN.contiguous()
-    return _mm(dy_MN, w_EKN.transpose(1, 2), offsets), _xt_dy(x_MK, dy_MN, offsets)
-
-
-@grouped_mm_torch_backward.register_fake
-def _(dy_MN, x_MK, w_EKN, offsets):
-    return x_MK.new_empty(x_MK.shape), torch.empty_like(w_EKN)
-
-
-def _grouped_mm_torch_grad(ctx, dy_MN):
-    x_MK, w_EKN, offsets = ctx.saved_tensors
-    dx, dw = grouped_mm_torch_backward(dy_MN, x_MK, w_EKN, offsets)
-    return dx, dw, None
-
-
-grouped_mm_torch.register_autograd(_grouped_mm_torch_grad, setup_context=_grouped_mm_setup)
 
 
 # --- the fused expert MLP (kernels/expert_mlp.py's module doc: forward steps 1-2, backward 1-4) ---

@@ -132,14 +132,14 @@ def test_pytorch_grouped_matmul_op_passes_opcheck_and_traces_as_one_graph():
     fullgraph=True, with empty experts, its values and gradients equal the per-expert reference; and
     the tiny model's whole training forward is one graph."""
     from conftest import shrunk
-    from kernels.grouped_matmul import apply_grouped_mm, grouped_mm_reference
+    from kernels.grouped_matmul import apply_grouped_mm, grouped_mm_reference, grouped_mm_torch
     from moe.model import MoETransformer
 
     gen = torch.Generator().manual_seed(5)
     offsets = offsets_from([3, 0, 5, 0], "cpu")
     x = torch.randn(8, 16, generator=gen, requires_grad=True)
     w = torch.randn(4, 16, 24, generator=gen, requires_grad=True)
-    torch.library.opcheck(ops.grouped_mm_torch, (x, w, offsets))
+    torch.library.opcheck(grouped_mm_torch, (x, w, offsets))
     traced = torch.compile(lambda a, b: apply_grouped_mm(a, b, offsets, "torch"), backend="aot_eager", fullgraph=True)
     got, want = traced(x, w), grouped_mm_reference(x, w, offsets)
     assert torch.allclose(got, want, atol=1e-6)
