@@ -46,8 +46,11 @@ class StageMemory:
         return self.dense_params / (lay.dp * lay.ep) + self.expert_params / lay.dp
 
     def gathered(self, lay: Layout) -> float:
-        """Elements gathered whole during a step (see the conventions above)."""
-        if lay.sharding == "zero1" or lay.data_shards == 1:
+        """Elements gathered whole during a step (see the conventions above); none without data
+        parallelism, where the weights are whole already (and `sharded` counts them)."""
+        if lay.data_shards == 1:
+            return 0
+        if lay.sharding == "zero1":
             return self.params
         return self.edge_params + 2 * (self.params - self.edge_params) / self.layers
 
@@ -95,7 +98,7 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     params = worst.params
     zero_dense, zero_expert = lay.dp * lay.ep, lay.dp
     at_rest = 16 * worst.sharded(lay)
-    gathered = 4 * worst.gathered(lay) if lay.data_shards > 1 else 0
+    gathered = 4 * worst.gathered(lay)
     how_gathered = ("the stage's whole share, gathered once per step (zero1)" if lay.sharding == "zero1" else
                     "embedding / head and two blocks at a time (fsdp: one computing, one prefetched)")
 

@@ -48,8 +48,11 @@ class SimulatedRank:
     optimizer_bytes: int  # AdamW's moments as the optimizer creates them (state_template), on this rank
 
     def gathered_for_step(self, lay: Layout) -> int:
-        """Elements gathered whole during a step: all with "zero1", the edge and two blocks with "fsdp"."""
-        if lay.sharding == "zero1" or lay.data_shards == 1:
+        """Elements gathered whole during a step: all with "zero1", the edge and two blocks with "fsdp";
+        none without data parallelism (the weights are whole already)."""
+        if lay.data_shards == 1:
+            return 0
+        if lay.sharding == "zero1":
             return self.gathered
         return self.edge + 2 * self.largest_block
 
@@ -111,9 +114,8 @@ def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], floa
     seconds = time.perf_counter() - start
     rows, run = [], []
     for r, arith in zip(ranks, stage_memory(cfg, layout), strict=True):
-        data = layout.data_shards > 1
-        peak = 4 * r.sharded + 4 * r.sharded + r.optimizer_bytes + 4 * r.gathered_for_step(layout) * data
-        want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout) * data
+        peak = 4 * r.sharded + 4 * r.sharded + r.optimizer_bytes + 4 * r.gathered_for_step(layout)
+        want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout)
         row = (str(r.layers), si(r.gathered), _diff(r.gathered, arith.params), binary_bytes(2 * r.gathered),
                binary_bytes(4 * r.sharded), _diff(r.sharded, arith.sharded(layout)),
                binary_bytes(r.optimizer_bytes), _diff(r.optimizer_bytes, 8 * arith.sharded(layout)),

@@ -43,7 +43,9 @@ class LocalTrainer:
         # The blocks' forward (and so backward) through torch.compile: inductor fuses the router,
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
         # compilation is the training graph's; compile_s is the first step, compilation included.
-        self.forward = _compiled(self.model) if train_cfg.compile else self.model
+        if train_cfg.compile:  # each block in place: they share their code, so one compilation serves
+            for block in self.model.blocks:  # all (the grouped matmuls are custom operators: no break)
+                block.compile()
         self.compile_s: float | None = None
 
     def batch_rows(self, batch_size: int) -> None:
@@ -54,7 +56,7 @@ class LocalTrainer:
         first = self.train_cfg.compile and self.compile_s is None
         start = time.perf_counter()
         with autocast(self.device):
-            out = self.forward(x_BT.to(self.device), targets=y_BT.to(self.device))
+            out = self.model(x_BT.to(self.device), targets=y_BT.to(self.device))
         loss = out.loss.item()
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss)
@@ -107,12 +109,3 @@ class LocalTrainer:
         compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
         return {"device": str(self.device), "threads": torch.get_num_threads(), "compiled": self.train_cfg.compile,
                 **compiled}
-
-
-def _compiled(model: torch.nn.Module):
-    """The model with each block through torch.compile: the blocks share their code, so one
-    compilation serves all of them. A block is one graph (the grouped matmuls are custom operators,
-    kernels/ops.py)."""
-    for block in model.blocks:
-        block.compile()
-    return model
