@@ -94,6 +94,43 @@ def _check_rope_scaling(scaling, max_seq_len: int) -> None:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    """The vision path (moe/vision/): a ViT image encoder, a Perceiver Resampler, and gated
+    cross-attention blocks inserted into the language model, as in Flamingo. A preset's `[vision]` table."""
+    channels: int = 1  # 1: grayscale (rendered text), 3: RGB
+    image_height: int = 16  # the largest image, in pixels; smaller ones use the first rows/columns of
+    image_width: int = 192  # the learned 2-D position tables. Both multiples of patch_size
+    patch_size: int = 4
+    d_model: int = 96  # the encoder's width (and the resampler's, and the visual tokens')
+    n_layers: int = 2  # encoder blocks (pre-norm, bidirectional attention, GELU MLP)
+    n_heads: int = 4  # encoder and resampler attention heads
+    d_ff: int = 384  # the encoder's and resampler's MLP width
+    n_latents: int = 48  # visual tokens per image, whatever its size
+    resampler_layers: int = 2
+    cross_attn_every: int = 1  # a gated cross-attention block before every n-th language-model block
+    xattn_d_ff: int = 0  # the gated blocks' feed-forward width; 0: 4 x the language model's d_model
+    image_token: int = 0  # the token id that stands for an image in the text (<image>)
+
+    def __post_init__(self) -> None:
+        sizes = ("channels", "image_height", "image_width", "patch_size", "d_model", "n_layers", "n_heads",
+                 "d_ff", "n_latents", "resampler_layers", "cross_attn_every")
+        _integers(self, *sizes, "xattn_d_ff", "image_token")
+        _positive(self, *sizes)
+        _non_negative(self, "xattn_d_ff", "image_token")
+        for side in ("image_height", "image_width"):
+            if getattr(self, side) % self.patch_size:
+                raise ValueError(f"vision.{side} ({getattr(self, side)}) must be a multiple of vision.patch_size "
+                                 f"({self.patch_size})")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"vision.d_model ({self.d_model}) must be divisible by vision.n_heads ({self.n_heads})")
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of patches of the largest image."""
+        return self.image_height // self.patch_size, self.image_width // self.patch_size
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "custom"
     vocab_size: int = 256
@@ -128,8 +165,13 @@ class ModelConfig:
     # (kernels/quantized.py; python -m moe quantize writes such checkpoints; train refuses them).
     expert_quant: str = "none"
     quantize_dense: bool = False  # with expert_quant: the attention projections and the output head too
+    vision: VisionConfig | None = None  # a [vision] table: the model reads images too (moe/vision/)
 
     def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):  # from TOML or a checkpoint's config.json
+            object.__setattr__(self, "vision", from_dict(VisionConfig, self.vision, "the [vision] table"))
+        if self.vision is not None and not isinstance(self.vision, VisionConfig):
+            raise ValueError(f"vision must be a table or absent, got {self.vision!r}")
         sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",
                  "d_ff", "max_seq_len")
         _integers(self, *sizes, "head_dim")
@@ -162,6 +204,13 @@ class ModelConfig:
         if self.quantize_dense and (self.expert_quant == "none" or self.tie_embeddings):
             raise ValueError("quantize_dense needs expert_quant set (it takes the same scheme) and untied "
                              "embeddings (a tied head is the embedding table)")
+        if self.vision is not None:
+            if self.vision.image_token >= self.vocab_size:
+                raise ValueError(f"vision.image_token ({self.vision.image_token}) must be a token id < vocab_size "
+                                 f"({self.vocab_size})")
+            if self.vision.cross_attn_every > self.n_layers:
+                raise ValueError(f"vision.cross_attn_every ({self.vision.cross_attn_every}) exceeds n_layers "
+                                 f"({self.n_layers}): no block would get a cross-attention")
         if self.expert_quant != "none" and self.capacity_factor:
             raise ValueError("a quantized model serves dropless: capacity_factor must be 0 with expert_quant "
                              f"{self.expert_quant!r}")
@@ -177,6 +226,10 @@ class ModelConfig:
             self, name=f"{self.name}-dense", n_experts=1, top_k=1, d_ff=self.d_ff * self.top_k,
             capacity_factor=0.0,
         )
+
+    def text_only(self) -> "ModelConfig":
+        """This config without its vision path: the language model it is built on."""
+        return dataclasses.replace(self, vision=None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,7 +276,29 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
-def _read_toml(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
+def _merge(base: dict, top: dict) -> dict:
+    """top over base; a table present in both is merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_toml(name_or_path: str | pathlib.Path, _seen: tuple = ()) -> tuple[dict, str]:
+    """A preset's tables. `base = "other"` at top level: start from preset `other` (tiny-vision is
+    tiny plus a [vision] table); this file's keys and tables override its."""
+    data, stem = _read_one(name_or_path)
+    base = data.pop("base", None)
+    if base is None:
+        return data, stem
+    if not isinstance(base, str):
+        raise ValueError(f"config {str(name_or_path)!r}: base must be a preset name or a .toml path, got {base!r}")
+    if stem in _seen:
+        raise ValueError(f"config {str(name_or_path)!r}: its base presets form a loop ({' -> '.join(_seen + (stem,))})")
+    return _merge(_read_toml(base, _seen + (stem,))[0], data), stem
+
+
+def _read_one(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
     path = pathlib.Path(name_or_path)
     if path.suffix != ".toml":
         path = CONFIG_DIR / f"{name_or_path}.toml"
@@ -291,5 +366,5 @@ def read_table(name_or_path: str | pathlib.Path, table: str) -> dict:
     return _read_toml(name_or_path)[0].get(table, {})
 
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "read_table",
+__all__ = ["ModelConfig", "VisionConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "read_table",
            "split_overrides", "parse_value", "from_dict"]

@@ -72,10 +72,11 @@ def _wing(prefix):
 
 @pytest.mark.parametrize("wing, forbidden", [  # the README's architecture list: no entry imports one below it
     ("kernels", ("moe",)),
-    ("moe.estimates", ("moe.model", "moe.data", "moe.training", "moe.serving", "moe.parallel", "moe.profiling",
-                       "kernels")),
-    ("moe.model", ("moe.data", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
-    ("moe.data", ("moe.model", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+    ("moe.estimates", ("moe.model", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel",
+                       "moe.profiling", "kernels")),
+    ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+    ("moe.data", ("moe.model", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+    ("moe.vision", ("moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
     ("moe.training", ("moe.serving", "moe.parallel", "moe.profiling")),
     ("moe.serving", ("moe.training", "moe.parallel", "moe.profiling")),
     ("moe.parallel", ("moe.profiling",)),

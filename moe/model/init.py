@@ -9,7 +9,9 @@ more than its shards plus the largest single parameter, transiently, in host mem
 
     parameter                                init
     *norm.weight                             ones
-    blocks.<i>.attn.wo.weight, *.moe.w_down  normal(0, init_std / sqrt(2 n_layers))  (GPT-2's residual scaling)
+    *.bias, *_gate                           zeros (a vision gate at 0 leaves the language model as it was)
+    blocks.<i>.attn.wo.weight, *.moe.w_down  normal(0, init_std / sqrt(2 n_layers))  (GPT-2's residual scaling;
+                                             lm.blocks.<i>... in the vision model, moe/vision/model.py)
     every other weight                       normal(0, init_std)
 
 Names are the full model's (a pipeline Stage keeps them, moe/parallel/pipeline.py), so a stage
@@ -19,6 +21,7 @@ draws its layers' values whatever the split.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 
 import torch
@@ -29,11 +32,16 @@ from moe.config import ModelConfig
 from moe.model.rope import Rotary
 
 
+_RESIDUAL = re.compile(r"(lm\.)?blocks\.\d+\.(attn\.wo\.weight|moe\.w_down)")
+
+
 def init_std(name: str, cfg: ModelConfig) -> float | None:
-    """The normal std of parameter `name`, or None for a norm's gain (ones)."""
+    """The normal std of parameter `name` (0: zeros), or None for a norm's gain (ones)."""
     if name.endswith("norm.weight"):
         return None
-    if name.endswith("attn.wo.weight") or name.endswith("moe.w_down"):
+    if name.endswith(".bias") or name.endswith("_gate"):
+        return 0.0
+    if _RESIDUAL.fullmatch(name):
         return cfg.init_std / math.sqrt(2 * cfg.n_layers)
     return cfg.init_std
 
@@ -43,6 +51,8 @@ def draw(name: str, shape, cfg: ModelConfig, seed: int) -> torch.Tensor:
     std = init_std(name, cfg)
     if std is None:
         return torch.ones(shape)
+    if std == 0.0:
+        return torch.zeros(shape)
     stream = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
     return torch.empty(shape).normal_(0.0, std, generator=stream)
 

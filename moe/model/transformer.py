@@ -105,12 +105,13 @@ class MoETransformer(nn.Module):
             block.attn.kv_cache = None
 
     def forward(self, idx_BT: torch.Tensor, positions: Positions | None = None,
-                targets: torch.Tensor | None = None) -> ModelOutput:
+                targets: torch.Tensor | None = None, before_block=None) -> ModelOutput:
         """idx [B, T] token ids. positions (moe/model/positions.py): None for positions 0..T-1 and no
         cache; Positions.at(pos_T) to write and read the contiguous KV cache (prefill: arange(T);
         decode: [n]); Positions.paged(pos_BT, pages_BP), each row its own sequence at its own
         positions in the paged cache (padding tokens give garbage logits and are not routed).
-        targets [B, T]: also return the cross-entropy."""
+        targets [B, T]: also return the cross-entropy. before_block(i, x_BTD) -> x_BTD: run on the
+        residual stream before block i (the vision path's gated cross-attention, moe/vision/model.py)."""
         self._check_tokens(idx_BT, "token ids")
         B, T = idx_BT.shape
         positions = positions or Positions.causal(T, idx_BT.device)
@@ -118,7 +119,9 @@ class MoETransformer(nn.Module):
         rope = positions.rope(*self.rotary.tables(positions.length))
         x_BTD = self.tok_emb(idx_BT)
         routing = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if before_block is not None:
+                x_BTD = before_block(i, x_BTD)
             x_BTD, r = block(x_BTD, rope, positions)
             routing.append(r)
         logits = self.lm_head(self.norm(x_BTD))

@@ -1,0 +1,69 @@
+"""Gated cross-attention (Flamingo's GATED XATTN-DENSE): text tokens attend to the visual tokens of
+their image, and the result enters the residual stream through tanh gates that start at 0.
+
+Legend: B text rows, T tokens, M images per row (padded), L visual tokens per image, D the language
+model's d_model, Dv the visual tokens' width.
+
+    x = x + tanh(attn_gate) * CrossAttention(q = RMSNorm(x), kv = visual tokens, media mask)
+    x = x + tanh(mlp_gate)  * MLP(RMSNorm(x))
+
+With both gates at 0 the block adds exactly 0.0 to every element, so a model whose blocks are all
+fresh computes the language model's logits bit for bit (tests/test_vision.py checks it in float64).
+
+Media masking: a token sees only the visual tokens of the latest image at or before it in its row
+(media_BT, its row-local image index; -1 before the first image, where the attention adds nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from moe.config import ModelConfig
+from moe.vision.layers import MLP, Attention
+
+
+@dataclass
+class Media:
+    """What the gated blocks read: each row's images as visual tokens, and which image each token sees."""
+    visual_BMLD: torch.Tensor  # [B, M, L, Dv], a row with fewer than M images is padded (never seen)
+    media_BT: torch.Tensor  # int64 [B, T]: the row-local index of the latest image at or before the token, or -1
+
+    @staticmethod
+    def locate(idx_BT: torch.Tensor, image_token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(media_BT, images per row [B]) from where the image placeholders stand."""
+        count_BT = (idx_BT == image_token).long().cumsum(dim=1)
+        return count_BT - 1, count_BT[:, -1] if idx_BT.shape[1] else torch.zeros_like(idx_BT[:, 0])
+
+    def mask(self) -> torch.Tensor:
+        """[B, T, M*L] bool: True where a token may see a visual token. A token before any image sees
+        every key (so softmax stays finite); its output is zeroed by the caller."""
+        B, M, L, _ = self.visual_BMLD.shape
+        image_of_key = torch.arange(M, device=self.media_BT.device).repeat_interleave(L)
+        return (self.media_BT[..., None] == image_of_key) | (self.media_BT[..., None] < 0)
+
+
+class GatedCrossAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        v = cfg.vision
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, v.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)  # MQA like the LM
+        self.attn_gate = nn.Parameter(torch.zeros(()))
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, v.xattn_d_ff or 4 * cfg.d_model)
+        self.mlp_gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_BTD: torch.Tensor, media: Media) -> torch.Tensor:
+        B, M, L, Dv = media.visual_BMLD.shape
+        if M:  # no image in the batch: the attention adds nothing
+            seen_BT1 = (media.media_BT >= 0)[..., None].to(x_BTD.dtype)
+            y_BTD = self.attn(self.attn_norm(x_BTD), media.visual_BMLD.reshape(B, M * L, Dv), media.mask())
+            x_BTD = x_BTD + torch.tanh(self.attn_gate) * (y_BTD * seen_BT1)
+        return x_BTD + torch.tanh(self.mlp_gate) * self.mlp(self.mlp_norm(x_BTD))
+
+    def gates(self) -> tuple[float, float]:
+        """(tanh(attn_gate), tanh(mlp_gate)): how much of each branch the residual stream takes."""
+        return float(torch.tanh(self.attn_gate)), float(torch.tanh(self.mlp_gate))

@@ -1,0 +1,105 @@
+"""The multimodal model: the MoE language model, plus Flamingo's vision path beside it.
+
+Legend: B text rows, T tokens, N images in the batch, M images per row (padded), C channels, H x W
+pixels, P patches, L visual tokens per image, D d_model, Dv the vision width.
+
+    images [N, C, H, W] --ViT--> patches [N, P, Dv] --Perceiver Resampler--> visual tokens [N, L, Dv]
+    text: the language model (moe/model/transformer.py), with a gated cross-attention block
+          (moe/vision/cross_attention.py) on the residual stream before every cross_attn_every-th block
+
+An image's place in the text is a placeholder token (vision.image_token), one per image; the i-th
+placeholder of the batch (row by row, left to right) stands for images[i]. The language model is
+the submodule `lm`, so a text checkpoint loads into it unchanged, and stage-2 training freezes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from moe.config import ModelConfig
+from moe.model.init import init_weights
+from moe.model.positions import Positions
+from moe.model.transformer import ModelOutput, MoETransformer
+from moe.vision.cross_attention import GatedCrossAttention, Media
+from moe.vision.encoder import ViT
+from moe.vision.resampler import PerceiverResampler
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vision is None:
+            raise ValueError(f"config {cfg.name!r} has no [vision] table: build MoETransformer for a text model")
+        self.cfg = cfg
+        self.lm = MoETransformer(cfg.text_only())
+        self.encoder = ViT(cfg.vision)
+        self.resampler = PerceiverResampler(cfg.vision)
+        every = cfg.vision.cross_attn_every
+        self.xattn_before = list(range(0, cfg.n_layers, every))  # the blocks a gated block precedes
+        self.xattn = nn.ModuleList(GatedCrossAttention(cfg) for _ in self.xattn_before)
+        if self.lm.tok_emb.weight.device.type != "meta":
+            self.init_weights()
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """As MoETransformer.init_weights, over every parameter (gates at 0: the text model's logits)."""
+        if seed is None:
+            seed = int(torch.randint(2**62, (), device="cpu"))
+        init_weights(self, self.cfg, seed)
+
+    def freeze_language_model(self, frozen: bool = True) -> None:
+        """Flamingo's stage 2: the language model keeps its weights; the vision path learns."""
+        self.lm.requires_grad_(not frozen)
+
+    def encode(self, images_NCHW: torch.Tensor) -> torch.Tensor:
+        """Images -> visual tokens [N, L, Dv]."""
+        v = self.cfg.vision
+        if images_NCHW.dim() != 4 or images_NCHW.shape[1] != v.channels:
+            raise ValueError(f"images must be [N, {v.channels}, H, W] (vision.channels = {v.channels}), got "
+                             f"{tuple(images_NCHW.shape)}")
+        H, W = images_NCHW.shape[2:]
+        if H > v.image_height or W > v.image_width or H % v.patch_size or W % v.patch_size:
+            raise ValueError(f"images of {H} x {W} pixels: at most {v.image_height} x {v.image_width} and multiples "
+                             f"of patch_size {v.patch_size} (moe.vision.images.load_image sizes a file to fit)")
+        return self.resampler(self.encoder(images_NCHW))
+
+    def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None,
+              visual_NLD: torch.Tensor | None = None) -> Media:
+        """Where each row's images stand, and their visual tokens (encoded here unless given)."""
+        media_BT, per_row_B = Media.locate(idx_BT, self.cfg.vision.image_token)
+        given = visual_NLD if visual_NLD is not None else images_NCHW
+        n = 0 if given is None else given.shape[0]
+        placeholders = int(per_row_B.sum())
+        if placeholders != n:
+            raise ValueError(f"{placeholders} image placeholder(s) (token {self.cfg.vision.image_token}) in the text "
+                             f"but {n} image(s): give one image per placeholder, in order")
+        v = self.cfg.vision
+        B, M = idx_BT.shape[0], int(per_row_B.max()) if n else 0
+        dtype = self.lm.tok_emb.weight.dtype
+        visual_BMLD = torch.zeros(B, M, v.n_latents, v.d_model, device=idx_BT.device, dtype=dtype)
+        if n:
+            if visual_NLD is None:
+                visual_NLD = self.encode(images_NCHW)
+            row_N = torch.repeat_interleave(torch.arange(B, device=idx_BT.device), per_row_B)
+            first_B = torch.cumsum(per_row_B, 0) - per_row_B  # each row's first image in images
+            slot_N = torch.arange(n, device=idx_BT.device) - first_B[row_N]
+            visual_BMLD = visual_BMLD.index_put((row_N, slot_N), visual_NLD.to(dtype))
+        return Media(visual_BMLD, media_BT)
+
+    def forward(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None,
+                positions: Positions | None = None, targets: torch.Tensor | None = None,
+                media: Media | None = None) -> ModelOutput:
+        """As MoETransformer.forward, with the images the placeholders in idx stand for (or `media`
+        already built by self.media)."""
+        if media is None:
+            media = self.media(idx_BT, images_NCHW)
+        every = self.cfg.vision.cross_attn_every
+
+        def cross(i: int, x_BTD: torch.Tensor) -> torch.Tensor:
+            return self.xattn[i // every](x_BTD, media) if i % every == 0 else x_BTD
+
+        return self.lm(idx_BT, positions, targets, before_block=cross)
+
+    def gates(self) -> list[tuple[float, float]]:
+        """Per gated block: (tanh(attn_gate), tanh(mlp_gate))."""
+        return [block.gates() for block in self.xattn]
