@@ -1,4 +1,4 @@
-"""Command line: python -m moe {prepare, train, generate, serve-bench, quantize, convert, figures} --help
+"""Command line: python -m moe {prepare, train, render, generate, serve-bench, quantize, convert, figures} --help
 
 Exit codes: 0 done; 2 bad input, refused before any work (a bad flag or file, a locked or unwritable
 run directory, a damaged checkpoint, changed settings on --resume); 3 training stopped by a loss or
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 
 from moe.config import EXPERT_BACKENDS  # imports no torch, so --help stays fast
@@ -84,6 +85,8 @@ def cmd_train(args) -> int:
         model_over["expert_backend"] = args.expert_backend
     if args.compile:
         train_over["compile"] = True
+    if args.train_language_model:
+        train_over["train_language_model"] = True
     train_cfg = load_train_config(args.config, **train_over)
     data = None
     if args.data is not None:
@@ -101,6 +104,9 @@ def cmd_train(args) -> int:
     loop_args = dict(data=data, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
                      init_from=args.init_from, device=args.device, progress=None if not args.no_progress else False)
     if layout != Layout() or world > 1 or (args.resume and _holds_distributed_checkpoint(out)):
+        if model_cfg.vision is not None:
+            raise ValueError(f"config {model_cfg.name!r} has a vision path, which trains in one process: give no "
+                             "parallel layout and no torchrun")
         summary = _train_distributed(model_cfg, train_cfg, layout, world, out, loop_args)
     else:
         from moe.training import train
@@ -108,6 +114,28 @@ def cmd_train(args) -> int:
         print(f"training {model_cfg.name} -> {out}")
         summary = train(model_cfg, train_cfg, out, **loop_args)
     return EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK
+
+
+def cmd_render(args) -> int:
+    """A line of text drawn as the vision model sees it (moe/vision/render.py), as a PNG."""
+    from PIL import Image
+
+    from moe.config import load_config
+    from moe.vision.render import render_line
+
+    v = load_config(args.config).vision
+    if v is None:
+        raise ValueError(f"config {args.config!r} has no [vision] table: give a vision preset, e.g. tiny-vision")
+    pixels = render_line(args.text, args.seed, v.image_height, v.image_width)
+    out = pathlib.Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(out, format="PNG")
+    except OSError as e:
+        raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    print(f"wrote {out} ({v.image_width} x {v.image_height} pixels, grayscale"
+          f"{f', augmentation seed {args.seed}' if args.seed is not None else ', no augmentation'})")
+    return EXIT_OK
 
 
 def cmd_prepare(args) -> int:
@@ -207,6 +235,18 @@ def _tokenizer(checkpoint, draft_checkpoint=None):
     return tok
 
 
+def _images(paths: list[str], cfg) -> list:
+    """--image files, sized for the model's encoder (moe/vision/images.py); each one's placeholder
+    goes before the prompt."""
+    if not paths:
+        return []
+    if cfg.vision is None:
+        raise ValueError(f"--image: the checkpoint's model {cfg.name!r} reads no images (its config has no [vision] table)")
+    from moe.vision.images import load_image
+
+    return [load_image(p, cfg.vision) for p in paths]
+
+
 def cmd_generate(args) -> int:
     """The text, then one line of statistics: tokens, time, tokens/s (and the draft's acceptance)."""
     import random
@@ -218,11 +258,14 @@ def cmd_generate(args) -> int:
     tok = _tokenizer(args.checkpoint, args.draft_checkpoint)
     model = _load(args.checkpoint, args)
     draft = _load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    prompt = tok.encode_prompt(args.prompt)
+    images = _images(args.image, model.cfg)
+    placeholders = [model.cfg.vision.image_token] * len(images) if images else []
+    text = args.prompt if args.prompt is not None else ("" if images else "\n")
+    prompt = placeholders + (tok.encode_prompt(text) if text else [])
     if not prompt:
-        raise ValueError("--prompt is empty: give at least one character to continue")
+        raise ValueError("--prompt is empty: give at least one character to continue (or an --image)")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed)
+    request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed, images=images)
     engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens,  # pages for one full sequence
                     compile=args.compile)
     t = time.perf_counter()
@@ -230,7 +273,7 @@ def cmd_generate(args) -> int:
     seconds = time.perf_counter() - t
     if isinstance(result, Exception):
         raise result
-    print(tok.decode(prompt + result.tokens))
+    print("<image>" * len(images) + tok.decode(prompt[len(images):] + result.tokens))
     n = len(result.tokens)
     stats = (f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
              f"{result.target_forwards} target forwards")
@@ -345,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "elsewhere), torch or triton (default: the config's expert_backend)")
     t.add_argument("--compile", action="store_true", help="torch.compile the training step (one process; its first "
                    "step compiles, inside the time budget)")
+    t.add_argument("--train-language-model", dest="train_language_model", action="store_true",
+                   help="a vision config: train the language model too (default: frozen, Flamingo's stage 2)")
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     par = t.add_argument_group("parallel layout (launch with torchrun; the product of the degrees is the world "
                                "size; defaults from the config's [parallel] table, else 1)")
@@ -362,9 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any model or [train] field, e.g. --set n_layers=2 --set warmup_steps=10")
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("render", help="draw a line of text as a vision model sees it (a grayscale PNG)")
+    r.add_argument("text", help="up to 32 printable ASCII characters")
+    r.add_argument("--out", required=True, help="the PNG to write")
+    r.add_argument("--config", default="tiny-vision", help="a vision preset (its image size)")
+    r.add_argument("--seed", type=int, help="augmentation seed (shift, ink, noise); default: none")
+    r.set_defaults(func=cmd_render)
+
     g = sub.add_parser("generate", help="sample text from a checkpoint through the KV cache")
     g.add_argument("--checkpoint", required=True, help="run directory (uses its latest step) or a step directory")
-    g.add_argument("--prompt", default="\n", help="text to continue")
+    g.add_argument("--prompt", help="text to continue (default: a newline; with --image, nothing: read the image)")
     g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="tokens to generate")
     g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
@@ -374,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help="auto, torch or triton (default: the checkpoint's)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model's forward (the first steps compile)")
+    g.add_argument("--image", action="append", default=[], metavar="FILE", help="a vision checkpoint: an image to "
+                   "read (its placeholder goes before --prompt; repeat for several), e.g. from `render`")
     g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
                    "reports its acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
     g.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")

@@ -109,14 +109,16 @@ class VisionConfig:
     resampler_layers: int = 2
     cross_attn_every: int = 1  # a gated cross-attention block before every n-th language-model block
     xattn_d_ff: int = 0  # the gated blocks' feed-forward width; 0: 4 x the language model's d_model
+    query_offsets: int = 0  # > 0: the gated blocks' queries add a learned embedding of the token's distance
+                            # from its image (0 .. query_offsets - 1, clamped); 0: Flamingo's plain queries
     image_token: int = 0  # the token id that stands for an image in the text (<image>)
 
     def __post_init__(self) -> None:
         sizes = ("channels", "image_height", "image_width", "patch_size", "d_model", "n_layers", "n_heads",
                  "d_ff", "n_latents", "resampler_layers", "cross_attn_every")
-        _integers(self, *sizes, "xattn_d_ff", "image_token")
+        _integers(self, *sizes, "xattn_d_ff", "image_token", "query_offsets")
         _positive(self, *sizes)
-        _non_negative(self, "xattn_d_ff", "image_token")
+        _non_negative(self, "xattn_d_ff", "image_token", "query_offsets")
         for side in ("image_height", "image_width"):
             if getattr(self, side) % self.patch_size:
                 raise ValueError(f"vision.{side} ({getattr(self, side)}) must be a multiple of vision.patch_size "
@@ -254,10 +256,14 @@ class TrainConfig:
     seed: int = 1337
     val_fraction: float = 0.05
     compile: bool = False  # torch.compile the training step (one process; the first step pays for it)
+    # A vision model (a [vision] table): also train its language model. False: Flamingo's stage 2, the
+    # language model frozen and only the vision path learning.
+    train_language_model: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        for flag in ("compile", "train_language_model"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _integers(self, "batch_size", "seq_len", "max_steps", "warmup_steps", "eval_interval",
                   "eval_batches", "checkpoint_interval", "seed")
         _positive(self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches",

@@ -12,7 +12,7 @@ from conftest import shrunk
 from moe.vision import GatedCrossAttention, Media, VisionLanguageModel
 
 SMALL_VISION = dict(channels=1, image_height=8, image_width=32, patch_size=4, d_model=16, n_layers=1, n_heads=2,
-                    d_ff=32, n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0)
+                    d_ff=32, n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0, query_offsets=8)
 
 
 def vision_cfg(**vision):
@@ -31,11 +31,11 @@ def test_gates_at_zero_give_the_text_models_logits_exactly():
     model = VisionLanguageModel(vision_cfg(cross_attn_every=1)).double()
     idx = text_with_images()
     images = torch.rand(4, 1, 8, 32, dtype=torch.float64)
-    out = model(idx, images)
+    out = model(idx, images=images)
     assert torch.equal(out.logits, model.lm(idx).logits)  # bit for bit, float64
     with torch.no_grad():  # the test can fail: open one gate and the logits move
         model.xattn[0].attn_gate.fill_(0.5)
-    assert not torch.equal(model(idx, images).logits, model.lm(idx).logits)
+    assert not torch.equal(model(idx, images=images).logits, model.lm(idx).logits)
 
 
 def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
@@ -51,6 +51,7 @@ def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
             y = torch.zeros_like(x)
             m = int(media.media_BT[b, t])
             if m >= 0:
+                h = h + block.offset_emb.weight[min(int(media.offset_BT[b, t]), block.offset_emb.num_embeddings - 1)]
                 kv = media.visual_BMLD[b, m]  # [L, Dv]
                 q = (attn.wq.weight @ h).view(H, d)
                 k = (kv @ attn.wk.weight.T).view(-1, G, d)
@@ -82,6 +83,10 @@ def test_media_masking_against_a_per_token_loop():
     expect[0, :] = 0
     expect[1, 3:11], expect[1, 11:17], expect[1, 17:] = 0, 1, 2
     assert torch.equal(media.media_BT, expect)
+    offset = torch.full((3, 24), -1)
+    offset[0], offset[1, 3:11], offset[1, 11:17], offset[1, 17:] = (torch.arange(24), torch.arange(8),
+                                                                     torch.arange(6), torch.arange(7))
+    assert torch.equal(media.offset_BT, offset)
     x = torch.randn(3, 24, cfg.d_model, dtype=torch.float64)
     torch.testing.assert_close(block(x, media), reference_gated_block(block, x, media))
 
@@ -115,13 +120,13 @@ def test_images_and_placeholders_must_match():
     model = VisionLanguageModel(vision_cfg())
     idx = text_with_images()  # 4 placeholders
     with pytest.raises(ValueError, match="4 image placeholder.*but 3 image"):
-        model(idx, torch.rand(3, 1, 8, 32))
+        model(idx, images=torch.rand(3, 1, 8, 32))
     with pytest.raises(ValueError, match="1 image placeholder.*but 0 image"):
         model(text_with_images(where=((0, 2),)))
     with pytest.raises(ValueError, match="at most 8 x 32"):
-        model(idx, torch.rand(4, 1, 8, 36))
+        model(idx, images=torch.rand(4, 1, 8, 36))
     with pytest.raises(ValueError, match=r"images must be \[N, 1, H, W\]"):
-        model(idx, torch.rand(4, 3, 8, 32))
+        model(idx, images=torch.rand(4, 3, 8, 32))
 
 
 def test_a_text_model_config_is_refused_and_bad_vision_tables_are_named():
@@ -142,3 +147,71 @@ def test_a_preset_builds_on_its_base():
     assert vision.text_only() == dataclasses.replace(text, name="tiny-vision")
     assert load_train_config("tiny-vision").seq_len != load_train_config("tiny").seq_len  # its own [train] wins
 
+
+
+def test_cached_decode_with_an_image_equals_the_full_forward():
+    """Through the language model's KV cache, the gated blocks read the row's image for every new token."""
+    from moe.model import Positions
+
+    model = VisionLanguageModel(vision_cfg(cross_attn_every=2)).double().eval()
+    with torch.no_grad():
+        for block in model.xattn:
+            block.attn_gate.fill_(0.8)
+            block.mlp_gate.fill_(0.4)
+    idx = torch.randint(1, 256, (2, 12))
+    idx[:, 0] = 0
+    images = torch.rand(2, 1, 8, 32, dtype=torch.float64)
+    full = model(idx, images=images).logits
+    visual = model.encode(images)
+    model.lm.setup_caches(2, 16)
+    steps = []
+    for t in range(12):  # each row: its image (index 0), t tokens after it (past query_offsets too)
+        at = torch.full((2, 1), t)
+        media = Media(visual[:, None], torch.zeros(2, 1, dtype=torch.long), at)
+        steps.append(model(idx[:, t:t + 1], positions=Positions.at(torch.tensor([t])), media=media).logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-7, rtol=1e-6)  # the router rounds in fp32
+
+
+@pytest.mark.parametrize("preset", ["tiny-vision", "gpt4-vision"])
+def test_vision_parameter_arithmetic_counts_the_built_model(preset):
+    from moe.config import load_config
+    from moe.estimates.vision import count_vision_params
+
+    cfg = load_config(preset)
+    with torch.device("meta"):  # gpt4-vision: 1.8T parameters, shapes only
+        model = VisionLanguageModel(cfg)
+    counts = count_vision_params(cfg)
+    numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert counts.encoder == numel(model.encoder)
+    assert counts.resampler == numel(model.resampler)
+    assert counts.gated == numel(model.xattn)
+
+
+def test_vision_flop_arithmetic_against_torch_flop_counter():
+    """FLOPs counted by torch (matmuls and attention) on the real modules, against moe/estimates/vision.py.
+    The counter skips element-wise work (norms, GELU, adds), which the arithmetic leaves out too.
+    Attention through SDPA's math backend, whose matmuls the counter sees (the fused CPU kernel it skips)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from moe.config import load_config
+    from moe.estimates.vision import image_flops, text_token_flops
+
+    cfg = load_config("tiny-vision", vision={**load_config("tiny-vision").vision.__dict__, "query_offsets": 0})
+    model = VisionLanguageModel(cfg).eval()
+    v = cfg.vision
+    images = torch.rand(3, v.channels, v.image_height, v.image_width)
+    expect = image_flops(cfg)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        visual = model.encode(images)
+    assert counter.get_total_flops() == 3 * (expect["encoder"] + expect["resampler"])
+    with FlopCounterMode(display=False) as counter:
+        kv = model.visual_kv(visual[:1])
+    assert counter.get_total_flops() == expect["visual K/V"]
+    T = 5
+    x = torch.randn(1, T, cfg.d_model)
+    media = Media(visual[:1, None], torch.zeros(1, T, dtype=torch.long), torch.arange(T)[None])
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        for block, block_kv in zip(model.xattn, kv):
+            block(x, media, block_kv)
+    assert counter.get_total_flops() == T * text_token_flops(cfg)

@@ -88,6 +88,10 @@ class TokenDataset:
     def bits_per_byte(self, nats_per_token: float) -> float:
         return nats_per_token * self.val_tokens_per_byte / math.log(2)
 
+    def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator, rows=None):
+        """get_batch over the "train" or "val" split."""
+        return get_batch(self.train if split == "train" else self.val, batch_size, seq_len, generator, rows)
+
     def check_seq_len(self, seq_len: int) -> None:
         for split, arr in (("train", self.train), ("validation", self.val)):
             if len(arr) <= seq_len:

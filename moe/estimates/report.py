@@ -27,6 +27,11 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
         print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
+    if cfg.vision is not None:
+        from moe.estimates.vision import vision_rows
+
+        print(f"\nthe vision path (Flamingo-style, moe/vision/), beside the {cfg.name} language model")
+        print(format_table(vision_rows(cfg), ("quantity", "this config", "how")))
     if layout is not None:
         batch_tokens = LEAK_TRAIN_BATCH_TOKENS if batch_tokens is None else batch_tokens
         seq_len = cfg.max_seq_len if seq_len is None else seq_len

@@ -28,6 +28,9 @@ from moe.model.rope import Rotary
 from moe.model.router import RouterOutput
 
 
+IGNORE_INDEX = -100  # a target that the loss skips (padding after a captioned example, moe/vision/captions.py)
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, T, V]
@@ -128,8 +131,9 @@ class MoETransformer(nn.Module):
         aux = torch.stack([r.aux_loss for r in routing]).sum()
         loss = None
         if targets is not None:
-            self._check_tokens(targets, "targets")
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            self._check_tokens(targets[targets != IGNORE_INDEX].view(1, -1), "targets")  # -100: not scored
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
         return ModelOutput(logits=logits, aux_loss=aux, routing=routing, loss=loss)
 
     def _check_tokens(self, ids: torch.Tensor, what: str) -> None:

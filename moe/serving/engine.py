@@ -21,6 +21,13 @@ One step:
      acceptance rule of moe/serving/sampling.py; finished rows leave at once and return their pages
   5. record the batch size and how many tokens each expert of each layer received
 
+Images (a vision model, moe/vision/): a request's images are encoded once, at admission, and each
+gated block's K/V of their visual tokens is kept with the row for its whole life (they never grow).
+They take their size in pages from the pool at admission, so the KV budget counts them, though
+they live beside the pool. Every token reads the latest image at or before it; generated tokens the
+prompt's last one. Text-only and image requests share batches; a text-only draft sees the
+placeholders as ordinary tokens.
+
 A row's caches roll back by forgetting: the number of valid positions is a counter per cache, and
 positions past it are masked off until they are overwritten. Results do not depend on what else is
 in the batch: rows never see each other (per-row positions and pages; routing is per token when
@@ -41,6 +48,8 @@ from moe.estimates.arithmetic import kv_cache_bytes_per_token
 from moe.model import MoETransformer, Positions
 from moe.serving.request import Request, RequestError, Result, check_request
 from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
+from moe.vision.cross_attention import Media
+from moe.vision.images import batch_images, check_images
 
 
 @dataclass
@@ -66,6 +75,9 @@ class _Row:
     result: Result
     n_target: int = 0  # tokens whose K/V the target's cache holds
     n_draft: int = 0  # ... and the draft's
+    prompt_media: tuple | None = None  # a vision target: the prompt's (media, offset) lists (moe/vision/cross_attention.py)
+    visual: torch.Tensor | None = None  # its images' visual tokens [M, L, Dv], encoded at admission
+    visual_kv: list | None = None  # each gated block's (K, V) [1, G, M*L, d] of them
 
     @property
     def n_new(self) -> int:
@@ -89,6 +101,9 @@ class Engine:
                                  f"({model.cfg.max_seq_len})")
             if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
                 raise ValueError(f"draft_tokens must be an integer >= 1, got {draft_tokens!r}")
+        self.vision = getattr(model.cfg, "vision", None)
+        if self.vision is not None and compile:
+            raise ValueError("compile=True is not supported for a vision model yet: serve it eagerly")
         if page_size < 1 or max_batch < 1:
             raise ValueError(f"page_size and max_batch must be >= 1, got {page_size} and {max_batch}")
         self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
@@ -118,14 +133,22 @@ class Engine:
         return self.page_size * (per_token(self.model) + per_token(self.draft))
 
     def pages_needed(self, request: Request) -> int:
-        """Positions the caches are written at: the prompt and every new token but the last."""
-        return math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.page_size)
+        """Positions the caches are written at (the prompt and every new token but the last), plus the
+        pages its images' visual K/V take (moe/estimates/vision.py counts those bytes)."""
+        text = math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.page_size)
+        if not request.images:
+            return text
+        from moe.estimates.vision import visual_kv_bytes
+
+        per_image = visual_kv_bytes(self.model.cfg, self.model.tok_emb.weight.element_size())
+        return text + math.ceil(len(request.images) * per_image / self.page_bytes())
 
     def submit(self, request: Request, arrival: float | None = None) -> int:
         """Queue a request; return its id. A RequestError names what is wrong with a bad one."""
         try:
             params = SamplingParams.parse(request.sampling)
             check_request(self.model.cfg, list(request.prompt), request.max_new_tokens, request.stop_tokens)
+            check_images(self.model.cfg, list(request.prompt), request.images)
             if isinstance(request.seed, bool) or not isinstance(request.seed, int):
                 raise ValueError(f"seed must be an integer, got {request.seed!r}")
         except ValueError as e:
@@ -158,7 +181,19 @@ class Engine:
                 break  # first come, first served: later requests wait behind this one
             row = self.queue.popleft()
             row.pages = [self.free_pages.popleft() for _ in range(need)]
+            if self.vision is not None:
+                self._encode(row)
             self.running.append(row)
+
+    @torch.no_grad()
+    def _encode(self, row: _Row) -> None:
+        """A vision target's row: where its prompt's images stand, their visual tokens and K/V, once."""
+        device = self.model.tok_emb.weight.device
+        media_BT, offset_BT, _ = Media.locate(torch.tensor([row.request.prompt]), self.vision.image_token)
+        row.prompt_media = (media_BT[0].tolist(), offset_BT[0].tolist())
+        if row.request.images:
+            row.visual = self.model.encode(batch_images(list(row.request.images)).to(device))
+            row.visual_kv = self.model.visual_kv(row.visual)
 
     @torch.no_grad()
     def step(self) -> StepStats | None:
@@ -242,9 +277,34 @@ class Engine:
             pos[b, :len(f)] = torch.arange(s, s + len(f))
             n = min(P, len(row.pages))
             pages[b, :n] = torch.tensor(row.pages[:n], dtype=torch.long)
-        out = self._calls[id(model)](idx.to(device), Positions.paged(pos.to(device), pages.to(device)))
+        extra = {"media": self._media(rows, pos, device)} if model is self.model and self.vision is not None else {}
+        out = self._calls[id(model)](idx.to(device), Positions.paged(pos.to(device), pages.to(device)), **extra)
         logits = out.logits.float().cpu()
         return [logits[b, :len(f)] for b, f in enumerate(feeds)], out.routing
+
+    def _media(self, rows: list[_Row], pos_BT: torch.Tensor, device) -> Media:
+        """The rows' images (padded to the most any row has) and which one each fed token sees."""
+        v, B = self.vision, len(rows)
+        M = max((0 if r.visual is None else len(r.visual)) for r in rows)
+        dtype = self.model.tok_emb.weight.dtype
+        visual = torch.zeros(B, M, v.n_latents, v.d_model, dtype=dtype, device=device)
+        media = torch.full(pos_BT.shape, -1, dtype=torch.long)
+        offset = torch.full(pos_BT.shape, -1, dtype=torch.long)
+        kv = None
+        if M:
+            G, d = self.model.cfg.n_kv_heads, self.model.cfg.head_dim
+            kv = [(torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device),
+                   torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device)) for _ in self.model.xattn]
+        for b, row in enumerate(rows):
+            real = pos_BT[b] >= 0
+            m, o = Media.at_positions(row.prompt_media, pos_BT[b][real].tolist())
+            media[b, real], offset[b, real] = torch.tensor(m, dtype=torch.long), torch.tensor(o, dtype=torch.long)
+            if row.visual is not None:
+                n = len(row.visual) * v.n_latents
+                visual[b, :len(row.visual)] = row.visual
+                for (k, val), (k_row, v_row) in zip(kv, row.visual_kv):
+                    k[b, :, :n], val[b, :, :n] = k_row[0], v_row[0]
+        return Media(visual, media.to(device), offset.to(device), kv)
 
     def run(self, requests: list[Request]) -> list[Result | RequestError]:
         """Submit every request, step until all are done; a refused request's entry is its error."""

@@ -24,6 +24,7 @@ class Request:
     sampling: SamplingParams | dict | None = None  # see SamplingParams; a dict's unknown keys are an error
     stop_tokens: tuple[int, ...] = ()  # generation ends after emitting one of these
     seed: int = 0
+    images: list = field(default_factory=list)  # a vision model's: one [C, H, W] image per placeholder in the prompt
 
 
 @dataclass

@@ -25,10 +25,28 @@ from moe.config import ModelConfig, TrainConfig, from_dict
 from moe.training.run_dir import RunDirError, is_distributed, publish, resolve, temp_dir, verify, verify_all
 
 
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    """The model a config describes: MoETransformer, or VisionLanguageModel with a [vision] table."""
+    if cfg.vision is not None:
+        from moe.vision import VisionLanguageModel
+
+        return VisionLanguageModel(cfg)
+    from moe.model import MoETransformer
+
+    return MoETransformer(cfg)
+
+
+def _tied_head(model: torch.nn.Module) -> str | None:
+    """The state-dict key of a head tied to the embedding (stored once, as the embedding), or None."""
+    if not model.cfg.tie_embeddings:
+        return None
+    return "lm.lm_head.weight" if model.cfg.vision is not None else "lm_head.weight"
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
-    if model.cfg.tie_embeddings:
-        sd.pop("lm_head.weight")
+    if _tied_head(model):
+        sd.pop(_tied_head(model))
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
@@ -75,6 +93,7 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
     """Load weights into `model`, or raise naming every missing, unexpected and mis-shaped tensor.
     A distributed checkpoint (any layout, moe/parallel/checkpoint.py) loads whole into this process."""
     step_dir = resolve(path)
+    model = _text_part(model, step_dir)
     if is_distributed(step_dir):
         _load_distributed_whole(model, step_dir)
     else:
@@ -92,8 +111,8 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     except (SafetensorError, OSError) as e:
         raise RunDirError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     expected = model.state_dict()
-    if model.cfg.tie_embeddings:
-        expected.pop("lm_head.weight")
+    if _tied_head(model):
+        expected.pop(_tied_head(model))
     problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
                 for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
     problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]
@@ -104,14 +123,37 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     return saved
 
 
+# Fields a text checkpoint may differ in from the language model of the vision config it starts
+_NOT_WEIGHTS = ("name", "expert_backend", "vision")  # (they change neither the weights nor what they compute)
+
+
+def _text_part(model: torch.nn.Module, step_dir: pathlib.Path) -> torch.nn.Module:
+    """Where a checkpoint's weights go in `model`: all of it, or a vision model's language model `lm`
+    when the checkpoint is a text model's of the same config. A vision checkpoint never loads into a
+    text model."""
+    saved, _ = read_config(step_dir)
+    is_vision = model.cfg.vision is not None
+    if saved.vision is not None and not is_vision:
+        raise ValueError(f"checkpoint {str(step_dir)!r} holds a vision model ({saved.name!r}, with a [vision] table): "
+                         "it does not load as a text-only model; load it whole (load_model builds it), or give "
+                         "a config with its [vision] table")
+    if not is_vision or saved.vision is not None:
+        return model
+    now, was = model.cfg.to_dict(), saved.to_dict()
+    differ = {k: (was[k], now[k]) for k in now if k not in _NOT_WEIGHTS and was.get(k) != now[k]}
+    if differ:
+        shown = ", ".join(f"{k} {a!r} in the checkpoint vs {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"checkpoint {str(step_dir)!r} is the text model {saved.name!r}, but config {model.cfg.name!r} "
+                         f"builds its vision path on a different language model: {shown}")
+    return model.lm
+
+
 def load_model(path, device="cpu", **overrides):
     """Build the model a checkpoint was saved from and load its weights. `overrides` change model
     fields that do not touch the weights' shapes (e.g. expert_backend)."""
-    from moe.model import MoETransformer
-
     cfg, _ = read_config(path)
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
-    model = MoETransformer(cfg).to(device)
+    model = build_model(cfg).to(device)
     load_weights(model, path)
     return model
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from moe.config import ModelConfig, TrainConfig
-from moe.model import MoETransformer
+from moe.training.checkpoint import build_model
 from moe.model.init import materialize
 from moe.training import checkpoint
 from moe.training.optim import make_optimizer, set_lr
@@ -34,11 +34,13 @@ class LocalTrainer:
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         torch.manual_seed(train_cfg.seed)
         with torch.device("meta"):  # built as every layout builds it (moe/parallel/trainer.py)
-            self.model = MoETransformer(model_cfg)
+            self.model = build_model(model_cfg)
         materialize(self.model, model_cfg, self.device, train_cfg.seed)
-        if init_from is not None:  # start from these weights (any checkpoint, distributed ones too)
-            checkpoint.load_weights(self.model, init_from)
-        self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
+        if init_from is not None:  # start from these weights (any checkpoint, distributed ones too; a text
+            checkpoint.load_weights(self.model, init_from)  # one into a vision model's language model)
+        if model_cfg.vision is not None:
+            self.model.freeze_language_model(not train_cfg.train_language_model)
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], train_cfg)
         self.model.train()
         # The blocks' forward (and so backward) through torch.compile: inductor fuses the router,
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
@@ -56,7 +58,7 @@ class LocalTrainer:
         first = self.train_cfg.compile and self.compile_s is None
         start = time.perf_counter()
         with autocast(self.device):
-            out = self.model(x_BT.to(self.device), targets=y_BT.to(self.device))
+            out = self._forward(x_BT, y_BT)
         loss = out.loss.item()
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss)
@@ -76,9 +78,20 @@ class LocalTrainer:
         losses = []
         for x, y in batches:
             with autocast(self.device), torch.compiler.set_stance("force_eager"):  # compiled blocks run eagerly
-                losses.append(self.model(x.to(self.device), targets=y.to(self.device)).loss.item())
+                losses.append(self._forward(x, y).loss.item())
         self.model.train()
         return sum(losses) / len(losses)
+
+    def _forward(self, x, y):
+        """The model on a batch: x token ids, or a vision model's (token ids, images)."""
+        if isinstance(x, tuple):
+            idx, images = x
+            return self.model(idx.to(self.device), targets=y.to(self.device), images=images.to(self.device))
+        return self.model(x.to(self.device), targets=y.to(self.device))
+
+    def gates(self) -> list | None:
+        """A vision model's gate values per gated block (None for a text model)."""
+        return self.model.gates() if self.model_cfg.vision is not None else None
 
     def nonfinite_weights(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from moe.config import ModelConfig, TrainConfig
-from moe.data import TokenDataset, get_batch, open_data
+from moe.data import TokenDataset, open_data
 from moe.data import tokenizer as tokenizers
 from moe.training import checkpoint, run_dir
 from moe.training.local import LocalTrainer
@@ -57,9 +57,13 @@ class History:
     train_time_s: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
+    gates: list = field(default_factory=list)  # a vision model's (tanh attn, tanh mlp) gate per block
 
-    def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float) -> None:
+    def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float,
+            gates: list | None = None) -> None:
         """One evaluation point."""
+        if gates is not None:
+            self.gates.append(gates)
         self.step.append(step)
         self.tokens.append(tokens)
         self.train_time_s.append(round(train_time_s, 3))
@@ -143,7 +147,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     init_from: a fresh run that starts from a checkpoint's weights (e.g. to extend its context: see
     check_extension); new optimizer, step 0, this run's schedule.
     data: a prepared dataset directory (moe/data/dataset.py), or a TokenDataset; None: the bundled
-    corpus, byte-level. Its tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
+    corpus, byte-level (rendered into images, moe/vision/captions.py, for a config with a [vision] table). Its tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
     with _own(out_dir):
@@ -191,6 +195,19 @@ def check_tokenizer(model_cfg: ModelConfig, dataset: TokenDataset, checkpoint_di
                              f"{dataset.name} uses {tok.describe()}: its token ids mean different text")
 
 
+def _dataset(model_cfg: ModelConfig, cfg: TrainConfig, data):
+    """The data to train on: `data` opened (moe/data/dataset.py), or, for a vision model, the bundled
+    corpus's lines rendered as images (moe/vision/captions.py)."""
+    if model_cfg.vision is None:
+        return data if isinstance(data, TokenDataset) else open_data(data, cfg.val_fraction)
+    if data is not None:
+        raise ValueError(f"config {model_cfg.name!r} trains its vision path on rendered lines of the bundled corpus; "
+                         "--data is for text models")
+    from moe.vision.captions import CaptionDataset
+
+    return CaptionDataset.bundled(model_cfg.vision, cfg.val_fraction)
+
+
 def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
     if model_cfg.expert_quant != "none":
         raise ValueError(f"{what} is quantized ({model_cfg.expert_quant} experts): quantized checkpoints are for "
@@ -199,7 +216,7 @@ def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
 
 def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot,
            log, build):
-    dataset = data if isinstance(data, TokenDataset) else open_data(data, cfg.val_fraction)
+    dataset = _dataset(model_cfg, cfg, data)
     dataset.check_seq_len(cfg.seq_len)
     check_tokenizer(model_cfg, dataset, init_from)
     if cfg.seq_len > model_cfg.max_seq_len:
@@ -228,12 +245,11 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     say = log if trainer.is_main else (lambda *a, **k: None)
     if stale and trainer.is_main:
         run_dir.remove_checkpoints(out_dir)
-    train_data, val_data = dataset.train, dataset.val
     tokenizer_file = {tokenizers.FILE: dataset.tokenizer.to_bytes()}  # saved beside the weights
     per_token = dataset.tokenizer.kind != "bytes"  # then also log bits per byte (bytes: nats/token = nats/byte)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
     rows = trainer.batch_rows(cfg.batch_size)  # this process's rows of every global batch (None: all)
-    eval_batches = [get_batch(val_data, cfg.batch_size, cfg.seq_len, eval_gen, rows) for _ in range(cfg.eval_batches)]
+    eval_batches = [dataset.batch("val", cfg.batch_size, cfg.seq_len, eval_gen, rows) for _ in range(cfg.eval_batches)]
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
@@ -274,12 +290,13 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     tokens_per_step = cfg.batch_size * cfg.seq_len
     budget = _Budget(cfg, step, train_time)
     running, n_running, balance, norm = 0.0, 0, None, None
+    trainer_gates = getattr(trainer, "gates", lambda: None)  # a vision model's gate values, for the plot
     interrupted, saved, saved_step, compile_said = False, None, None, False
     with _Interrupt() as interrupt:
         while step < max_steps:
             budget.before_step(step, train_time)
             t0 = _clock()
-            x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, data_gen, rows)
+            x, y = dataset.batch("train", cfg.batch_size, cfg.seq_len, data_gen, rows)
             try:
                 result = trainer.step(x, y, lr_at(step, cfg, max_steps))
             except NonFiniteLoss as e:
@@ -314,7 +331,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
 
             if step % cfg.eval_interval == 0 or step == max_steps:
                 val = trainer.evaluate(eval_batches)
-                hist.add(step, step * tokens_per_step, train_time, running / n_running, val)
+                hist.add(step, step * tokens_per_step, train_time, running / n_running, val, trainer_gates())
                 running, n_running = 0.0, 0
                 msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
                        + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")

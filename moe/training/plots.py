@@ -10,12 +10,17 @@ import numpy as np  # noqa: E402
 
 
 def plot_training(summary: dict, path) -> None:
-    """Loss curves, and the experts' share of routed tokens per layer where the run counted them."""
+    """Loss curves, the experts' share of routed tokens per layer where the run counted them, and a
+    vision model's tanh gates per gated block."""
     h = summary["history"]
     load = np.asarray(summary["expert_tokens"], dtype=float)
     counted = load.sum() > 0
-    fig, axes = plt.subplots(1, 2 if counted else 1, figsize=(12 if counted else 7, 4.5), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.2, 1] if counted else [1]})
+    gated = bool(h.get("gates"))
+    ratios = [1.2] + [1] * int(counted) + [1] * int(gated)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(5 + 5 * len(ratios), 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios})
+    if gated:
+        _plot_gates(axes[0, -1], h["step"][-len(h["gates"]):], np.asarray(h["gates"], dtype=float))
     ax = axes[0, 0]
     ax.plot(h["step"], h["train_loss"], label="train")
     ax.plot(h["step"], h["val_loss"], label="validation")
@@ -33,6 +38,16 @@ def plot_training(summary: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_gates(ax, steps, gates_SB2) -> None:
+    """gates [evaluations, blocks, (attention, MLP)]: tanh of each gate, per gated block."""
+    for b in range(gates_SB2.shape[1]):
+        line, = ax.plot(steps, gates_SB2[:, b, 0], label=f"block {b}: attention")
+        ax.plot(steps, gates_SB2[:, b, 1], linestyle="--", color=line.get_color(), label=f"block {b}: MLP")
+    ax.set(xlabel="step", ylabel="tanh(gate)", title="gated cross-attention: gate values")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
 
 
 def plot_comparison(summaries: list[dict], path, title: str) -> None:

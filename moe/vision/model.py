@@ -6,6 +6,8 @@ pixels, P patches, L visual tokens per image, D d_model, Dv the vision width.
     images [N, C, H, W] --ViT--> patches [N, P, Dv] --Perceiver Resampler--> visual tokens [N, L, Dv]
     text: the language model (moe/model/transformer.py), with a gated cross-attention block
           (moe/vision/cross_attention.py) on the residual stream before every cross_attn_every-th block
+          (counting from 1: with 2, before blocks 1, 3, 5, ... counting from 0; the last block always has one
+          when cross_attn_every divides n_layers)
 
 An image's place in the text is a placeholder token (vision.image_token), one per image; the i-th
 placeholder of the batch (row by row, left to right) stands for images[i]. The language model is
@@ -35,8 +37,8 @@ class VisionLanguageModel(nn.Module):
         self.lm = MoETransformer(cfg.text_only())
         self.encoder = ViT(cfg.vision)
         self.resampler = PerceiverResampler(cfg.vision)
-        every = cfg.vision.cross_attn_every
-        self.xattn_before = list(range(0, cfg.n_layers, every))  # the blocks a gated block precedes
+        every = cfg.vision.cross_attn_every  # before the every-th, 2 every-th, ... block (counting from 1)
+        self.xattn_before = list(range(every - 1, cfg.n_layers, every))  # the blocks a gated block precedes
         self.xattn = nn.ModuleList(GatedCrossAttention(cfg) for _ in self.xattn_before)
         if self.lm.tok_emb.weight.device.type != "meta":
             self.init_weights()
@@ -66,7 +68,7 @@ class VisionLanguageModel(nn.Module):
     def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None,
               visual_NLD: torch.Tensor | None = None) -> Media:
         """Where each row's images stand, and their visual tokens (encoded here unless given)."""
-        media_BT, per_row_B = Media.locate(idx_BT, self.cfg.vision.image_token)
+        media_BT, offset_BT, per_row_B = Media.locate(idx_BT, self.cfg.vision.image_token)
         given = visual_NLD if visual_NLD is not None else images_NCHW
         n = 0 if given is None else given.shape[0]
         placeholders = int(per_row_B.sum())
@@ -84,21 +86,44 @@ class VisionLanguageModel(nn.Module):
             first_B = torch.cumsum(per_row_B, 0) - per_row_B  # each row's first image in images
             slot_N = torch.arange(n, device=idx_BT.device) - first_B[row_N]
             visual_BMLD = visual_BMLD.index_put((row_N, slot_N), visual_NLD.to(dtype))
-        return Media(visual_BMLD, media_BT)
+        return Media(visual_BMLD, media_BT, offset_BT)
 
-    def forward(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None,
-                positions: Positions | None = None, targets: torch.Tensor | None = None,
-                media: Media | None = None) -> ModelOutput:
-        """As MoETransformer.forward, with the images the placeholders in idx stand for (or `media`
-        already built by self.media)."""
+    def forward(self, idx_BT: torch.Tensor, positions: Positions | None = None, targets: torch.Tensor | None = None,
+                *, images: torch.Tensor | None = None, media: Media | None = None) -> ModelOutput:
+        """As MoETransformer.forward (the same leading arguments, so the engine and generate() call both
+        alike), with the images [N, C, H, W] the placeholders in idx stand for, or `media` already
+        built (self.media, or a serving engine's for cached positions)."""
         if media is None:
-            media = self.media(idx_BT, images_NCHW)
+            media = self.media(idx_BT, images)
         every = self.cfg.vision.cross_attn_every
 
         def cross(i: int, x_BTD: torch.Tensor) -> torch.Tensor:
-            return self.xattn[i // every](x_BTD, media) if i % every == 0 else x_BTD
+            if (i + 1) % every:
+                return x_BTD
+            j = i // every
+            return self.xattn[j](x_BTD, media, None if media.kv is None else media.kv[j])
 
         return self.lm(idx_BT, positions, targets, before_block=cross)
+
+    def visual_kv(self, visual_NLD: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One sequence's images' visual tokens [M, L, Dv] -> each gated block's (K, V) [1, G, M*L, d]:
+        what a serving engine caches once per sequence (they never grow)."""
+        flat = visual_NLD.reshape(1, -1, visual_NLD.shape[-1])
+        return [block.attn.kv(flat) for block in self.xattn]
+
+    # The serving engine and generate() drive the language model's caches through these.
+    @property
+    def tok_emb(self) -> nn.Embedding:
+        return self.lm.tok_emb
+
+    def setup_caches(self, *args, **kw) -> None:
+        self.lm.setup_caches(*args, **kw)
+
+    def setup_paged_caches(self, *args, **kw) -> None:
+        self.lm.setup_paged_caches(*args, **kw)
+
+    def clear_caches(self) -> None:
+        self.lm.clear_caches()
 
     def gates(self) -> list[tuple[float, float]]:
         """Per gated block: (tanh(attn_gate), tanh(mlp_gate))."""

@@ -1,0 +1,117 @@
+"""Stage 2 measured: character error rate (CER) and caption loss of a vision run's checkpoints on 500
+held-out rendered lines, beside the two baselines measured the same way: the text-only model
+without the image (it can only guess the line) and the multimodal model at initialisation (gates at
+0: the text model's logits, reading the placeholder). Writes vision_stage2.{json,md,png} (the curve)
+and vision_grid.png (held-out images with the final model's transcriptions).
+
+    python -m moe train --config tiny-vision --init-from runs/tiny --out runs/tiny-vision
+    python scripts/vision_cer.py --run runs/tiny-vision --text runs/tiny --out bench/results/cpu-2core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from moe.profiling.timing import environment  # noqa: E402
+from moe.training import checkpoint, run_dir  # noqa: E402
+from moe.vision.captions import CaptionDataset  # noqa: E402
+from moe.vision.transcribe import (caption_loss, cer, guess_lines, held_out, text_caption_loss,  # noqa: E402
+                                   transcribe)
+
+
+def measure(model, lines, images) -> dict:
+    predictions = transcribe(model, images)
+    return {"cer": cer(predictions, lines), "caption_loss": caption_loss(model, lines, images),
+            "predictions": predictions}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="the stage-2 run directory (its step-* checkpoints)")
+    ap.add_argument("--text", required=True, help="the text checkpoint stage 2 started from")
+    ap.add_argument("--lines", type=int, default=500)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out = run_dir.prepare(args.out)
+    run = pathlib.Path(args.run)
+    steps = sorted(run.glob("step-*"))
+    if not steps:
+        raise SystemExit(f"{run} holds no step-* checkpoint")
+    final = checkpoint.load_model(steps[-1])
+    cfg = final.cfg
+    lines, images = held_out(CaptionDataset.bundled(cfg.vision), args.lines)
+
+    text = checkpoint.load_model(args.text).eval()
+    guesses = guess_lines(text, len(lines))
+    at_init = checkpoint.build_model(cfg)
+    checkpoint.load_weights(at_init, args.text)
+    baselines = {
+        "text-only model, no image": {"cer": cer(guesses, lines), "caption_loss": text_caption_loss(text, lines),
+                                      "example": guesses[0]},
+        "multimodal model at initialisation": {k: v for k, v in measure(at_init, lines, images).items()
+                                               if k != "predictions"},
+    }
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    times = dict(zip(summary.get("history", {}).get("step", []), summary.get("history", {}).get("train_time_s", [])))
+    curve = []
+    for step_dir in steps:
+        step = int(step_dir.name.split("-")[1])
+        m = measure(checkpoint.load_model(step_dir), lines, images)
+        curve.append({"step": step, "train_time_s": times.get(step), "cer": m["cer"],
+                      "caption_loss": m["caption_loss"]})
+        print(f"step {step}: CER {m['cer']:.3f}, caption loss {m['caption_loss']:.3f} nats/byte", flush=True)
+    last = measure(final, lines, images)
+    result = {"setup": {**environment(False), "config": cfg.name, "run": str(run), "text": args.text,
+                        "held_out_lines": len(lines), "train_time_s": summary.get("train_time_s"),
+                        "steps": summary.get("steps"), "gates": final.gates()},
+              "baselines": baselines, "curve": curve,
+              "examples": [{"truth": t, "read": p} for t, p in list(zip(lines, last["predictions"]))[:24]]}
+    (out / "vision_stage2.json").write_text(json.dumps(result, indent=1))
+    rows = ["| model | CER | caption loss (nats/byte) |", "|---|---|---|"]
+    rows += [f"| {name} | {b['cer']:.3f} | {b['caption_loss']:.3f} |" for name, b in baselines.items()]
+    rows += [f"| stage 2, step {c['step']}" + (f" ({c['train_time_s']:.0f} s)" if c["train_time_s"] else "")
+             + f" | {c['cer']:.3f} | {c['caption_loss']:.3f} |" for c in curve]
+    (out / "vision_stage2.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    _plot(result, images, last["predictions"], lines, out)
+    return result
+
+
+def _plot(result, images, predictions, lines, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [c["train_time_s"] or c["step"] for c in curve]
+    ax.plot(x, [c["cer"] for c in curve], marker="o", label="stage 2")
+    for (name, b), style in zip(result["baselines"].items(), ("--", ":")):
+        ax.axhline(b["cer"], linestyle=style, color="gray", label=name)
+    ax.axhline(0.10, color="red", linewidth=0.8, label="target: 10%")
+    ax.set(xlabel="training seconds" if curve[0]["train_time_s"] else "step", ylabel="CER (500 held-out lines)",
+           ylim=(0, 1.05), title=f"{result['setup']['config']}: reading rendered lines")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "vision_stage2.png", dpi=110)
+    plt.close(fig)
+    n = 8
+    fig, axes = plt.subplots(n, 1, figsize=(7, 0.75 * n))
+    for i, ax in enumerate(axes):
+        ax.imshow(images[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(f"read: {predictions[i]!r}   (truth: {lines[i]!r})", fontsize=7, loc="left", family="monospace")
+    fig.tight_layout()
+    fig.savefig(out / "vision_grid.png", dpi=130)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

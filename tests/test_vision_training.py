@@ -1,0 +1,78 @@
+"""Stage 2 (Flamingo's recipe) through the one training loop: a text checkpoint's language model,
+frozen, under a vision path that learns; checkpoints, resume, the plot; refusals of mismatched checkpoints."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import shrunk
+from moe.__main__ import main
+from moe.config import TrainConfig
+from moe.model import MoETransformer
+from moe.training import checkpoint, train
+from moe.vision.captions import CaptionDataset
+from moe.vision.transcribe import caption_loss, held_out
+
+# 16 x 208 images: the renderer's 32-character lines
+VISION = dict(channels=1, image_height=16, image_width=208, patch_size=4, d_model=32, n_layers=1, n_heads=2,
+              d_ff=64, n_latents=16, resampler_layers=1, cross_attn_every=1, image_token=0)
+FAST = dict(batch_size=8, seq_len=40, max_steps=30, lr=1e-2, min_lr=1e-3, warmup_steps=3, eval_interval=10,
+            eval_batches=2, checkpoint_interval=10)
+quiet = dict(progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    torch.manual_seed(0)
+    train(shrunk("tiny"), TrainConfig(**{**FAST, "seq_len": 32, "max_steps": 20}), out, plot=False, **quiet)
+    return out
+
+
+def vision_cfg(**kw):
+    return shrunk("tiny-vision", vision=VISION, **kw)
+
+
+def test_stage_two_freezes_the_language_model_and_lowers_the_caption_loss(text_run, tmp_path):
+    s = train(vision_cfg(), TrainConfig(**FAST), tmp_path, init_from=text_run, **quiet)
+    text = load_file(str(checkpoint.resolve(text_run) / "model.safetensors"))
+    vision = load_file(str(tmp_path / "step-0000030" / "model.safetensors"))
+    assert all(torch.equal(vision[f"lm.{k}"], v) for k, v in text.items())  # frozen, bit for bit
+    gates = s["history"]["gates"]
+    assert len(gates) == 3 and any(abs(g) > 1e-3 for g in gates[-1][0])  # the gates opened
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+
+    lines, images = held_out(CaptionDataset.bundled(vision_cfg().vision), 64)
+    start = checkpoint.build_model(vision_cfg())  # the model at initialisation: the text model's logits
+    checkpoint.load_weights(start, text_run)
+    trained = checkpoint.load_model(tmp_path)
+    assert caption_loss(trained, lines, images) < caption_loss(start, lines, images) - 0.05
+
+
+def test_a_vision_run_resumes_exactly(text_run, tmp_path):
+    cfg, fast = vision_cfg(), TrainConfig(**dict(FAST, max_steps=20))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(cfg, fast, straight, init_from=text_run, plot=False, **quiet)  # checkpoints at 10 and 20
+    resumed.mkdir()
+    shutil.copytree(straight / "step-0000010", resumed / "step-0000010")
+    (resumed / "latest").write_text("step-0000010\n")
+    s = train(cfg, fast, resumed, resume=True, plot=False, **quiet)
+    assert s["steps"] == 20
+    a = checkpoint.load_model(straight / "step-0000020").state_dict()
+    b = checkpoint.load_model(resumed).state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_mismatched_checkpoints_are_refused_by_name(text_run, tmp_path):
+    with pytest.raises(ValueError, match="d_model 32 in the checkpoint vs 48"):
+        train(vision_cfg(d_model=48), TrainConfig(**FAST), tmp_path / "x", init_from=text_run, **quiet)
+    train(vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), tmp_path / "v", init_from=text_run, plot=False,
+          **quiet)
+    with pytest.raises(ValueError, match="holds a vision model .* does not load as a text-only model"):
+        checkpoint.load_weights(MoETransformer(shrunk("tiny")), tmp_path / "v")
+    with pytest.raises(ValueError, match="--data is for text models"):
+        train(vision_cfg(), TrainConfig(**FAST), tmp_path / "y", data="shakespeare", **quiet)
+    assert main(["train", "--config", "tiny-vision", "--dp", "2", "--out", str(tmp_path / "z")]) == 2
