@@ -8,6 +8,7 @@ The public API: import these names from `moe`, never from the wings inside, whic
     model      MoETransformer, Block, ModelOutput, Attention, KVCache, PagedKVCache, Positions, MoELayer,
                moe_layer_reference, TopKRouter, route, RouterOutput
     data       prepare, TokenDataset, load_tokenizer (bytes, bpe:N, cl100k_base, Hugging Face)
+    vision     VisionLanguageModel, load_image, render_line (Flamingo-style image path)
     training   train, TrainingError, save_checkpoint, load_model, load_weights, read_config,
                convert_from_hf, convert_to_hf (Mixtral-layout checkpoints)
     serving    generate, Engine, Request, Result, RequestError, SamplingParams
@@ -28,6 +29,9 @@ _LAZY = {
                      "MoELayer", "moe_layer_reference", "TopKRouter", "route", "RouterOutput"], "moe.model"),
     **dict.fromkeys(["TokenDataset", "load_tokenizer"], "moe.data"),
     "prepare": "moe.data.prepare",
+    "VisionLanguageModel": "moe.vision",
+    "load_image": "moe.vision.images",
+    "render_line": "moe.vision.render",
     **dict.fromkeys(["train", "TrainingError", "save_checkpoint", "load_model", "load_weights", "read_config",
                      "convert_from_hf", "convert_to_hf"], "moe.training"),
     **dict.fromkeys(["generate", "Engine", "Request", "Result", "RequestError", "SamplingParams"], "moe.serving"),

@@ -210,6 +210,9 @@ class ModelConfig:
             if self.vision.image_token >= self.vocab_size:
                 raise ValueError(f"vision.image_token ({self.vision.image_token}) must be a token id < vocab_size "
                                  f"({self.vocab_size})")
+            if self.expert_quant != "none":
+                raise ValueError("a vision model cannot be quantized (expert_quant): quantized serving covers text "
+                                 "models only")
             if self.vision.cross_attn_every > self.n_layers:
                 raise ValueError(f"vision.cross_attn_every ({self.vision.cross_attn_every}) exceeds n_layers "
                                  f"({self.n_layers}): no block would get a cross-attention")

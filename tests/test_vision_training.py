@@ -66,13 +66,21 @@ def test_a_vision_run_resumes_exactly(text_run, tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_mismatched_checkpoints_are_refused_by_name(text_run, tmp_path):
+def test_mismatched_checkpoints_are_refused_by_name(text_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="d_model 32 in the checkpoint vs 48"):
         train(vision_cfg(d_model=48), TrainConfig(**FAST), tmp_path / "x", init_from=text_run, **quiet)
     train(vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), tmp_path / "v", init_from=text_run, plot=False,
           **quiet)
     with pytest.raises(ValueError, match="holds a vision model .* does not load as a text-only model"):
         checkpoint.load_weights(MoETransformer(shrunk("tiny")), tmp_path / "v")
+    line = tmp_path / "line.png"  # the CLI reads an image file and transcribes (a 10-step model: any text)
+    assert main(["render", "Now is the winter of our", "--out", str(line)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(tmp_path / "v"), "--image", str(line), "--greedy",
+                 "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("<image>")
+    assert main(["generate", "--checkpoint", str(text_run), "--image", str(line)]) == 2  # a text model
+    assert main(["quantize", "--checkpoint", str(tmp_path / "v"), "--dtype", "int8", "--out", str(tmp_path / "q")]) == 2
     with pytest.raises(ValueError, match="--data is for text models"):
         train(vision_cfg(), TrainConfig(**FAST), tmp_path / "y", data="shakespeare", **quiet)
     assert main(["train", "--config", "tiny-vision", "--dp", "2", "--out", str(tmp_path / "z")]) == 2

@@ -193,6 +193,8 @@ def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrit
 
     step_dir = resolve(path)
     cfg, _ = read_config(step_dir)
+    if cfg.vision is not None:
+        raise ValueError(f"{step_dir} holds a vision model ({cfg.name!r}): quantized serving covers text models only")
     if cfg.expert_quant != "none":
         raise ValueError(f"{step_dir} is already quantized ({cfg.expert_quant}): quantize the unquantized checkpoint")
     if is_distributed(step_dir):

@@ -266,6 +266,9 @@ def to_hf(path, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
     the tokenizer has a Hugging Face form), written whole or not at all."""
     step_dir, out = run_dir.resolve(path), pathlib.Path(out)
     cfg, _ = checkpoint.read_config(step_dir)
+    if cfg.vision is not None:
+        raise ConversionError(f"{step_dir} holds a vision model ({cfg.name!r}): Mixtral has no vision path, so only "
+                              "text checkpoints convert")
     if run_dir.is_distributed(step_dir):
         raise ConversionError(f"{step_dir} is a distributed checkpoint: load it whole (moe.load_model) and save "
                               "it with moe.save_checkpoint first")

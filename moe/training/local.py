@@ -49,6 +49,7 @@ class LocalTrainer:
             for block in self.model.blocks:  # all (the grouped matmuls are custom operators: no break)
                 block.compile()
         self.compile_s: float | None = None
+        self._reading_set = None  # a vision model's held-out lines and images (eval_extras)
 
     def batch_rows(self, batch_size: int) -> None:
         return None  # one process reads the whole batch
@@ -89,9 +90,21 @@ class LocalTrainer:
             return self.model(idx.to(self.device), targets=y.to(self.device), images=images.to(self.device))
         return self.model(x.to(self.device), targets=y.to(self.device))
 
-    def gates(self) -> list | None:
-        """A vision model's gate values per gated block (None for a text model)."""
-        return self.model.gates() if self.model_cfg.vision is not None else None
+    def eval_extras(self) -> dict:
+        """A vision model's gate values per gated block, and its character error rate on 100 held-out
+        rendered lines (greedy transcription; the same lines and pixels every time). {} for text."""
+        if self.model_cfg.vision is None:
+            return {}
+        from moe.vision import transcribe as reading
+
+        if self._reading_set is None:
+            from moe.vision.captions import CaptionDataset
+
+            lines, images = reading.held_out(CaptionDataset.bundled(self.model_cfg.vision, self.train_cfg.val_fraction), 100)
+            self._reading_set = lines, images.to(self.device)
+        lines, images = self._reading_set
+        with autocast(self.device), torch.compiler.set_stance("force_eager"):
+            return {"gates": self.model.gates(), "cer": reading.cer(reading.transcribe(self.model, images), lines)}
 
     def nonfinite_weights(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]

@@ -58,12 +58,15 @@ class History:
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     gates: list = field(default_factory=list)  # a vision model's (tanh attn, tanh mlp) gate per block
+    cer: list = field(default_factory=list)  # ... and its character error rate on held-out rendered lines
 
     def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float,
-            gates: list | None = None) -> None:
-        """One evaluation point."""
+            gates: list | None = None, cer: float | None = None) -> None:
+        """One evaluation point (gates and cer: a vision model's, moe/training/local.py)."""
         if gates is not None:
             self.gates.append(gates)
+        if cer is not None:
+            self.cer.append(cer)
         self.step.append(step)
         self.tokens.append(tokens)
         self.train_time_s.append(round(train_time_s, 3))
@@ -290,7 +293,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     tokens_per_step = cfg.batch_size * cfg.seq_len
     budget = _Budget(cfg, step, train_time)
     running, n_running, balance, norm = 0.0, 0, None, None
-    trainer_gates = getattr(trainer, "gates", lambda: None)  # a vision model's gate values, for the plot
+    eval_extras = getattr(trainer, "eval_extras", dict)  # a vision model's gates and reading, for the plot
     interrupted, saved, saved_step, compile_said = False, None, None, False
     with _Interrupt() as interrupt:
         while step < max_steps:
@@ -331,11 +334,13 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
 
             if step % cfg.eval_interval == 0 or step == max_steps:
                 val = trainer.evaluate(eval_batches)
-                hist.add(step, step * tokens_per_step, train_time, running / n_running, val, trainer_gates())
+                extras = eval_extras()
+                hist.add(step, step * tokens_per_step, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
                 msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
                        + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")
                        + (f"grad norm {norm:.3f}  " if norm is not None else "")
+                       + (f"CER {extras['cer']:.3f}  " if "cer" in extras else "")
                        + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
                        + (f"  load max/mean {balance:.2f}" if balance is not None else ""))
                 bar.write(msg) if show_bar else say(msg)

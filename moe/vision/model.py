@@ -37,9 +37,8 @@ class VisionLanguageModel(nn.Module):
         self.lm = MoETransformer(cfg.text_only())
         self.encoder = ViT(cfg.vision)
         self.resampler = PerceiverResampler(cfg.vision)
-        every = cfg.vision.cross_attn_every  # before the every-th, 2 every-th, ... block (counting from 1)
-        self.xattn_before = list(range(every - 1, cfg.n_layers, every))  # the blocks a gated block precedes
-        self.xattn = nn.ModuleList(GatedCrossAttention(cfg) for _ in self.xattn_before)
+        # xattn[j] runs before block (j + 1) * cross_attn_every - 1: the every-th, 2 every-th, ... (from 1)
+        self.xattn = nn.ModuleList(GatedCrossAttention(cfg) for _ in range(cfg.n_layers // cfg.vision.cross_attn_every))
         if self.lm.tok_emb.weight.device.type != "meta":
             self.init_weights()
 
@@ -65,12 +64,10 @@ class VisionLanguageModel(nn.Module):
                              f"of patch_size {v.patch_size} (moe.vision.images.load_image sizes a file to fit)")
         return self.resampler(self.encoder(images_NCHW))
 
-    def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None,
-              visual_NLD: torch.Tensor | None = None) -> Media:
-        """Where each row's images stand, and their visual tokens (encoded here unless given)."""
+    def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None) -> Media:
+        """Where each row's images stand, and their visual tokens."""
         media_BT, offset_BT, per_row_B = Media.locate(idx_BT, self.cfg.vision.image_token)
-        given = visual_NLD if visual_NLD is not None else images_NCHW
-        n = 0 if given is None else given.shape[0]
+        n = 0 if images_NCHW is None else images_NCHW.shape[0]
         placeholders = int(per_row_B.sum())
         if placeholders != n:
             raise ValueError(f"{placeholders} image placeholder(s) (token {self.cfg.vision.image_token}) in the text "
@@ -80,8 +77,7 @@ class VisionLanguageModel(nn.Module):
         dtype = self.lm.tok_emb.weight.dtype
         visual_BMLD = torch.zeros(B, M, v.n_latents, v.d_model, device=idx_BT.device, dtype=dtype)
         if n:
-            if visual_NLD is None:
-                visual_NLD = self.encode(images_NCHW)
+            visual_NLD = self.encode(images_NCHW)
             row_N = torch.repeat_interleave(torch.arange(B, device=idx_BT.device), per_row_B)
             first_B = torch.cumsum(per_row_B, 0) - per_row_B  # each row's first image in images
             slot_N = torch.arange(n, device=idx_BT.device) - first_B[row_N]

@@ -95,9 +95,22 @@ def _batches(n: int, size: int):
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-@torch.no_grad()
+def _evaluating(fn):
+    """Run fn with its model (the first argument) in eval mode and no grad, then restore its mode."""
+    def run(model, *args, **kw):
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model, *args, **kw)
+        finally:
+            model.train(was)
+    run.__doc__, run.__name__ = fn.__doc__, fn.__name__
+    return run
+
+
+@_evaluating
 def transcribe(model: VisionLanguageModel, images_NCHW: torch.Tensor, batch: int = 128) -> list[str]:
-    model.eval()
     out = []
     for s in _batches(len(images_NCHW), batch):
         media = _image_media(model, images_NCHW[s])
@@ -106,7 +119,7 @@ def transcribe(model: VisionLanguageModel, images_NCHW: torch.Tensor, batch: int
     return out
 
 
-@torch.no_grad()
+@_evaluating
 def guess_lines(lm: MoETransformer, n: int) -> list[str]:
     """The text-only baseline's transcription of any image: greedy from a newline (it cannot see)."""
     first = torch.full((1, 1), NEWLINE, device=lm.tok_emb.weight.device)
@@ -126,22 +139,21 @@ def _scored(lines: list[str], start: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@torch.no_grad()
+@_evaluating
 def caption_loss(model: VisionLanguageModel, lines: list[str], images_NCHW: torch.Tensor, batch: int = 128) -> float:
     """Mean cross-entropy per byte of each "line\\n" after its image's placeholder."""
-    model.eval()
     x, y = _scored(lines, model.cfg.vision.image_token)
     total = 0.0
     for s in _batches(len(lines), batch):
-        logits = model(x[s], images=images_NCHW[s]).logits
-        total += F.cross_entropy(logits.flatten(0, 1), y[s].flatten(), ignore_index=-100, reduction="sum").item()
+        logits = model(x[s].to(images_NCHW.device), images=images_NCHW[s]).logits
+        total += F.cross_entropy(logits.flatten(0, 1), y[s].flatten().to(logits.device), ignore_index=-100,
+                                 reduction="sum").item()
     return total / int((y != -100).sum())
 
 
-@torch.no_grad()
+@_evaluating
 def text_caption_loss(lm: MoETransformer, lines: list[str], batch: int = 128) -> float:
     """The text-only baseline's caption loss: "line\\n" after a newline, no image."""
-    lm.eval()
     x, y = _scored(lines, NEWLINE)
     total = 0.0
     for s in _batches(len(lines), batch):

@@ -1,0 +1,109 @@
+"""What limits reading: two character readers trained on the same rendered lines for the same steps,
+without the language model. Both predict character j of a line from the image alone.
+
+    aligned   told where character j is (the renderer's 6-pixel pitch from x = 4, give or take its
+              2-pixel shift): a 12-pixel-wide window of raw pixels -> MLP -> the character
+    attention learns where: a learned query per character position attends over the ViT's patch
+              features (tiny-vision's encoder), then a linear layer -> the character
+
+If `aligned` reads and `attention` does not at the same step, the vision path's limit is learning
+where to look, not seeing.
+
+    python scripts/vision_probe.py --steps 600 --out bench/results/cpu-2core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from moe.config import load_config  # noqa: E402
+from moe.model.init import init_weights  # noqa: E402
+from moe.profiling.timing import environment  # noqa: E402
+from moe.vision.captions import CaptionDataset  # noqa: E402
+from moe.vision.encoder import ViT  # noqa: E402
+from moe.vision.layers import Attention  # noqa: E402
+from moe.vision.render import CHAR_WIDTH, MAX_CHARS  # noqa: E402
+
+WINDOW = 12
+
+
+class Aligned(nn.Module):
+    def __init__(self, height: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(height * WINDOW, 256), nn.GELU(), nn.Linear(256, 256))
+
+    def forward(self, images_N1HW):
+        pixels = F.pad(images_N1HW[:, 0], (0, WINDOW), value=1.0)
+        x0 = [4 + CHAR_WIDTH * j - 2 for j in range(MAX_CHARS)]
+        return self.mlp(torch.stack([pixels[:, :, x: x + WINDOW].flatten(1) for x in x0], 1))
+
+
+class Attending(nn.Module):
+    def __init__(self, v):
+        super().__init__()
+        self.encoder = ViT(v)
+        self.queries = nn.Parameter(torch.empty(MAX_CHARS, v.d_model))
+        self.attn = Attention(v.d_model, v.d_model, v.n_heads, v.n_heads, v.d_model // v.n_heads)
+        self.out = nn.Linear(v.d_model, 256)
+
+    def forward(self, images_N1HW):
+        features = self.encoder(images_N1HW)
+        return self.out(self.attn(self.queries.expand(len(images_N1HW), -1, -1), features))
+
+
+def train(model, data, steps: int, seed: int) -> list[dict]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    curve, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        (_, images), y = data.batch("train", 32, MAX_CHARS + 2, g)
+        target = y[:, :MAX_CHARS].clone()  # the line's characters, then its newline; not the next line's
+        newline = target == ord("\n")
+        target[(newline.long().cumsum(1) - newline.long()) > 0] = -100
+        logits = model(images)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps:
+            scored = target != -100
+            accuracy = ((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item()
+            curve.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
+                          "char_accuracy": round(accuracy, 3)})
+            print(f"{type(model).__name__:9s} step {step}: loss {loss.item():.3f}, character accuracy {accuracy:.3f}",
+                  flush=True)
+    return curve
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    cfg = load_config("tiny-vision")
+    data = CaptionDataset.bundled(cfg.vision)
+    torch.manual_seed(0)
+    attending = Attending(cfg.vision)
+    init_weights(attending, cfg, seed=0)
+    result = {"setup": {**environment(False), "steps": args.steps, "batch": 32, "lr": 3e-3},
+              "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
+              "attention": train(attending, data, args.steps, seed=0)}
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "vision_probe.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
