@@ -131,15 +131,19 @@ class MoETransformer(nn.Module):
         aux = torch.stack([r.aux_loss for r in routing]).sum()
         loss = None
         if targets is not None:
-            self._check_tokens(targets[targets != IGNORE_INDEX].view(1, -1), "targets")  # -100: not scored
+            self._check_tokens(targets, "targets", ignore=IGNORE_INDEX)
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
         return ModelOutput(logits=logits, aux_loss=aux, routing=routing, loss=loss)
 
-    def _check_tokens(self, ids: torch.Tensor, what: str) -> None:
+    def _check_tokens(self, ids: torch.Tensor, what: str, ignore: int | None = None) -> None:
+        """ids [B, T] must be token ids; `ignore`: a value also allowed (a target the loss skips)."""
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{what} must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
         if ids.numel() and ids.device.type != "meta" and not torch.compiler.is_compiling():  # (values break a graph)
+            ids = ids if ignore is None else ids[ids != ignore]
+            if not ids.numel():
+                return
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.cfg.vocab_size:
                 raise ValueError(f"{what} out of range: found {lo}..{hi}, vocab_size is {self.cfg.vocab_size}")
