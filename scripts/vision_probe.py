@@ -1,13 +1,18 @@
-"""What limits reading: two character readers trained on the same rendered lines for the same steps,
-without the language model. Both predict character j of a line from the image alone.
+"""What limits reading: character readers trained on the same rendered lines for the same steps,
+without the language model. Each predicts character j of a line from the image alone.
 
     aligned   told where character j is (the renderer's 6-pixel pitch from x = 4, give or take its
               2-pixel shift): a 12-pixel-wide window of raw pixels -> MLP -> the character
     attention learns where: a learned query per character position attends over the ViT's patch
               features (tiny-vision's encoder), then a linear layer -> the character
+    stem      learns where, over a convolutional stem (3 x 3 conv, GELU, then one token per
+              full-height 4-pixel column strip) instead of the ViT: the same attention and readout
+    window    the stem, with a reading-order prior added to the attention scores:
+              -((column - (a j + b)) / w)^2, with a, b, w learned from a = 1, b = 0, w = 8 (Graves'
+              location window; nothing about the 1.5 columns per character is given)
 
-If `aligned` reads and `attention` does not at the same step, the vision path's limit is learning
-where to look, not seeing.
+If `aligned` reads and `attention` does not at the same step, the limit is learning where to look,
+not seeing; `stem` and `window` separate the two halves of that.
 
     python scripts/vision_probe.py --steps 600 --out bench/results/cpu-2core
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
@@ -61,6 +67,34 @@ class Attending(nn.Module):
         return self.out(self.attn(self.queries.expand(len(images_N1HW), -1, -1), features))
 
 
+class Stem(nn.Module):
+    """One token per full-height column strip of `strip` pixels, from a small convolutional stem."""
+
+    def __init__(self, v, strip: int = 4, window: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(v.channels, 32, 3, padding=1)
+        self.strips = nn.Conv2d(32, v.d_model, (v.image_height, strip), stride=(v.image_height, strip))
+        for conv in (self.conv, self.strips):
+            nn.init.kaiming_normal_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.queries = nn.Parameter(torch.randn(MAX_CHARS, v.d_model) * 0.02)
+        self.wq = nn.Linear(v.d_model, v.d_model, bias=False)
+        self.wk = nn.Linear(v.d_model, v.d_model, bias=False)
+        self.wv = nn.Linear(v.d_model, v.d_model, bias=False)
+        self.out = nn.Linear(v.d_model, 256)
+        self.window = window
+        self.a, self.b, self.log_w = (nn.Parameter(torch.tensor(x)) for x in (1.0, 0.0, math.log(8.0)))
+
+    def forward(self, images_N1HW):
+        f_NCD = self.strips(F.gelu(self.conv(images_N1HW * 2 - 1))).flatten(2).transpose(1, 2)
+        scores_NJC = self.wq(self.queries) @ self.wk(f_NCD).transpose(1, 2) / math.sqrt(f_NCD.shape[-1])
+        if self.window:
+            column = torch.arange(f_NCD.shape[1], dtype=scores_NJC.dtype)
+            j = torch.arange(MAX_CHARS, dtype=scores_NJC.dtype)[:, None]
+            scores_NJC = scores_NJC - ((column - (self.a * j + self.b)) / self.log_w.exp()) ** 2
+        return self.out(torch.softmax(scores_NJC, -1) @ self.wv(f_NCD))
+
+
 def train(model, data, steps: int, seed: int) -> list[dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
@@ -80,7 +114,7 @@ def train(model, data, steps: int, seed: int) -> list[dict]:
             accuracy = ((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item()
             curve.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
                           "char_accuracy": round(accuracy, 3)})
-            print(f"{type(model).__name__:9s} step {step}: loss {loss.item():.3f}, character accuracy {accuracy:.3f}",
+            print(f"{type(model).__name__:9s}{' (window)' if getattr(model, 'window', False) else ''} step {step}: loss {loss.item():.3f}, character accuracy {accuracy:.3f}",
                   flush=True)
     return curve
 
@@ -98,6 +132,14 @@ def main(argv=None) -> dict:
     result = {"setup": {**environment(False), "steps": args.steps, "batch": 32, "lr": 3e-3},
               "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
               "attention": train(attending, data, args.steps, seed=0)}
+    for name, window in (("stem", False), ("window", True)):
+        torch.manual_seed(0)
+        reader = Stem(cfg.vision, window=window)
+        result[name] = train(reader, data, args.steps, seed=0)
+        if window:
+            result["window_fit"] = {"a": reader.a.item(), "b": reader.b.item(), "w": reader.log_w.exp().item()}
+            print(f"window: a {reader.a.item():.3f} columns per character, b {reader.b.item():.2f}, "
+                  f"w {reader.log_w.exp().item():.2f}")
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
