@@ -45,8 +45,9 @@ def _tied_head(model: torch.nn.Module) -> str | None:
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
-    if _tied_head(model):
-        sd.pop(_tied_head(model))
+    head = _tied_head(model)
+    if head:
+        sd.pop(head)
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
@@ -111,8 +112,9 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     except (SafetensorError, OSError) as e:
         raise RunDirError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     expected = model.state_dict()
-    if _tied_head(model):
-        expected.pop(_tied_head(model))
+    head = _tied_head(model)
+    if head:
+        expected.pop(head)
     problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
                 for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
     problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]

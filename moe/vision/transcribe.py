@@ -56,7 +56,6 @@ def _decode(ids: list[int]) -> str:
     return bytes(ids).decode("utf-8", "replace")
 
 
-@torch.no_grad()
 def _greedy(lm: MoETransformer, first_BT: torch.Tensor, media: Media | None, forward, max_chars: int) -> list[str]:
     """Greedy continuation of first [B, T] through the KV cache, each row up to a newline."""
     B, T = first_BT.shape
@@ -64,11 +63,12 @@ def _greedy(lm: MoETransformer, first_BT: torch.Tensor, media: Media | None, for
     lm.setup_caches(B, T + max_chars + 1)
     try:
         logits = forward(first_BT, Positions.at(torch.arange(T, device=device)), _at(media, 0, T)).logits[:, -1]
-        out = []
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
         for pos in range(T, T + max_chars + 1):
             token = logits.argmax(-1)
             out.append(token)
-            if bool((torch.stack(out, 1) == NEWLINE).any(1).all()):
+            done |= token == NEWLINE
+            if bool(done.all()):
                 break
             logits = forward(token[:, None], Positions.at(torch.tensor([pos], device=device)), _at(media, pos, 1)).logits[:, -1]
     finally:
@@ -77,12 +77,14 @@ def _greedy(lm: MoETransformer, first_BT: torch.Tensor, media: Media | None, for
 
 
 def _at(media: Media | None, start: int, n: int) -> Media | None:
-    """The media of n tokens from position `start` of rows whose image is at position 0."""
+    """The media of n tokens from position `start` of rows whose image is at position 0 (a prompt of
+    one placeholder: Media.at_positions says what every later token sees)."""
     if media is None:
         return None
-    B = media.visual_BMLD.shape[0]
-    offset_BT = torch.arange(start, start + n, device=media.media_BT.device).expand(B, n)
-    return Media(media.visual_BMLD, torch.zeros_like(offset_BT), offset_BT)
+    index, offset = Media.at_positions(([0], [0]), list(range(start, start + n)))
+    B, device = media.visual_BMLD.shape[0], media.media_BT.device
+    return Media(media.visual_BMLD, torch.tensor([index], device=device).expand(B, n),
+                 torch.tensor([offset], device=device).expand(B, n))
 
 
 def _image_media(model: VisionLanguageModel, images_NCHW: torch.Tensor) -> Media:
