@@ -54,3 +54,11 @@ def test_figures_cli_reports_the_leak_and_its_contradictions():
                          text=True, check=True).stdout
     for needle in ("1.81 T", "111 G", "2.15e+25", "contradict", "multi-query", "multi-head", "7.5", "< 30 GB"):
         assert needle in out, needle
+
+
+def test_si_prefixes_round_before_they_choose():
+    """Three significant digits, the prefix chosen after rounding (999,672 is '1 M', not '1e+03 k')."""
+    from moe.estimates.units import si
+
+    assert si(999_672) == "1 M" and si(1_234_567, "FLOP") == "1.23 MFLOP" and si(999.4) == "999"
+    assert si(1.8e12) == "1.8 T" and si(-2_500) == "-2.5 k" and si(0.5) == "0.5"
