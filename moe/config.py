@@ -101,8 +101,13 @@ class VisionConfig:
     image_height: int = 16  # the largest image, in pixels; smaller ones use the first rows/columns of
     image_width: int = 192  # the learned 2-D position tables. Both multiples of patch_size
     patch_size: int = 4
+    # "patches": ViT patches of patch_size x patch_size pixels. "strips": a 3 x 3 convolution (stem_channels
+    # wide, GELU), then one token per full-height column strip patch_size pixels wide, so a glyph of a
+    # line of text lands in one or two tokens instead of being cut across rows of patches
+    stem: str = "patches"
+    stem_channels: int = 32
     d_model: int = 96  # the encoder's width (and the resampler's, and the visual tokens')
-    n_layers: int = 2  # encoder blocks (pre-norm, bidirectional attention, GELU MLP)
+    n_layers: int = 2  # encoder blocks (pre-norm, bidirectional attention, GELU MLP); 0: the stem alone
     n_heads: int = 4  # encoder and resampler attention heads
     d_ff: int = 384  # the encoder's and resampler's MLP width
     n_latents: int = 48  # visual tokens per image, whatever its size
@@ -112,13 +117,38 @@ class VisionConfig:
     query_offsets: int = 0  # > 0: the gated blocks' queries add a learned embedding of the token's distance
                             # from its image (0 .. query_offsets - 1, clamped); 0: Flamingo's plain queries
     image_token: int = 0  # the token id that stands for an image in the text (<image>)
+    # True: reading-order windows on the attention scores (moe/vision/reading.py): the resampler's
+    # latent l reads the columns near l * columns / n_latents (fixed), and the token d after its image
+    # reads the visual tokens near a d + b (a, b, width learned). False: Flamingo's attention, content only
+    reading_window: bool = False
+    # Where the gated blocks' windows start (visual tokens per text token, the first token's place, the
+    # width). The slope may be a list, one per language-model head: a bank of reading speeds, of which
+    # the data picks. The defaults say nothing about the renderer's pitch (1.5 strips per character)
+    reading_slope: float | tuple = 1.0
+    reading_start: float = 0.0
+    reading_width: float = 8.0
 
     def __post_init__(self) -> None:
-        sizes = ("channels", "image_height", "image_width", "patch_size", "d_model", "n_layers", "n_heads",
-                 "d_ff", "n_latents", "resampler_layers", "cross_attn_every")
-        _integers(self, *sizes, "xattn_d_ff", "image_token", "query_offsets")
+        if self.stem not in ("patches", "strips"):
+            raise ValueError(f"vision.stem must be 'patches' or 'strips', got {self.stem!r}")
+        if not isinstance(self.reading_window, bool):
+            raise ValueError(f"vision.reading_window must be true or false, got {self.reading_window!r}")
+        if isinstance(self.reading_slope, (list, tuple)):
+            object.__setattr__(self, "reading_slope", tuple(self.reading_slope))
+            if not self.reading_slope or not all(_number(a) for a in self.reading_slope):
+                raise ValueError(f"vision.reading_slope must be a number or a list of numbers, got {self.reading_slope!r}")
+        elif not _number(self.reading_slope):
+            raise ValueError(f"vision.reading_slope must be a number or a list of numbers, got {self.reading_slope!r}")
+        for name in ("reading_start", "reading_width"):
+            if not _number(getattr(self, name)):
+                raise ValueError(f"vision.{name} must be a finite number, got {getattr(self, name)!r}")
+        if self.reading_width <= 0:
+            raise ValueError(f"vision.reading_width must be > 0, got {self.reading_width!r}")
+        sizes = ("channels", "image_height", "image_width", "patch_size", "d_model", "n_heads",
+                 "d_ff", "n_latents", "resampler_layers", "cross_attn_every", "stem_channels")
+        _integers(self, *sizes, "n_layers", "xattn_d_ff", "image_token", "query_offsets")
         _positive(self, *sizes)
-        _non_negative(self, "xattn_d_ff", "image_token", "query_offsets")
+        _non_negative(self, "n_layers", "xattn_d_ff", "image_token", "query_offsets")
         for side in ("image_height", "image_width"):
             if getattr(self, side) % self.patch_size:
                 raise ValueError(f"vision.{side} ({getattr(self, side)}) must be a multiple of vision.patch_size "
@@ -128,8 +158,9 @@ class VisionConfig:
 
     @property
     def patch_grid(self) -> tuple[int, int]:
-        """(rows, columns) of patches of the largest image."""
-        return self.image_height // self.patch_size, self.image_width // self.patch_size
+        """(rows, columns) of patches (strips: one row) of the largest image."""
+        rows = 1 if self.stem == "strips" else self.image_height // self.patch_size
+        return rows, self.image_width // self.patch_size
 
 
 @dataclass(frozen=True)
@@ -207,6 +238,10 @@ class ModelConfig:
             raise ValueError("quantize_dense needs expert_quant set (it takes the same scheme) and untied "
                              "embeddings (a tied head is the embedding table)")
         if self.vision is not None:
+            slopes = self.vision.reading_slope
+            if isinstance(slopes, tuple) and len(slopes) != self.n_heads:
+                raise ValueError(f"vision.reading_slope lists {len(slopes)} slopes: give one per head (n_heads = "
+                                 f"{self.n_heads}) or one number")
             if self.vision.image_token >= self.vocab_size:
                 raise ValueError(f"vision.image_token ({self.vision.image_token}) must be a token id < vocab_size "
                                  f"({self.vocab_size})")

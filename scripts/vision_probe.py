@@ -4,12 +4,16 @@ without the language model. Each predicts character j of a line from the image a
     aligned   told where character j is (the renderer's 6-pixel pitch from x = 4, give or take its
               2-pixel shift): a 12-pixel-wide window of raw pixels -> MLP -> the character
     attention learns where: a learned query per character position attends over the ViT's patch
-              features (tiny-vision's encoder), then a linear layer -> the character
+              features (Flamingo's path: 4 x 4 patches, two ViT blocks of width 96, as tiny-vision
+              had before its reading path), then a linear layer -> the character
     stem      learns where, over a convolutional stem (3 x 3 conv, GELU, then one token per
               full-height 4-pixel column strip) instead of the ViT: the same attention and readout
     window    the stem, with a reading-order prior added to the attention scores:
               -((column - (a j + b)) / w)^2, with a, b, w learned from a = 1, b = 0, w = 8 (Graves'
               location window; nothing about the 1.5 columns per character is given)
+    resampled tiny-vision's own reading path (moe/vision/): its strip stem and one-layer resampler
+              (one visual token per strip, fixed window), then the window reader over the visual
+              tokens; three initialisations (seeds 0, 1, 2), since this one's step of success varies
 
 If `aligned` reads and `attention` does not at the same step, the limit is learning where to look,
 not seeing; `stem` and `window` separate the two halves of that.
@@ -38,6 +42,8 @@ from moe.profiling.timing import environment  # noqa: E402
 from moe.vision.captions import CaptionDataset  # noqa: E402
 from moe.vision.encoder import ViT  # noqa: E402
 from moe.vision.layers import Attention  # noqa: E402
+from moe.vision.reading import ReadingWindow  # noqa: E402
+from moe.vision.resampler import PerceiverResampler  # noqa: E402
 from moe.vision.render import CHAR_WIDTH, MAX_CHARS  # noqa: E402
 
 WINDOW = 12
@@ -95,6 +101,25 @@ class Stem(nn.Module):
         return self.out(torch.softmax(scores_NJC, -1) @ self.wv(f_NCD))
 
 
+class Resampled(nn.Module):
+    """tiny-vision's encoder and resampler, read by per-character queries through a learned window."""
+
+    window = True
+
+    def __init__(self, v):
+        super().__init__()
+        self.encoder, self.resampler = ViT(v), PerceiverResampler(v)
+        self.queries = nn.Parameter(torch.empty(MAX_CHARS, v.d_model))
+        self.attn = Attention(v.d_model, v.d_model, v.n_heads, v.n_heads, v.d_model // v.n_heads)
+        self.reader = ReadingWindow(v.n_heads, 1.0, 0.0, 8.0)
+        self.out = nn.Linear(v.d_model, 256)
+
+    def forward(self, images_N1HW):
+        z_NLD = self.resampler(self.encoder(images_N1HW), self.encoder.columns(*images_N1HW.shape[2:]))
+        bias = self.reader(torch.arange(MAX_CHARS), torch.arange(z_NLD.shape[1]))
+        return self.out(self.attn(self.queries.expand(len(images_N1HW), -1, -1), z_NLD, bias_NHQK=bias))
+
+
 def train(model, data, steps: int, seed: int) -> list[dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
@@ -125,9 +150,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     cfg = load_config("tiny-vision")
+    flamingo = dict(cfg.vision.__dict__, stem="patches", n_layers=2, n_latents=48, resampler_layers=2, reading_window=False)
+    plain = load_config("tiny-vision", vision=flamingo)
     data = CaptionDataset.bundled(cfg.vision)
     torch.manual_seed(0)
-    attending = Attending(cfg.vision)
+    attending = Attending(plain.vision)
     init_weights(attending, cfg, seed=0)
     result = {"setup": {**environment(False), "steps": args.steps, "batch": 32, "lr": 3e-3},
               "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
@@ -140,6 +167,12 @@ def main(argv=None) -> dict:
             result["window_fit"] = {"a": reader.a.item(), "b": reader.b.item(), "w": reader.log_w.exp().item()}
             print(f"window: a {reader.a.item():.3f} columns per character, b {reader.b.item():.2f}, "
                   f"w {reader.log_w.exp().item():.2f}")
+    for seed in range(3):
+        reader = Resampled(cfg.vision)
+        init_weights(reader, cfg, seed=seed)
+        result[f"resampled_seed{seed}"] = train(reader, data, args.steps, seed=0)
+        a, b, w = reader.reader.line()
+        result[f"resampled_seed{seed}_fit"] = {"a": a.tolist(), "b": b.tolist(), "w": w.tolist()}
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

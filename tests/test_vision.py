@@ -1,5 +1,7 @@
 """The vision path (moe/vision/): gates at zero leave the language model exact, media masking against a
-float64 per-token loop, the resampler's fixed output, and refusals of mismatched images."""
+float64 per-token loop, the resampler's fixed output, and refusals of mismatched images. Each runs on
+Flamingo's plain path (4 x 4 patches, content-only attention) and on the reading path (a strip stem
+and reading-order windows, moe/vision/reading.py), whose pieces have float64 loops of their own."""
 
 import dataclasses
 import math
@@ -15,8 +17,15 @@ SMALL_VISION = dict(channels=1, image_height=8, image_width=32, patch_size=4, d_
                     d_ff=32, n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0, query_offsets=8)
 
 
+# The reading path at test size: 8 strips of 4 pixels per 8 x 32 image, one latent per strip.
+READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
+
+
 def vision_cfg(**vision):
     return shrunk("tiny-vision", vision={**SMALL_VISION, **vision})
+
+
+both_paths = pytest.mark.parametrize("path", [{}, READING], ids=["flamingo", "reading"])
 
 
 def text_with_images(B=3, T=24, where=((0, 0), (1, 3), (1, 11), (1, 17))):
@@ -27,8 +36,9 @@ def text_with_images(B=3, T=24, where=((0, 0), (1, 3), (1, 11), (1, 17))):
     return idx
 
 
-def test_gates_at_zero_give_the_text_models_logits_exactly():
-    model = VisionLanguageModel(vision_cfg(cross_attn_every=1)).double()
+@both_paths
+def test_gates_at_zero_give_the_text_models_logits_exactly(path):
+    model = VisionLanguageModel(vision_cfg(cross_attn_every=1, **path)).double()
     idx = text_with_images()
     images = torch.rand(4, 1, 8, 32, dtype=torch.float64)
     out = model(idx, images=images)
@@ -40,7 +50,8 @@ def test_gates_at_zero_give_the_text_models_logits_exactly():
 
 def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
     """Flamingo's gated block, token by token in float64: attend over the visual tokens of the latest
-    image at or before the token (nothing before the first), then the gated MLP."""
+    image at or before the token (nothing before the first), then the gated MLP. With a reading window,
+    head i's score of visual token l, for a token d after its image, adds -((l - (a_i d + b_i)) / w_i)^2."""
     attn = block.attn
     H, G, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
     out = torch.zeros_like(x_BTD)
@@ -59,7 +70,12 @@ def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
                 heads = []
                 for i in range(H):
                     g = i // (H // G)
-                    p = torch.softmax(k[:, g] @ q[i] / math.sqrt(d), dim=0)
+                    scores = k[:, g] @ q[i] / math.sqrt(d)
+                    if block.window is not None:
+                        a, b_, w = (float(x[i].detach()) for x in block.window.line())
+                        at = a * int(media.offset_BT[b, t]) + b_
+                        scores = scores - torch.tensor([((l - at) / w) ** 2 for l in range(len(kv))], dtype=scores.dtype)
+                    p = torch.softmax(scores, dim=0)
                     heads.append(p @ v[:, g])
                 y = attn.wo.weight @ torch.cat(heads)
             x = x + torch.tanh(block.attn_gate.detach()) * y
@@ -68,13 +84,16 @@ def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
     return out
 
 
-def test_media_masking_against_a_per_token_loop():
-    cfg = vision_cfg()
+@both_paths
+def test_media_masking_against_a_per_token_loop(path):
+    cfg = vision_cfg(**path)
     model = VisionLanguageModel(cfg).double()
     block = model.xattn[0]
     with torch.no_grad():
         block.attn_gate.fill_(0.7)
         block.mlp_gate.fill_(-0.3)
+        if block.window is not None:  # a window that has learned something: per head, its own line
+            block.window.shift.copy_(torch.randn(block.window.shift.shape, dtype=torch.float64) * 0.3)
     idx = text_with_images()
     images = torch.rand(4, 1, 8, 32, dtype=torch.float64)
     media = model.media(idx, images)
@@ -91,8 +110,9 @@ def test_media_masking_against_a_per_token_loop():
     torch.testing.assert_close(block(x, media), reference_gated_block(block, x, media))
 
 
-def test_a_token_sees_only_its_latest_image():
-    model = VisionLanguageModel(vision_cfg()).double()
+@both_paths
+def test_a_token_sees_only_its_latest_image(path):
+    model = VisionLanguageModel(vision_cfg(**path)).double()
     block = model.xattn[0]
     with torch.no_grad():
         block.attn_gate.fill_(1.0)
@@ -108,9 +128,73 @@ def test_a_token_sees_only_its_latest_image():
     assert torch.equal(moved, expect)
 
 
-@pytest.mark.parametrize("size", [(4, 8), (8, 16), (8, 32)])
-def test_resampler_output_does_not_depend_on_the_image_size(size):
-    cfg = vision_cfg()
+def layer_norm(x, norm):
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps) * norm.weight + norm.bias
+
+
+def test_strip_stem_against_a_float64_loop():
+    """A 3 x 3 convolution (zero padding), GELU, then one token per full-height strip of 4 columns."""
+    model = VisionLanguageModel(vision_cfg(**READING)).double()
+    enc = model.encoder
+    images = torch.rand(2, 1, 8, 32, dtype=torch.float64)
+    padded = F.pad(images, (1, 1, 1, 1))
+    conv = enc.conv.bias[None, :, None, None].expand(2, -1, 8, 32).clone()
+    for dy in range(3):
+        for dx in range(3):  # each tap: weight [S, C] times the shifted image [N, C, H, W]
+            conv = conv + torch.einsum("sc,nchw->nshw", enc.conv.weight[:, :, dy, dx], padded[:, :, dy:dy + 8, dx:dx + 32])
+    g = F.gelu(conv)
+    strips = torch.stack([torch.einsum("dshx,nshx->nd", enc.strip.weight, g[:, :, :, 4 * c: 4 * c + 4])
+                          for c in range(8)], dim=1) + enc.strip.bias
+    expect = layer_norm(strips + enc.pos_row[0] + enc.pos_col[:8], enc.norm)
+    torch.testing.assert_close(enc(images), expect)
+    assert torch.equal(enc.columns(8, 32), torch.arange(8.0))
+
+
+def test_resampler_reading_window_against_a_float64_loop():
+    """Latent l attends to the patches only, with -((column - l * columns / L) / 0.5)^2 on its scores."""
+    cfg = vision_cfg(**{**READING, "n_latents": 5})  # 5 latents over 8 columns: a = 1.6
+    model = VisionLanguageModel(cfg).double()
+    res = model.resampler
+    layer, attn = res.layers[0], res.layers[0].attn
+    x = torch.randn(2, 8, 16, dtype=torch.float64)
+    H, d = attn.n_heads, attn.head_dim
+    out = torch.zeros(2, 5, 16, dtype=torch.float64)
+    for n in range(2):
+        media = layer_norm(x[n], layer.media_norm)
+        for l in range(5):
+            z = res.latents[l]
+            q = (attn.wq.weight @ layer_norm(z, layer.latent_norm)).view(H, d)
+            k, v = (media @ attn.wk.weight.T).view(8, H, d), (media @ attn.wv.weight.T).view(8, H, d)
+            window = torch.tensor([-((c - 1.6 * l) / 0.5) ** 2 for c in range(8)], dtype=torch.float64)
+            heads = [torch.softmax(k[:, i] @ q[i] / math.sqrt(d) + window, 0) @ v[:, i] for i in range(H)]
+            z = z + attn.wo.weight @ torch.cat(heads)
+            h = layer_norm(z, layer.mlp_norm)
+            z = z + layer.mlp.down.weight @ F.gelu(layer.mlp.up.weight @ h)
+            out[n, l] = layer_norm(z, res.norm)
+    torch.testing.assert_close(res(x, torch.arange(8.0)), out)
+    with pytest.raises(ValueError, match="needs each patch's column"):
+        res(x)
+
+
+def test_reading_windows_start_where_stated_and_the_stem_starts_at_he_scale():
+    model = VisionLanguageModel(vision_cfg(**READING))
+    for block in model.xattn:  # the defaults: a = 1, b = 0, w = 8, nothing about the renderer's pitch
+        assert [x.tolist() for x in block.window.line()] == [[1.0, 1.0, 1.0, 1.0], [0.0] * 4, [pytest.approx(8.0)] * 4]
+    bank = VisionLanguageModel(vision_cfg(**READING, reading_slope=[0.8, 1.1, 1.4, 1.7], reading_start=0.5,
+                                          reading_width=2.0))
+    a, b, w = bank.xattn[1].window.line()  # one slope per head, the same start and width
+    assert a.tolist() == pytest.approx([0.8, 1.1, 1.4, 1.7]) and b.tolist() == [0.5] * 4
+    assert w.tolist() == pytest.approx([2.0] * 4)
+    assert model.resampler.layers[0].window.shift is None  # fixed, no parameter
+    w = model.encoder.strip.weight  # [16, 4, 8, 4]: 2,048 draws
+    assert abs(w.std().item() / math.sqrt(2 / (4 * 8 * 4)) - 1) < 0.1
+    assert abs(model.xattn[0].attn.wq.weight.std().item() / model.cfg.init_std - 1) < 0.1
+
+
+@pytest.mark.parametrize("path,size", [({}, (4, 8)), ({}, (8, 16)), ({}, (8, 32)), (READING, (8, 8)),
+                                       (READING, (8, 20))])
+def test_resampler_output_does_not_depend_on_the_image_size(path, size):
+    cfg = vision_cfg(**path)
     model = VisionLanguageModel(cfg)
     visual = model.encode(torch.rand(2, 1, *size))
     assert visual.shape == (2, cfg.vision.n_latents, cfg.vision.d_model)
@@ -138,6 +222,20 @@ def test_a_text_model_config_is_refused_and_bad_vision_tables_are_named():
         vision_cfg(image_width=30)
     with pytest.raises(ValueError, match="image_token \\(300\\) must be a token id < vocab_size"):
         vision_cfg(image_token=300)
+    with pytest.raises(ValueError, match="vision.stem must be 'patches' or 'strips', got 'conv'"):
+        vision_cfg(stem="conv")
+    with pytest.raises(ValueError, match="vision.reading_window must be true or false"):
+        vision_cfg(reading_window=1)
+    with pytest.raises(ValueError, match="vision.reading_slope lists 3 slopes: give one per head \\(n_heads = 4\\)"):
+        vision_cfg(reading_slope=[1.0, 1.2, 1.4])
+    with pytest.raises(ValueError, match="vision.reading_slope must be a number or a list of numbers"):
+        vision_cfg(reading_slope="fast")
+    with pytest.raises(ValueError, match="vision.reading_width must be > 0"):
+        vision_cfg(reading_width=0.0)
+    with pytest.raises(ValueError, match="n_layers must be a finite number >= 0, got -1"):
+        vision_cfg(n_layers=-1)
+    with pytest.raises(ValueError, match="a strip stem reads images exactly vision.image_height = 8 pixels high, got 4"):
+        VisionLanguageModel(vision_cfg(**READING)).encode(torch.rand(1, 1, 4, 32))
 
 
 def test_a_preset_builds_on_its_base():
@@ -149,11 +247,12 @@ def test_a_preset_builds_on_its_base():
 
 
 
-def test_cached_decode_with_an_image_equals_the_full_forward():
+@both_paths
+def test_cached_decode_with_an_image_equals_the_full_forward(path):
     """Through the language model's KV cache, the gated blocks read the row's image for every new token."""
     from moe.model import Positions
 
-    model = VisionLanguageModel(vision_cfg(cross_attn_every=2)).double().eval()
+    model = VisionLanguageModel(vision_cfg(cross_attn_every=2, **path)).double().eval()
     with torch.no_grad():
         for block in model.xattn:
             block.attn_gate.fill_(0.8)
@@ -172,12 +271,20 @@ def test_cached_decode_with_an_image_equals_the_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-7, rtol=1e-6)  # the router rounds in fp32
 
 
-@pytest.mark.parametrize("preset", ["tiny-vision", "gpt4-vision"])
-def test_vision_parameter_arithmetic_counts_the_built_model(preset):
+FLAMINGO_TINY = dict(stem="patches", n_layers=2, n_latents=48, resampler_layers=2, reading_window=False)
+
+
+def preset_cfg(preset: str, **vision):
     from moe.config import load_config
+
+    return load_config(preset, vision={**load_config(preset).vision.__dict__, **vision})
+
+
+@pytest.mark.parametrize("preset,path", [("tiny-vision", {}), ("tiny-vision", FLAMINGO_TINY), ("gpt4-vision", {})])
+def test_vision_parameter_arithmetic_counts_the_built_model(preset, path):
     from moe.estimates.vision import count_vision_params
 
-    cfg = load_config(preset)
+    cfg = preset_cfg(preset, **path)
     with torch.device("meta"):  # gpt4-vision: 1.8T parameters, shapes only
         model = VisionLanguageModel(cfg)
     counts = count_vision_params(cfg)
@@ -187,17 +294,17 @@ def test_vision_parameter_arithmetic_counts_the_built_model(preset):
     assert counts.gated == numel(model.xattn)
 
 
-def test_vision_flop_arithmetic_against_torch_flop_counter():
+@pytest.mark.parametrize("path", [{}, FLAMINGO_TINY], ids=["reading", "flamingo"])
+def test_vision_flop_arithmetic_against_torch_flop_counter(path):
     """FLOPs counted by torch (matmuls and attention) on the real modules, against moe/estimates/vision.py.
     The counter skips element-wise work (norms, GELU, adds), which the arithmetic leaves out too.
     Attention through SDPA's math backend, whose matmuls the counter sees (the fused CPU kernel it skips)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from moe.config import load_config
     from moe.estimates.vision import image_flops, text_token_flops
 
-    cfg = load_config("tiny-vision", vision={**load_config("tiny-vision").vision.__dict__, "query_offsets": 0})
+    cfg = preset_cfg("tiny-vision", query_offsets=0, **path)
     model = VisionLanguageModel(cfg).eval()
     v = cfg.vision
     images = torch.rand(3, v.channels, v.image_height, v.image_width)

@@ -17,8 +17,13 @@ VISION = dict(channels=1, image_height=8, image_width=32, patch_size=4, d_model=
               n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0, query_offsets=16)
 
 
-def vision_model():
-    model = VisionLanguageModel(shrunk("tiny-vision", vision=VISION)).double().eval()
+# The reading path (tests/test_vision.py): its gated blocks' windows follow each token's distance from
+# its image through the engine's cached positions.
+READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
+
+
+def vision_model(path=None):
+    model = VisionLanguageModel(shrunk("tiny-vision", vision={**VISION, **(path or {})})).double().eval()
     with torch.no_grad():  # open the gates, so the images matter
         for block in model.xattn:
             block.attn_gate.fill_(1.0)
@@ -44,8 +49,12 @@ def alone(model, req):
     return generate(model, req.prompt, req.max_new_tokens, greedy=True, images=req.images)
 
 
-def test_generate_through_the_cache_equals_greedy_full_forwards():
-    model = vision_model()
+both_paths = pytest.mark.parametrize("path", [{}, READING], ids=["flamingo", "reading"])
+
+
+@both_paths
+def test_generate_through_the_cache_equals_greedy_full_forwards(path):
+    model = vision_model(path)
     for req in image_requests(6, seed=1):
         tokens = list(req.prompt)
         from moe.vision.images import batch_images
@@ -56,8 +65,9 @@ def test_generate_through_the_cache_equals_greedy_full_forwards():
         assert alone(model, req) == tokens[len(req.prompt):]
 
 
-def test_engine_serves_image_and_text_requests_in_shared_batches_exactly():
-    model = vision_model()
+@both_paths
+def test_engine_serves_image_and_text_requests_in_shared_batches_exactly(path):
+    model = vision_model(path)
     reqs = image_requests(9, seed=2)
     engine = Engine(model, n_pages=24, page_size=4, max_batch=5)
     results = engine.run(reqs)
@@ -67,8 +77,9 @@ def test_engine_serves_image_and_text_requests_in_shared_batches_exactly():
     assert len(engine.free_pages) == engine.n_pages  # the visual K/V's pages came back too
 
 
-def test_images_change_the_output_and_a_text_draft_still_speculates():
-    model = vision_model()
+@both_paths
+def test_images_change_the_output_and_a_text_draft_still_speculates(path):
+    model = vision_model(path)
     reqs = image_requests(6, seed=3)
     swapped = [Request(r.prompt, r.max_new_tokens, r.sampling, seed=r.seed, images=[1 - im for im in r.images])
                for r in reqs]

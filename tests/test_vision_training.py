@@ -31,12 +31,17 @@ def text_run(tmp_path_factory):
     return out
 
 
-def vision_cfg(**kw):
-    return shrunk("tiny-vision", vision=VISION, **kw)
+# The reading path (a strip stem, reading-order windows; tiny-vision's own)
+READING = dict(stem="strips", stem_channels=8, n_layers=0, n_latents=52, reading_window=True)
 
 
-def test_stage_two_freezes_the_language_model_and_lowers_the_caption_loss(text_run, tmp_path):
-    s = train(vision_cfg(), TrainConfig(**FAST), tmp_path, init_from=text_run, **quiet)
+def vision_cfg(path=None, **kw):
+    return shrunk("tiny-vision", vision={**VISION, **(path or {})}, **kw)
+
+
+@pytest.mark.parametrize("path", [{}, READING], ids=["flamingo", "reading"])
+def test_stage_two_freezes_the_language_model_and_lowers_the_caption_loss(text_run, tmp_path, path):
+    s = train(vision_cfg(path), TrainConfig(**FAST), tmp_path, init_from=text_run, **quiet)
     text = load_file(str(checkpoint.resolve(text_run) / "model.safetensors"))
     vision = load_file(str(tmp_path / "step-0000030" / "model.safetensors"))
     assert all(torch.equal(vision[f"lm.{k}"], v) for k, v in text.items())  # frozen, bit for bit
@@ -44,11 +49,13 @@ def test_stage_two_freezes_the_language_model_and_lowers_the_caption_loss(text_r
     assert len(gates) == 3 and any(abs(g) > 1e-3 for g in gates[-1][0])  # the gates opened
     assert (tmp_path / "training.png").stat().st_size > 10_000
 
-    lines, images = held_out(CaptionDataset.bundled(vision_cfg().vision), 64)
-    start = checkpoint.build_model(vision_cfg())  # the model at initialisation: the text model's logits
+    lines, images = held_out(CaptionDataset.bundled(vision_cfg(path).vision), 64)
+    start = checkpoint.build_model(vision_cfg(path))  # the model at initialisation: the text model's logits
     checkpoint.load_weights(start, text_run)
     trained = checkpoint.load_model(tmp_path)
     assert caption_loss(trained, lines, images) < caption_loss(start, lines, images) - 0.05
+    if path:  # the gated blocks' reading windows learned (they start at zero shift)
+        assert any(block.window.shift.abs().max() > 1e-3 for block in trained.xattn)
 
 
 def test_a_vision_run_resumes_exactly(text_run, tmp_path):
@@ -110,5 +117,5 @@ def test_the_measurement_scripts_run_end_to_end(text_run, tmp_path):
     assert len(result["curve"]) == 1 and result["setup"]["held_out_lines"] == 8  # one evaluation at step 10
     assert 0 <= result["final"]["cer"] and result["baselines"]["text-only model, no image"]["cer"] >= 0
     probe = _script("vision_probe").main(["--steps", "2"])
-    assert {"aligned", "attention", "stem", "window", "window_fit"} <= set(probe)
+    assert {"aligned", "attention", "stem", "window", "window_fit", "resampled_seed2"} <= set(probe)
     assert all(len(probe[k]) == 1 for k in ("aligned", "attention", "stem", "window"))  # the last step is logged

@@ -12,9 +12,16 @@ patch projection has a bias; nothing else does. FLOPs count 2 per multiply-add (
     gated      X (d q + 2 Dv kv + q d + 2 d Fx + 2 d + 2)          (2 tanh gates, 2 RMSNorms)
 
     per image   encoder  2 P (C p^2 Dv) + layers (2 P (4 Dv^2 + 2 Dv Fv) + 4 P^2 Dv)
-                resampler  layers (2 L (2 Dv^2 + 2 Dv Fv) + 2 (P + L)(2 Dv^2) + 4 L (P + L) Dv)
+                resampler  layers (2 L (2 Dv^2 + 2 Dv Fv) + 2 K (2 Dv^2) + 4 L K Dv),  K = P + L keys
                 visual K/V  X 2 L (2 Dv kv)              (once per image, then cached)
     per text token  X (2 (d q + q d + 2 d Fx) + 4 q L)   (attending to one image's L tokens)
+
+The reading path (vision.stem = "strips", S stem channels, P = W/p strips; vision.reading_window):
+    encoder    the patch projection becomes C 9 S + S (3 x 3 convolution) + S H p Dv + Dv (strips), and
+               one row of positions (1 + W/p) Dv;  FLOPs 2 H W (9 C S) + 2 P (S H p Dv)
+    resampler  the latents attend to the patches only: K = P
+    gated      + X 3 n_heads (each block's learned window: slope, start, width per head); the windows'
+               score biases are element-wise, uncounted like the norms
 """
 
 from __future__ import annotations
@@ -52,9 +59,13 @@ def count_vision_params(cfg: ModelConfig) -> VisionParams:
     v, rows, cols, _, X, Fx = _shape(cfg)
     D, F = v.d_model, v.d_ff
     d, q, kv = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    encoder = v.channels * v.patch_size**2 * D + D + (rows + cols) * D + v.n_layers * (4 * D * D + 2 * D * F + 4 * D) + 2 * D
+    if v.stem == "strips":
+        stem = v.channels * 9 * v.stem_channels + v.stem_channels + v.stem_channels * v.image_height * v.patch_size * D + D
+    else:
+        stem = v.channels * v.patch_size**2 * D + D
+    encoder = stem + (rows + cols) * D + v.n_layers * (4 * D * D + 2 * D * F + 4 * D) + 2 * D
     resampler = v.n_latents * D + v.resampler_layers * (4 * D * D + 2 * D * F + 6 * D) + 2 * D
-    gated = X * (d * q + 2 * D * kv + q * d + 2 * d * Fx + 2 * d + 2)
+    gated = X * (d * q + 2 * D * kv + q * d + 2 * d * Fx + 2 * d + 2 + (3 * cfg.n_heads if v.reading_window else 0))
     return VisionParams(encoder, resampler, gated)
 
 
@@ -63,8 +74,13 @@ def image_flops(cfg: ModelConfig) -> dict[str, int]:
     v, _, _, P, X, _ = _shape(cfg)
     D, F, L = v.d_model, v.d_ff, v.n_latents
     kv = cfg.n_kv_heads * cfg.head_dim
-    encoder = 2 * P * v.channels * v.patch_size**2 * D + v.n_layers * (2 * P * (4 * D * D + 2 * D * F) + 4 * P * P * D)
-    resampler = v.resampler_layers * (2 * L * (2 * D * D + 2 * D * F) + 2 * (P + L) * 2 * D * D + 4 * L * (P + L) * D)
+    if v.stem == "strips":
+        stem = 2 * v.image_height * v.image_width * 9 * v.channels * v.stem_channels + 2 * P * v.stem_channels * v.image_height * v.patch_size * D
+    else:
+        stem = 2 * P * v.channels * v.patch_size**2 * D
+    encoder = stem + v.n_layers * (2 * P * (4 * D * D + 2 * D * F) + 4 * P * P * D)
+    K = P if v.reading_window else P + L  # keys: the patches (and, on Flamingo's path, the latents)
+    resampler = v.resampler_layers * (2 * L * (2 * D * D + 2 * D * F) + 2 * K * 2 * D * D + 4 * L * K * D)
     return {"encoder": encoder, "resampler": resampler, "visual K/V": X * 2 * L * 2 * D * kv}
 
 
@@ -93,8 +109,10 @@ def vision_rows(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     return [
         ("vision parameters", si(params.total), f"{params.total / text.total:.3%} on top of the language model's "
          f"{si(text.total)} (the leak: 'adds more parameters on top of the 1.8T', no figure)"),
-        ("  encoder (ViT)", si(params.encoder), f"{v.n_layers} blocks of {v.d_model}, {P} patches of {v.patch_size}x"
-         f"{v.patch_size} ({rows} x {cols}) per {v.image_height} x {v.image_width} x {v.channels} image"),
+        ("  encoder (ViT)", si(params.encoder), f"{v.n_layers} blocks of {v.d_model}, {P} "
+         + (f"strips of {v.image_height}x{v.patch_size} from a 3x3 convolution stem" if v.stem == "strips" else
+            f"patches of {v.patch_size}x{v.patch_size} ({rows} x {cols})")
+         + f" per {v.image_height} x {v.image_width} x {v.channels} image"),
         ("  Perceiver Resampler", si(params.resampler), f"{v.resampler_layers} layers, {v.n_latents} latents"),
         ("  gated cross-attention", si(params.gated), f"{X} blocks, one before every {v.cross_attn_every} of "
          f"{cfg.n_layers}"),

@@ -1,8 +1,9 @@
 """The vision wing: Flamingo's structure around the MoE language model (moe/model/).
 
     layers           Attention (queries over another sequence, no positions) and MLP
-    encoder          ViT: patches, learned 2-D positions, pre-norm blocks
+    encoder          ViT: patches (or full-height strips from a conv stem), learned 2-D positions, pre-norm blocks
     resampler        PerceiverResampler: n_latents visual tokens per image, whatever its size
+    reading          ReadingWindow: a learned reading-order prior on attention scores (reading text)
     cross_attention  GatedCrossAttention (tanh gates from 0) and Media (which image each token sees)
     model            VisionLanguageModel: the language model `lm` plus the vision path
 """

@@ -10,6 +10,11 @@ model's d_model, Dv the visual tokens' width.
 With both gates at 0 the block adds exactly 0.0 to every element, so a model whose blocks are all
 fresh computes the language model's logits bit for bit (tests/test_vision.py checks it in float64).
 
+With vision.reading_window, the attention adds a reading-order window (moe/vision/reading.py): the
+token d tokens after its image's placeholder looks at that image's visual tokens near a d + b (the
+resampler keeps them in reading order). It starts at vision.reading_slope, reading_start and
+reading_width: by default a = 1, b = 0, w = 8 visual tokens, which say nothing about the renderer's pitch.
+
 Media masking: a token sees only the visual tokens of the latest image at or before it in its row
 (media_BT, its row-local image index; -1 before the first image, where the attention adds nothing).
 """
@@ -23,6 +28,7 @@ import torch.nn as nn
 
 from moe.config import ModelConfig
 from moe.vision.layers import MLP, Attention
+from moe.vision.reading import ReadingWindow
 
 
 @dataclass
@@ -73,6 +79,8 @@ class GatedCrossAttention(nn.Module):
         # token reads depends on how far it stands from the image, which a frozen language model with
         # rotary positions does not hold in its residual stream (see the README's vision section).
         self.offset_emb = nn.Embedding(v.query_offsets, cfg.d_model) if v.query_offsets else None
+        self.window = (ReadingWindow(cfg.n_heads, v.reading_slope, v.reading_start, v.reading_width)
+                       if v.reading_window else None)
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, v.xattn_d_ff or 4 * cfg.d_model)
         self.mlp_gate = nn.Parameter(torch.zeros(()))
@@ -85,7 +93,10 @@ class GatedCrossAttention(nn.Module):
             q_BTD = self.attn_norm(x_BTD)
             if self.offset_emb is not None:
                 q_BTD = q_BTD + self.offset_emb(media.offset_BT.clamp(0, self.offset_emb.num_embeddings - 1))
-            y_BTD = self.attn(q_BTD, media.visual_BMLD.reshape(B, M * L, Dv), media.mask(), kv=kv)
+            bias = None
+            if self.window is not None:  # each key's place within its image: 0 .. L-1, image after image
+                bias = self.window(media.offset_BT, torch.arange(L, device=x_BTD.device).repeat(M))
+            y_BTD = self.attn(q_BTD, media.visual_BMLD.reshape(B, M * L, Dv), media.mask(), kv=kv, bias_NHQK=bias)
             x_BTD = x_BTD + torch.tanh(self.attn_gate) * (y_BTD * seen_BT1)
         return x_BTD + torch.tanh(self.mlp_gate) * self.mlp(self.mlp_norm(x_BTD))
 

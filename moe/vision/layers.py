@@ -7,7 +7,7 @@ G K/V heads, d head_dim.
     out = softmax(q k^T / sqrt(d) + mask) v Wo
 
 No positions and no causal mask: the encoder's patches carry learned 2-D positions, and who may see
-whom (media masking) is the caller's mask. One class serves the encoder (x_q = x_kv, the patches),
+whom (media masking) is the caller's mask; an optional bias (a reading window) is added to the scores. One class serves the encoder (x_q = x_kv, the patches),
 the resampler (latents over patches and latents) and the gated cross-attention (text over visual tokens).
 """
 
@@ -36,12 +36,16 @@ class Attention(nn.Module):
         v = rearrange(self.wv(x_NKD), "n k (g d) -> n g k d", d=self.head_dim)
         return k, v
 
-    def forward(self, x_NQD, x_NKD=None, mask_NQK=None, kv=None):
+    def forward(self, x_NQD, x_NKD=None, mask_NQK=None, kv=None, bias_NHQK=None):
         """x_q [N, Q, Dq] attends over x_kv [N, K, Dk] (or the precomputed `kv`); mask [N, Q, K] bool:
-        True where a query may see a key (None: everywhere). Every query must see some key."""
+        True where a query may see a key (None: everywhere). Every query must see some key. bias: added
+        to the scores before softmax (a reading window, moe/vision/reading.py), broadcast to [N, H, Q, K]."""
         k, v = kv if kv is not None else self.kv(x_NKD)
         q = rearrange(self.wq(x_NQD), "n q (h d) -> n h q d", d=self.head_dim)
         mask = None if mask_NQK is None else mask_NQK[:, None]
+        if bias_NHQK is not None:
+            bias_NHQK = bias_NHQK.to(q.dtype)
+            mask = bias_NHQK if mask is None else bias_NHQK.masked_fill(~mask, float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(rearrange(y, "n h q d -> n q (h d)"))
 

@@ -62,7 +62,7 @@ class VisionLanguageModel(nn.Module):
         if H > v.image_height or W > v.image_width or H % v.patch_size or W % v.patch_size:
             raise ValueError(f"images of {H} x {W} pixels: at most {v.image_height} x {v.image_width} and multiples "
                              f"of patch_size {v.patch_size} (moe.vision.images.load_image sizes a file to fit)")
-        return self.resampler(self.encoder(images_NCHW))
+        return self.resampler(self.encoder(images_NCHW), self.encoder.columns(H, W))
 
     def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None) -> Media:
         """Where each row's images stand, and their visual tokens."""
