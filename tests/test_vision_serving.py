@@ -111,3 +111,20 @@ def test_bad_image_requests_fail_alone():
     text_engine = Engine(MoETransformer(shrunk("tiny")).eval(), n_pages=8, page_size=4)
     with pytest.raises(RequestError, match="reads no images"):
         text_engine.submit(Request([1, 2], 2, images=[torch.rand(1, 8, 16)]))
+
+
+def test_compiled_engine_serves_images_as_eager_and_does_not_recompile():
+    """Engine(compile=True) with a vision model (the reading path, windows and all): greedy tokens equal
+    the eager engine's for image and text requests in shared batches, and a second workload (other
+    prompts, image counts and widths) adds no graph once each kind of step has been seen."""
+    from torch._dynamo.utils import counters
+
+    model = vision_model(READING)
+    first, second = image_requests(9, seed=4), image_requests(9, seed=5)
+    eager = Engine(model, n_pages=40, page_size=4, max_batch=4)
+    compiled = Engine(model, n_pages=40, page_size=4, max_batch=4, compile=True)
+    assert [r.tokens for r in compiled.run(first)] == [r.tokens for r in eager.run(first)]
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0 and compiled.compile_s > 0
+    assert [r.tokens for r in compiled.run(second)] == [r.tokens for r in eager.run(second)]
+    assert counters["stats"]["unique_graphs"] == graphs

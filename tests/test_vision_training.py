@@ -119,3 +119,22 @@ def test_the_measurement_scripts_run_end_to_end(text_run, tmp_path):
     probe = _script("vision_probe").main(["--steps", "2"])
     assert {"aligned", "attention", "stem", "window", "window_fit", "resampled_seed2"} <= set(probe)
     assert all(len(probe[k]) == 1 for k in ("aligned", "attention", "stem", "window"))  # the last step is logged
+
+
+def test_compiled_stage_two_follows_eager():
+    """train --compile with a vision model: the language model's blocks through torch.compile, the
+    vision path eager; the losses of a few stage-2 steps agree with eager to float32 rounding (1e-4
+    relative, as tests/test_train.py's text check)."""
+    from moe.training.local import LocalTrainer
+
+    cfg = vision_cfg(READING)
+    data = CaptionDataset.bundled(cfg.vision)
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        trainer = LocalTrainer(cfg, TrainConfig(batch_size=4, seq_len=40, warmup_steps=0, compile=compiled), "cpu")
+        gen = torch.Generator().manual_seed(0)
+        runs[compiled] = [trainer.step(*data.batch("train", 4, 40, gen), 1e-3).loss for _ in range(3)]
+        assert (trainer.compile_s is not None) == compiled
+    for eager, comp in zip(runs[False], runs[True], strict=True):
+        assert abs(comp / eager - 1) < 1e-4, runs

@@ -102,8 +102,6 @@ class Engine:
             if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
                 raise ValueError(f"draft_tokens must be an integer >= 1, got {draft_tokens!r}")
         self.vision = getattr(model.cfg, "vision", None)
-        if self.vision is not None and compile:
-            raise ValueError("compile=True is not supported for a vision model yet: serve it eagerly")
         if page_size < 1 or max_batch < 1:
             raise ValueError(f"page_size and max_batch must be >= 1, got {page_size} and {max_batch}")
         self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
@@ -324,16 +322,18 @@ def _compiled(model: MoETransformer):
     so steps of any batch, length or page count reuse the graphs once each kind of step (prefill,
     decode, speculative verify; one row or several) has been seen; and with data-dependent output
     shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`), so
-    there is no graph break. tests/test_engine.py counts the graphs a second workload adds: none.
+    there is no graph break. tests/test_engine.py counts the graphs a second workload adds: none; and
+    tests/test_vision_serving.py the same for a vision model, whose media (visual K/V, which image each
+    token sees, reading windows) come in as a keyword argument.
     call.compile_s sums the calls that compiled a graph (the compile time, with those calls' steps)."""
     from torch._dynamo.utils import counters
 
     compiled = torch.compile(model, dynamic=True)
 
-    def call(*args):
+    def call(*args, **kw):  # kw: a vision model's media
         graphs, start = counters["stats"]["unique_graphs"], time.perf_counter()
         with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
-            out = compiled(*args)
+            out = compiled(*args, **kw)
         if counters["stats"]["unique_graphs"] != graphs:
             call.compile_s += time.perf_counter() - start
         return out

@@ -46,7 +46,9 @@ class LocalTrainer:
         # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
         # compilation is the training graph's; compile_s is the first step, compilation included.
         if train_cfg.compile:  # each block in place: they share their code, so one compilation serves
-            for block in self.model.blocks:  # all (the grouped matmuls are custom operators: no break)
+            # all (the grouped matmuls are custom operators: no break); a vision model's language
+            # model's blocks, its vision path eager
+            for block in getattr(self.model, "lm", self.model).blocks:
                 block.compile()
         self.compile_s: float | None = None
         self._reading_set = None  # a vision model's held-out lines and images (eval_extras)
