@@ -7,7 +7,8 @@ G K/V heads, d head_dim.
     out = softmax(q k^T / sqrt(d) + mask) v Wo
 
 No positions and no causal mask: the encoder's patches carry learned 2-D positions, and who may see
-whom (media masking) is the caller's mask; an optional bias (a reading window) is added to the scores. One class serves the encoder (x_q = x_kv, the patches),
+whom (media masking) is the caller's mask; an optional bias (a reading window) is added to the
+scores. One class serves the encoder (x_q = x_kv, the patches),
 the resampler (latents over patches and latents) and the gated cross-attention (text over visual tokens).
 """
 
