@@ -88,16 +88,14 @@ class Stem(nn.Module):
         self.wk = nn.Linear(v.d_model, v.d_model, bias=False)
         self.wv = nn.Linear(v.d_model, v.d_model, bias=False)
         self.out = nn.Linear(v.d_model, 256)
-        self.window = window
-        self.a, self.b, self.log_w = (nn.Parameter(torch.tensor(x)) for x in (1.0, 0.0, math.log(8.0)))
+        self.window = window  # the model's reading window (moe/vision/reading.py), one head
+        self.reader = ReadingWindow(1, 1.0, 0.0, 8.0) if window else None
 
     def forward(self, images_N1HW):
         f_NCD = self.strips(F.gelu(self.conv(images_N1HW * 2 - 1))).flatten(2).transpose(1, 2)
         scores_NJC = self.wq(self.queries) @ self.wk(f_NCD).transpose(1, 2) / math.sqrt(f_NCD.shape[-1])
-        if self.window:
-            column = torch.arange(f_NCD.shape[1], dtype=scores_NJC.dtype)
-            j = torch.arange(MAX_CHARS, dtype=scores_NJC.dtype)[:, None]
-            scores_NJC = scores_NJC - ((column - (self.a * j + self.b)) / self.log_w.exp()) ** 2
+        if self.window:  # -((column - (a j + b)) / w)^2
+            scores_NJC = scores_NJC + self.reader(torch.arange(MAX_CHARS), torch.arange(f_NCD.shape[1]))[0, 0]
         return self.out(torch.softmax(scores_NJC, -1) @ self.wv(f_NCD))
 
 
@@ -164,9 +162,9 @@ def main(argv=None) -> dict:
         reader = Stem(cfg.vision, window=window)
         result[name] = train(reader, data, args.steps, seed=0)
         if window:
-            result["window_fit"] = {"a": reader.a.item(), "b": reader.b.item(), "w": reader.log_w.exp().item()}
-            print(f"window: a {reader.a.item():.3f} columns per character, b {reader.b.item():.2f}, "
-                  f"w {reader.log_w.exp().item():.2f}")
+            a, b, w = (x.item() for x in reader.reader.line())
+            result["window_fit"] = {"a": a, "b": b, "w": w}
+            print(f"window: a {a:.3f} columns per character, b {b:.2f}, w {w:.2f}")
     for seed in range(3):
         reader = Resampled(cfg.vision)
         init_weights(reader, cfg, seed=seed)
