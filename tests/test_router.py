@@ -39,6 +39,24 @@ def test_route_matches_reference(T, E, k, renormalize):
         torch.testing.assert_close(w.sum(-1), torch.ones(T))
 
 
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_route_weights_gradient_matches_float64(renormalize):
+    """The weights are differentiable in the logits (the chosen experts are not): against autograd
+    through a float64 softmax, with the reference's choice of experts."""
+    torch.manual_seed(0)
+    logits = (torch.randn(11, 8) * 2).requires_grad_()
+    c = torch.randn(11, 2, dtype=torch.float64)
+    w, _ = route(logits, 2, renormalize=renormalize)
+    (w.double() * c).sum().backward()
+    logits64 = logits.detach().double().requires_grad_()
+    _, e_ref = route_reference(logits64.detach(), 2, renormalize)
+    w64 = logits64.softmax(-1).gather(-1, e_ref)
+    if renormalize:
+        w64 = w64 / w64.sum(-1, keepdim=True)
+    (w64 * c).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), logits64.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_ties_go_to_the_lower_index():
     logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [2.0, 5.0, 2.0, 5.0, 2.0]])
     _, e = route(logits, 2)
