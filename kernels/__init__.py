@@ -6,7 +6,7 @@ load when first asked for); never `moe`.
                                             the routed expert MLP, token rows in and out; expert_mlp_reference
     routed_mlp(x, weights, experts, ...)     the same from the router's choices (sorts them itself)
     sorted_mlp(x_sorted, offsets, ...)       the MLP on rows already sorted by expert
-    sort_by_expert, combine                 the permutation into expert order and back
+    sort_by_expert, gather_rows, combine    the permutation into expert order and back
     quantize, dequantize, quantized_mlp     weight-only int8 / fp8 / int4 experts for serving;
                                             quantized_mlp_reference (kernels/quantized.py)
 
@@ -16,10 +16,10 @@ first used.
 
 from kernels.expert_mlp import expert_mlp, expert_mlp_reference, routed_mlp, sorted_mlp
 from kernels.grouped_matmul import BACKENDS, check_offsets, grouped_mm, grouped_mm_reference
-from kernels.permute import combine, sort_by_expert
+from kernels.permute import combine, gather_rows, sort_by_expert
 from kernels.quantized import (SCHEMES, QuantizedWeight, dequantize, quantize, quantized_mlp,
                                quantized_mlp_reference)
 
-__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "combine",
+__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "gather_rows", "combine",
            "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp", "SCHEMES", "QuantizedWeight", "quantize",
            "dequantize", "quantized_mlp", "quantized_mlp_reference"]

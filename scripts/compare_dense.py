@@ -68,7 +68,7 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
 
     def permutation_part():  # sort, gather rows, combine; the experts replaced by the identity
         order, _ = kernels.sort_by_expert(experts_TK.reshape(-1), cfg.n_experts)
-        kernels.combine(x_TD.index_select(0, order // K), order, weights_TK).sum().backward()
+        kernels.combine(kernels.gather_rows(x_TD, order, K), order, weights_TK).sum().backward()
 
     def expert_mlp(layer, x, offsets):
         return kernels.sorted_mlp(x, offsets, layer.w_up, layer.w_gate, layer.w_down, activation_name=cfg.activation,

@@ -119,6 +119,26 @@ def test_combine_weights_and_sums_in_token_order():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gather_rows_and_its_gradient_match_a_loop(compiled):
+    """Rows of the sorted assignments and the gradient summed back per token, eager (index_select)
+    and under torch.compile (the permutation-write backward), with and without dropped assignments."""
+    torch.manual_seed(0)
+    T, k, D = 5, 2, 3
+    gather = torch.compile(kernels.gather_rows, backend="aot_eager", fullgraph=True) if compiled else kernels.gather_rows
+    for order in (torch.randperm(T * k), torch.tensor([7, 0, 3, 9, 4, 1])):  # all ten; six kept
+        x = torch.randn(T, D, dtype=torch.float64, requires_grad=True)
+        dy = torch.randn(order.numel(), D, dtype=torch.float64)
+        y = gather(x, order, k)
+        y.backward(dy)
+        expected_y = torch.stack([x.detach()[int(a) // k] for a in order])
+        expected_dx = torch.zeros(T, D, dtype=torch.float64)
+        for r, a in enumerate(order.tolist()):
+            expected_dx[a // k] += dy[r]
+        torch.testing.assert_close(y.detach(), expected_y, rtol=0, atol=0)
+        torch.testing.assert_close(x.grad, expected_dx)
+
+
 def test_kernels_import_only_torch():
     import ast
     import pathlib
