@@ -1,11 +1,21 @@
-"""MoE versus its dense twin: validation loss against wall-clock time and tokens, plus where the MoE's
-layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces. Reads two
-finished runs' summary.json (from `python -m moe train`), writes a PNG, a JSON and a markdown table
-under --out.
+"""MoE versus its dense twin on the clock: train both, eagerly and compiled, in interleaved pairs, and
+compare validation loss at equal wall-clock (the time budget) and at equal tokens; plus where the
+MoE's layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces.
 
-    python -m moe train --config tiny --out runs/tiny
-    python -m moe train --config tiny --dense --out runs/tiny-dense
-    python scripts/compare_dense.py runs/tiny runs/tiny-dense --out bench/results/cpu-2core
+    python scripts/compare_dense.py --config tiny --pairs 3 --out bench/results/cpu-2core   # 12 runs of 240 s
+    python scripts/compare_dense.py --config tiny --pairs 3 --reuse                          # re-read those runs
+
+How it is run, so that the figures can be believed on a shared machine:
+- Pair p trains the MoE and its twin with the same seed (p + 1: weights and data order), one after the
+  other, once per mode (eager, then compiled); odd pairs train the twin first, so a drift in the
+  machine's speed does not always favour the same model. Runs go one at a time, never side by side.
+- Every run is `python -m moe train` as a user runs it, time budget included: its cosine schedule is
+  fitted to the budget from its own step time, and a compiled run compiles inside the budget. Before
+  the first pair, each compiled variant trains two steps to fill inductor's on-disk cache, so every
+  measured compile is a warm one (reported as compile_s).
+- Loss at the budget is interpolated between evaluations (never extrapolated); at equal tokens, at the
+  smaller of the pair's token counts. The tables give every pair and the medians over pairs.
+Arguments this script does not know (e.g. --set n_layers=2 --max-steps 10) go to every `train`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import json
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -86,44 +97,102 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
     return {name: _median_ms(fn) for name, fn in parts.items()}
 
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_name(model: str, mode: str, pair: int) -> str:
+    return f"{model}-{mode}-{pair}"
+
+
+def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "moe", "train", "--config", config, "--seed", str(seed), "--out", str(out),
+           "--overwrite", "--no-progress", *(["--dense"] if model == "dense" else []),
+           *(["--compile"] if mode == "compiled" else []), *extra]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def pair_rows(moe: dict, dense: dict) -> dict:
+    """One pair's figures: loss at the budget both reached, and at the tokens both saw."""
+    budget = min(r["history"]["train_time_s"][-1] for r in (moe, dense))
+    tokens = min(r["tokens"] for r in (moe, dense))
+    row = {"budget_s": round(budget, 1), "tokens": tokens}
+    for name, r in (("moe", moe), ("dense", dense)):
+        row.update({f"{name}_steps": r["steps"], f"{name}_tokens_per_s": r["tokens_per_s"],
+                    f"{name}_compile_s": r.get("compile_s"),
+                    f"{name}_val_at_budget": round(val_at(r, "train_time_s", budget), 4),
+                    f"{name}_val_at_tokens": round(val_at(r, "tokens", tokens), 4)})
+    row["lead_at_budget"] = round(row["dense_val_at_budget"] - row["moe_val_at_budget"], 4)
+    row["lead_at_tokens"] = round(row["dense_val_at_tokens"] - row["moe_val_at_tokens"], 4)
+    return row
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for mode, block in result["modes"].items():
+        lines += [f"**{mode}** (dense minus MoE: a positive lead is the MoE ahead)", "",
+                  "| pair | seed | MoE at budget | dense at budget | lead | MoE tokens/s | dense tokens/s "
+                  "| MoE compile s | dense compile s | lead at equal tokens (M) |", "|" + "---|" * 10]
+        for i, row in enumerate(block["pairs"]):
+            lines.append(f"| {i + 1} | {i + 1} | {row['moe_val_at_budget']} | {row['dense_val_at_budget']} | "
+                         f"{row['lead_at_budget']:+.4f} | {row['moe_tokens_per_s']} | {row['dense_tokens_per_s']} | "
+                         f"{row['moe_compile_s']} | {row['dense_compile_s']} | "
+                         f"{row['lead_at_tokens']:+.4f} ({row['tokens'] / 1e6:.2f}) |")
+        m = block["median"]
+        lines += [f"| median | | {m['moe_val_at_budget']} | {m['dense_val_at_budget']} | {m['lead_at_budget']:+.4f} | "
+                  f"{m['moe_tokens_per_s']} | {m['dense_tokens_per_s']} | | | {m['lead_at_tokens']:+.4f} |", ""]
+    b = result["layer_breakdown_ms"]
+    lines += [f"| one layer, forward + backward, {result['tokens_per_step']} tokens, eager | ms |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in b.items()]
+    lines += [f"| MoE layer total (router + permutation + experts) | "
+              f"{sum(v for k, v in b.items() if not k.startswith('dense')):.3f} |"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("moe_run")
-    ap.add_argument("dense_run")
+    ap.add_argument("--config", default="tiny", help="the MoE preset (its twin is --dense)")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
+    ap.add_argument("--runs", default="runs/compare", help="where the runs are written")
+    ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
     ap.add_argument("--out", default="bench/results/cpu-2core")
-    ap.add_argument("--config", default="tiny", help="preset of the MoE run, for the layer breakdown")
     ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
-    args = ap.parse_args()
-    runs = [json.loads((pathlib.Path(r) / "summary.json").read_text()) for r in (args.moe_run, args.dense_run)]
+    args, extra = ap.parse_known_args()
+    modes = args.modes.split(",")
+    if not set(modes) <= {"eager", "compiled"} or args.pairs < 1:
+        ap.error(f"--modes takes eager and/or compiled, --pairs at least 1; got {args.modes!r}, {args.pairs}")
+    runs_dir = pathlib.Path(args.runs)
+    if not args.reuse:
+        if "compiled" in modes:  # fill inductor's cache: the measured runs then compile warm
+            for model in ("moe", "dense"):
+                train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2",
+                                                                                     "--time-budget", "0"])
+        for pair in range(args.pairs):
+            for mode in modes:
+                for model in (("moe", "dense") if pair % 2 == 0 else ("dense", "moe")):
+                    train(args.config, model, mode, pair + 1, runs_dir / run_name(model, mode, pair), extra)
+    summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
+                 for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot_comparison(runs, out / f"{args.name}.png", f"{runs[0]['config']} vs {runs[1]['config']}, "
-                    f"{runs[0]['threads']} CPU threads, {runs[0]['date']}")
-    budget = min(r["history"]["train_time_s"][-1] for r in runs)
-    rows = []
-    for r in runs:
-        rows.append({
-            "run": r["config"], "steps": r["steps"], "tokens": r["tokens"], "train_time_s": r["train_time_s"],
-            "tokens_per_s": r["tokens_per_s"], "final_val_loss": round(r["final_val_loss"], 4),
-            f"val_loss_at_{budget:.0f}s": round(val_at(r, "train_time_s", budget), 4),
-        })
-    tokens = min(r["tokens"] for r in runs)
-    for row, r in zip(rows, runs):
-        row[f"val_loss_at_{tokens / 1e6:.2f}M_tokens"] = round(val_at(r, "tokens", tokens), 4)
-    tokens_per_step = runs[0]["tokens"] // runs[0]["steps"]
-    breakdown = layer_breakdown(args.config, tokens_per_step)
-    result = {"runs": rows, "layer_breakdown_ms": breakdown, "tokens_per_step": tokens_per_step,
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    result = {"config": args.config, "pairs": args.pairs, "train_args": extra, "modes": {}}
+    for mode in modes:
+        rows = [pair_rows(summaries["moe", mode, p], summaries["dense", mode, p]) for p in range(args.pairs)]
+        median = {k: statistics.median(r[k] for r in rows) for k in rows[0] if all(r[k] is not None for r in rows)}
+        median = {k: round(v) if "tokens" in k or "steps" in k else round(v, 4) for k, v in median.items()}
+        result["modes"][mode] = {"pairs": rows, "median": median}
+    first = summaries["moe", modes[0], 0]
+    curves = [summaries[m, mode, 0] for mode in modes for m in ("moe", "dense")]
+    plot_comparison(curves, out / f"{args.name}.png", f"{args.config}: MoE and dense twin, pair 1 of {args.pairs}, "
+                    f"{first['threads']} CPU threads, {first['date']}",
+                    labels=[f"{m} {mode}" for mode in modes for m in ("MoE", "dense")])
+    result["tokens_per_step"] = first["tokens"] // first["steps"]
+    result["layer_breakdown_ms"] = layer_breakdown(args.config, result["tokens_per_step"])
+    result.update({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")})
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    keys = list(rows[0])
-    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
-    moe_layer_ms = sum(v for k, v in breakdown.items() if not k.startswith("dense"))
-    prof = [f"| one layer, forward + backward, {tokens_per_step} tokens | ms |", "|---|---|"]
-    prof += [f"| {k} | {v} |" for k, v in breakdown.items()]
-    prof += [f"| MoE layer total (router + permutation + experts) | {moe_layer_ms:.3f} |"]
-    text = "\n".join(table) + "\n\n" + "\n".join(prof) + "\n"
+    text = markdown(result)
     (out / f"{args.name}.md").write_text(text)
     print(text)
 

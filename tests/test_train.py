@@ -185,19 +185,40 @@ def test_expert_backend_flag_reaches_the_model(tmp_path):
 
 
 def test_compare_dense_script(tmp_path):
-    """scripts/compare_dense.py end to end on two short runs: the table, the plot, the layer breakdown."""
+    """scripts/compare_dense.py end to end on short runs: two pairs trained through the CLI, each
+    pair's figures recomputed here from the runs' summaries, the medians, --reuse, the plot."""
     import pathlib
+    import statistics
 
-    run(tmp_path / "moe", max_steps=10)
-    run(tmp_path / "dense", shrunk("tiny").dense_twin(), max_steps=10)
+    import numpy as np
+
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "compare_dense.py"
-    r = subprocess.run([sys.executable, str(script), tmp_path / "moe", tmp_path / "dense", "--out", tmp_path / "out",
-                        "--config", "tiny"], capture_output=True, text=True)
+    args = [sys.executable, str(script), "--config", "tiny", "--pairs", "2", "--modes", "eager", "--runs",
+            str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--max-steps", "6", "--time-budget", "0",
+            "--set", "n_layers=1", "--set", "eval_batches=2", "--set", "eval_interval=3"]
+    r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    order = [line.split("--out ")[1].split()[0] for line in r.stdout.splitlines() if line.startswith("$")]
+    assert [pathlib.Path(o).name for o in order] == ["moe-eager-0", "dense-eager-0", "dense-eager-1", "moe-eager-1"]
     result = json.loads((tmp_path / "out" / "moe_vs_dense.json").read_text())
-    assert [row["run"] for row in result["runs"]] == ["tiny", "tiny-dense"]
+    rows = result["modes"]["eager"]["pairs"]
+    for p, row in enumerate(rows):
+        runs = {m: json.loads((tmp_path / "runs" / f"{m}-eager-{p}" / "summary.json").read_text()) for m in ("moe", "dense")}
+        assert runs["moe"]["config"] == "tiny" and runs["dense"]["config"] == "tiny-dense"
+        budget = min(s["history"]["train_time_s"][-1] for s in runs.values())
+        tokens = min(s["tokens"] for s in runs.values())
+        at = {m: np.interp(budget, s["history"]["train_time_s"], s["history"]["val_loss"]) for m, s in runs.items()}
+        at_tokens = {m: np.interp(tokens, s["history"]["tokens"], s["history"]["val_loss"]) for m, s in runs.items()}
+        assert row["moe_val_at_budget"] == pytest.approx(at["moe"], abs=1e-4)
+        assert row["lead_at_budget"] == pytest.approx(at["dense"] - at["moe"], abs=2e-4)
+        assert row["lead_at_tokens"] == pytest.approx(at_tokens["dense"] - at_tokens["moe"], abs=2e-4)
+    median = result["modes"]["eager"]["median"]
+    assert median["lead_at_budget"] == pytest.approx(statistics.median(r["lead_at_budget"] for r in rows), abs=1e-4)
     assert all(v > 0 for v in result["layer_breakdown_ms"].values())
     assert (tmp_path / "out" / "moe_vs_dense.png").stat().st_size > 10_000
+    again = subprocess.run(args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True)
+    assert again.returncode == 0 and "$" not in again.stdout, again.stderr  # trains nothing
+    assert json.loads((tmp_path / "again" / "moe_vs_dense.json").read_text())["modes"] == result["modes"]
 
 
 def test_compiled_training_step_follows_eager():

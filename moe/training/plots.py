@@ -56,13 +56,14 @@ def _plot_gates(ax, steps, gates_SB2, cer=None) -> None:
         right.legend(fontsize="small", loc="lower right")
 
 
-def plot_comparison(summaries: list[dict], path, title: str) -> None:
-    """Validation loss of several runs against training wall-clock time and against tokens seen."""
+def plot_comparison(summaries: list[dict], path, title: str, labels: list[str] | None = None) -> None:
+    """Validation loss of several runs against training wall-clock time and against tokens seen
+    (each labelled by its config name unless `labels` are given)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for s in summaries:
+    for s, label in zip(summaries, labels or [s["config"] for s in summaries], strict=True):
         h = s["history"]
-        axes[0].plot(h["train_time_s"], h["val_loss"], marker=".", label=s["config"])
-        axes[1].plot(np.asarray(h["tokens"]) / 1e6, h["val_loss"], marker=".", label=s["config"])
+        axes[0].plot(h["train_time_s"], h["val_loss"], marker=".", label=label)
+        axes[1].plot(np.asarray(h["tokens"]) / 1e6, h["val_loss"], marker=".", label=label)
     axes[0].set(xlabel="training wall-clock (s)", ylabel="validation loss (nats per byte)")
     axes[1].set(xlabel="tokens seen (millions)")
     for ax in axes:
