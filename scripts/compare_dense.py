@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     ap.add_argument("--runs", default="runs/compare", help="where the runs are written")
     ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
+    ap.add_argument("--keep", action="store_true", help="train only the runs that have no summary.json yet "
+                    "(finish an interrupted comparison; the kept runs must have had the same arguments)")
     ap.add_argument("--out", default="bench/results/cpu-2core")
     ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
     args, extra = ap.parse_known_args()
@@ -171,7 +173,9 @@ def main() -> None:
         for pair in range(args.pairs):
             for mode in modes:
                 for model in (("moe", "dense") if pair % 2 == 0 else ("dense", "moe")):
-                    train(args.config, model, mode, pair + 1, runs_dir / run_name(model, mode, pair), extra)
+                    run_dir = runs_dir / run_name(model, mode, pair)
+                    if not (args.keep and (run_dir / "summary.json").exists()):
+                        train(args.config, model, mode, pair + 1, run_dir, extra)
     summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
                  for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
     out = pathlib.Path(args.out)
@@ -180,7 +184,8 @@ def main() -> None:
     for mode in modes:
         rows = [pair_rows(summaries["moe", mode, p], summaries["dense", mode, p]) for p in range(args.pairs)]
         median = {k: statistics.median(r[k] for r in rows) for k in rows[0] if all(r[k] is not None for r in rows)}
-        median = {k: round(v) if "tokens" in k or "steps" in k else round(v, 4) for k, v in median.items()}
+        median = {k: round(v) if k == "tokens" or k.endswith(("_steps", "_tokens_per_s")) else round(v, 4)
+                  for k, v in median.items()}
         result["modes"][mode] = {"pairs": rows, "median": median}
     first = summaries["moe", modes[0], 0]
     curves = [summaries[m, mode, 0] for mode in modes for m in ("moe", "dense")]

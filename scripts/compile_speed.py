@@ -2,9 +2,13 @@
 machine: the same LocalTrainer step (forward, backward, clip, AdamW) on random batches, in
 interleaved blocks (eager MoE, compiled MoE, eager dense, compiled dense, repeated) so that machine
 drift hits every variant alike; the median step of each. The compile time is the first compiled
-step, with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR is pointed at a fresh directory).
+step, with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR is pointed at a fresh directory). On the
+CPU, a profiled pass also reports the time per step in matrix products and attention (matmul_attention_ms:
+kernels inductor calls as they are), and the speedup compiling would reach were everything else to
+cost nothing (speedup_bound = eager step / that time).
 
     python scripts/compile_speed.py --config tiny --rounds 5 --steps 20 --out bench/results/cpu-2core
+    python scripts/compile_speed.py --config small --device cuda --rounds 3 --steps 10 --out bench/results/<gpu>
 """
 
 from __future__ import annotations
@@ -29,21 +33,42 @@ from moe.config import load_config, load_train_config  # noqa: E402
 from moe.training.local import LocalTrainer  # noqa: E402
 
 
+# ATen kernels inductor calls as they are (extern kernels), compiled or not: matrix products and
+# attention, forward and backward, the grouped matmul's per-expert products included.
+UNTOUCHED = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product")
+
+
+def untouched_ms(trainer, batch, lr: float, steps: int = 5) -> float:
+    """Milliseconds per step spent in the UNTOUCHED kernels (self CPU time under torch.profiler): what
+    torch.compile cannot make faster, so eager step time over it bounds the compiled speedup."""
+    with torch.profiler.profile() as prof:
+        for _ in range(steps):
+            x = batch()
+            trainer.step(x[:, :-1], x[:, 1:], lr)
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith(UNTOUCHED))
+    return total_us / 1e3 / steps
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="steps per block")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there, as in training)")
     ap.add_argument("--out", help="write compile_speed.json and .md here")
+    ap.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    ap.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     args = ap.parse_args(argv)
     moe_cfg = load_config(args.config)
-    train_cfg = load_train_config(args.config)
+    shape = {k: v for k, v in (("batch_size", args.batch_size), ("seq_len", args.seq_len)) if v is not None}
+    train_cfg = load_train_config(args.config, **shape)
     B, T = train_cfg.batch_size, train_cfg.seq_len
     variants = {}
     for name, cfg in (("moe", moe_cfg), ("dense twin", moe_cfg.dense_twin())):
         for compiled in (False, True):
-            tc = load_train_config(args.config, compile=compiled)
-            variants[(name, compiled)] = LocalTrainer(cfg, tc, "cpu")
+            tc = load_train_config(args.config, compile=compiled, **shape)
+            variants[(name, compiled)] = LocalTrainer(cfg, tc, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     gen = torch.Generator().manual_seed(0)
     batch = lambda: torch.randint(0, moe_cfg.vocab_size, (B, T + 1), generator=gen)  # noqa: E731
     times = {k: [] for k in variants}
@@ -55,18 +80,28 @@ def main(argv=None) -> dict:
         for key, trainer in variants.items():
             for _ in range(args.steps):
                 x = batch()
+                sync()
                 start = time.perf_counter()
                 trainer.step(x[:, :-1], x[:, 1:], train_cfg.lr)
+                sync()  # the step returns after the loss's .item(); its backward and update may still run
                 times[key].append(time.perf_counter() - start)
+    untouched = {}
+    if not args.device.startswith("cuda"):  # (a GPU's kernels run asynchronously: CPU times say nothing)
+        for key, trainer in variants.items():
+            untouched[key] = untouched_ms(trainer, batch, train_cfg.lr)
     rows = []
     for (name, compiled), trainer in variants.items():
         ms = statistics.median(times[name, compiled]) * 1e3
         rows.append({"model": name, "compiled": compiled, "median_step_ms": round(ms, 1),
                      "tokens_per_s": round(B * T / ms * 1e3), "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
+        if untouched:
+            rows[-1]["matmul_attention_ms"] = round(untouched[name, compiled], 1)
     for row in rows:
         eager = next(r for r in rows if r["model"] == row["model"] and not r["compiled"])
         row["speedup"] = round(eager["median_step_ms"] / row["median_step_ms"], 2)
-    result = {"config": args.config, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows,
+        if untouched:  # were everything else compiled away, the step would still take the matmuls' time
+            row["speedup_bound"] = round(eager["median_step_ms"] / row["matmul_attention_ms"], 2)
+    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
     keys = list(rows[0])

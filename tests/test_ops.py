@@ -149,3 +149,31 @@ def test_pytorch_grouped_matmul_op_passes_opcheck_and_traces_as_one_graph():
     ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
     explained = torch._dynamo.explain(lambda t: model(t, targets=t).loss)(ids)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_model_exports_with_the_experts_as_custom_operators(backend):
+    """torch.export.export over the whole model's forward (logits): the experts appear in the exported
+    graph as our custom operators (moe::grouped_mm_torch on the PyTorch path, moe::expert_mlp on the
+    Triton one, interpreted on the CPU), and the exported program gives the eager model's logits on
+    tokens it was not traced with."""
+    from conftest import shrunk
+    from moe.model import MoETransformer
+
+    model = MoETransformer(shrunk(expert_backend=backend, n_layers=1)).to(DEVICE).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(ids).logits
+
+    exported = torch.export.export(Logits(), (torch.randint(0, 256, (1, 8), device=DEVICE),))
+    ops_called = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    op = "moe.grouped_mm_torch" if backend == "torch" else "moe.expert_mlp"
+    assert any(name.startswith(op) for name in ops_called), ops_called
+    ids = torch.randint(0, 256, (1, 8), device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(ids), model(ids).logits, rtol=1e-5, atol=1e-5)

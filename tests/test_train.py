@@ -195,7 +195,7 @@ def test_compare_dense_script(tmp_path):
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "compare_dense.py"
     args = [sys.executable, str(script), "--config", "tiny", "--pairs", "2", "--modes", "eager", "--runs",
             str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--max-steps", "6", "--time-budget", "0",
-            "--set", "n_layers=1", "--set", "eval_batches=2", "--set", "eval_interval=3"]
+            "--set", "n_layers=1", "--set", "eval_batches=2", "--set", "eval_interval=3", "--batch-size", "8"]
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     order = [line.split("--out ")[1].split()[0] for line in r.stdout.splitlines() if line.startswith("$")]
@@ -213,12 +213,18 @@ def test_compare_dense_script(tmp_path):
         assert row["lead_at_budget"] == pytest.approx(at["dense"] - at["moe"], abs=2e-4)
         assert row["lead_at_tokens"] == pytest.approx(at_tokens["dense"] - at_tokens["moe"], abs=2e-4)
     median = result["modes"]["eager"]["median"]
-    assert median["lead_at_budget"] == pytest.approx(statistics.median(r["lead_at_budget"] for r in rows), abs=1e-4)
+    for key in ("lead_at_budget", "lead_at_tokens", "moe_val_at_budget"):
+        assert median[key] == pytest.approx(statistics.median(r[key] for r in rows), abs=1e-4)
     assert all(v > 0 for v in result["layer_breakdown_ms"].values())
     assert (tmp_path / "out" / "moe_vs_dense.png").stat().st_size > 10_000
     again = subprocess.run(args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True)
     assert again.returncode == 0 and "$" not in again.stdout, again.stderr  # trains nothing
     assert json.loads((tmp_path / "again" / "moe_vs_dense.json").read_text())["modes"] == result["modes"]
+    (tmp_path / "runs" / "dense-eager-1" / "summary.json").unlink()  # as if interrupted in that run
+    kept = subprocess.run(args + ["--keep", "--out", str(tmp_path / "kept")], capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    assert [line.split("--out ")[1].split()[0] for line in kept.stdout.splitlines() if line.startswith("$")] == [
+        str(tmp_path / "runs" / "dense-eager-1")]  # only the missing run is trained again
 
 
 def test_compiled_training_step_follows_eager():
