@@ -229,26 +229,64 @@ def test_compare_dense_script(tmp_path):
 
 def test_compiled_training_step_follows_eager():
     """TrainConfig.compile: the same model, batches and AdamW through torch.compile (inductor on the
-    CPU) and eagerly. Float32 throughout; inductor fuses and reorders sums, so the losses agree to
-    float32 rounding grown over a few steps, not bit for bit: 1e-4 relative (seen: 9e-8 at most)."""
+    CPU) and eagerly, at a new learning rate every step. Float32 throughout; inductor fuses and
+    reorders sums, so the losses and gradient norms agree to float32 rounding grown over a few steps,
+    not bit for bit: 1e-4 relative (seen: 9e-8 at most). The learning rate is data to the compiled
+    update, so the graphs of the first step serve every later one (counted: the forward, and the
+    update's clipping and AdamW, which torch.optim splits with a deliberate graph break)."""
+    from torch._dynamo.utils import counters
+
     from moe.training.local import LocalTrainer
 
     cfg = shrunk("tiny")
     runs = {}
+    torch._dynamo.reset()
+    counters.clear()
     for compiled in (False, True):
         trainer = LocalTrainer(cfg, TrainConfig(batch_size=4, seq_len=32, warmup_steps=0, compile=compiled), "cpu")
         gen = torch.Generator().manual_seed(0)
-        losses = []
-        for _ in range(4):
+        runs[compiled] = []
+        for i in range(4):
             x = torch.randint(0, cfg.vocab_size, (4, 32), generator=gen)
-            losses.append(trainer.step(x, x.roll(-1, dims=1), 1e-3).loss)
-        runs[compiled] = losses
+            r = trainer.step(x, x.roll(-1, dims=1), 1e-3 * (4 - i))
+            runs[compiled].append((r.loss, r.grad_norm))
+            if i == 0:
+                first_graphs = counters["stats"]["unique_graphs"]
         assert (trainer.compile_s is not None) == compiled and trainer.describe()["compiled"] == compiled
-    assert runs[False][-1] < runs[False][0]  # it trains
+    assert first_graphs == counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])  # no recompiles
+    assert runs[False][-1][0] < runs[False][0][0]  # it trains
     for eager, comp in zip(runs[False], runs[True], strict=True):
-        assert abs(comp / eager - 1) < 1e-4, (runs[False], runs[True])
+        for e, c in zip(eager, comp, strict=True):
+            assert abs(c / e - 1) < 1e-4, (runs[False], runs[True])
     with pytest.raises(ValueError, match="compile must be true or false"):
         TrainConfig(compile="yes")
+
+
+def test_a_run_resumes_with_or_without_compile(tmp_path):
+    """A checkpoint resumes in either mode and the trainer keeps its own way of updating (a fused
+    AdamW eagerly; compiled, a tensor learning rate, which a float from an eager
+    checkpoint would turn into a recompile at every new value). From the same checkpoint, the next
+    steps' losses and weights agree between the two modes to float32 rounding."""
+    from moe.training.local import LocalTrainer
+
+    cfg = shrunk("tiny")
+    run(tmp_path / "eager", cfg, max_steps=10)
+    run(tmp_path / "compiled", cfg, max_steps=10, compile=True)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, cfg.vocab_size, (4, 33), generator=gen) for _ in range(3)]
+    for source in ("eager", "compiled"):
+        results = {}
+        for compiled in (False, True):
+            trainer = LocalTrainer(cfg, TrainConfig(**{**FAST, "compile": compiled}), "cpu")
+            trainer.load(tmp_path / source / "step-0000010")
+            for group in trainer.optimizer.param_groups:
+                assert isinstance(group["lr"], torch.Tensor) == compiled and bool(group["fused"]) != compiled
+            losses = [trainer.step(b[:, :-1], b[:, 1:], 1e-3 / (i + 1)).loss for i, b in enumerate(batches)]
+            results[compiled] = losses, [p.detach().clone() for p in trainer.model.parameters()]
+        (eager_losses, eager_w), (comp_losses, comp_w) = results[False], results[True]
+        assert comp_losses == pytest.approx(eager_losses, rel=1e-4), source
+        for a, b in zip(eager_w, comp_w, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 def test_compile_is_refused_in_a_layout():

@@ -14,7 +14,7 @@ from moe.config import ModelConfig, TrainConfig
 from moe.training.checkpoint import build_model
 from moe.model.init import materialize
 from moe.training import checkpoint
-from moe.training.optim import make_optimizer, set_lr
+from moe.training.optim import load_optimizer_state, make_optimizer, set_lr
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 from moe.training.run_dir import is_distributed
 
@@ -40,16 +40,23 @@ class LocalTrainer:
             checkpoint.load_weights(self.model, init_from)  # one into a vision model's language model)
         if model_cfg.vision is not None:
             self.model.freeze_language_model(not train_cfg.train_language_model)
-        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], train_cfg)
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], train_cfg,
+                                        compiled=train_cfg.compile)
         self.model.train()
-        # The blocks' forward (and so backward) through torch.compile: inductor fuses the router,
-        # permutation and combine around the grouped matmuls. Evaluation stays eager, so the one
-        # compilation is the training graph's; compile_s is the first step, compilation included.
-        if train_cfg.compile:  # each block in place: they share their code, so one compilation serves
-            # all (the grouped matmuls are custom operators: no break); a vision model's language
-            # model's blocks, its vision path eager
-            for block in getattr(self.model, "lm", self.model).blocks:
-                block.compile()
+        self._update = self._clip_and_update
+        # --compile: the step through torch.compile in two graphs, the forward (its backward derived
+        # from it by AOTAutograd) and the update (clipping and AdamW, one fused loop over every
+        # parameter instead of a kernel per tensor and operation). Inductor fuses the norms, rotary,
+        # router, permutation and combine around the matrix products, which it calls as they are (the
+        # grouped matmuls are custom operators: no graph break). A text model compiles whole, from
+        # the embedding to the loss; a vision model's language-model blocks do (each in place: they
+        # share their code, so one compilation serves all), its vision path eager. Evaluation stays
+        # eager, so the one forward compilation is the training graph's; compile_s is the first
+        # step, compilation included.
+        if train_cfg.compile:
+            for module in self.model.lm.blocks if model_cfg.vision is not None else [self.model]:
+                module.compile()
+            self._update = torch.compile(self._clip_and_update)
         self.compile_s: float | None = None
         self._reading_set = None  # a vision model's held-out lines and images (eval_extras)
 
@@ -66,14 +73,21 @@ class LocalTrainer:
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss)
         (out.loss + out.aux_loss).backward()
-        norm = None
-        if self.train_cfg.grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip))
-        self.optimizer.step()
+        norm = self._update()
+        norm = None if norm is None else float(norm)
         self.optimizer.zero_grad(set_to_none=True)
         if first:
             self.compile_s = time.perf_counter() - start
         return StepResult(loss, norm, torch.stack([r.tokens_per_expert for r in out.routing]).cpu())
+
+    def _clip_and_update(self) -> torch.Tensor | None:
+        """Clip the gradients' global norm to grad_clip (when > 0; returns the norm before clipping),
+        then the AdamW step."""
+        norm = None
+        if self.train_cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
+        self.optimizer.step()
+        return norm
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
@@ -123,7 +137,7 @@ class LocalTrainer:
         state = checkpoint.load_trainer_state(step_dir)
         if state is None:
             raise TrainingError(f"{step_dir} has no trainer.pt: it holds weights only and cannot be resumed")
-        self.optimizer.load_state_dict(state.pop("optimizer"))
+        load_optimizer_state(self.optimizer, state.pop("optimizer"))
         torch.set_rng_state(state.pop("torch_rng"))  # router jitter draws from it
         return state, ""
 
