@@ -5,7 +5,11 @@ drift hits every variant alike; the median step of each. The compile time is the
 step, with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR is pointed at a fresh directory). On the
 CPU, a profiled pass also reports the time per step in matrix products and attention (matmul_attention_ms:
 kernels inductor calls as they are), and the speedup compiling would reach were everything else to
-cost nothing (speedup_bound = eager step / that time).
+cost nothing (speedup_bound = eager step / that time, the mean of the model's two profiled passes:
+eager and compiled run the same products, and one pass of a shared machine varies by 10% or more),
+with the matrix products' rate in GFLOP/s
+beside the rate of one large square product on the same cores (blas_gflops): how near the BLAS's
+best those products already run.
 
     python scripts/compile_speed.py --config tiny --rounds 5 --steps 20 --out bench/results/cpu-2core
     python scripts/compile_speed.py --config small --device cuda --rounds 3 --steps 10 --out bench/results/<gpu>
@@ -38,15 +42,38 @@ from moe.training.local import LocalTrainer  # noqa: E402
 UNTOUCHED = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product")
 
 
-def untouched_ms(trainer, batch, lr: float, steps: int = 5) -> float:
-    """Milliseconds per step spent in the UNTOUCHED kernels (self CPU time under torch.profiler): what
-    torch.compile cannot make faster, so eager step time over it bounds the compiled speedup."""
-    with torch.profiler.profile() as prof:
-        for _ in range(steps):
-            x = batch()
-            trainer.step(x[:, :-1], x[:, 1:], lr)
-    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith(UNTOUCHED))
-    return total_us / 1e3 / steps
+def untouched(trainer, batch, lr: float, steps: int = 10) -> tuple[float, float]:
+    """Per step, the milliseconds spent in the UNTOUCHED kernels (self CPU time under torch.profiler):
+    what torch.compile cannot make faster, so eager step time over it bounds the compiled speedup;
+    and the rate of the matrix products among them in GFLOP/s, to hold against blas_gflops. The FLOPs
+    are counted in a second pass: counting them records every call's shapes, which inflates the
+    self time of the MoE's hundreds of small products."""
+    products = ("aten::mm", "aten::addmm", "aten::bmm")
+    passes = []
+    for with_flops in (False, True):
+        with torch.profiler.profile(with_flops=with_flops) as prof:
+            for _ in range(steps):
+                x = batch()
+                trainer.step(x[:, :-1], x[:, 1:], lr)
+        passes.append([e for e in prof.key_averages() if e.key.startswith(UNTOUCHED)])
+    timed, counted = passes
+    product_us = sum(e.self_cpu_time_total for e in timed if e.key in products)
+    gflops = sum(e.flops for e in counted if e.key in products) / product_us / 1e3
+    return sum(e.self_cpu_time_total for e in timed) / 1e3 / steps, gflops
+
+
+def blas_gflops(n: int = 1024, reps: int = 20) -> float:
+    """This machine's float32 matrix product rate on a large square product (n x n times n x n, the
+    median of reps): about the most the BLAS gets out of these cores."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def main(argv=None) -> dict:
@@ -85,28 +112,33 @@ def main(argv=None) -> dict:
                 trainer.step(x[:, :-1], x[:, 1:], train_cfg.lr)
                 sync()  # the step returns after the loss's .item(); its backward and update may still run
                 times[key].append(time.perf_counter() - start)
-    untouched = {}
+    profiled, blas = {}, None
     if not args.device.startswith("cuda"):  # (a GPU's kernels run asynchronously: CPU times say nothing)
         for key, trainer in variants.items():
-            untouched[key] = untouched_ms(trainer, batch, train_cfg.lr)
+            profiled[key] = untouched(trainer, batch, train_cfg.lr)
+        blas = round(blas_gflops())
     rows = []
     for (name, compiled), trainer in variants.items():
         ms = statistics.median(times[name, compiled]) * 1e3
         rows.append({"model": name, "compiled": compiled, "median_step_ms": round(ms, 1),
                      "tokens_per_s": round(B * T / ms * 1e3), "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
-        if untouched:
-            rows[-1]["matmul_attention_ms"] = round(untouched[name, compiled], 1)
+        if profiled:
+            rows[-1]["matmul_attention_ms"] = round(profiled[name, compiled][0], 1)
+            rows[-1]["matmul_gflops"] = round(profiled[name, compiled][1])
     for row in rows:
         eager = next(r for r in rows if r["model"] == row["model"] and not r["compiled"])
         row["speedup"] = round(eager["median_step_ms"] / row["median_step_ms"], 2)
-        if untouched:  # were everything else compiled away, the step would still take the matmuls' time
-            row["speedup_bound"] = round(eager["median_step_ms"] / row["matmul_attention_ms"], 2)
-    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows,
+        if profiled:  # were everything else compiled away, the step would still take the matmuls' time
+            floor = statistics.mean(r["matmul_attention_ms"] for r in rows if r["model"] == row["model"])
+            row["speedup_bound"] = round(eager["median_step_ms"] / floor, 2)
+    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
     keys = list(rows[0])
     text = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
                      + ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]) + "\n"
+    if blas:
+        text += f"\nblas_gflops (float32, 1024 x 1024 x 1024): {blas}\n"
     print(text)
     if args.out:
         out = pathlib.Path(args.out)
