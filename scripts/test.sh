@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite (CPU; about 9 minutes on 2 cores from a fresh clone, 8 min 41 s measured). Extra arguments go to pytest.
+# Set up and run the whole test suite (CPU; about 8 to 9 minutes on 2 cores from a fresh clone, 8 min 18 s measured). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
