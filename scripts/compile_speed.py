@@ -3,13 +3,12 @@ machine: the same LocalTrainer step (forward, backward, clip, AdamW) on random b
 interleaved blocks (eager MoE, compiled MoE, eager dense, compiled dense, repeated) so that machine
 drift hits every variant alike; the median step of each. The compile time is the first compiled
 step, with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR is pointed at a fresh directory). On the
-CPU, a profiled pass also reports the time per step in matrix products and attention (matmul_attention_ms:
-kernels inductor calls as they are), and the speedup compiling would reach were everything else to
-cost nothing (speedup_bound = eager step / that time, the mean of the model's two profiled passes:
-eager and compiled run the same products, and one pass of a shared machine varies by 10% or more),
-with the matrix products' rate in GFLOP/s
-beside the rate of one large square product on the same cores (blas_gflops): how near the BLAS's
-best those products already run.
+CPU, profiled passes also report the time per step in matrix products and attention
+(matmul_attention_ms: kernels inductor calls as they are); the speedup compiling would reach were
+everything else to cost nothing (speedup_bound = eager step / that time, the mean of the model's two
+passes: eager and compiled run the same products, and one pass on a shared machine varies by 10% or
+more); and the products' rate in GFLOP/s beside one large square product's on the same cores
+(blas_gflops): how near the BLAS's best they already run.
 
     python scripts/compile_speed.py --config tiny --rounds 5 --steps 20 --out bench/results/cpu-2core
     python scripts/compile_speed.py --config small --device cuda --rounds 3 --steps 10 --out bench/results/<gpu>
