@@ -130,7 +130,8 @@ def main(argv=None) -> dict:
         if profiled:  # were everything else compiled away, the step would still take the matmuls' time
             floor = statistics.mean(r["matmul_attention_ms"] for r in rows if r["model"] == row["model"])
             row["speedup_bound"] = round(eager["median_step_ms"] / floor, 2)
-    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds, "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas,
+    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds,
+              "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
     keys = list(rows[0])

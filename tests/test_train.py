@@ -264,9 +264,9 @@ def test_compiled_training_step_follows_eager():
 
 def test_a_run_resumes_with_or_without_compile(tmp_path):
     """A checkpoint resumes in either mode and the trainer keeps its own way of updating (a fused
-    AdamW eagerly; compiled, a tensor learning rate, which a float from an eager
-    checkpoint would turn into a recompile at every new value). From the same checkpoint, the next
-    steps' losses and weights agree between the two modes to float32 rounding."""
+    AdamW eagerly; compiled, a tensor learning rate, which a float from an eager checkpoint would
+    turn into a recompile at every new value). From the same checkpoint, the next steps' losses and
+    weights agree between the two modes to float32 rounding."""
     from moe.training.local import LocalTrainer
 
     cfg = shrunk("tiny")

@@ -46,9 +46,9 @@ class LocalTrainer:
         self._update = self._clip_and_update
         # --compile: the step through torch.compile in two parts, the forward (its backward derived
         # from it by AOTAutograd) and the update (clipping and AdamW, fused loops over every parameter
-        # instead of a kernel per tensor and operation; torch.optim splits it with a graph break). Inductor fuses the norms, rotary,
-        # router, permutation and combine around the matrix products, which it calls as they are (the
-        # grouped matmuls are custom operators: no graph break). A text model compiles whole, from
+        # instead of a kernel per tensor and operation; torch.optim splits it with a graph break).
+        # Inductor fuses the norms, rotary, router, permutation and combine around the matrix
+        # products, which it calls as they are (the grouped matmuls are custom operators: no break). A text model compiles whole, from
         # the embedding to the loss; a vision model's language-model blocks do (each in place: they
         # share their code, so one compilation serves all), its vision path eager. Evaluation stays
         # eager, so the one forward compilation is the training graph's; compile_s is the first
