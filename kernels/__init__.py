@@ -20,6 +20,6 @@ from kernels.permute import combine, gather_rows, sort_by_expert
 from kernels.quantized import (SCHEMES, QuantizedWeight, dequantize, quantize, quantized_mlp,
                                quantized_mlp_reference)
 
-__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "gather_rows", "combine",
-           "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp", "SCHEMES", "QuantizedWeight", "quantize",
-           "dequantize", "quantized_mlp", "quantized_mlp_reference"]
+__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "gather_rows",
+           "combine", "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp", "SCHEMES", "QuantizedWeight",
+           "quantize", "dequantize", "quantized_mlp", "quantized_mlp_reference"]

@@ -18,7 +18,7 @@ Three entry points, one computation:
 
 `expert_mlp_reference` composes the PyTorch ops: a gathered copy of the rows, two grouped matmuls,
 the activation, and `combine`. With the Triton backend the same runs in two fused kernels and no
-copies (ScatterMoE's idea, our own kernels; the steps are named in kernels/triton_grouped_mm.py):
+copies (ScatterMoE's idea, our own kernels; the steps are named in kernels/triton/launch.py):
   1. h_MF = act(x[token of row] @ w_up[e] (, w_gate[e])): the gather happens in the loads, the
      activation in the epilogue (SwiGLU: gate and up from one pass over x).
   2. y_AD[order[r]] = weight[order[r]] * (h_MF[r] @ w_down[e]): the routing weight and the move to

@@ -12,7 +12,7 @@ C the largest row count of any expert (padded layout only).
 differentiable in x and w. Its PyTorch path calls `torch.nn.functional.grouped_mm`
 where that op accepts the inputs, and otherwise a padded batched matmul; neither loops over experts
 in Python. `grouped_mm_reference` is the slow, obviously correct loop the tests hold it against.
-`backend="triton"` runs the Triton kernels of kernels/triton_grouped_mm.py instead.
+`backend="triton"` runs the Triton kernels of the kernels/triton package instead.
 """
 
 from __future__ import annotations

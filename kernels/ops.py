@@ -30,7 +30,7 @@ def _sum_over_k(rows_AD: torch.Tensor, T: int, k: int) -> torch.Tensor:
 
 @torch.library.custom_op("moe::grouped_mm", mutates_args=())
 def grouped_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    from kernels.triton_grouped_mm import grouped_rows
+    from kernels.triton.launch import grouped_rows
 
     return grouped_rows(x_MK, w_EKN, offsets, x_MK.new_empty(x_MK.shape[0], w_EKN.shape[2]))
 
@@ -44,7 +44,7 @@ def _(x_MK, w_EKN, offsets):
 def grouped_mm_backward(dy_MN: torch.Tensor, x_MK: torch.Tensor, w_EKN: torch.Tensor,
                         offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dX = dY W^T (a grouped matmul against a strided view of w), dW_g = X_g^T dY_g."""
-    from kernels.triton_grouped_mm import expert_xt_y, grouped_rows
+    from kernels.triton.launch import expert_xt_y, grouped_rows
 
     dy_MN = dy_MN.contiguous()
     dx = grouped_rows(dy_MN, w_EKN.transpose(1, 2), offsets, x_MK.new_empty(x_MK.shape))
@@ -76,7 +76,7 @@ grouped_mm.register_autograd(_grouped_mm_grad, setup_context=_grouped_mm_setup)
 def expert_mlp(x_TD: torch.Tensor, weights_TK: torch.Tensor, order_M: torch.Tensor, offsets_E: torch.Tensor,
                w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor,
                save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from kernels.triton_grouped_mm import down_scatter, up_activation
+    from kernels.triton.launch import down_scatter, up_activation
 
     (T, k), M, (D, F_) = weights_TK.shape, order_M.numel(), w_up.shape[1:]
     swiglu = w_gate is not None
@@ -105,7 +105,7 @@ def expert_mlp_backward(dy_TD: torch.Tensor, x_TD: torch.Tensor, weights_TK: tor
                         w_down: torch.Tensor, h_MF: torch.Tensor, pre_up: torch.Tensor,
                         pre_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
-    from kernels.triton_grouped_mm import activation_backward, dscale_buffer, dx_scatter, expert_xt_y
+    from kernels.triton.launch import activation_backward, dscale_buffer, dx_scatter, expert_xt_y
 
     (T, k), M, (D, F_) = weights_TK.shape, order_M.numel(), w_up.shape[1:]
     swiglu = w_gate is not None

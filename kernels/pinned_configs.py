@@ -1,6 +1,6 @@
 """The launch configuration of every kernel mode, per architecture and row class: written by
-scripts/pin_configs.py from the compile reports (the compiled code's evidence: fits shared memory, no
-findings, HGMMA, largest tile). Do not edit by hand.
+kernels/tuning/pin_configs.py from the compile reports (the compiled code's evidence: fits shared
+memory, no findings, HGMMA, largest tile). Do not edit by hand.
 
 sm_90 (bench/results/compile-sm90/check_compile.json, Triton 3.9.0):
   grouped_mm (memory): 32x128x128 s4 w4, stack 0 B, HGMMA 0, TMA 8, shared 128 KiB

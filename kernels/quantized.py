@@ -6,7 +6,8 @@ Schemes, all symmetric, all "per output channel" = per column n of each expert's
     int8   q = round(w / s) in [-127, 127],      s[e, n] = max_k |w[e, k, n]| / 127
     fp8    q = fp8_e4m3(w / s),                  s[e, n] = max_k |w[e, k, n]| / 448   (e4m3's largest)
     int4   q = round(w / s) in [-8, 7],          s[e, k // G, n] = max over the group |w| / 7, G = 128
-           (group-wise along K; where 128 does not divide K, the largest power of two that does), stored two per byte along K: byte [e, k/2, n] = (q_even + 8) | (q_odd + 8) << 4
+           (group-wise along K; where 128 does not divide K, the largest power of two that does), stored two
+           per byte along K: byte [e, k/2, n] = (q_even + 8) | (q_odd + 8) << 4
     w ~ q * s (dequantize). Activations stay in their dtype (bf16/fp16 on a GPU, fp32 on a CPU): W8A16.
 
 Bytes per weight: int8 and fp8 1, int4 0.5, plus the scales (4 bytes per column, per group for int4).
@@ -17,11 +18,11 @@ Bytes per weight: int8 and fp8 1, int4 0.5, plus the scales (4 bytes per column,
     quantized_mlp(x_TD, weights_TK, experts_TK, up, gate, down, activation_name, backend)  inference only
     quantized_mlp_reference(...)                 the same in float64 from the dequantized weights, per token
 
-Backends: "triton" runs kernels/triton_grouped_mm.py's two forward steps with the dequantisation in
+Backends: "triton" runs kernels/triton/launch.py's two forward steps with the dequantisation in
 the weight loads (int8/fp8 widened exactly, the per-column scale applied once to the accumulator in
 the epilogue; int4 unpacked and scaled per group inside the K loop). "torch" dequantizes only the
 experts that received tokens, one at a time, and multiplies (on a CPU this is faster than
-torch._weight_int8pack_mm for our shapes: scripts/bench_kernels.py measures both).
+torch._weight_int8pack_mm for our shapes: bench/kernels.py measures both).
 """
 
 from __future__ import annotations
@@ -167,13 +168,14 @@ def _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name
 
 
 def _triton(x_TD, weights_TK, order_M, offsets_E, up, gate, down):
-    from kernels.triton_grouped_mm import down_scatter, up_activation
+    from kernels.triton.launch import down_scatter, up_activation
+    from kernels.triton.modes import WQ_8BIT, WQ_INT4
 
-    (T, k), M, (E, D, F_) = weights_TK.shape, order_M.numel(), up.shape
+    (T, k), M, (_, D, F_) = weights_TK.shape, order_M.numel(), up.shape
     order_M = order_M.to(torch.int32)
     src_M = torch.div(order_M, k, rounding_mode="floor")
     scale_M = weights_TK.reshape(-1)[order_M].float()
-    wq = 2 if up.scheme == "int4" else 1
+    wq = WQ_INT4 if up.scheme == "int4" else WQ_8BIT
 
     def args(w, w2=None):
         return dict(ws=w.scale, ws2=None if w2 is None else w2.scale, wq=wq, qgroup=w.group)

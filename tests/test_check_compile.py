@@ -1,4 +1,4 @@
-"""The static check of the compiled code that CI enforces (scripts/check_compile.py --quick): every
+"""The static check of the compiled code that CI enforces (kernels.tuning.check_compile --quick): every
 configuration the runtime launches compiles for an H100 (sm_90) without a GPU and, read back from
 the SASS, spills nothing, uses warp-group MMA (HGMMA) in compute-bound tiles, TMA loads where A and
 W are not gathered, and asynchronous copies in decode tiles. The pre-Hopper path (sm_80: no TMA, no
@@ -16,8 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def check(tmp_path, *args):
     out = tmp_path / "compile.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_compile.py"), "--quick", "--json", str(out),
-                           *args], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "kernels.tuning.check_compile", "--quick", "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     return proc, (json.loads(out.read_text())["results"] if out.exists() else [])
 
 
@@ -30,10 +30,10 @@ def test_shipped_variants_compile_clean_for_sm90(tmp_path):
     assert all(r["shipped"] and r["ok"] for r in results)
     assert all(0 < r["registers"] <= 255 and r["stack"] == 0 and r["spill_stores"] == r["spill_loads"] == 0
                for r in results)  # read back from the cubin: no local memory anywhere
-    rows = [r for r in results if r["kernel"] == "_rows_kernel"]
-    big = [r for r in rows + [r for r in results if r["kernel"] == "_dw_kernel"] if int(r["config"].split("x")[0]) >= 64]
+    rows = [r for r in results if r["kernel"] == "rows_kernel"]
+    big = [r for r in rows + [r for r in results if r["kernel"] == "dw_kernel"] if int(r["config"].split("x")[0]) >= 64]
     assert big and all(r["hgmma"] > 0 for r in big)
-    tma = [r for r in big if r["kernel"] == "_rows_kernel" and "gathered" not in r["mode"] and "int4" not in r["mode"]]
+    tma = [r for r in big if r["kernel"] == "rows_kernel" and "gathered" not in r["mode"] and "int4" not in r["mode"]]
     assert tma and all(r["tma_loads"] > 0 for r in tma)
     decode = [r for r in rows if int(r["config"].split("x")[0]) <= 32]
     assert decode and all(r["async_copies"] + r["tma_loads"] > 0 for r in decode)

@@ -1,7 +1,7 @@
 """The rows kernel's persistent tile schedule, replayed in pure Python at sizes the interpreter
 cannot reach, and the tile-config invariants the backward epilogue relies on.
 
-The replay repeats the kernel's index arithmetic (kernels/triton_grouped_mm.py, _rows_kernel: the
+The replay repeats the kernel's index arithmetic (kernels/triton/jit.py, rows_kernel: the
 tile list from the offsets, the GROUP_M swizzle, the expert of a row tile) and asserts that the
 programs together visit every (row tile, column tile) exactly once, that each row tile lies inside
 one expert, and that the row tiles of the experts cover every row once."""
@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-import kernels.triton_grouped_mm as tg
+from kernels.triton import configs, launch
+from kernels.triton.modes import EPI_PARTIAL
 
 
 def replay(counts, block_m, block_n, n, group_m, n_programs):
@@ -65,12 +66,12 @@ def test_every_tile_is_computed_exactly_once(counts, block_m, block_n, group_m, 
 def test_row_configs_fit_the_backward_epilogue(monkeypatch):
     """Every shipped BLOCK_N (the GPU list, not just the interpreter's) is a multiple of DSCALE_COLS
     and at most MAX_BLOCK_N; a wider one is refused by name."""
-    monkeypatch.setattr(tg, "INTERPRET", False)
-    configs = tg._row_configs()
-    assert len(configs) > 1
-    tg._check_block_n(configs)
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    candidates = configs.row_configs()
+    assert len(candidates) > 1
+    configs.check_block_n(candidates)
     with pytest.raises(ValueError, match=r"BLOCK_N \[512\]"):
-        tg._check_block_n([tg._config(64, 512, 64, 3, 8, 8)])
+        configs.check_block_n([configs.config(64, 512, 64, 3, 8, 8)])
 
 
 def test_every_launch_has_a_pinned_config(monkeypatch):
@@ -85,14 +86,14 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
     from kernels.pinned_configs import DW, ROWS
 
     seen = []
-    real = tg.pinned
+    real = configs.pinned
 
     def record(table, key, bound, candidates):
         seen.append((any(table is t for t in DW.values()), key, bound))
         return real(table, key, bound, candidates)
 
-    monkeypatch.setattr(tg, "pinned", record)
-    monkeypatch.setattr(tg, "_num_programs", lambda index: 64)  # as on a GPU: the small inference launches split K
+    monkeypatch.setattr(configs, "pinned", record)
+    monkeypatch.setattr(launch, "num_programs", lambda index: 64)  # as on a GPU: the small inference launches split K
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(9, 16, generator=g, requires_grad=True), torch.randn(3, 16, 24, generator=g, requires_grad=True)
     kernels.grouped_mm(x, w, offsets_from([4, 0, 5]), backend="triton").sum().backward()
@@ -112,8 +113,8 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
             kernels.quantized_mlp(xt.detach(), weights, experts, q[0], q[1] if gate is not None else None, q[2],
                                   activation_name=act, backend="triton")
     assert len({k for _, k, _ in seen}) >= 20
-    assert any(f"EPI={tg.EPI_PARTIAL}" in k for _, k, _ in seen)  # split-K's partial pass was looked up
-    monkeypatch.setattr(tg, "INTERPRET", False)
+    assert any(f"EPI={int(EPI_PARTIAL)}" in k for _, k, _ in seen)  # split-K's partial pass was looked up
+    monkeypatch.setattr(configs, "INTERPRET", False)
     assert set(ROWS) == set(DW) == {80, 90}
     for arch in ROWS:  # every architecture's table has a row for every launch
         missing = sorted(f"{'dW' if is_dw else 'rows'} {key} ({bound})" for is_dw, key, bound in set(seen)
@@ -125,10 +126,10 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
                 assert set(meta) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EPI_SPLIT", "num_warps",
                                      "num_stages"}, key
                 assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
-                config = tg._config(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["num_stages"],
+                config = configs.config(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["num_stages"],
                                     meta["num_warps"], meta["GROUP_M"], meta["EPI_SPLIT"])
-                assert tg.fits(config, flags, tg.SHARED_LIMIT[arch]), (arch, key, bound, meta)
-                tg._check_block_n([config])
+                assert configs.fits(config, flags, configs.SHARED_LIMIT[arch]), (arch, key, bound, meta)
+                configs.check_block_n([config])
         assert all(set(m) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
                    for by_bound in DW[arch].values() for m in by_bound.values())
 
@@ -145,12 +146,12 @@ def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):
     x, w, offsets = torch.randn(11, 20, generator=g), torch.randn(3, 20, 12, generator=g), offsets_from([5, 0, 6])
     pinned = kernels.grouped_mm(x, w, offsets, backend="triton")
     assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
-    monkeypatch.setattr(tg, "AUTOTUNE", True)
+    monkeypatch.setattr(configs, "AUTOTUNE", True)
     assert torch.equal(pinned, kernels.grouped_mm(x, w, offsets, backend="triton"))
 
 
 def test_tuning_script_covers_every_pinned_row(tmp_path):
-    """scripts/tune_configs.py (the GPU's way to choose the pinned configs) runs its whole plumbing
+    """kernels.tuning.tune_configs (the GPU's way to choose the pinned configs) runs its whole plumbing
     through the interpreter: every mode key and row class of the shipped sm_90 table is launched with
     each candidate's meta-parameters forced, timed, and gets a row in the table it writes."""
     import json
@@ -162,8 +163,8 @@ def test_tuning_script_covers_every_pinned_row(tmp_path):
     from kernels.pinned_configs import ROWS
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "scripts" / "tune_configs.py"), "--interpret", "--reps", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-m", "kernels.tuning.tune_configs", "--interpret", "--reps", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     namespace = {}

@@ -1,4 +1,4 @@
-"""The Triton kernels (kernels/triton_grouped_mm.py behind grouped_mm and expert_mlp) against the
+"""The Triton kernels (the kernels/triton package behind grouped_mm and expert_mlp) against the
 float64 references, forward and every gradient. Without a GPU they run through Triton's interpreter
 (conftest sets TRITON_INTERPRET=1), so the shapes stay small; with one they run compiled, and the
 tests marked gpu_only add the shapes the autotuned tile configs need."""
@@ -138,7 +138,7 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     Hopper GPU, compiled). The layouts here qualify for TMA (aligned strides), and it is checked that
     the TMA path was taken, for A as well as W (the grouped GEMM and dX's second pair are not gathered),
     with full row tiles whose outputs leave as TMA boxes and partial ones that are stored row by row."""
-    import kernels.triton_grouped_mm as tg
+    from kernels.triton import launch
 
     gen = torch.Generator().manual_seed(5)
     T, k, E = 30, 2, 3  # 20 rows per expert on average: full 16-row tiles (stored as TMA boxes) and partial ones
@@ -151,8 +151,8 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     x, w = torch.randn(57, 24, generator=gen).to(DEVICE), torch.randn(3, 24, 40, generator=gen).to(DEVICE)
     small = offsets_from([20, 0, 37], DEVICE)
     used = []
-    real = tg._use_tma
-    monkeypatch.setattr(tg, "_use_tma", lambda *a: used.append(real(*a)) or used[-1])
+    real = launch.use_tma
+    monkeypatch.setattr(launch, "use_tma", lambda *a: used.append(real(*a)) or used[-1])
 
     def run():
         mlp = grads_of(lambda x_, wt, u, g, d: kernels.expert_mlp(x_, wt, order, offsets, u, g, d, activation_name=act,
@@ -161,7 +161,7 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
 
     with_tma = run()
     assert used and all(used)
-    monkeypatch.setattr(tg, "TMA_ENABLED", False)
+    monkeypatch.setattr(launch, "TMA_ENABLED", False)
     used.clear()
     for a, b in zip(with_tma, run()):
         assert torch.equal(a, b)
@@ -174,12 +174,12 @@ def test_split_k_decode_matches_reference_and_is_deterministic(monkeypatch, act)
     slices whose fp32 partials a second pass sums in a fixed order: the result matches the float64
     reference (and, quantized, the torch path on the same quantized weights), repeats bit for bit,
     and the split was really taken."""
-    import kernels.triton_grouped_mm as tg
+    from kernels.triton import configs, launch
 
-    monkeypatch.setattr(tg, "_num_programs", lambda index: 64)  # as on a GPU: 2 tokens are far from two waves
+    monkeypatch.setattr(launch, "num_programs", lambda index: 64)  # as on a GPU: 2 tokens are far from two waves
     splits = []
-    real = tg.split_k
-    monkeypatch.setattr(tg, "split_k", lambda *a: splits.append(real(*a)) or splits[-1])
+    real = configs.split_k
+    monkeypatch.setattr(configs, "split_k", lambda *a: splits.append(real(*a)) or splits[-1])
     gen = torch.Generator().manual_seed(2)
     T, k, E, D, F = 2, 2, 6, 64, 96
     weights, experts = torch.randn(T, E, generator=gen).softmax(-1).topk(k)
@@ -204,7 +204,7 @@ def test_split_k_decode_matches_reference_and_is_deterministic(monkeypatch, act)
 def test_split_k_policy():
     """The split doubles while the launch has fewer than two waves of tiles, stops at 8 slices or one
     BLOCK_K per slice, and training-sized launches are never split."""
-    from kernels.triton_grouped_mm import split_k
+    from kernels.triton.configs import split_k
 
     meta = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128)
     # GPT-4 decode, batch 1: the down-projection (K = 43,008, N = 10,752) of 2 active rows, 84 column
@@ -314,15 +314,15 @@ def test_every_pinned_config_on_gpu(monkeypatch, dtype):
     on the GPU), against the float64 references: the expert MLP forward and backward (GELU and SwiGLU)
     and the grouped GEMM through a transposed W, with E = 1 and E = 5 (empty experts, experts with
     fewer rows than a tile, a skewed hot expert), and the quantized forward (int8, int4)."""
-    import kernels.triton_grouped_mm as tg
     from kernels import pinned_configs
+    from kernels.triton import configs, launch
 
-    ROWS, DW = (table[tg._arch(0)] for table in (pinned_configs.ROWS, pinned_configs.DW))
+    ROWS, DW = (table[launch.arch(0)] for table in (pinned_configs.ROWS, pinned_configs.DW))
     cases = {"E=1": [37], "E=5 ragged": [0, 3, 0, 130, 9]}
     row_metas, dw_metas = _pinned_metas(ROWS), _pinned_metas(DW)
     for i, row_meta in enumerate(row_metas):
         for dw_meta in dw_metas if i == 0 else dw_metas[:1]:  # every dW config once, with the first row config
-            monkeypatch.setattr(tg, "pinned", lambda table, key, bound, c, r=row_meta, d=dw_meta:
+            monkeypatch.setattr(configs, "pinned", lambda table, key, bound, c, r=row_meta, d=dw_meta:
                                 dict(d if table is DW else r))
             for name, counts in cases.items():
                 E, M = len(counts), sum(counts)
