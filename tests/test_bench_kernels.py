@@ -1,24 +1,12 @@
-"""scripts/bench_kernels.py end to end on the CPU, at a tiny scale, with the Triton rows run through
-the interpreter: every implementation passes its correctness check and the outputs are written."""
+"""bench.kernels end to end on the CPU, at a tiny scale, with the Triton rows run through the
+interpreter: every implementation passes its correctness check and the outputs are written."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "scripts" / "bench_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_kernels"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+from bench import kernels as bench
 
 
 def test_bench_kernels_runs_and_writes_results(tmp_path, capsys):
-    bench = load_script()
     rows = bench.main(["--scale", "1024", "--reps", "1", "--shapes", "A,E", "--interpret", "--out", str(tmp_path)])
     failed = [r for r in rows if "error" in r and "multiple of 16 bytes" not in r["error"]]
     assert not failed, failed  # a wrong answer is reported as an error row instead of a time
@@ -29,13 +17,14 @@ def test_bench_kernels_runs_and_writes_results(tmp_path, capsys):
     saved = json.loads((tmp_path / "kernels.json").read_text())
     assert saved["meta"]["torch"] and saved["meta"]["date"] and saved["meta"]["triton_measured"] is False
     assert len(saved["rows"]) == len(rows)
+    assert saved["environment"]["torch"] == saved["meta"]["torch"]
+    assert "| shape | op | impl |" in (tmp_path / "kernels.md").read_text()
     assert (tmp_path / "kernels.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "kernels.png").stat().st_size > 0
     assert "need a CUDA GPU" in capsys.readouterr().out
 
 
-def test_skewed_counts_match_the_issue():
-    bench = load_script()
+def test_skewed_counts_are_as_specified():
     shape = bench.Shape("E", T=8192, d=16, f=16, skewed=True)
     counts = bench.expert_counts(shape)
     assert sum(counts) == 8192 * 2 and len(counts) == 16

@@ -71,7 +71,8 @@ def _wing(prefix):
 
 
 @pytest.mark.parametrize("wing, forbidden", [  # the README's architecture list: no entry imports one below it
-    ("kernels", ("moe",)),
+    ("kernels", ("moe", "bench")),
+    ("moe", ("bench",)),  # bench/ (the experiments) sits on top: it may import moe and kernels; nothing imports it
     ("moe.estimates", ("moe.model", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel",
                        "moe.profiling", "kernels")),
     ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),

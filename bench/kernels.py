@@ -1,9 +1,9 @@
 """Benchmark the grouped expert matmul and the fused expert MLP against PyTorch, in one process.
 
-    python scripts/bench_kernels.py                  # on a GPU: every shape, Triton and PyTorch
-    python scripts/bench_kernels.py --scale 8        # on a CPU: PyTorch paths only, shapes / 8
+    python -m bench.kernels                  # on a GPU: every shape, Triton and PyTorch
+    python -m bench.kernels --scale 8        # on a CPU: PyTorch paths only, shapes / 8
 
-Shapes (the issue's A-E): A trains T=16384 tokens at d=2048, f=8192; B prefills one 8k prompt through
+Shapes (A-E): A trains T=16384 tokens at d=2048, f=8192; B prefills one 8k prompt through
 one GPT-4 layer as one GPU of 8-way tensor parallelism holds it (d=10752, f=5376); C decodes 8 and 64
 tokens through that shard; D is B forward+backward; E is B with skewed routing (the hottest expert 4x
 the mean, three experts empty). All use E=16 experts and top-2, bf16 on a GPU (fp32 on a CPU).
@@ -29,6 +29,9 @@ bandwidth counts the weight bytes of the experts that received tokens (one matri
 dense ceiling). The dense-matmul peak
 (8192^3 bf16) and the device-to-device copy bandwidth (bytes read + written) are measured in the
 same run, and percentages are of those.
+
+Written to bench/results/<device>/: kernels.json (meta, rows, targets; with the stamp under
+environment) and kernels.md through bench.harness, and kernels.csv and kernels.png beside them.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import pathlib
 import sys
@@ -44,13 +46,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import kernels  # noqa: E402
-from moe.profiling.timing import device_ceilings, device_slug, environment, median_ms  # noqa: E402
-from kernels.expert_mlp import apply_expert_mlp  # noqa: E402
-from kernels.grouped_matmul import apply_grouped_mm, torch_grouped_mm  # noqa: E402
-from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp  # noqa: E402
+import kernels
+from bench.harness import default_out, markdown_table, stamp, write_result
+from kernels.expert_mlp import apply_expert_mlp
+from kernels.grouped_matmul import apply_grouped_mm, torch_grouped_mm
+from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp
+from moe.profiling.timing import device_ceilings, median_ms
 
 L2_BYTES = 50 * 2**20  # H100: 50 MB
 
@@ -297,7 +298,7 @@ def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
 # --- reporting ----------------------------------------------------------------------------------------
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The issue's H100 targets, evaluated on this run's numbers."""
+    """The H100 targets, evaluated on this run's numbers."""
     get = {(r["shape"], r["op"], r["impl"]): r.get("ms") for r in rows}
     checks = []
 
@@ -384,7 +385,7 @@ def main(argv=None):
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     scale = args.scale or (1 if cuda else 8)
     reps = args.reps or (50 if cuda else 5)
-    out = args.out or ROOT / "bench" / "results" / device_slug(cuda)
+    out = args.out or default_out(cuda)
     shapes = [s.scaled(scale) for s in SHAPES if not args.shapes or s.name[0] in args.shapes.split(",")]
 
     torch.manual_seed(0)
@@ -395,7 +396,8 @@ def main(argv=None):
         rows += bench_shape(shape, device, dtype, reps, use_triton, cuda, ceilings)
         if cuda:
             torch.cuda.empty_cache()
-    meta = dict(environment(cuda), dtype=str(dtype).removeprefix("torch."), scale=scale, reps=reps,
+    env = stamp(cuda)
+    meta = dict(env, dtype=str(dtype).removeprefix("torch."), scale=scale, reps=reps,
                 triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1))
     triton_version = meta["triton"]
     print_table(rows, ceilings)
@@ -408,8 +410,10 @@ def main(argv=None):
         state = "n/a" if c["met"] is None else "met" if c["met"] else "MISSED"
         print(f"target {c['target']}: {c['measured']} (goal {c['goal']}) {state}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels.json").write_text(json.dumps(dict(meta=meta, rows=rows, targets=checks), indent=1) + "\n")
+    columns = ["shape", "op", "impl", "ms", "tflops", "pct_peak", "weight_gbps", "pct_copy", "error"]
+    table = markdown_table(rows, columns) + ("\n" + markdown_table(checks) if checks else "")
+    write_result(out, "kernels", dict(meta=meta, rows=rows, targets=checks), table, by="bench.kernels",
+                 title="Grouped expert matmul and expert MLP", env=env)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "kernels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -417,7 +421,7 @@ def main(argv=None):
         writer.writerows(rows)
     plot(rows, out / "kernels.png", f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, {meta['date']}, "
          f"{meta['dtype']}, shapes / {scale}")
-    print(f"wrote {out}/kernels.{{json,csv,png}}")
+    print(f"wrote {out}/kernels.{{json,md,csv,png}}")
     return rows
 
 
