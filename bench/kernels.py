@@ -107,13 +107,15 @@ def routed_inputs(shape: Shape, device, dtype, seed: int) -> dict:
     return dict(x_TD=x_TD, x_MD=x_TD[order_M.to(device) // shape.k].contiguous(), order_M=order_M.to(device),
                 experts_TK=experts_A.view(shape.T, shape.k).to(device),
                 offsets_E=offsets_E.to(device), weights_TK=weights_TK.to(device), counts=counts,
-                w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d), w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f))
+                w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d),
+                w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f))
 
 
 # --- the implementations: each takes one input set and returns the output -------------------------
 
 def gmm_triton(s):
-    return apply_grouped_mm(s["x_MD"], s["w_up"], s["offsets_E"], "triton")  # no checks: the correctness pass runs the checked reference
+    # no checks: the correctness pass runs the checked reference
+    return apply_grouped_mm(s["x_MD"], s["w_up"], s["offsets_E"], "triton")
 
 
 def gmm_torch(s):
@@ -185,9 +187,10 @@ def quantize_set(s, schemes):
 
 
 QUANT_IMPLS = [("triton int8", "int8", qmlp("int8", "triton")), ("triton fp8", "fp8", qmlp("fp8", "triton")),
-               ("triton int4", "int4", qmlp("int4", "triton")), ("torch int8 dequantize", "int8", qmlp("int8", "torch")),
-               ("torch int8 _weight_int8pack_mm", "int8", qmlp_int8pack), ("torch int4 dequantize", "int4",
-                                                                           qmlp("int4", "torch"))]
+               ("triton int4", "int4", qmlp("int4", "triton")),
+               ("torch int8 dequantize", "int8", qmlp("int8", "torch")),
+               ("torch int8 _weight_int8pack_mm", "int8", qmlp_int8pack),
+               ("torch int4 dequantize", "int4", qmlp("int4", "torch"))]
 
 
 IMPLS = {
@@ -419,8 +422,8 @@ def main(argv=None):
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "kernels.png", f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, {meta['date']}, "
-         f"{meta['dtype']}, shapes / {scale}")
+    plot(rows, out / "kernels.png", f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, "
+         f"{meta['date']}, {meta['dtype']}, shapes / {scale}")
     print(f"wrote {out}/kernels.{{json,md,csv,png}}")
     return rows
 
