@@ -72,6 +72,7 @@ def _wing(prefix):
 
 @pytest.mark.parametrize("wing, forbidden", [  # the README's architecture list: no entry imports one below it
     ("kernels", ("moe",)),
+    ("moe.files", ("moe", "kernels")),
     ("moe.estimates", ("moe.model", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel",
                        "moe.profiling", "kernels")),
     ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
