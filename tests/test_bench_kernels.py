@@ -34,7 +34,7 @@ def test_bench_kernels_runs_and_writes_results(tmp_path, capsys):
     assert "need a CUDA GPU" in capsys.readouterr().out
 
 
-def test_skewed_counts_match_the_issue():
+def test_skewed_counts_give_one_expert_four_shares_and_three_none():
     bench = load_script()
     shape = bench.Shape("E", T=8192, d=16, f=16, skewed=True)
     counts = bench.expert_counts(shape)

@@ -1,6 +1,5 @@
-"""The GPT-4 layer profiler: the tensor-parallel shard, the cost and cluster arithmetic against the
-issue's and bench/README.md's formulas, the profiler breakdown, and scripts/profile_model.py end to
-end on the CPU."""
+"""The GPT-4 layer profiler: the tensor-parallel shard, the cost and cluster arithmetic against
+bench/README.md's formulas, the profiler breakdown, and scripts/profile_model.py end to end on the CPU."""
 
 import dataclasses
 import gzip

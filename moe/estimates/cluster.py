@@ -52,7 +52,7 @@ class GPU:
     peak_tflops: float  # datasheet dense bf16, the MFU denominator
     bandwidth_gbs: float  # datasheet HBM
     memory_gb: float
-    price_per_hour: float  # the assumed price
+    price_per_hour: float  # an assumed rental price, dollars per GPU-hour
     nvlink_busbw_gbs: float  # achieved all-reduce bus bandwidth inside a node (assumed, nccl-tests scale)
     network_gbs: float  # per-GPU inter-node bandwidth (InfiniBand), for pipeline sends
     matmul_efficiency: float = 798 / 989  # achieved fraction of peak: a measured H100 8192^3 bf16 matmul
