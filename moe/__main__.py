@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", action="append", default=[], metavar="FILE", help="a vision checkpoint: an image to "
                    "read (its placeholder goes before --prompt; repeat for several), e.g. from `render`")
     g.add_argument("--draft-checkpoint", help="speculative decoding with this draft model (same vocabulary); also "
-                   "reports its acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
+                   "reports its acceptance and tokens per target forward (speedups: python -m bench.serving)")
     g.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
     g.set_defaults(func=cmd_generate)
 
