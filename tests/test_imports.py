@@ -88,6 +88,11 @@ def test_wings_import_one_way(wing, forbidden):
         assert not bad, f"{m} imports {sorted(bad)}"
 
 
+def test_nothing_in_moe_or_kernels_imports_bench():  # bench/ measures the library and sits on top of it
+    bad = {m: sorted(n for n in imports_of(m) if n.split(".")[0] == "bench") for m in MODULES}
+    assert not {m: b for m, b in bad.items() if b}
+
+
 def test_kernels_import_only_torch_and_triton():
     for m in _wing("kernels"):
         other = {n for n in imports_of(m) if n.split(".")[0] not in STDLIB | {"torch", "triton", "kernels"}}

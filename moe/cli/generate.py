@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     g.add_argument("--image", action="append", default=[], metavar="FILE", help="a vision checkpoint: an image to "
                    "read (its placeholder goes before --prompt; repeat for several), e.g. from `render`")
     add_draft(g, checkpoint_help="speculative decoding with this draft model (same vocabulary); also reports its "
-              "acceptance and tokens per target forward (speedups: scripts/bench_serving.py)")
+              "acceptance and tokens per target forward (speedups: python -m bench.serving)")
     g.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ tensor x 16-way pipeline parallelism, and training MFU and days. Imports no torc
 Legend: b sequences per pipeline microbatch, C context (cached positions), L layers, tp / pp the
 tensor / pipeline degrees, t_L the time of one layer on one GPU holding its 1/tp shard.
 
-Per-layer times come from `scripts/profile_model.py` (measured on a GPU) or from `roofline_layer`
+Per-layer times come from `bench.profile_model` (measured on a GPU) or from `roofline_layer`
 (a prediction: each op group takes max(FLOPs / peak, bytes / bandwidth)). Both go through the same
 cluster model, whose assumptions are stated once, in ASSUMPTIONS, and printed with every result:
 

@@ -2,8 +2,8 @@
 compare validation loss at equal wall-clock (the time budget) and at equal tokens; plus where the
 MoE's layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces.
 
-    python scripts/compare_dense.py --config tiny --pairs 3 --out bench/results/cpu-2core   # 12 runs of 240 s
-    python scripts/compare_dense.py --config tiny --pairs 3 --reuse                          # re-read those runs
+    python -m bench.compare_dense --config tiny --pairs 3            # 12 runs of 240 s
+    python -m bench.compare_dense --config tiny --pairs 3 --reuse    # re-read those runs
 
 How it is run, so that the figures can be believed on a shared machine:
 - Pair p trains the MoE and its twin with the same seed (p + 1: weights and data order), one after the
@@ -20,24 +20,23 @@ Arguments this script does not know (e.g. --set n_layers=2 --max-steps 10) go to
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import kernels
+from bench import harness
+from moe.config import load_config
+from moe.model import MoELayer
+from moe.profiling.timing import median_ms
+from moe.training.plots import plot_comparison
 
-import kernels  # noqa: E402
-from moe.config import load_config  # noqa: E402
-from moe.model import MoELayer  # noqa: E402
-from moe.training.plots import plot_comparison  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def val_at(summary: dict, key: str, at: float) -> float:
@@ -45,17 +44,6 @@ def val_at(summary: dict, key: str, at: float) -> float:
     evaluations (never extrapolated: `at` is at most the run's last evaluation)."""
     h = summary["history"]
     return float(np.interp(at, h[key], h["val_loss"]))
-
-
-def _median_ms(fn, n: int = 40) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1e3, 3)
 
 
 def layer_breakdown(config: str, batch_tokens: int) -> dict:
@@ -94,10 +82,7 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
     parts = {"router": router_part, "permutation": permutation_part,
              "experts (grouped matmuls + activation)": experts_part,
              "dense MLP of the twin (same FLOPs)": dense_part}
-    return {name: _median_ms(fn) for name, fn in parts.items()}
-
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+    return {name: round(median_ms(lambda _, fn=fn: fn(), [None], 40, cuda=False), 3) for name, fn in parts.items()}
 
 
 def run_name(model: str, mode: str, pair: int) -> str:
@@ -150,7 +135,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--config", default="tiny", help="the MoE preset (its twin is --dense)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
@@ -158,7 +143,6 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
     ap.add_argument("--keep", action="store_true", help="train only the runs that have no summary.json yet "
                     "(finish an interrupted comparison; the kept runs must have had the same arguments)")
-    ap.add_argument("--out", default="bench/results/cpu-2core")
     ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
     args, extra = ap.parse_known_args()
     modes = args.modes.split(",")
@@ -178,8 +162,8 @@ def main() -> None:
                         train(args.config, model, mode, pair + 1, run_dir, extra)
     summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
                  for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)  # the plot goes first
     result = {"config": args.config, "pairs": args.pairs, "train_args": extra, "modes": {}}
     for mode in modes:
         rows = [pair_rows(summaries["moe", mode, p], summaries["dense", mode, p]) for p in range(args.pairs)]
@@ -194,11 +178,9 @@ def main() -> None:
                     labels=[f"{m} {mode}" for mode in modes for m in ("MoE", "dense")])
     result["tokens_per_step"] = first["tokens"] // first["steps"]
     result["layer_breakdown_ms"] = layer_breakdown(args.config, result["tokens_per_step"])
-    result.update({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")})
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    result.update(harness.host())
     text = markdown(result)
-    (out / f"{args.name}.md").write_text(text)
+    harness.write_result(out, args.name, result, text, by="bench.compare_dense", title="MoE against its dense twin")
     print(text)
 
 
