@@ -9,7 +9,7 @@ How it is run, so that the figures can be believed on a shared machine:
 - Pair p trains the MoE and its twin with the same seed (p + 1: weights and data order), one after the
   other, once per mode (eager, then compiled); odd pairs train the twin first, so a drift in the
   machine's speed does not always favour the same model. Runs go one at a time, never side by side.
-- Every run is `python -m moe train` as a user runs it, time budget included: its cosine schedule is
+- Every run is `python -m moe train` as a user runs it, with `--time-budget` (--budget, 240 s): its cosine schedule is
   fitted to the budget from its own step time, and a compiled run compiles inside the budget. Before
   the first pair, each compiled variant trains two steps to fill inductor's on-disk cache, so every
   measured compile is a warm one (reported as compile_s).
@@ -89,9 +89,9 @@ def run_name(model: str, mode: str, pair: int) -> str:
     return f"{model}-{mode}-{pair}"
 
 
-def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str]) -> None:
+def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str], budget: float) -> None:
     cmd = [sys.executable, "-m", "moe", "train", "--config", config, "--seed", str(seed), "--out", str(out),
-           "--overwrite", "--no-progress", *(["--dense"] if model == "dense" else []),
+           "--overwrite", "--no-progress", "--time-budget", str(budget), *(["--dense"] if model == "dense" else []),
            *(["--compile"] if mode == "compiled" else []), *extra]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -138,6 +138,7 @@ def main() -> None:
     ap = harness.parser(__doc__)
     ap.add_argument("--config", default="tiny", help="the MoE preset (its twin is --dense)")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=240.0, help="seconds each run trains (its --time-budget)")
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     ap.add_argument("--runs", default="runs/compare", help="where the runs are written")
     ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
@@ -152,14 +153,13 @@ def main() -> None:
     if not args.reuse:
         if "compiled" in modes:  # fill inductor's cache: the measured runs then compile warm
             for model in ("moe", "dense"):
-                train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2",
-                                                                                     "--time-budget", "0"])
+                train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2"], 0)
         for pair in range(args.pairs):
             for mode in modes:
                 for model in (("moe", "dense") if pair % 2 == 0 else ("dense", "moe")):
                     run_dir = runs_dir / run_name(model, mode, pair)
                     if not (args.keep and (run_dir / "summary.json").exists()):
-                        train(args.config, model, mode, pair + 1, run_dir, extra)
+                        train(args.config, model, mode, pair + 1, run_dir, extra, args.budget)
     summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
                  for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
     out = args.out
