@@ -7,8 +7,11 @@ the repository copies a measured figure; the README links to these files.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
+import platform
+import time
 
 import torch
 
@@ -25,6 +28,20 @@ def default_out(cuda: bool | None = None) -> pathlib.Path:
 def stamp(cuda: bool | None = None) -> dict:
     """Device, versions and date (see moe.profiling.timing.environment)."""
     return environment(torch.cuda.is_available() if cuda is None else cuda)
+
+
+def host() -> dict:
+    """torch version, threads, processor and date: the keys some results carry at their top level."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An experiment's command line: its module docstring as --help, and --out (the results folder,
+    bench/results/<device> unless given)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=pathlib.Path, default=default_out(), help="results folder (default: %(default)s)")
+    return p
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -58,3 +75,20 @@ def write_result(out: pathlib.Path | str, name: str, result: dict, markdown: str
     md.write_text(f"{head}\n\nWritten by `python -m {by}`; the data: [`{js.name}`]({js.name}).\n\n"
                   + markdown.rstrip() + "\n")
     return js, md
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported only by the scripts that plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: pathlib.Path | str, dpi: int = 110) -> None:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)

@@ -6,9 +6,9 @@
 #      empty experts, experts with fewer rows than a tile, a skewed hot expert, transposed W), TMA
 #      against pointer loads bit for bit, split-K decode against the reference;
 #   2. bench.kernels: every shape A-E and the quantized rows, with the measured ceilings;
-#   3. scripts/profile_model.py: one GPT-4-shape layer at decode (8k context, batch 1, 8, 64);
-#   4. scripts/compile_speed.py: the small preset's training step, eager against torch.compile (the
-#      experts as Triton custom operators), and its dense twin's (issue 20: compiled no slower).
+#   3. bench.profile_model: one GPT-4-shape layer at decode (8k context, batch 1, 8, 64);
+#   4. bench.compile_speed: the small preset's training step, eager against torch.compile (the
+#      experts as Triton custom operators), and its dense twin's (compiled should be no slower).
 # Everything is written under bench/results/<device>/ (and copied to $OUT when the device tool sets it);
 # gpu_run.log holds the console. Each step has its own time limit so one hang cannot eat the lease.
 # Budget (a guess until the first run): about 14 minutes in all.
@@ -24,9 +24,9 @@ log() { tee -a "$out/gpu_run.log"; }
 timeout 420 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_kernels.py tests/test_quantized.py \
     tests/test_kernels.py "tests/test_ops.py::test_small_preset_traces_without_a_graph_break_on_a_gpu" 2>&1 | tail -20 | log
 timeout 300 $PY -m bench.kernels --out "$out" 2>&1 | log
-timeout 150 $PY scripts/profile_model.py --layers 1 --mode decode --context 8192 --batches 1,8,64 --out "$out" 2>&1 \
+timeout 150 $PY -m bench.profile_model --layers 1 --mode decode --context 8192 --batches 1,8,64 --out "$out" 2>&1 \
     | tail -40 | log
-timeout 300 $PY scripts/compile_speed.py --config small --device cuda --rounds 3 --steps 10 --out "$out" 2>&1 \
+timeout 300 $PY -m bench.compile_speed --config small --device cuda --rounds 3 --steps 10 --out "$out" 2>&1 \
     | tail -8 | log
 # TUNE=1: also time every clean config of every mode and write the table the GPU would pin
 # (kernels.tuning.tune_configs --quick; several minutes: hundreds of compiles)

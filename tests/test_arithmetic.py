@@ -24,7 +24,7 @@ def test_meta_model_counts_agree_with_arithmetic(name, tied):
 
 def test_gpt4_is_the_leaked_shape():
     p = count_params(load_config("gpt4"))
-    # The figures: ~111B per expert, ~1.8T in all (16 experts x 111B + shared).
+    # The leak's figures: ~111B per expert, ~1.8T in all (16 experts x 111B + shared).
     assert 110e9 < p.per_expert < 112e9
     assert 1.78e12 < p.total < 1.83e12
     # Multi-query attention: 2 d^2 for Q and O plus 2 d x 128 for the one K/V head, per layer.

@@ -24,7 +24,7 @@ def test_bench_kernels_runs_and_writes_results(tmp_path, capsys):
     assert "need a CUDA GPU" in capsys.readouterr().out
 
 
-def test_skewed_counts_are_as_specified():
+def test_skewed_counts_give_one_expert_four_shares_and_three_none():
     shape = bench.Shape("E", T=8192, d=16, f=16, skewed=True)
     counts = bench.expert_counts(shape)
     assert sum(counts) == 8192 * 2 and len(counts) == 16

@@ -1,5 +1,5 @@
 """Your own data: tokenizers, `prepare` (split by document, shards, restartable), `train --data`,
-`generate` with the checkpoint's tokenizer, and every bad input the issue names."""
+`generate` with the checkpoint's tokenizer, and every bad input refused with a message naming it."""
 
 import base64
 import hashlib

@@ -13,6 +13,7 @@ the gradient's relative error: 1e-5 absolute at lr 1e-3 leaves a wide margin ove
 """
 
 import json
+import pathlib
 import socket
 import subprocess
 import sys
@@ -209,10 +210,11 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
     assert errs.mean() < 0.02 * TRAIN["lr"]
 
 
-def test_dist_memory_script_reports_every_rank():
-    """scripts/dist_memory.py (the peak-memory figures in bench/results) runs end to end, at tiny size."""
-    out = subprocess.run([sys.executable, "scripts/dist_memory.py", "--config", "tiny", "--layout", "dp=2",
-                          "--steps", "1", "--batch-size", "4", "--seq-len", "16"], capture_output=True, text=True)
+def test_dist_memory_script_reports_every_rank(tmp_path):
+    """bench.dist_memory (the peak-memory figures in bench/results) runs end to end, at tiny size."""
+    out = subprocess.run([sys.executable, "-m", "bench.dist_memory", "--config", "tiny", "--layout", "dp=2",
+                          "--steps", "1", "--batch-size", "4", "--seq-len", "16", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert "peak RSS per rank" in lines[0] and len(lines) == 4

@@ -209,7 +209,7 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout  # greedy: the same text with and without the draft
     for needle in ("12 new tokens (length)", "draft tokens: acceptance", "tokens per target forward"):
-        assert needle in spec.stderr  # per-request statistics; speedups are scripts/bench_serving.py's
+        assert needle in spec.stderr  # per-request statistics; speedups are bench.serving's
     assert "tokens/s" in plain.stderr and "acceptance" not in plain.stderr
     bad = subprocess.run(gen + ["--draft-checkpoint", str(tmp_path / "other-vocab")], capture_output=True, text=True)
     assert bad.returncode == 2 and "different vocabularies" in bad.stderr
@@ -225,9 +225,9 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     assert summary["requests"] == 6 and summary["new_tokens"] == 30
     assert (tmp_path / "bench" / "b.png").stat().st_size > 0
 
-    script = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent.parent / "scripts" / "bench_serving.py"), "--quick", "--rates", "50", "--target",
+    script = subprocess.run([sys.executable, "-m", "bench.serving", "--quick", "--rates", "50", "--target",
                              str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--out", str(tmp_path / "sv")],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=pathlib.Path(__file__).parent.parent)
     assert script.returncode == 0, script.stderr
     table = (tmp_path / "sv" / "serving.md").read_text()
     assert "| greedy | 1 | target only |" in table and "| temperature 0.8 | 1 | 2 |" in table

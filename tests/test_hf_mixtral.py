@@ -121,12 +121,9 @@ def test_converted_model_runs_everywhere(converted, tmp_path, capsys):
     x = torch.randint(0, 300, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-4, atol=1e-4)
-    import importlib.util
+    import bench.profile_model
 
-    spec = importlib.util.spec_from_file_location("profile_model", pathlib.Path(__file__).parents[1] / "scripts" / "profile_model.py")
-    profile_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_model)
-    report = profile_model.main(["--checkpoint", str(converted), "--mode", "decode", "--batches", "1", "--reps", "1",
+    report = bench.profile_model.main(["--checkpoint", str(converted), "--mode", "decode", "--batches", "1", "--reps", "1",
                                  "--profile-steps", "1", "--context", "16", "--out", str(tmp_path / "prof")])
     assert report["meta"]["shard"]["d_model"] == 64 and report["meta"]["shard"]["experts"] == 4  # its real shape
 

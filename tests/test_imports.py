@@ -71,8 +71,8 @@ def _wing(prefix):
 
 
 @pytest.mark.parametrize("wing, forbidden", [  # the README's architecture list: no entry imports one below it
-    ("kernels", ("moe", "bench")),
-    ("moe", ("bench",)),  # bench/ (the experiments) sits on top: it may import moe and kernels; nothing imports it
+    ("kernels", ("moe",)),
+    ("moe.files", ("moe", "kernels")),
     ("moe.estimates", ("moe.model", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel",
                        "moe.profiling", "kernels")),
     ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
@@ -86,6 +86,11 @@ def test_wings_import_one_way(wing, forbidden):
     for m in _wing(wing):
         bad = {n for n in imports_of(m) if n.split(".")[0] in forbidden or n.startswith(forbidden)}
         assert not bad, f"{m} imports {sorted(bad)}"
+
+
+def test_nothing_in_moe_or_kernels_imports_bench():  # bench/ measures the library and sits on top of it
+    bad = {m: sorted(n for n in imports_of(m) if n.split(".")[0] == "bench") for m in MODULES}
+    assert not {m: b for m, b in bad.items() if b}
 
 
 def test_kernels_import_only_torch_and_triton():

@@ -1,7 +1,6 @@
 """Long context: RoPE scaling against its formulas (and transformers' own functions where installed),
 the extension run, the retrieval probe, cached decoding past the pretraining length, bad input."""
 
-import importlib.util
 import math
 import pathlib
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import bench.long_context
 from conftest import shrunk
 from moe.config import TrainConfig
 from moe.model import MoETransformer, Positions
@@ -19,13 +19,6 @@ from moe.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D, THETA, L0, S = 32, 10000.0, 256, 4.0
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("long_context", ROOT / "scripts" / "long_context.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plain(d=D, theta=THETA):
@@ -112,7 +105,7 @@ def test_the_engine_serves_a_1024_position_context():
 
 
 def test_the_retrieval_probe_puts_two_copies_d_apart_and_ends_on_the_second():
-    probe = _script().probe_sequence
+    probe = bench.long_context.probe_sequence
     filler, passage = torch.zeros(1025, dtype=torch.long), torch.arange(1, 201)
     seq, first, second = probe(filler, passage, 512, 1024)
     assert second - first == 512 and second + 200 == 1024
@@ -123,7 +116,7 @@ def test_the_retrieval_probe_puts_two_copies_d_apart_and_ends_on_the_second():
 
 
 def _bucket(model, windows, lo, hi):
-    losses = _script().token_losses(model, *windows)
+    losses = bench.long_context.token_losses(model, *windows)
     return float(losses[:, lo:hi].mean())
 
 
@@ -137,7 +130,7 @@ def test_a_short_extension_run_lowers_the_loss_past_the_original_length(tmp_path
     train(base_cfg, TrainConfig(seq_len=32, max_steps=150, **fast), tmp_path / "base", **quiet)
     ext = shrunk("tiny", max_seq_len=128, rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                         "original_max_position_embeddings": 32})
-    lc = _script()
+    lc = bench.long_context
     from moe.data import bundled_split
     from moe.training import load_weights
 
@@ -194,9 +187,9 @@ def test_the_cli_extends_and_the_script_measures(tmp_path):
                           'rope_scaling={rope_type="linear", factor=4.0, original_max_position_embeddings=32}',
                           "--max-steps", "2", *small], capture_output=True, text=True)
     assert ext.returncode == 0, ext.stderr
-    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "long_context.py"), "--base", tmp_path / "base",
+    script = subprocess.run([sys.executable, "-m", "bench.long_context", "--base", tmp_path / "base",
                              "--length", "128", "--steps", "2", "--batch-size", "4", "--work", tmp_path / "work",
-                             "--out", tmp_path / "out"], capture_output=True, text=True)
+                             "--out", tmp_path / "out"], capture_output=True, text=True, cwd=ROOT)
     assert script.returncode == 0, script.stderr
     import json
 

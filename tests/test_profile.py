@@ -1,25 +1,22 @@
 """The GPT-4 layer profiler: the tensor-parallel shard, the cost and cluster arithmetic against the
-issue's and bench/README.md's formulas, the profiler breakdown, and scripts/profile_model.py end to
-end on the CPU."""
+formulas bench/README.md gives, the profiler breakdown, and bench.profile_model end to end on the
+CPU."""
 
 import dataclasses
 import gzip
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import bench.profile_model
 from moe.estimates import cluster as X
 from moe.estimates.arithmetic import count_params, forward_flops_per_token
 from moe.config import load_config
 from moe.profiling.breakdown import CATEGORIES, RANGES, breakdown
 from moe.profiling.steps import Steps, build_layers
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT4 = load_config("gpt4")
 SHARD = X.shard_shape(GPT4, 8)
 
@@ -145,16 +142,8 @@ def test_decode_step_reads_a_full_cache():
     assert all(p.dtype == torch.float64 for p in layers.parameters())
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("profile_model", ROOT / "scripts" / "profile_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["profile_model"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_profile_script_on_the_cpu(tmp_path, capsys):
-    script = load_script()
+    script = bench.profile_model
     report = script.main(["--layers", "2", "--scale", "64", "--batches", "1,2", "--reps", "1", "--profile-steps", "1",
                           "--out", str(tmp_path)])
     out = capsys.readouterr().out
@@ -179,7 +168,7 @@ def test_profile_script_on_the_cpu(tmp_path, capsys):
 
 
 def test_profile_script_rejects_a_bad_split(capsys):
-    script = load_script()
+    script = bench.profile_model
     with pytest.raises(SystemExit) as e:
         script.main(["--tp", "5", "--scale", "64"])
     assert e.value.code == 2 and "tp=5 does not divide d_ff" in capsys.readouterr().err
@@ -188,7 +177,7 @@ def test_profile_script_rejects_a_bad_split(capsys):
 def test_cluster_from_measured_layer_times():
     """The GPU-only path of the script, fed made-up measurements: a time measured on an H100 goes
     into the cluster model unchanged for the H100 and scaled by the roofline ratio for the A100."""
-    script = load_script()
+    script = bench.profile_model
     h100, a100 = X.GPUS["H100"], X.GPUS["A100"]
     points = [dict(mode="prefill", tokens=8192, batch=1, ms=40.0, ms_per_layer=20.0),
               *(dict(mode="decode", tokens=b, context=8192, batch=b, ms=2 * ms, ms_per_layer=ms)
@@ -210,7 +199,7 @@ def test_cluster_from_measured_layer_times():
 
 
 def test_decode_sweep_stops_at_the_first_out_of_memory(tmp_path, monkeypatch):
-    script = load_script()
+    script = bench.profile_model
     real_decode = Steps.decode
 
     def decode(self, batch, context):

@@ -1,6 +1,5 @@
-"""The run directory and the number handling, one test per way they used to fail (issue 14):
-one writer at a time, errors before work, every signal and crash window survived, damage named,
-bad numbers refused."""
+"""The run directory and the number handling, one test per way they could fail: one writer at a
+time, errors before work, every signal and crash window survived, damage named, bad numbers refused."""
 
 import json
 import os

@@ -185,18 +185,18 @@ def test_expert_backend_flag_reaches_the_model(tmp_path):
 
 
 def test_compare_dense_script(tmp_path):
-    """scripts/compare_dense.py end to end on short runs: two pairs trained through the CLI, each
+    """bench.compare_dense end to end on short runs: two pairs trained through the CLI, each
     pair's figures recomputed here from the runs' summaries, the medians, --reuse, the plot."""
     import pathlib
     import statistics
 
     import numpy as np
 
-    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "compare_dense.py"
-    args = [sys.executable, str(script), "--config", "tiny", "--pairs", "2", "--modes", "eager", "--runs",
+    root = pathlib.Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "bench.compare_dense", "--config", "tiny", "--pairs", "2", "--modes", "eager", "--runs",
             str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--max-steps", "6", "--time-budget", "0",
             "--set", "n_layers=1", "--set", "eval_batches=2", "--set", "eval_interval=3", "--batch-size", "8"]
-    r = subprocess.run(args, capture_output=True, text=True)
+    r = subprocess.run(args, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     order = [line.split("--out ")[1].split()[0] for line in r.stdout.splitlines() if line.startswith("$")]
     assert [pathlib.Path(o).name for o in order] == ["moe-eager-0", "dense-eager-0", "dense-eager-1", "moe-eager-1"]
@@ -217,11 +217,13 @@ def test_compare_dense_script(tmp_path):
         assert median[key] == pytest.approx(statistics.median(r[key] for r in rows), abs=1e-4)
     assert all(v > 0 for v in result["layer_breakdown_ms"].values())
     assert (tmp_path / "out" / "moe_vs_dense.png").stat().st_size > 10_000
-    again = subprocess.run(args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True)
+    again = subprocess.run(args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True,
+                           cwd=root)
     assert again.returncode == 0 and "$" not in again.stdout, again.stderr  # trains nothing
     assert json.loads((tmp_path / "again" / "moe_vs_dense.json").read_text())["modes"] == result["modes"]
     (tmp_path / "runs" / "dense-eager-1" / "summary.json").unlink()  # as if interrupted in that run
-    kept = subprocess.run(args + ["--keep", "--out", str(tmp_path / "kept")], capture_output=True, text=True)
+    kept = subprocess.run(args + ["--keep", "--out", str(tmp_path / "kept")], capture_output=True, text=True,
+                          cwd=root)
     assert kept.returncode == 0, kept.stderr
     assert [line.split("--out ")[1].split()[0] for line in kept.stdout.splitlines() if line.startswith("$")] == [
         str(tmp_path / "runs" / "dense-eager-1")]  # only the missing run is trained again

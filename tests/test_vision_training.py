@@ -93,30 +93,20 @@ def test_mismatched_checkpoints_are_refused_by_name(text_run, tmp_path, capsys):
     assert main(["train", "--config", "tiny-vision", "--dp", "2", "--out", str(tmp_path / "z")]) == 2
 
 
-def _script(name: str):
-    import importlib.util
-    import pathlib
-    import sys
-
-    path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_measurement_scripts_run_end_to_end(text_run, tmp_path):
-    """scripts/vision_cer.py and scripts/vision_probe.py at test size: the files the README quotes come out."""
+    """bench.vision_cer and bench.vision_probe at test size: the files the README quotes come out."""
+    import bench.vision_cer
+    import bench.vision_probe
+
     run = tmp_path / "run"
     train(vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), run, init_from=text_run, plot=False, **quiet)
-    result = _script("vision_cer").main(["--run", str(run), "--text", str(text_run), "--lines", "8",
+    result = bench.vision_cer.main(["--run", str(run), "--text", str(text_run), "--lines", "8",
                                          "--out", str(tmp_path / "out")])
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"vision_stage2.json", "vision_stage2.md",
                                                               "vision_stage2.png", "vision_grid.png"}
     assert len(result["curve"]) == 1 and result["setup"]["held_out_lines"] == 8  # one evaluation at step 10
     assert 0 <= result["final"]["cer"] and result["baselines"]["text-only model, no image"]["cer"] >= 0
-    probe = _script("vision_probe").main(["--steps", "2"])
+    probe = bench.vision_probe.main(["--steps", "2", "--out", str(tmp_path / "probe")])
     assert {"aligned", "attention", "stem", "window", "window_fit", "resampled_seed2"} <= set(probe)
     assert all(len(probe[k]) == 1 for k in ("aligned", "attention", "stem", "window"))  # the last step is logged
 

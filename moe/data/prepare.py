@@ -25,6 +25,7 @@ an interrupted prepare leaves no dataset behind (a rerun removes the dead scratc
 from __future__ import annotations
 
 import codecs
+import glob
 import gzip
 import hashlib
 import json
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from moe.data import tokenizer as tokenizers
 from moe.data.dataset import BUNDLED, CORPUS, FORMAT, META, bundled_split, token_dtype
+from moe.files import clean_dead, make_scratch, replace_whole, scratch_name
 
 CHUNK_BYTES = 1 << 20
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
@@ -220,24 +222,8 @@ def _make_tokenizer(spec: str, docs: Callable[[], Iterator[Document]], log) -> t
 
 def _scratch(out: pathlib.Path) -> pathlib.Path:
     """This process's scratch directory beside `out`, after removing those of dead prepares."""
-    for old in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    clean_dead(out.parent, f"{glob.escape(f'.{out.name}.tmp')}-*")
+    return make_scratch(out.parent / scratch_name(f".{out.name}.tmp"))
 
 
 def _check_out(out: pathlib.Path, overwrite: bool) -> None:
@@ -323,7 +309,7 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
             "skipped": skipped, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        _commit(tmp, out)
+        replace_whole(tmp, out)  # an old dataset there goes only afterwards
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -336,14 +322,3 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
 
 def _tok_meta(tok) -> dict:
     return {"kind": tok.kind, "vocab_size": tok.vocab_size, "eot": tok.eot, "fingerprint": tok.fingerprint}
-
-
-def _commit(tmp: pathlib.Path, out: pathlib.Path) -> None:
-    """Rename the complete scratch directory to `out`; an old dataset there goes only afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

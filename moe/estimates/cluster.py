@@ -4,7 +4,7 @@ tensor x 16-way pipeline parallelism, and training MFU and days. Imports no torc
 Legend: b sequences per pipeline microbatch, C context (cached positions), L layers, tp / pp the
 tensor / pipeline degrees, t_L the time of one layer on one GPU holding its 1/tp shard.
 
-Per-layer times come from `scripts/profile_model.py` (measured on a GPU) or from `roofline_layer`
+Per-layer times come from `bench.profile_model` (measured on a GPU) or from `roofline_layer`
 (a prediction: each op group takes max(FLOPs / peak, bytes / bandwidth)). Both go through the same
 cluster model, whose assumptions are stated once, in ASSUMPTIONS, and printed with every result:
 
@@ -52,7 +52,7 @@ class GPU:
     peak_tflops: float  # datasheet dense bf16, the MFU denominator
     bandwidth_gbs: float  # datasheet HBM
     memory_gb: float
-    price_per_hour: float  # the assumed price
+    price_per_hour: float  # an assumed rental price, dollars per GPU-hour
     nvlink_busbw_gbs: float  # achieved all-reduce bus bandwidth inside a node (assumed, nccl-tests scale)
     network_gbs: float  # per-GPU inter-node bandwidth (InfiniBand), for pipeline sends
     matmul_efficiency: float = 798 / 989  # achieved fraction of peak: a measured H100 8192^3 bf16 matmul

@@ -13,7 +13,7 @@ reads G heads of cache instead of H, which is the whole memory argument for mult
 `attend_cached` keeps that promise: it folds the H/G query heads that share a K/V head into the
 query length, so each cached K/V head is read once rather than copied H/G times.
 
-The whole module runs inside a `moe/attention` profiler range (scripts/profile_model.py sums by range).
+The whole module runs inside a `moe/attention` profiler range (bench.profile_model sums by range).
 """
 
 from __future__ import annotations

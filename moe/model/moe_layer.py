@@ -18,7 +18,7 @@ GPU in two fused Triton kernels; see kernels/expert_mlp.py), with no Python loop
 Expert and tensor parallelism replace it (moe/parallel/); the weights stay the layer's parameters.
 `moe_layer_reference` below is the per-token loop the tests hold this against.
 
-Profiler ranges (scripts/profile_model.py sums device time by range): moe/router, then kernels'
+Profiler ranges (bench.profile_model sums device time by range): moe/router, then kernels'
 moe/permutation (the sort and gather), moe/expert_matmuls, moe/combine.
 """
 

@@ -9,6 +9,7 @@
     pipeline         pipeline stages under the full model's names, and the schedule
     checkpoint       DCP checkpoints that load into any layout
     trainer          DistributedTrainer (one rank's step) and train_distributed (the one training loop)
+    launch           train_in_layout: one process or the distributed trainer, whichever a run needs
 
 Nothing in the model, training or serving wings imports this package.
 """

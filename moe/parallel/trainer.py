@@ -88,6 +88,7 @@ class DistributedTrainer:
     schedule: object | None  # the pipeline schedule when pp > 1
     model_cfg: ModelConfig
     train_cfg: TrainConfig
+    compile_s: float | None = None  # a layout's step runs eagerly (build refuses compile = true)
 
     @classmethod
     def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, device: torch.device,
@@ -126,7 +127,6 @@ class DistributedTrainer:
         per_mb = batch_size // m
         n = per_mb // d
         return [j * per_mb + self.par.data_rank * n + i for j in range(m) for i in range(n)]
-
 
     def forward_backward(self, x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gradients of the mean loss over this rank's microbatches; returns its cross-entropy (last
@@ -205,6 +205,9 @@ class DistributedTrainer:
             total += self.global_loss(loss)
         self.module.train()
         return total / len(batches)
+
+    def eval_extras(self) -> dict:
+        return {}  # a layout trains text models (MoETransformer): nothing beyond the loss
 
     def nonfinite_weights(self) -> list[str]:
         bad = [n for n, p in self.module.named_parameters() if not torch.isfinite(local_tensor(p)).all()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 import warnings
 
 import torch
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moe.config import ModelConfig, TrainConfig, from_dict
+from moe.files import make_scratch
 from moe.training.run_dir import RunDirError, is_distributed, publish, resolve, temp_dir, verify, verify_all
 
 
@@ -64,10 +64,7 @@ def save_weights(run_dir, weights: dict[str, torch.Tensor], model_cfg: ModelConf
                  files: dict[str, bytes] | None = None) -> pathlib.Path:
     """save_checkpoint from a state dict (our parameter names) instead of a model."""
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(run_dir, step)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = make_scratch(temp_dir(run_dir, step))  # creates run_dir too
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     config = {"model": model_cfg.to_dict(), "train": None if train_cfg is None else vars(train_cfg)}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -11,12 +11,13 @@ import time
 import torch
 
 from moe.config import ModelConfig, TrainConfig
-from moe.training.checkpoint import build_model
 from moe.model.init import materialize
 from moe.training import checkpoint
+from moe.training.checkpoint import build_model
 from moe.training.optim import load_optimizer_state, make_optimizer, set_lr
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 from moe.training.run_dir import is_distributed
+from moe.training.task import task_for
 
 
 def autocast(device: torch.device):
@@ -36,10 +37,10 @@ class LocalTrainer:
         with torch.device("meta"):  # built as every layout builds it (moe/parallel/trainer.py)
             self.model = build_model(model_cfg)
         materialize(self.model, model_cfg, self.device, train_cfg.seed)
-        if init_from is not None:  # start from these weights (any checkpoint, distributed ones too; a text
-            checkpoint.load_weights(self.model, init_from)  # one into a vision model's language model)
-        if model_cfg.vision is not None:
-            self.model.freeze_language_model(not train_cfg.train_language_model)
+        if init_from is not None:  # start from these weights (any checkpoint that fits, distributed ones too)
+            checkpoint.load_weights(self.model, init_from)
+        self.task = task_for(model_cfg, train_cfg)  # what is frozen and compiled, what evaluation adds
+        self.task.setup(self.model)
         self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], train_cfg,
                                         compiled=train_cfg.compile)
         self.model.train()
@@ -48,17 +49,14 @@ class LocalTrainer:
         # from it by AOTAutograd) and the update (clipping and AdamW, fused loops over every parameter
         # instead of a kernel per tensor and operation; torch.optim splits it with a graph break).
         # Inductor fuses the norms, rotary, router, permutation and combine around the matrix
-        # products, which it calls as they are (the grouped matmuls are custom operators: no break). A text model compiles whole, from
-        # the embedding to the loss; a vision model's language-model blocks do (each in place: they
-        # share their code, so one compilation serves all), its vision path eager. Evaluation stays
-        # eager, so the one forward compilation is the training graph's; compile_s is the first
-        # step, compilation included.
+        # products, which it calls as they are (the grouped matmuls are custom operators: no break).
+        # The task says which modules compile (a text model whole, from the embedding to the loss).
+        # Evaluation stays eager, so the one forward compilation is the training graph's; compile_s
+        # is the first step, compilation included.
         if train_cfg.compile:
-            for module in self.model.lm.blocks if model_cfg.vision is not None else [self.model]:
-                module.compile()
+            self.task.compile(self.model)
             self._update = torch.compile(self._clip_and_update)
         self.compile_s: float | None = None
-        self._reading_set = None  # a vision model's held-out lines and images (eval_extras)
 
     def batch_rows(self, batch_size: int) -> None:
         return None  # one process reads the whole batch
@@ -100,27 +98,16 @@ class LocalTrainer:
         return sum(losses) / len(losses)
 
     def _forward(self, x, y):
-        """The model on a batch: x token ids, or a vision model's (token ids, images)."""
+        """The model on a batch: x token ids, or (token ids, images) from a dataset of captioned images."""
         if isinstance(x, tuple):
             idx, images = x
             return self.model(idx.to(self.device), targets=y.to(self.device), images=images.to(self.device))
         return self.model(x.to(self.device), targets=y.to(self.device))
 
     def eval_extras(self) -> dict:
-        """A vision model's gate values per gated block, and its character error rate on 100 held-out
-        rendered lines (greedy transcription; the same lines and pixels every time). {} for text."""
-        if self.model_cfg.vision is None:
-            return {}
-        from moe.vision import transcribe as reading
-
-        if self._reading_set is None:
-            from moe.vision.captions import CaptionDataset
-
-            lines, images = reading.held_out(CaptionDataset.bundled(self.model_cfg.vision, self.train_cfg.val_fraction), 100)
-            self._reading_set = lines, images.to(self.device)
-        lines, images = self._reading_set
+        """The task's fields beyond the loss (e.g. a reading score), computed as evaluate computes."""
         with autocast(self.device), torch.compiler.set_stance("force_eager"):
-            return {"gates": self.model.gates(), "cer": reading.cer(reading.transcribe(self.model, images), lines)}
+            return self.task.eval_extras(self.model, self.device)
 
     def nonfinite_weights(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]

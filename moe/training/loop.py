@@ -38,12 +38,12 @@ import torch
 from tqdm import tqdm
 
 from moe.config import ModelConfig, TrainConfig
-from moe.data import TokenDataset, open_data
 from moe.data import tokenizer as tokenizers
 from moe.training import checkpoint, run_dir
 from moe.training.local import LocalTrainer
 from moe.training.optim import lr_at
-from moe.training.protocol import NonFiniteLoss, Trainer, TrainingError
+from moe.training.protocol import Dataset, NonFiniteLoss, Trainer, TrainingError
+from moe.training.task import task_for
 
 FIRST_FIT = (10, 30)  # time_budget_s: measure steps 10-30 (after warm-up), fit max_steps at step 30
 REFIT_EVERY = 10  # then re-fit this often (and at the schedule's end) from the steps since the last fit
@@ -57,12 +57,13 @@ class History:
     train_time_s: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
-    gates: list = field(default_factory=list)  # a vision model's (tanh attn, tanh mlp) gate per block
-    cer: list = field(default_factory=list)  # ... and its character error rate on held-out rendered lines
+    # what a captioning task's evaluation adds (Task.eval_extras, moe/training/task.py):
+    gates: list = field(default_factory=list)  # (tanh attn, tanh mlp) per gated cross-attention block
+    cer: list = field(default_factory=list)  # character error rate on held-out rendered lines
 
     def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float,
             gates: list | None = None, cer: float | None = None) -> None:
-        """One evaluation point (gates and cer: a vision model's, moe/training/local.py)."""
+        """One evaluation point (gates and cer: where the trainer's eval_extras gives them)."""
         if gates is not None:
             self.gates.append(gates)
         if cer is not None:
@@ -150,7 +151,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     init_from: a fresh run that starts from a checkpoint's weights (e.g. to extend its context: see
     check_extension); new optimizer, step 0, this run's schedule.
     data: a prepared dataset directory (moe/data/dataset.py), or a TokenDataset; None: the bundled
-    corpus, byte-level (rendered into images, moe/vision/captions.py, for a config with a [vision] table). Its tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
+    corpus, byte-level (or the data of the task model_cfg chooses: moe/training/task.py). Its
+    tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
     with _own(out_dir):
@@ -183,7 +185,7 @@ def check_extension(model_cfg: ModelConfig, init_from) -> None:
                          f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}")
 
 
-def check_tokenizer(model_cfg: ModelConfig, dataset: TokenDataset, checkpoint_dir=None) -> None:
+def check_tokenizer(model_cfg: ModelConfig, dataset: Dataset, checkpoint_dir=None) -> None:
     """The model's vocabulary must hold the data's tokens, and a checkpoint to continue from must
     have been trained with the same tokenizer."""
     tok = dataset.tokenizer
@@ -198,19 +200,6 @@ def check_tokenizer(model_cfg: ModelConfig, dataset: TokenDataset, checkpoint_di
                              f"{dataset.name} uses {tok.describe()}: its token ids mean different text")
 
 
-def _dataset(model_cfg: ModelConfig, cfg: TrainConfig, data):
-    """The data to train on: `data` opened (moe/data/dataset.py), or, for a vision model, the bundled
-    corpus's lines rendered as images (moe/vision/captions.py)."""
-    if model_cfg.vision is None:
-        return data if isinstance(data, TokenDataset) else open_data(data, cfg.val_fraction)
-    if data is not None:
-        raise ValueError(f"config {model_cfg.name!r} trains its vision path on rendered lines of the bundled corpus; "
-                         "--data is for text models")
-    from moe.vision.captions import CaptionDataset
-
-    return CaptionDataset.bundled(model_cfg.vision, cfg.val_fraction)
-
-
 def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
     if model_cfg.expert_quant != "none":
         raise ValueError(f"{what} is quantized ({model_cfg.expert_quant} experts): quantized checkpoints are for "
@@ -219,7 +208,7 @@ def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
 
 def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot,
            log, build):
-    dataset = _dataset(model_cfg, cfg, data)
+    dataset = task_for(model_cfg, cfg).dataset(data)
     dataset.check_seq_len(cfg.seq_len)
     check_tokenizer(model_cfg, dataset, init_from)
     if cfg.seq_len > model_cfg.max_seq_len:
@@ -228,7 +217,6 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     _refuse_quantized("the config", model_cfg)
     if init_from is not None:
         _refuse_quantized(f"--init-from {init_from}", checkpoint.read_config(init_from)[0])
-    if init_from is not None:
         if resume:
             raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues one: "
                              "give one of them")
@@ -293,7 +281,6 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     tokens_per_step = cfg.batch_size * cfg.seq_len
     budget = _Budget(cfg, step, train_time)
     running, n_running, balance, norm = 0.0, 0, None, None
-    eval_extras = getattr(trainer, "eval_extras", dict)  # a vision model's gates and reading, for the plot
     interrupted, saved, saved_step, compile_said = False, None, None, False
     with _Interrupt() as interrupt:
         while step < max_steps:
@@ -309,7 +296,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
             step += 1
             dt = _clock() - t0
             train_time += dt
-            if getattr(trainer, "compile_s", None) is not None and not compile_said:
+            if trainer.compile_s is not None and not compile_said:
                 compile_said = True
                 say(f"compiled the training step in {trainer.compile_s:.1f} s (its first step; inside the time budget)")
             running, n_running, norm = running + result.loss, n_running + 1, result.grad_norm
@@ -334,7 +321,7 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
 
             if step % cfg.eval_interval == 0 or step == max_steps:
                 val = trainer.evaluate(eval_batches)
-                extras = eval_extras()
+                extras = trainer.eval_extras()
                 hist.add(step, step * tokens_per_step, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
                 msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "

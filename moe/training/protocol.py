@@ -1,7 +1,13 @@
-"""What the training loop (moe/training/loop.py) drives: one process's trainer
-(moe/training/local.py) or one rank's part of a parallel layout (moe/parallel/trainer.py).
-Both answer the same calls, so the loop is written once. The loop builds one with
-build(model_cfg, train_cfg, device, init_from) (init_from: a checkpoint whose weights to start from)."""
+"""What the training loop (moe/training/loop.py) drives and reads from.
+
+    Trainer   one process's trainer (moe/training/local.py) or one rank's part of a parallel layout
+              (moe/parallel/trainer.py). Both answer the same calls, so the loop is written once. The
+              loop builds one with build(model_cfg, train_cfg, device, init_from) (init_from: a
+              checkpoint whose weights to start from).
+    Task      what a model learns from and what its evaluation reports besides the loss, chosen by the
+              model's config (moe/training/task.py), so neither the loop nor a trainer names a kind of model
+    Dataset   what the loop samples batches from: a TokenDataset (moe/data/dataset.py) or a task's own
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from moe.data.tokenizer import Tokenizer
 
 
 class TrainingError(RuntimeError):
@@ -31,8 +39,38 @@ class StepResult:
     expert_tokens_LE: torch.Tensor | None  # int64 [layers, experts] assignments this step, where known
 
 
+class Dataset(Protocol):
+    name: str  # for the log and summary.json
+    tokenizer: Tokenizer  # saved beside the weights; the model's vocabulary must hold it
+
+    def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator, rows=None):
+        """Random examples of "train" or "val": (inputs, targets [B, T]). The generator draws the whole
+        batch; rows: return only those rows of it (a data-parallel rank's share)."""
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raise a ValueError if examples of seq_len tokens cannot be drawn."""
+
+    def bits_per_byte(self, nats_per_token: float) -> float:
+        """A validation loss in bits per byte of text."""
+
+
+class Task(Protocol):
+    def dataset(self, data) -> Dataset:
+        """The data to train on, given `train`'s data argument (a directory, a TokenDataset or None)."""
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Prepare a freshly built (and loaded) model for training, e.g. freeze the parts that keep their weights."""
+
+    def compile(self, model: torch.nn.Module) -> None:
+        """Put the parts of `model` that torch.compile should train through it, in place."""
+
+    def eval_extras(self, model: torch.nn.Module, device: torch.device) -> dict:
+        """History fields beyond the loss at an evaluation (moe/training/loop.py's History); {} for none."""
+
+
 class Trainer(Protocol):
     is_main: bool  # logs, writes the summary, the plot and the run directory's bookkeeping
+    compile_s: float | None  # seconds of the first step when it compiled the step (None: eager, or not yet)
 
     def batch_rows(self, batch_size: int) -> list[int] | None:
         """The rows of each global batch this process reads and trains on (None: all of them)."""
@@ -43,6 +81,9 @@ class Trainer(Protocol):
 
     def evaluate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean cross-entropy over the global batches (this process's rows of each), no update."""
+
+    def eval_extras(self) -> dict:
+        """The task's fields beyond the loss for this evaluation (Task.eval_extras), the same on every process."""
 
     def nonfinite_weights(self) -> list[str]:
         """Names of parameters holding inf or NaN (on any process)."""

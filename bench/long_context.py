@@ -2,7 +2,7 @@
 measure it position by position.
 
     python -m moe train --config tiny --seq-len 256 --batch-size 8 --out runs/base256     # pretrain at 256
-    python scripts/long_context.py --base runs/base256 --steps 100                        # this script
+    python -m bench.long_context --base runs/base256 --steps 100                          # this script
 
 For each variant, built from the base checkpoint's weights with max_seq_len = --length:
     none      plain RoPE past the pretraining length (extrapolation)
@@ -14,28 +14,24 @@ loop's own --init-from; every variant gets the same steps, settings and data):
     one sequence, the second copy d positions after the first (the second copy ends the sequence);
     the loss on the second copy against the loss on the first says whether the model reads across d.
     A control at d = 128 with P = 100 fits inside the pretraining window.
-Writes bench/results/<device>/long_context.{json,png} and prints the tables.
+Writes bench/results/<device>/long_context.{json,md,png} and prints the tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from moe.config import load_train_config  # noqa: E402
-from moe.data import bundled_split  # noqa: E402
-from moe.model import MoETransformer  # noqa: E402
-from moe.profiling.timing import device_slug, environment  # noqa: E402
-from moe.training import load_weights, read_config, train  # noqa: E402
+from bench import harness
+from moe.config import load_train_config
+from moe.data import bundled_split
+from moe.model import MoETransformer
+from moe.training import load_weights, read_config, train
 
 VARIANTS = ("none", "linear", "dynamic", "yarn")
 PROBES = ((128, 100), (256, 200), (512, 200), (768, 200))  # (distance d, passage bytes P)
@@ -95,7 +91,7 @@ def retrieval(model, val: torch.Tensor, d: int, P: int, length: int, n: int = 8,
     w = torch.stack(seqs)
     losses = token_losses(model, w[:, :-1], w[:, 1:])  # position t predicts byte t + 1
     first, second = spans
-    on = lambda start: float(losses[:, start:start + P - 1].mean())  # noqa: E731: predicting bytes start+1 ..
+    on = lambda start: float(losses[:, start:start + P - 1].mean())  # noqa: E731 (predicts bytes start+1 ..)
     return {"d": d, "passage": P, "first_copy": round(on(first), 4), "second_copy": round(on(second), 4),
             "ratio": round(on(second) / on(first), 3)}
 
@@ -105,8 +101,8 @@ def measure(model, val, length: int, bucket: int) -> dict:
             "retrieval": [retrieval(model, val, d, P, length) for d, P in PROBES if d + P <= length]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    ap = harness.parser(__doc__)
     ap.add_argument("--base", required=True, help="checkpoint pretrained at the short length (its max_seq_len)")
     ap.add_argument("--length", type=int, default=1024, help="the extended context")
     ap.add_argument("--steps", type=int, default=100, help="fine-tuning steps per variant, the same for each "
@@ -115,8 +111,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--work", default="runs/long_context", help="where the fine-tuned runs go")
-    ap.add_argument("--out", help="results folder (default bench/results/<device>)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     base_cfg, _ = read_config(args.base)
     bucket = base_cfg.max_seq_len
@@ -144,17 +139,15 @@ def main() -> None:
                                 "wall_s": round(time.perf_counter() - t, 1)}
         results["variants"][kind] = row
         print(kind, json.dumps(row))
-    env = environment(torch.cuda.is_available())
-    results["environment"] = env
-    out = pathlib.Path(args.out or f"bench/results/{device_slug(torch.cuda.is_available())}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "long_context.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "long_context.png")
-    print(table(results))
-    print(f"wrote {out}/long_context.{{json,png}}")
+    text = markdown(results)
+    harness.write_result(args.out, "long_context", results, text, by="bench.long_context",
+                         title=f"Long context, {base_cfg.max_seq_len} to {args.length}")
+    plot(results, args.out / "long_context.png")
+    print(text)
+    print(f"wrote {args.out}/long_context.{{json,md,png}}")
 
 
-def table(r: dict) -> str:
+def markdown(r: dict) -> str:
     n = len(next(iter(r["variants"].values()))["zero_shot"]["buckets"])
     b = r["trained_at"]
     head = "| variant | " + " | ".join(f"{i * b}-{(i + 1) * b}" for i in range(n)) + " | " + " | ".join(
@@ -164,9 +157,9 @@ def table(r: dict) -> str:
         for stage in ("zero_shot", "fine_tuned"):
             if stage in row:
                 m = row[stage]
+                copies = [f"{p['second_copy']:.2f}/{p['first_copy']:.2f}" for p in m["retrieval"]]
                 lines.append(f"| {kind}, {stage.replace('_', '-')} | " + " | ".join(f"{v:.3f}" for v in m["buckets"])
-                             + " | " + " | ".join(f"{p['second_copy']:.2f}/{p['first_copy']:.2f}" for p in m["retrieval"])
-                             + " |")
+                             + " | " + " | ".join(copies) + " |")
     base = r["base_at_its_length"]
     lines.append(f"\nbase at its own length {b}: loss {base['buckets']}; " + ", ".join(
         f"copy d={p['d']} P={p['passage']}: {p['second_copy']:.2f}/{p['first_copy']:.2f}" for p in base["retrieval"]))
@@ -174,12 +167,7 @@ def table(r: dict) -> str:
 
 
 def plot(r: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (ax, bx) = harness.pyplot().subplots(1, 2, figsize=(13, 4.5))
     b = r["trained_at"]
     for i, (kind, row) in enumerate(r["variants"].items()):
         for stage, style in (("zero_shot", ":"), ("fine_tuned", "-")):
@@ -199,9 +187,7 @@ def plot(r: dict, path) -> None:
     bx.set(xlabel="distance d between the copies", ylabel="loss on 2nd copy / loss on 1st",
            title="retrieval probe (below 1: reads the first copy)")
     bx.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

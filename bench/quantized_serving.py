@@ -1,6 +1,6 @@
 """Weight-only quantized serving measured on trained checkpoints: quality, bytes and decode speed.
 
-    python scripts/quantized_serving.py --checkpoint runs/tiny [--draft runs/tiny-draft]
+    python -m bench.quantized_serving --checkpoint runs/tiny [--draft runs/tiny-draft]
 
 For each of fp32 (the checkpoint as trained), bf16 (every weight cast), and the experts quantized to
 int8, fp8 (e4m3; on a CPU its values are exact in float32, so the PyTorch path computes with them
@@ -18,24 +18,18 @@ The draft model gets the loss and bytes. Writes bench/results/<device>/quantized
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import pathlib
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from moe.data import TokenDataset, get_batch  # noqa: E402
-from moe.model.quantized import expert_bytes, quantize_model, weight_bytes  # noqa: E402
-from moe.profiling.timing import device_slug, environment  # noqa: E402
-from moe.serving import Engine, Request  # noqa: E402
-from moe.training import load_model, read_config  # noqa: E402
+from bench import harness
+from moe.data import TokenDataset, get_batch
+from moe.model.quantized import expert_bytes, quantize_model, weight_bytes
+from moe.serving import Engine, Request
+from moe.training import load_model, read_config
 
 VARIANTS = ("fp32", "bf16", "int8", "fp8", "int4", "int8 + dense")
 
@@ -75,14 +69,13 @@ def greedy(model, prompts) -> tuple[list[int], list[list[int]]]:
     return nxt, [r.tokens for r in results]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    ap = harness.parser(__doc__)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--draft")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=500)
-    ap.add_argument("--out", help="results folder (default bench/results/<device>)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     val = TokenDataset.bundled(0.05).val
     rng = np.random.default_rng(0)
@@ -113,25 +106,29 @@ def main() -> None:
             draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d_len), 4),
                            "expert_bytes": expert_bytes(m)}
         print("draft", draft, flush=True)
-    env = environment(torch.cuda.is_available())
-    out = pathlib.Path(args.out) if args.out else ROOT / "bench" / "results" / device_slug(torch.cuda.is_available())
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts, "seq_len": seq_len,
-                        "threads": torch.get_num_threads()}, "tiny": rows, "draft": draft}
-    (out / "quantized.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"{base.cfg.name} ({args.checkpoint}); {env['device']}, torch {env['torch']}, {env['date']}", "",
+    env = harness.stamp()
+    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts,
+                        "seq_len": seq_len, "threads": torch.get_num_threads()}, "tiny": rows, "draft": draft}
+    text = markdown(result)
+    harness.write_result(args.out, "quantized", result, text, by="bench.quantized_serving", env=env,
+                         title=f"Weight-only quantized serving: {base.cfg.name}")
+    print(text)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"checkpoint {result['setup']['checkpoint']}", "",
              "| weights | val nats/byte | vs fp32 | expert bytes | all weights | decode tok/s b=1 | b=8 "
              "| next token = fp32 | 16-token continuation = fp32 |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | {r['expert_bytes'] / 2**20:.2f} MiB | "
-                     f"{r['weight_bytes'] / 2**20:.2f} MiB | "
+    for name, r in result["tiny"].items():
+        lines.append(f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | "
+                     f"{r['expert_bytes'] / 2**20:.2f} MiB | {r['weight_bytes'] / 2**20:.2f} MiB | "
                      f"{r['decode_tok_s_b1']} | {r['decode_tok_s_b8']} | {r['next_token_agreement']:.1%} | "
                      f"{r['continuation_identical']:.1%} |")
-    if draft:
+    if result["draft"]:
         lines += ["", "| draft experts | val nats/byte | expert bytes |", "|---|---|---|"]
-        lines += [f"| {n} | {r['val_nats_per_byte']} | {r['expert_bytes'] / 2**20:.2f} MiB |" for n, r in draft.items()]
-    (out / "quantized.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        lines += [f"| {n} | {r['val_nats_per_byte']} | {r['expert_bytes'] / 2**20:.2f} MiB |"
+                  for n, r in result["draft"].items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

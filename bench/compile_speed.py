@@ -10,19 +10,14 @@ passes: eager and compiled run the same products, and one pass on a shared machi
 more); and the products' rate in GFLOP/s beside one large square product's on the same cores
 (blas_gflops): how near the BLAS's best they already run.
 
-    python scripts/compile_speed.py --config tiny --rounds 5 --steps 20 --out bench/results/cpu-2core
-    python scripts/compile_speed.py --config small --device cuda --rounds 3 --steps 10 --out bench/results/<gpu>
+    python -m bench.compile_speed --config tiny --rounds 5 --steps 20          # --out bench/results/<device>
+    python -m bench.compile_speed --config small --device cuda --rounds 3 --steps 10
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import pathlib
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -30,11 +25,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="induct
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
+from bench import harness  # noqa: E402
 from moe.config import load_config, load_train_config  # noqa: E402
+from moe.profiling.timing import device_ceilings  # noqa: E402
 from moe.training.local import LocalTrainer  # noqa: E402
-
 
 # ATen kernels inductor calls as they are (extern kernels), compiled or not: matrix products and
 # attention, forward and backward, the grouped matmul's per-expert products included.
@@ -61,27 +55,18 @@ def untouched(trainer, batch, lr: float, steps: int = 10) -> tuple[float, float]
     return sum(e.self_cpu_time_total for e in timed) / 1e3 / steps, gflops
 
 
-def blas_gflops(n: int = 1024, reps: int = 20) -> float:
-    """This machine's float32 matrix product rate on a large square product (n x n times n x n, the
-    median of reps): about the most the BLAS gets out of these cores."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+def blas_gflops() -> float:
+    """This machine's float32 rate on a 1024 x 1024 x 1024 product (the median of 20): about the most
+    the BLAS gets out of these cores."""
+    return device_ceilings("cpu", torch.float32, False, 20)[0] * 1e3
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="steps per block")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there, as in training)")
-    ap.add_argument("--out", help="write compile_speed.json and .md here")
     ap.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
     ap.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     args = ap.parse_args(argv)
@@ -120,7 +105,8 @@ def main(argv=None) -> dict:
     for (name, compiled), trainer in variants.items():
         ms = statistics.median(times[name, compiled]) * 1e3
         rows.append({"model": name, "compiled": compiled, "median_step_ms": round(ms, 1),
-                     "tokens_per_s": round(B * T / ms * 1e3), "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
+                     "tokens_per_s": round(B * T / ms * 1e3),
+                     "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
         if profiled:
             rows[-1]["matmul_attention_ms"] = round(profiled[name, compiled][0], 1)
             rows[-1]["matmul_gflops"] = round(profiled[name, compiled][1])
@@ -131,21 +117,20 @@ def main(argv=None) -> dict:
             floor = statistics.mean(r["matmul_attention_ms"] for r in rows if r["model"] == row["model"])
             row["speedup_bound"] = round(eager["median_step_ms"] / floor, 2)
     result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds,
-              "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas,
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
-    keys = list(rows[0])
-    text = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-                     + ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]) + "\n"
-    if blas:
-        text += f"\nblas_gflops (float32, 1024 x 1024 x 1024): {blas}\n"
+              "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas, **harness.host()}
+    text = markdown(result)
     print(text)
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compile_speed.json").write_text(json.dumps(result, indent=1))
-        (out / "compile_speed.md").write_text(text)
+    harness.write_result(args.out, "compile_speed", result, text, by="bench.compile_speed",
+                         title=f"torch.compile on the training step: {args.config}")
     return result
+
+
+def markdown(result: dict) -> str:
+    rows = [{k: str(v) for k, v in r.items()} for r in result["rows"]]  # as rounded, never re-rounded
+    text = f"{result['config']} on {result['device']}, batch {result['batch']}\n\n" + harness.markdown_table(rows)
+    if result["blas_gflops"]:
+        text += f"\nblas_gflops (float32, 1024 x 1024 x 1024): {result['blas_gflops']}\n"
+    return text
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """Peak host memory per rank of a distributed layout, on CPU processes (gloo): after building the
 trainer and after a few training steps. Peak RSS (the kernel's high-water mark of resident memory,
 `ru_maxrss`) includes the Python and torch runtime, so compare runs with each other, not with
-parameter arithmetic.
+parameter arithmetic. Writes dist_memory_<config>_<layout>.{json,md} (layout dp=2,ep=2: dp2-ep2).
 
-    python scripts/dist_memory.py --config small --layout dp=2,ep=2 --steps 2 --batch-size 8 --seq-len 128
+    python -m bench.dist_memory --config small --layout dp=2,ep=2 --steps 2 --batch-size 8 --seq-len 128
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -18,6 +17,10 @@ import tempfile
 
 import torch
 import torch.multiprocessing as mp
+
+from bench import harness
+
+STAGES = ("before build", "after build", "after steps")
 
 
 def _peak_mib() -> float:
@@ -45,12 +48,12 @@ def _rank(rank, world, port, args, out):
         trainer.step(x[rows], x[rows], train_cfg.lr)
     stepped = _peak_mib()
     with open(os.path.join(out, f"{rank}.json"), "w") as f:
-        json.dump({"before build": built_from, "after build": built, "after steps": stepped}, f)
+        json.dump(dict(zip(STAGES, (built_from, built, stepped))), f)
     dist_trainer.close_process_group()
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--config", default="small")
     p.add_argument("--layout", default="dp=2,ep=2")
     p.add_argument("--steps", type=int, default=2)
@@ -71,6 +74,13 @@ def main(argv=None) -> int:
     print("rank  before build  after build  after steps")
     for r, m in enumerate(per_rank):
         print(f"{r:>4}  {m['before build']:>12,.0f}  {m['after build']:>11,.0f}  {m['after steps']:>11,.0f}")
+    result = {"config": args.config, "layout": args.layout, "steps": args.steps, "batch_size": args.batch_size,
+              "seq_len": args.seq_len, "peak_rss_mib": per_rank}
+    rows = [{"rank": r, **{s: f"{m[s]:,.0f}" for s in STAGES}} for r, m in enumerate(per_rank)]
+    text = (f"{args.config} in {args.layout}, {args.steps} steps of {args.batch_size} x {args.seq_len}: "
+            "peak RSS per rank, MiB\n\n" + harness.markdown_table(rows))
+    name = f"dist_memory_{args.config}_{args.layout.replace('=', '').replace(',', '-')}"
+    harness.write_result(args.out, name, result, text, by="bench.dist_memory", title="Peak host memory per rank")
     return 0
 
 

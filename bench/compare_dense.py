@@ -2,14 +2,14 @@
 compare validation loss at equal wall-clock (the time budget) and at equal tokens; plus where the
 MoE's layer time goes (router, permutation, grouped matmuls) beside the dense MLP it replaces.
 
-    python scripts/compare_dense.py --config tiny --pairs 3 --out bench/results/cpu-2core   # 12 runs of 240 s
-    python scripts/compare_dense.py --config tiny --pairs 3 --reuse                          # re-read those runs
+    python -m bench.compare_dense --config tiny --pairs 3            # 12 runs of 240 s
+    python -m bench.compare_dense --config tiny --pairs 3 --reuse    # re-read those runs
 
 How it is run, so that the figures can be believed on a shared machine:
 - Pair p trains the MoE and its twin with the same seed (p + 1: weights and data order), one after the
   other, once per mode (eager, then compiled); odd pairs train the twin first, so a drift in the
   machine's speed does not always favour the same model. Runs go one at a time, never side by side.
-- Every run is `python -m moe train` as a user runs it, time budget included: its cosine schedule is
+- Every run is `python -m moe train` as a user runs it, with `--time-budget` (--budget, 240 s): its cosine schedule is
   fitted to the budget from its own step time, and a compiled run compiles inside the budget. Before
   the first pair, each compiled variant trains two steps to fill inductor's on-disk cache, so every
   measured compile is a warm one (reported as compile_s).
@@ -20,24 +20,23 @@ Arguments this script does not know (e.g. --set n_layers=2 --max-steps 10) go to
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import kernels
+from bench import harness
+from moe.config import load_config
+from moe.model import MoELayer
+from moe.profiling.timing import median_ms
+from moe.training.plots import plot_comparison
 
-import kernels  # noqa: E402
-from moe.config import load_config  # noqa: E402
-from moe.model import MoELayer  # noqa: E402
-from moe.training.plots import plot_comparison  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def val_at(summary: dict, key: str, at: float) -> float:
@@ -45,17 +44,6 @@ def val_at(summary: dict, key: str, at: float) -> float:
     evaluations (never extrapolated: `at` is at most the run's last evaluation)."""
     h = summary["history"]
     return float(np.interp(at, h[key], h["val_loss"]))
-
-
-def _median_ms(fn, n: int = 40) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1e3, 3)
 
 
 def layer_breakdown(config: str, batch_tokens: int) -> dict:
@@ -94,19 +82,16 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
     parts = {"router": router_part, "permutation": permutation_part,
              "experts (grouped matmuls + activation)": experts_part,
              "dense MLP of the twin (same FLOPs)": dense_part}
-    return {name: _median_ms(fn) for name, fn in parts.items()}
-
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+    return {name: round(median_ms(lambda _, fn=fn: fn(), [None], 40, cuda=False), 3) for name, fn in parts.items()}
 
 
 def run_name(model: str, mode: str, pair: int) -> str:
     return f"{model}-{mode}-{pair}"
 
 
-def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str]) -> None:
+def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str], budget: float) -> None:
     cmd = [sys.executable, "-m", "moe", "train", "--config", config, "--seed", str(seed), "--out", str(out),
-           "--overwrite", "--no-progress", *(["--dense"] if model == "dense" else []),
+           "--overwrite", "--no-progress", "--time-budget", str(budget), *(["--dense"] if model == "dense" else []),
            *(["--compile"] if mode == "compiled" else []), *extra]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -150,15 +135,15 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--config", default="tiny", help="the MoE preset (its twin is --dense)")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=240.0, help="seconds each run trains (its --time-budget)")
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     ap.add_argument("--runs", default="runs/compare", help="where the runs are written")
     ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
     ap.add_argument("--keep", action="store_true", help="train only the runs that have no summary.json yet "
                     "(finish an interrupted comparison; the kept runs must have had the same arguments)")
-    ap.add_argument("--out", default="bench/results/cpu-2core")
     ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
     args, extra = ap.parse_known_args()
     modes = args.modes.split(",")
@@ -168,18 +153,17 @@ def main() -> None:
     if not args.reuse:
         if "compiled" in modes:  # fill inductor's cache: the measured runs then compile warm
             for model in ("moe", "dense"):
-                train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2",
-                                                                                     "--time-budget", "0"])
+                train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2"], 0)
         for pair in range(args.pairs):
             for mode in modes:
                 for model in (("moe", "dense") if pair % 2 == 0 else ("dense", "moe")):
                     run_dir = runs_dir / run_name(model, mode, pair)
                     if not (args.keep and (run_dir / "summary.json").exists()):
-                        train(args.config, model, mode, pair + 1, run_dir, extra)
+                        train(args.config, model, mode, pair + 1, run_dir, extra, args.budget)
     summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
                  for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)  # the plot goes first
     result = {"config": args.config, "pairs": args.pairs, "train_args": extra, "modes": {}}
     for mode in modes:
         rows = [pair_rows(summaries["moe", mode, p], summaries["dense", mode, p]) for p in range(args.pairs)]
@@ -194,11 +178,9 @@ def main() -> None:
                     labels=[f"{m} {mode}" for mode in modes for m in ("MoE", "dense")])
     result["tokens_per_step"] = first["tokens"] // first["steps"]
     result["layer_breakdown_ms"] = layer_breakdown(args.config, result["tokens_per_step"])
-    result.update({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")})
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    result.update(harness.host())
     text = markdown(result)
-    (out / f"{args.name}.md").write_text(text)
+    harness.write_result(out, args.name, result, text, by="bench.compare_dense", title="MoE against its dense twin")
     print(text)
 
 

@@ -18,33 +18,27 @@ without the language model. Each predicts character j of a line from the image a
 If `aligned` reads and `attention` does not at the same step, the limit is learning where to look,
 not seeing; `stem` and `window` separate the two halves of that.
 
-    python scripts/vision_probe.py --steps 600 --out bench/results/cpu-2core
+    python -m bench.vision_probe --steps 600       # writes bench/results/<device>/vision_probe.{json,md}
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import pathlib
-import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from moe.config import load_config  # noqa: E402
-from moe.model.init import init_weights  # noqa: E402
-from moe.profiling.timing import environment  # noqa: E402
-from moe.vision.captions import CaptionDataset  # noqa: E402
-from moe.vision.encoder import ViT  # noqa: E402
-from moe.vision.layers import Attention  # noqa: E402
-from moe.vision.reading import ReadingWindow  # noqa: E402
-from moe.vision.resampler import PerceiverResampler  # noqa: E402
-from moe.vision.render import CHAR_WIDTH, MAX_CHARS  # noqa: E402
+from bench import harness
+from moe.config import load_config
+from moe.model.init import init_weights
+from moe.vision.captions import CaptionDataset
+from moe.vision.encoder import ViT
+from moe.vision.layers import Attention
+from moe.vision.reading import ReadingWindow
+from moe.vision.render import CHAR_WIDTH, MAX_CHARS
+from moe.vision.resampler import PerceiverResampler
 
 WINDOW = 12
 
@@ -137,24 +131,26 @@ def train(model, data, steps: int, seed: int) -> list[dict]:
             accuracy = ((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item()
             curve.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
                           "char_accuracy": round(accuracy, 3)})
-            print(f"{type(model).__name__:9s}{' (window)' if getattr(model, 'window', False) else ''} step {step}: loss {loss.item():.3f}, character accuracy {accuracy:.3f}",
-                  flush=True)
+            window = " (window)" if getattr(model, "window", False) else ""
+            print(f"{type(model).__name__:9s}{window} step {step}: loss {loss.item():.3f}, "
+                  f"character accuracy {accuracy:.3f}", flush=True)
     return curve
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--out")
     args = ap.parse_args(argv)
     cfg = load_config("tiny-vision")
-    flamingo = dict(cfg.vision.__dict__, stem="patches", n_layers=2, n_latents=48, resampler_layers=2, reading_window=False)
+    flamingo = dict(cfg.vision.__dict__, stem="patches", n_layers=2, n_latents=48, resampler_layers=2,
+                    reading_window=False)
     plain = load_config("tiny-vision", vision=flamingo)
     data = CaptionDataset.bundled(cfg.vision)
     torch.manual_seed(0)
     attending = Attending(plain.vision)
     init_weights(attending, cfg, seed=0)
-    result = {"setup": {**environment(False), "steps": args.steps, "batch": 32, "lr": 3e-3},
+    env = harness.stamp(False)
+    result = {"setup": {**env, "steps": args.steps, "batch": 32, "lr": 3e-3},
               "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
               "attention": train(attending, data, args.steps, seed=0)}
     for name, window in (("stem", False), ("window", True)):
@@ -171,11 +167,20 @@ def main(argv=None) -> dict:
         result[f"resampled_seed{seed}"] = train(reader, data, args.steps, seed=0)
         a, b, w = reader.reader.line()
         result[f"resampled_seed{seed}_fit"] = {"a": a.tolist(), "b": b.tolist(), "w": w.tolist()}
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "vision_probe.json").write_text(json.dumps(result, indent=1))
+    harness.write_result(args.out, "vision_probe", result, markdown(result), by="bench.vision_probe", env=env,
+                         title="What limits reading: character readers without the language model")
     return result
+
+
+def markdown(result: dict) -> str:
+    """Each reader's last logged step, then the reading windows it learned (a columns per character)."""
+    curves = {k: v for k, v in result.items() if isinstance(v, list)}
+    rows = [{"reader": name, **curve[-1]} for name, curve in curves.items()]
+    per_head = lambda x: ", ".join(f"{v:.4g}" for v in x) if isinstance(x, list) else x  # noqa: E731
+    fits = [{"reader": k.removesuffix("_fit"), **{p: per_head(x) for p, x in v.items()}}
+            for k, v in result.items() if k.endswith("_fit")]
+    return (harness.markdown_table(rows) + "\nThe learned windows, -((column - (a j + b)) / w)^2 (one per head):\n\n"
+            + harness.markdown_table(fits))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Bytes against a byte-level BPE on the bundled corpus: the tiny preset trained for the same wall-clock
 on each, compared in bits per byte of the same held-out text.
 
-    python scripts/compare_tokenizers.py                      # 240 s each, bpe:4096 (about 10 minutes)
-    python scripts/compare_tokenizers.py --budget 60 --bpe 2048
+    python -m bench.compare_tokenizers                      # 240 s each, bpe:4096 (about 10 minutes)
+    python -m bench.compare_tokenizers --budget 60 --bpe 2048
 
 Per token the losses are not comparable (a BPE token carries about 3 bytes), so each model is scored
 on the whole validation split (the bundled corpus's last 5%, the same text for both): the summed
@@ -17,22 +17,17 @@ Writes bench/results/<device>/tokenizers.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import pathlib
-import sys
 import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from moe.config import load_config, load_train_config  # noqa: E402
-from moe.data import TokenDataset  # noqa: E402
-from moe.data.prepare import prepare  # noqa: E402
-from moe.profiling.timing import device_slug, environment  # noqa: E402
-from moe.training import load_model, train  # noqa: E402
+from bench import harness
+from moe.config import load_config, load_train_config
+from moe.data import TokenDataset
+from moe.data.prepare import prepare
+from moe.training import load_model, train
 
 
 @torch.no_grad()
@@ -45,17 +40,17 @@ def bits_per_byte(model, dataset: TokenDataset, seq_len: int, batch: int = 64) -
     nats = 0.0
     for i in range(0, len(x), batch):
         logits = model(x[i:i + batch]).logits
-        nats += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(), reduction="sum").item()
+        nats += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(),
+                                                  reduction="sum").item()
     covered = len(dataset.tokenizer.decode(ids[1:n + 1].tolist()).encode("utf-8"))  # ...so count the bytes scored
     return nats / covered / math.log(2)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per tokenizer")
     ap.add_argument("--bpe", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--work", default="runs/tokenizers", help="datasets and runs go here")
-    ap.add_argument("--out", help="results folder (default bench/results/<device>)")
     args = ap.parse_args()
     work = pathlib.Path(args.work)
     rows = {}
@@ -82,22 +77,24 @@ def main() -> None:
             "val_bits_per_byte": round(bits_per_byte(model, ds, tcfg.seq_len), 4),
         }
         print(spec, rows[spec], flush=True)
-    env = environment(torch.cuda.is_available())
-    out = pathlib.Path(args.out) if args.out else ROOT / "bench" / "results" / device_slug(torch.cuda.is_available())
-    out.mkdir(parents=True, exist_ok=True)
+    env = harness.stamp()
     result = {"setup": {**env, "budget_s": args.budget, "config": "tiny", "threads": torch.get_num_threads()},
               "rows": rows}
-    (out / "tokenizers.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"tiny trained {args.budget:.0f} s per tokenizer on the bundled corpus; {env['device']}, "
-             f"torch {env['torch']}, {env['date']}", "",
+    text = markdown(result)
+    harness.write_result(args.out, "tokenizers", result, text, by="bench.compare_tokenizers", env=env,
+                         title="Bytes against a byte-level BPE")
+    print(text)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"tiny trained {result['setup']['budget_s']:.0f} s per tokenizer on the bundled corpus.", "",
              "| tokenizer | vocab | parameters | bytes/token (val) | steps | tokens/s | bytes/s | val nats/token "
              "| val bits/byte (whole split) |", "|---|---|---|---|---|---|---|---|---|"]
-    for spec, r in rows.items():
+    for spec, r in result["rows"].items():
         lines.append(f"| {spec} | {r['vocab']:,} | {r['parameters']:,} | {r['val_bytes_per_token']} | {r['steps']:,} | "
                      f"{r['tokens_per_s']:,} | {r['bytes_per_s']:,} | {r['val_nats_per_token']} | "
                      f"{r['val_bits_per_byte']} |")
-    (out / "tokenizers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Profile GPT-4-shape layers on one GPU, as one GPU of an 8-way tensor-parallel group holds them,
 and carry the measurements to the leaked inference and training clusters.
 
-    python scripts/profile_model.py --config gpt4 --layers 2 --tp 8            # every mode, on a GPU
-    python scripts/profile_model.py --config gpt4 --layers 1 --mode decode --context 8192 --batches 1,8,64
-    python scripts/profile_model.py                                              # on a CPU: width / 32
-    python scripts/profile_model.py --checkpoint runs/mixtral --mode decode    # a checkpoint's real shape
+    python -m bench.profile_model --config gpt4 --layers 2 --tp 8            # every mode, on a GPU
+    python -m bench.profile_model --config gpt4 --layers 1 --mode decode --context 8192 --batches 1,8,64
+    python -m bench.profile_model                                            # on a CPU: width / 32
+    python -m bench.profile_model --checkpoint runs/mixtral --mode decode    # a checkpoint's real shape
 
 What runs (moe/profiling/steps.py): N layers of the config's 1/tp shard (query heads and every expert's
 d_ff split; the K/V head, norms and router whole), random bf16 weights, the model's own Block code
@@ -25,7 +25,8 @@ torch.profiler sums device time per named range (attention, norm, router, permut
 matmuls, combine, other) over --profile-steps more steps.
 
 Outputs under --out (default bench/results/<device>/): profile_<config>_L<N>.json (every number
-printed, plus device, versions and date), profile_<config>_L<N>.png, and Chrome traces
+printed, plus device, versions and date), profile_<config>_L<N>.md (what was printed),
+profile_<config>_L<N>.png, and Chrome traces
 trace_<config>_L<N>_<mode>.json.gz (open in https://ui.perfetto.dev or chrome://tracing).
 On a CPU the same code runs at width / --scale in float32 and says that real figures need a GPU.
 With --checkpoint (e.g. a converted Mixtral), the layers take that checkpoint's shape and, whole
@@ -35,23 +36,20 @@ prompt and contexts default to its max_seq_len.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from moe.estimates import cluster as X  # noqa: E402
-from moe.config import load_config  # noqa: E402
-from moe.estimates.units import format_table  # noqa: E402
-from moe.profiling.timing import device_ceilings, device_slug, environment, median_ms  # noqa: E402
-from moe.profiling.breakdown import CATEGORIES, breakdown  # noqa: E402
-from moe.profiling.steps import Steps, build_layers  # noqa: E402
+from bench import harness
+from moe.config import load_config
+from moe.estimates import cluster as X
+from moe.estimates.units import format_table
+from moe.profiling.breakdown import CATEGORIES, breakdown
+from moe.profiling.steps import Steps, build_layers
+from moe.profiling.timing import device_ceilings, median_ms
 
 PREDICTED_BATCHES = [2**i for i in range(13)]  # 1 .. 4096 sequences per microbatch
 
@@ -123,7 +121,8 @@ def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, 
     if args.checkpoint and args.tp == 1 and args.scale == 1:
         load_layer_weights(layers, args.checkpoint)
     steps = Steps(layers, shard, device, dtype)
-    common = dict(shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps, cuda=cuda)
+    common = dict(shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps,
+                  cuda=cuda)
     points = []
     if "prefill" in args.modes:
         print(f"... prefill {args.tokens} tokens", file=sys.stderr, flush=True)
@@ -148,8 +147,8 @@ def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, 
         print(f"... train {args.tokens} tokens", file=sys.stderr, flush=True)
         sizes = dict(tokens=args.tokens, batch=args.tokens // args.seq_len)
         try:
-            points.append(measure_point("train", steps.train(args.tokens, args.seq_len), sizes, (args.seq_len + 1) / 2, 0,
-                                        **common, trace=out / f"trace_{tag}_train.json.gz"))
+            points.append(measure_point("train", steps.train(args.tokens, args.seq_len), sizes, (args.seq_len + 1) / 2,
+                                        0, **common, trace=out / f"trace_{tag}_train.json.gz"))
         except torch.OutOfMemoryError:
             points.append(dict(mode="train", **sizes, error="out of memory"))
     return points
@@ -178,8 +177,9 @@ def cluster(cfg, shard, layer_s: dict, measured_on: X.GPU | None, gpus: dict[str
             t = on(key, layer_s["train"], tokens=tokens, context=(tokens + 1) / 2, backward=True)
             leak = X.LEAK_TRAIN[key]
             est = X.train_estimate(cfg, gpu, leak["gpus"], t, tokens, leak_mfu=leak["mfu"])
+            implied = [X.implied_mfu(cfg, gpu, leak["gpus"], d) for d in leak["days"]]
             train.append(dict(dataclasses.asdict(est), leak_days=leak["days"], leak_mfu=leak["mfu"],
-                              implied_mfu_at_leak_days=[X.implied_mfu(cfg, gpu, leak["gpus"], d) for d in leak["days"]]))
+                              implied_mfu_at_leak_days=implied))
     return dict(decode=decode, ttft=ttft, train=train)
 
 
@@ -226,9 +226,10 @@ def points_table(points: list[dict]) -> str:
         if "error" in p:
             rows.append((label(p), p["error"], "", "", "", "", "", "", "", "", ""))
             continue
-        rows.append((label(p), f"{p['ms']:.4g}", f"{p['ms_per_layer']:.4g}", f"{p['busy_ms']:.4g}", f"{p['roofline_ms']:.4g}",
-                     f"{p['ms'] / p['roofline_ms']:.2f}", f"{p['tflops']:.3g}", f"{p['pct_peak']:.1f}", f"{p['gbps']:.4g}",
-                     f"{p['pct_copy']:.1f}", "-" if p["peak_mem_gb"] is None else f"{p['peak_mem_gb']:.1f}"))
+        rows.append((label(p), f"{p['ms']:.4g}", f"{p['ms_per_layer']:.4g}", f"{p['busy_ms']:.4g}",
+                     f"{p['roofline_ms']:.4g}", f"{p['ms'] / p['roofline_ms']:.2f}", f"{p['tflops']:.3g}",
+                     f"{p['pct_peak']:.1f}", f"{p['gbps']:.4g}", f"{p['pct_copy']:.1f}",
+                     "-" if p["peak_mem_gb"] is None else f"{p['peak_mem_gb']:.1f}"))
     return format_table(rows, ("step", "ms", "ms/layer", "busy ms", "roofline ms", "x roofline", "TFLOP/s", "% peak",
                                "GB/s", "% copy", "peak GB"))
 
@@ -252,8 +253,9 @@ def breakdown_table(points: list[dict]) -> str:
 
 
 def decode_table(decode: list[dict], batches=(1, 8, 64, 512, 4096)) -> str:
-    rows = [(d["gpu"].split()[0], d["context"], d["b"], d["users"], f"{d['latency_ms']:.1f}", f"{d['tokens_per_s_user']:.1f}",
-             f"{d['tokens_per_s']:,.0f}", f"{d['usd_per_1k_tokens']:.4f}", "yes" if d["fits"] else "no (KV cache)")
+    rows = [(d["gpu"].split()[0], d["context"], d["b"], d["users"], f"{d['latency_ms']:.1f}",
+             f"{d['tokens_per_s_user']:.1f}", f"{d['tokens_per_s']:,.0f}", f"{d['usd_per_1k_tokens']:.4f}",
+             "yes" if d["fits"] else "no (KV cache)")
             for d in decode if d["b"] in batches or d["b"] == _largest_fitting(decode, d)]
     return format_table(rows, ("GPU", "context", "b", "users", "ms/token", "tok/s/user", "cluster tok/s", "$/1k tok",
                                "fits"))
@@ -289,17 +291,13 @@ def train_table(train: list[dict]) -> str:
                      f"{t['days']:.0f}", _range(t["leak_days"], "g"), versus(t["days"], t["leak_days"], "g"),
                      _range(t["implied_mfu_at_leak_days"], ".0%"),
                      "-" if t["days_at_leak_mfu"] is None else _range(t["days_at_leak_mfu"], ".0f")))
-    return format_table(rows, ("GPU", "GPUs used", "microbatches", "recompute", "step s", "MFU", "leak MFU", "MFU vs leak",
-                               "days", "leak days", "days vs leak", "MFU the leak's days imply", "days at leak MFU"))
+    return format_table(rows, ("GPU", "GPUs used", "microbatches", "recompute", "step s", "MFU", "leak MFU",
+                               "MFU vs leak", "days", "leak days", "days vs leak", "MFU the leak's days imply",
+                               "days at leak MFU"))
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    fig, axes = harness.pyplot().subplots(1, 3, figsize=(18, 5))
     measured = [p for p in report["points"] if "ms" in p]
     ax = axes[0]
     shown = _shown(measured)
@@ -318,7 +316,8 @@ def plot(report: dict, path: pathlib.Path) -> None:
         if rows:
             batches, ms, roofline = zip(*rows)
             line, = ax.plot(batches, ms, "o-", label=f"measured, C={context}")
-            ax.plot(batches, roofline, "--", color=line.get_color(), label=f"roofline at this run's ceilings, C={context}")
+            ax.plot(batches, roofline, "--", color=line.get_color(),
+                    label=f"roofline at this run's ceilings, C={context}")
     ax.set(xscale="log", yscale="log", xlabel="sequences in the batch", ylabel="ms per layer",
            title="decode step, one layer's shard")
     ax.legend(fontsize=7)
@@ -336,13 +335,54 @@ def plot(report: dict, path: pathlib.Path) -> None:
     m = report["meta"]
     fig.suptitle(f"{m['config']} x{m['layers']} layers, 1/{m['tp']} shard; {m['device']}, torch {m['torch']}, "
                  f"triton {m['triton']}, {m['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
+
+
+def summary(report: dict, cuda: bool) -> str:
+    """What a run prints, from its report: the measured points and where their time went, and without
+    --checkpoint the device's ceilings before them and the two clusters, the bounds and the assumptions
+    after them."""
+    m, points = report["meta"], report["points"]
+    tables = [points_table(points), "", breakdown_table(points)]
+    if "cluster" not in report:
+        return "\n".join(tables)
+    sh = m["shard"]
+    lines = [f"{m['device']}: dense matmul {m['dense_peak_tflops']:.1f} TFLOP/s, copy {m['copy_gbps']:.0f} GB/s "
+             f"(measured now); torch {m['torch']}, triton {m['triton']}, {m['date']}",
+             f"{m['layers']} x {m['config']} layer as one GPU of tp={m['tp']} holds it: d_model {sh['d_model']}, "
+             f"{sh['query_heads']} query heads x {sh['head_dim']}, {sh['kv_heads']} K/V head, {sh['experts']} experts "
+             f"of d_ff {sh['d_ff']}, {m['dtype']}; {m['collective']}", *tables]
+    if not cuda:
+        lines += ["", f"No GPU: the rows above ran on the CPU at width / {m['scale']} in float32, a test of this "
+                  "script, not a measurement. Real figures need a GPU."]
+    for source, result in (("from this run's measurements", report["cluster"]["measured"]),
+                           ("PREDICTED by the roofline (arithmetic with the assumed ceilings, not measured)",
+                            report["cluster"]["predicted"])):
+        if result is None:
+            continue
+        lines += ["", f"{m['config']} on 128 GPUs (tp8 x pp16), decode, {source}:", decode_table(result["decode"])]
+        lines += [f"  time to first token, one {t['tokens']}-token prompt on {t['gpu']}: {t['ms']} ms"
+                  for t in result["ttft"]]
+        lines += ["", f"{m['config']} training for 13T tokens, {source}:", train_table(result["train"])]
+    lines += ["", "batch per microbatch at which expert weight reads stop dominating a decode layer:"]
+    lines += [f"  {k}: " + ", ".join(f"{n} {x:,.0f}" if x is not None else f"{n} not reached" for n, x in v.items())
+              for k, v in report["cluster"]["weight_bound_batch"].items()]
+    lines += ["  (compute: rows per expert reach peak/bandwidth; kv: the K/V cache read outgrows the expert weights; "
+              "doubling: the measured layer time doubles from batch 1)", "", "assumptions:"]
+    lines += [f"- {a}" for a in report["assumptions"]]
+    return "\n".join(lines)
+
+
+def write(report: dict, cuda: bool, out: pathlib.Path, tag: str) -> None:
+    """Print the summary, and write profile_<tag>.json and .md (the summary, as printed)."""
+    text = summary(report, cuda)
+    print(text)
+    harness.write_result(out, f"profile_{tag}", report, f"```\n{text}\n```", by="bench.profile_model",
+                         title=f"{report['meta']['config']} layers on one device", env=harness.stamp(cuda))
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--config", default="gpt4")
     p.add_argument("--checkpoint", help="profile this checkpoint's shape (and weights) instead of --config")
     p.add_argument("--layers", type=int, default=1, help="layers to materialize (default 1)")
@@ -358,7 +398,6 @@ def main(argv=None) -> dict:
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--scale", type=int, default=None, help="divide the width by this (default 1 GPU, 32 CPU)")
     p.add_argument("--expert-backend", default="auto", choices=("auto", "torch", "triton"))
-    p.add_argument("--out", type=pathlib.Path, default=None, help="default bench/results/<device>")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -388,15 +427,16 @@ def main(argv=None) -> dict:
                                     expert_backend=args.expert_backend)
     except ValueError as e:
         p.error(str(e))
-    out = args.out or ROOT / "bench" / "results" / device_slug(cuda)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.config}_L{args.layers}"
 
     torch.manual_seed(0)
     ceilings = device_ceilings(device, dtype, cuda, 20 if cuda else 3)
-    meta = dict(environment(cuda), config=args.config, layers=args.layers, tp=args.tp, scale=scale,
+    meta = dict(harness.stamp(cuda), config=args.config, layers=args.layers, tp=args.tp, scale=scale,
                 dtype=str(dtype).removeprefix("torch."), expert_backend=args.expert_backend, modes=list(args.modes),
-                contexts=args.contexts, full_contexts=[c * scale for c in args.contexts], tokens=args.tokens, seq_len=args.seq_len, reps=args.reps,
+                contexts=args.contexts, full_contexts=[c * scale for c in args.contexts], tokens=args.tokens,
+                seq_len=args.seq_len, reps=args.reps,
                 shard=dict(d_model=shard.d_model, query_heads=shard.n_heads, kv_heads=shard.n_kv_heads,
                            head_dim=shard.head_dim, experts=shard.n_experts, d_ff=shard.d_ff, top_k=shard.top_k),
                 dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1),
@@ -408,9 +448,7 @@ def main(argv=None) -> dict:
     # It is the leak's 128-GPU cluster (tp8 x pp16): a checkpoint of another shape only has its layers timed.
     if args.checkpoint:
         report = dict(meta=meta, points=points)
-        print(points_table(points))
-        print("\n" + breakdown_table(points))
-        (out / f"profile_{tag}.json").write_text(json.dumps(report, indent=1))
+        write(report, cuda, out, tag)
         return report
     full_shard = dataclasses.replace(X.shard_shape(full, args.tp), n_layers=1)
     gpus = dict(X.GPUS)
@@ -421,8 +459,9 @@ def main(argv=None) -> dict:
                                                copy_efficiency=ceilings[1] / gpus["H100"].bandwidth_gbs)
         measured = cluster(full, full_shard, measured_layer_times(points), here, gpus, args.tokens)
     full_contexts = meta["full_contexts"]
-    predicted = cluster(full, full_shard, predicted_layer_times(full, full_shard, gpus, full_contexts, args.tokens * scale),
-                        None, gpus, args.tokens * scale)
+    full_tokens = args.tokens * scale
+    predicted = cluster(full, full_shard, predicted_layer_times(full, full_shard, gpus, full_contexts, full_tokens),
+                        None, gpus, full_tokens)
     bound = {f"{k} C={c}": X.weight_bound_batch(full_shard, g, c) for k, g in gpus.items() for c in full_contexts}
     if cuda:
         for c in args.contexts:
@@ -430,36 +469,9 @@ def main(argv=None) -> dict:
     report = dict(meta=meta, assumptions=X.ASSUMPTIONS, points=points,
                   cluster=dict(measured=measured, predicted=predicted, weight_bound_batch=bound))
 
-    print(f"{meta['device']}: dense matmul {ceilings[0]:.1f} TFLOP/s, copy {ceilings[1]:.0f} GB/s (measured now); "
-          f"torch {meta['torch']}, triton {meta['triton']}, {meta['date']}")
-    print(f"{args.layers} x {cfg.name} layer as one GPU of tp={args.tp} holds it: d_model {shard.d_model}, "
-          f"{shard.n_heads} query heads x {shard.head_dim}, {shard.n_kv_heads} K/V head, {shard.n_experts} experts of "
-          f"d_ff {shard.d_ff}, {meta['dtype']}; {meta['collective']}")
-    print(points_table(points))
-    print("\n" + breakdown_table(points))
-    if not cuda:
-        print(f"\nNo GPU: the rows above ran on the CPU at width / {scale} in float32, a test of this script, "
-              "not a measurement. Real figures need a GPU.")
-    for source, result in (("from this run's measurements", measured),
-                           ("PREDICTED by the roofline (arithmetic with the assumed ceilings, not measured)", predicted)):
-        if result is None:
-            continue
-        print(f"\n{args.config} on 128 GPUs (tp8 x pp16), decode, {source}:")
-        print(decode_table(result["decode"]))
-        for t in result["ttft"]:
-            print(f"  time to first token, one {t['tokens']}-token prompt on {t['gpu']}: {t['ms']} ms")
-        print(f"\n{args.config} training for 13T tokens, {source}:")
-        print(train_table(result["train"]))
-    print("\nbatch per microbatch at which expert weight reads stop dominating a decode layer:")
-    for k, v in bound.items():
-        print(f"  {k}: " + ", ".join(f"{n} {x:,.0f}" if x is not None else f"{n} not reached" for n, x in v.items()))
-    print("  (compute: rows per expert reach peak/bandwidth; kv: the K/V cache read outgrows the expert weights; "
-          "doubling: the measured layer time doubles from batch 1)")
-    print("\nassumptions:\n" + "\n".join(f"- {a}" for a in X.ASSUMPTIONS))
-
-    (out / f"profile_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write(report, cuda, out, tag)
     plot(report, out / f"profile_{tag}.png")
-    print(f"\nwrote {out}/profile_{tag}.{{json,png}} and trace_{tag}_*.json.gz")
+    print(f"\nwrote {out}/profile_{tag}.{{json,md,png}} and trace_{tag}_*.json.gz")
     return report
 
 

@@ -1,7 +1,7 @@
 """Serving benchmark: speculative decoding on a trained target/draft pair, and continuous batching
 under Poisson load. Writes <out>/serving.{json,md} and <out>/serve-*.{json,png}.
 
-    python scripts/bench_serving.py --target runs/tiny --draft runs/tiny-draft --out bench/results/cpu-2core
+    python -m bench.serving --target runs/tiny --draft runs/tiny-draft      # --out bench/results/<device>
 
 1. Speculative decoding at batch 1: target-only, then draft_tokens k = 1..4, greedy and sampled
    (temperature 0.8), over the same held-out prompts. Each configuration runs `--repeats` times,
@@ -14,20 +14,13 @@ tokens per row wakes more experts than decoding one, which is the MoE's own cost
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
 import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from moe.profiling.timing import environment  # noqa: E402
-from moe.serving import Engine, replay  # noqa: E402
-from moe.training import load_model  # noqa: E402
+from bench import harness
+from moe.serving import Engine, replay
+from moe.training import load_model
 
 
 def timed_run(target, draft, k, requests) -> dict:
@@ -65,18 +58,17 @@ def sweep(target, draft, prompt_len, batch_sizes, ks, modes, max_new, repeats) -
     return rows
 
 
-def markdown(rows: list[dict], serve: dict, env: dict) -> str:
-    lines = [f"Measured {env['date']} on {env['device']}, torch {env['torch']}, python {env['python']}.", "",
-             "| sampling | batch | draft tokens | tokens/s | speedup | acceptance | tokens / target forward "
+def markdown(result: dict) -> str:
+    lines = ["| sampling | batch | draft tokens | tokens/s | speedup | acceptance | tokens / target forward "
              "| experts read per layer and decode step |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in result["speculative"]:
         acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         k = "target only" if r["draft_tokens"] == 0 else r["draft_tokens"]
         lines.append(f"| {r['mode']} | {r['batch']} | {k} | {r['tokens_s']} | {r['speedup']}x | {acc} | "
                      f"{r['tokens_per_target_forward']} | {r['experts_read']} |")
     lines += ["", "| arrival rate (req/s) | requests | throughput (tok/s) | mean batch | TTFT p50 / p99 (ms) | "
               "ITL p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
-    for rate, s in serve.items():
+    for rate, s in result["serve"].items():
         lines.append(f"| {rate} | {s['requests']} | {s['throughput_tok_s']:.0f} | {s['mean_batch']:.1f} | "
                      f"{1e3 * s['ttft_s']['p50']:.0f} / {1e3 * s['ttft_s']['p99']:.0f} | "
                      f"{1e3 * s['itl_s']['p50']:.1f} / {1e3 * s['itl_s']['p99']:.1f} |")
@@ -84,10 +76,9 @@ def markdown(rows: list[dict], serve: dict, env: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__)
     p.add_argument("--target", default="runs/tiny")
     p.add_argument("--draft", default="runs/tiny-draft")
-    p.add_argument("--out", default="bench/results/cpu-2core")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
@@ -101,22 +92,22 @@ def main(argv=None) -> int:
     modes = {"greedy": {"greedy": True}, "temperature 0.8": {"temperature": 0.8}}
     rows = sweep(target, draft, a.prompt_len, [1] if a.quick else [1, 4, 8], [0, 1, 2] if a.quick else [0, 1, 2, 3, 4],
                  modes, a.max_new_tokens, a.repeats)
-    out = pathlib.Path(a.out)
+    out = a.out
     serve = {}
     for rate in [float(r) for r in a.rates.split(",")]:
         engine = Engine(target, kv_budget_bytes=16 << 20)
-        requests = replay.make_requests(a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"], 0)
+        requests = replay.make_requests(a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"],
+                                        0)
         serve[rate] = replay.replay(engine, requests, rate, seed=0)
         header = f"serve-bench {target.cfg.name}: {a.requests} requests at {rate}/s"
         replay.print_summary(serve[rate], header)
         replay.write(serve[rate], out, f"serve-{target.cfg.name}-rate{rate:g}", header)
-    env = environment(torch.cuda.is_available())
-    result = {"environment": env, "target": a.target, "draft": a.draft, "prompt_len": a.prompt_len,
+    result = {"target": a.target, "draft": a.draft, "prompt_len": a.prompt_len,
               "max_new_tokens": a.max_new_tokens, "repeats": a.repeats, "speculative": rows,
               "serve": {str(k): {kk: vv for kk, vv in v.items() if kk != "per_step"} for k, v in serve.items()}}
-    (out / "serving.json").write_text(json.dumps(result, indent=1))
-    (out / "serving.md").write_text(markdown(rows, serve, env))
-    print(markdown(rows, serve, env))
+    text = markdown(result)
+    harness.write_result(out, "serving", result, text, by="bench.serving", title="Speculative decoding and serving")
+    print(text)
     return 0
 
 

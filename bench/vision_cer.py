@@ -6,23 +6,18 @@ CER on 100 held-out lines at every evaluation (summary.json's history). Writes
 vision_stage2.{json,md,png} and vision_grid.png (held-out images with the final model's transcriptions).
 
     python -m moe train --config tiny-vision --init-from runs/tiny --out runs/tiny-vision
-    python scripts/vision_cer.py --run runs/tiny-vision --text runs/tiny --out bench/results/cpu-2core
+    python -m bench.vision_cer --run runs/tiny-vision --text runs/tiny      # --out bench/results/<device>
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from moe.profiling.timing import environment  # noqa: E402
-from moe.training import checkpoint, run_dir  # noqa: E402
-from moe.vision.captions import CaptionDataset  # noqa: E402
-from moe.vision.transcribe import (caption_loss, cer, guess_lines, held_out, text_caption_loss,  # noqa: E402
-                                   transcribe)
+from bench import harness
+from moe.training import checkpoint, run_dir
+from moe.vision.captions import CaptionDataset
+from moe.vision.transcribe import caption_loss, cer, guess_lines, held_out, text_caption_loss, transcribe
 
 
 def measure(model, lines, images) -> dict:
@@ -32,11 +27,10 @@ def measure(model, lines, images) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--run", required=True, help="the stage-2 run directory (its step-* checkpoints)")
     ap.add_argument("--text", required=True, help="the text checkpoint stage 2 started from")
     ap.add_argument("--lines", type=int, default=500)
-    ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = run_dir.prepare(args.out)
     run = pathlib.Path(args.run)
@@ -60,32 +54,36 @@ def main(argv=None) -> dict:
              for st, t, c, v in zip(h["step"], h["train_time_s"], h.get("cer", []), h["val_loss"])]
     last = measure(final, lines, images)
     print(f"final (step {summary['steps']}): CER {last['cer']:.3f}, caption loss {last['caption_loss']:.3f}")
-    result = {"setup": {**environment(False), "config": cfg.name, "run": str(run), "text": args.text,
+    env = harness.stamp(False)
+    result = {"setup": {**env, "config": cfg.name, "run": str(run), "text": args.text,
                         "held_out_lines": len(lines), "train_time_s": summary["train_time_s"],
                         "steps": summary["steps"], "gates": final.gates()},
               "baselines": baselines,
               "final": {"cer": last["cer"], "caption_loss": last["caption_loss"]},
               "curve": curve,
               "examples": [{"truth": t, "read": p} for t, p in list(zip(lines, last["predictions"]))[:24]]}
-    (out / "vision_stage2.json").write_text(json.dumps(result, indent=1))
-    rows = [f"| model | CER ({len(lines)} held-out lines) | caption loss (nats/byte) |", "|---|---|---|"]
-    rows += [f"| {name} | {b['cer']:.3f} | {b['caption_loss']:.3f} |" for name, b in baselines.items()]
-    rows += [f"| stage 2, {summary['steps']} steps ({summary['train_time_s']:.0f} s) | {last['cer']:.3f} | "
-             f"{last['caption_loss']:.3f} |", "",
-             "| step | training s | CER (100 held-out lines) | validation loss |", "|---|---|---|---|"]
-    rows += [f"| {c['step']} | {c['train_time_s']:.0f} | {c['cer_100']:.3f} | {c['val_loss']:.4f} |" for c in curve]
-    (out / "vision_stage2.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    text = markdown(result)
+    harness.write_result(out, "vision_stage2", result, text, by="bench.vision_cer", env=env,
+                         title="Reading rendered lines (vision stage 2)")
+    print(text)
     _plot(result, images, last["predictions"], lines, out)
     return result
 
 
+def markdown(result: dict) -> str:
+    setup, final = result["setup"], result["final"]
+    rows = [f"| model | CER ({setup['held_out_lines']} held-out lines) | caption loss (nats/byte) |", "|---|---|---|"]
+    rows += [f"| {name} | {b['cer']:.3f} | {b['caption_loss']:.3f} |" for name, b in result["baselines"].items()]
+    rows += [f"| stage 2, {setup['steps']} steps ({setup['train_time_s']:.0f} s) | {final['cer']:.3f} | "
+             f"{final['caption_loss']:.3f} |", "",
+             "| step | training s | CER (100 held-out lines) | validation loss |", "|---|---|---|---|"]
+    rows += [f"| {c['step']} | {c['train_time_s']:.0f} | {c['cer_100']:.3f} | {c['val_loss']:.4f} |"
+             for c in result["curve"]]
+    return "\n".join(rows) + "\n"
+
+
 def _plot(result, images, predictions, lines, out) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     curve = result["curve"]
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [c["train_time_s"] for c in curve]
@@ -97,18 +95,14 @@ def _plot(result, images, predictions, lines, out) -> None:
            ylim=(0, 1.05), title=f"{result['setup']['config']}: reading rendered lines")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out / "vision_stage2.png", dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, out / "vision_stage2.png")
     n = 8
     fig, axes = plt.subplots(n, 1, figsize=(7, 0.75 * n))
     for i, ax in enumerate(axes):
         ax.imshow(images[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title(f"read: {predictions[i]!r}   (truth: {lines[i]!r})", fontsize=7, loc="left", family="monospace")
-    fig.tight_layout()
-    fig.savefig(out / "vision_grid.png", dpi=130)
-    plt.close(fig)
+    harness.save_figure(fig, out / "vision_grid.png", dpi=130)
 
 
 if __name__ == "__main__":

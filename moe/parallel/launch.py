@@ -1,0 +1,73 @@
+"""Which trainer a run takes: one process (moe/training/local.py) or this rank's part of a Layout
+(moe/parallel/trainer.py). The choice is made here, once, for `python -m moe train` and for Python.
+
+A run trains distributed when its layout is more than one process's, when torchrun started more
+than one process, or when it resumes a distributed checkpoint (those load into any layout, a world
+of one included). Everything is checked before a process group exists, so a layout that cannot
+work fails at once and names the torchrun command it needs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from moe.config import ModelConfig, TrainConfig
+from moe.layout import Layout
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def holds_distributed_checkpoint(path) -> bool:
+    """Whether the run or step directory `path` ends in a distributed (DCP) checkpoint."""
+    from moe.training import run_dir
+
+    try:
+        return run_dir.is_distributed(run_dir.resolve(path))
+    except FileNotFoundError:
+        return False
+
+
+def is_distributed(layout: Layout, out_dir, *, resume: bool = False, world: int | None = None) -> bool:
+    """Whether a run into `out_dir` trains through the distributed trainer (see the module's docstring)."""
+    world = world_size() if world is None else world
+    return layout != Layout() or world > 1 or (resume and holds_distributed_checkpoint(out_dir))
+
+
+def check_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, world: int) -> None:
+    """Raise a ValueError if the model cannot train in `layout` on `world` processes."""
+    if model_cfg.vision is not None:
+        raise ValueError(f"config {model_cfg.name!r} has a vision path, which trains in one process: give no "
+                         "parallel layout and no torchrun")
+    try:
+        layout.check(model_cfg, world, train_cfg.batch_size)
+    except ValueError as e:
+        hint = (f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
+                if layout.world_size != world else "")
+        raise ValueError(f"{e}{hint}") from None
+
+
+def train_in_layout(model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir, layout: Layout | None = None, *,
+                    world: int | None = None, resume: bool = False, log=print, **kw) -> dict:
+    """Train in one process or in `layout` under torchrun, whichever the run needs, and return the
+    summary. The keywords are moe.training.train's; `world` defaults to torchrun's WORLD_SIZE. The
+    main process logs one line naming the run (and its layout) before anything is built."""
+    layout = Layout() if layout is None else layout
+    world = world_size() if world is None else world
+    if not is_distributed(layout, out_dir, resume=resume, world=world):
+        from moe.training import train
+
+        log(f"training {model_cfg.name} -> {out_dir}")
+        return train(model_cfg, train_cfg, out_dir, resume=resume, log=log, **kw)
+    check_distributed(model_cfg, train_cfg, layout, world)
+
+    from moe.parallel.trainer import close_process_group, train_distributed
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        log(f"training {model_cfg.name} -> {out_dir} in layout {layout.describe()}")
+    try:
+        return train_distributed(model_cfg, train_cfg, layout, out_dir, resume=resume, log=log, **kw)
+    finally:
+        close_process_group()
