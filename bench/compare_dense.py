@@ -70,8 +70,9 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
         kernels.combine(kernels.gather_rows(x_TD, order, K), order, weights_TK).sum().backward()
 
     def expert_mlp(layer, x, offsets):
-        return kernels.sorted_mlp(x, offsets, layer.w_up, layer.w_gate, layer.w_down, activation_name=cfg.activation,
-                                  backend="torch")
+        return kernels.sorted_mlp(
+            x, offsets, layer.w_up, layer.w_gate, layer.w_down, activation_name=cfg.activation, backend="torch"
+        )
 
     def experts_part():
         expert_mlp(moe, x_MD, offsets_E).sum().backward()
@@ -79,9 +80,12 @@ def layer_breakdown(config: str, batch_tokens: int) -> dict:
     def dense_part():  # what the twin's layer runs: one expert holding every token
         expert_mlp(dense, x_TD, all_rows).sum().backward()
 
-    parts = {"router": router_part, "permutation": permutation_part,
-             "experts (grouped matmuls + activation)": experts_part,
-             "dense MLP of the twin (same FLOPs)": dense_part}
+    parts = {
+        "router": router_part,
+        "permutation": permutation_part,
+        "experts (grouped matmuls + activation)": experts_part,
+        "dense MLP of the twin (same FLOPs)": dense_part,
+    }
     return {name: round(median_ms(lambda _, fn=fn: fn(), [None], 40, cuda=False), 3) for name, fn in parts.items()}
 
 
@@ -90,9 +94,25 @@ def run_name(model: str, mode: str, pair: int) -> str:
 
 
 def train(config: str, model: str, mode: str, seed: int, out: pathlib.Path, extra: list[str], budget: float) -> None:
-    cmd = [sys.executable, "-m", "moe", "train", "--config", config, "--seed", str(seed), "--out", str(out),
-           "--overwrite", "--no-progress", "--time-budget", str(budget), *(["--dense"] if model == "dense" else []),
-           *(["--compile"] if mode == "compiled" else []), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe",
+        "train",
+        "--config",
+        config,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        "--time-budget",
+        str(budget),
+        *(["--dense"] if model == "dense" else []),
+        *(["--compile"] if mode == "compiled" else []),
+        *extra,
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
@@ -103,10 +123,15 @@ def pair_rows(moe: dict, dense: dict) -> dict:
     tokens = min(r["tokens"] for r in (moe, dense))
     row = {"budget_s": round(budget, 1), "tokens": tokens}
     for name, r in (("moe", moe), ("dense", dense)):
-        row.update({f"{name}_steps": r["steps"], f"{name}_tokens_per_s": r["tokens_per_s"],
-                    f"{name}_compile_s": r.get("compile_s"),
-                    f"{name}_val_at_budget": round(val_at(r, "train_time_s", budget), 4),
-                    f"{name}_val_at_tokens": round(val_at(r, "tokens", tokens), 4)})
+        row.update(
+            {
+                f"{name}_steps": r["steps"],
+                f"{name}_tokens_per_s": r["tokens_per_s"],
+                f"{name}_compile_s": r.get("compile_s"),
+                f"{name}_val_at_budget": round(val_at(r, "train_time_s", budget), 4),
+                f"{name}_val_at_tokens": round(val_at(r, "tokens", tokens), 4),
+            }
+        )
     row["lead_at_budget"] = round(row["dense_val_at_budget"] - row["moe_val_at_budget"], 4)
     row["lead_at_tokens"] = round(row["dense_val_at_tokens"] - row["moe_val_at_tokens"], 4)
     return row
@@ -115,22 +140,33 @@ def pair_rows(moe: dict, dense: dict) -> dict:
 def markdown(result: dict) -> str:
     lines = []
     for mode, block in result["modes"].items():
-        lines += [f"**{mode}** (dense minus MoE: a positive lead is the MoE ahead)", "",
-                  "| pair | seed | MoE at budget | dense at budget | lead | MoE tokens/s | dense tokens/s "
-                  "| MoE compile s | dense compile s | lead at equal tokens (M) |", "|" + "---|" * 10]
+        lines += [
+            f"**{mode}** (dense minus MoE: a positive lead is the MoE ahead)",
+            "",
+            "| pair | seed | MoE at budget | dense at budget | lead | MoE tokens/s | dense tokens/s "
+            "| MoE compile s | dense compile s | lead at equal tokens (M) |",
+            "|" + "---|" * 10,
+        ]
         for i, row in enumerate(block["pairs"]):
-            lines.append(f"| {i + 1} | {i + 1} | {row['moe_val_at_budget']} | {row['dense_val_at_budget']} | "
-                         f"{row['lead_at_budget']:+.4f} | {row['moe_tokens_per_s']} | {row['dense_tokens_per_s']} | "
-                         f"{row['moe_compile_s']} | {row['dense_compile_s']} | "
-                         f"{row['lead_at_tokens']:+.4f} ({row['tokens'] / 1e6:.2f}) |")
+            lines.append(
+                f"| {i + 1} | {i + 1} | {row['moe_val_at_budget']} | {row['dense_val_at_budget']} | "
+                f"{row['lead_at_budget']:+.4f} | {row['moe_tokens_per_s']} | {row['dense_tokens_per_s']} | "
+                f"{row['moe_compile_s']} | {row['dense_compile_s']} | "
+                f"{row['lead_at_tokens']:+.4f} ({row['tokens'] / 1e6:.2f}) |"
+            )
         m = block["median"]
-        lines += [f"| median | | {m['moe_val_at_budget']} | {m['dense_val_at_budget']} | {m['lead_at_budget']:+.4f} | "
-                  f"{m['moe_tokens_per_s']} | {m['dense_tokens_per_s']} | | | {m['lead_at_tokens']:+.4f} |", ""]
+        lines += [
+            f"| median | | {m['moe_val_at_budget']} | {m['dense_val_at_budget']} | {m['lead_at_budget']:+.4f} | "
+            f"{m['moe_tokens_per_s']} | {m['dense_tokens_per_s']} | | | {m['lead_at_tokens']:+.4f} |",
+            "",
+        ]
     b = result["layer_breakdown_ms"]
     lines += [f"| one layer, forward + backward, {result['tokens_per_step']} tokens, eager | ms |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in b.items()]
-    lines += [f"| MoE layer total (router + permutation + experts) | "
-              f"{sum(v for k, v in b.items() if not k.startswith('dense')):.3f} |"]
+    lines += [
+        f"| MoE layer total (router + permutation + experts) | "
+        f"{sum(v for k, v in b.items() if not k.startswith('dense')):.3f} |"
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -142,8 +178,12 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     ap.add_argument("--runs", default="runs/compare", help="where the runs are written")
     ap.add_argument("--reuse", action="store_true", help="train nothing: read the runs already under --runs")
-    ap.add_argument("--keep", action="store_true", help="train only the runs that have no summary.json yet "
-                    "(finish an interrupted comparison; the kept runs must have had the same arguments)")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="train only the runs that have no summary.json yet "
+        "(finish an interrupted comparison; the kept runs must have had the same arguments)",
+    )
     ap.add_argument("--name", default="moe_vs_dense", help="file name stem of the outputs")
     args, extra = ap.parse_known_args()
     modes = args.modes.split(",")
@@ -156,26 +196,35 @@ def main() -> None:
                 train(args.config, model, "compiled", 0, runs_dir / f"warm-{model}", [*extra, "--max-steps", "2"], 0)
         for pair in range(args.pairs):
             for mode in modes:
-                for model in (("moe", "dense") if pair % 2 == 0 else ("dense", "moe")):
+                for model in ("moe", "dense") if pair % 2 == 0 else ("dense", "moe"):
                     run_dir = runs_dir / run_name(model, mode, pair)
                     if not (args.keep and (run_dir / "summary.json").exists()):
                         train(args.config, model, mode, pair + 1, run_dir, extra, args.budget)
-    summaries = {(m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
-                 for m in ("moe", "dense") for mode in modes for p in range(args.pairs)}
+    summaries = {
+        (m, mode, p): json.loads((runs_dir / run_name(m, mode, p) / "summary.json").read_text())
+        for m in ("moe", "dense")
+        for mode in modes
+        for p in range(args.pairs)
+    }
     out = args.out
     out.mkdir(parents=True, exist_ok=True)  # the plot goes first
     result = {"config": args.config, "pairs": args.pairs, "train_args": extra, "modes": {}}
     for mode in modes:
         rows = [pair_rows(summaries["moe", mode, p], summaries["dense", mode, p]) for p in range(args.pairs)]
         median = {k: statistics.median(r[k] for r in rows) for k in rows[0] if all(r[k] is not None for r in rows)}
-        median = {k: round(v) if k == "tokens" or k.endswith(("_steps", "_tokens_per_s")) else round(v, 4)
-                  for k, v in median.items()}
+        median = {
+            k: round(v) if k == "tokens" or k.endswith(("_steps", "_tokens_per_s")) else round(v, 4)
+            for k, v in median.items()
+        }
         result["modes"][mode] = {"pairs": rows, "median": median}
     first = summaries["moe", modes[0], 0]
     curves = [summaries[m, mode, 0] for mode in modes for m in ("moe", "dense")]
-    plot_comparison(curves, out / f"{args.name}.png", f"{args.config}: MoE and dense twin, pair 1 of {args.pairs}, "
-                    f"{first['threads']} CPU threads, {first['date']}",
-                    labels=[f"{m} {mode}" for mode in modes for m in ("MoE", "dense")])
+    plot_comparison(
+        curves,
+        out / f"{args.name}.png",
+        f"{args.config}: MoE and dense twin, pair 1 of {args.pairs}, {first['threads']} CPU threads, {first['date']}",
+        labels=[f"{m} {mode}" for mode in modes for m in ("MoE", "dense")],
+    )
     result["tokens_per_step"] = first["tokens"] // first["steps"]
     result["layer_breakdown_ms"] = layer_breakdown(args.config, result["tokens_per_step"])
     result.update(harness.host())

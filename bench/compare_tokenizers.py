@@ -36,13 +36,14 @@ def bits_per_byte(model, dataset: TokenDataset, seq_len: int, batch: int = 64) -
     model.eval()
     ids = torch.from_numpy(dataset.val.window(0, len(dataset.val)).astype("int64"))
     n = (len(ids) - 1) // seq_len * seq_len  # whole windows; the last partial one is left out...
-    x, y = ids[:n].view(-1, seq_len), ids[1:n + 1].view(-1, seq_len)
+    x, y = ids[:n].view(-1, seq_len), ids[1 : n + 1].view(-1, seq_len)
     nats = 0.0
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch]).logits
-        nats += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(),
-                                                  reduction="sum").item()
-    covered = len(dataset.tokenizer.decode(ids[1:n + 1].tolist()).encode("utf-8"))  # ...so count the bytes scored
+        logits = model(x[i : i + batch]).logits
+        nats += torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), y[i : i + batch].flatten(), reduction="sum"
+        ).item()
+    covered = len(dataset.tokenizer.decode(ids[1 : n + 1].tolist()).encode("utf-8"))  # ...so count the bytes scored
     return nats / covered / math.log(2)
 
 
@@ -66,10 +67,12 @@ def main() -> None:
         summary = train(cfg, tcfg, work / name, data=data, overwrite=True, progress=False, plot=False)
         model = load_model(work / name)
         rows[spec] = {
-            "vocab": ds.tokenizer.vocab_size, "prepare_s": round(prep_s, 1),
+            "vocab": ds.tokenizer.vocab_size,
+            "prepare_s": round(prep_s, 1),
             "val_bytes_per_token": round(1 / ds.val_tokens_per_byte, 3),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "steps": summary["steps"], "train_time_s": summary["train_time_s"],
+            "steps": summary["steps"],
+            "train_time_s": summary["train_time_s"],
             "tokens_per_s": summary["tokens_per_s"],
             "bytes_per_s": round(summary["tokens_per_s"] / ds.val_tokens_per_byte),
             "val_nats_per_token": round(summary["final_val_loss"], 4),
@@ -78,22 +81,37 @@ def main() -> None:
         }
         print(spec, rows[spec], flush=True)
     env = harness.stamp()
-    result = {"setup": {**env, "budget_s": args.budget, "config": "tiny", "threads": torch.get_num_threads()},
-              "rows": rows}
+    result = {
+        "setup": {**env, "budget_s": args.budget, "config": "tiny", "threads": torch.get_num_threads()},
+        "rows": rows,
+    }
     text = markdown(result)
-    harness.write_result(args.out, "tokenizers", result, text, by="bench.compare_tokenizers", env=env,
-                         title="Bytes against a byte-level BPE")
+    harness.write_result(
+        args.out,
+        "tokenizers",
+        result,
+        text,
+        by="bench.compare_tokenizers",
+        env=env,
+        title="Bytes against a byte-level BPE",
+    )
     print(text)
 
 
 def markdown(result: dict) -> str:
-    lines = [f"tiny trained {result['setup']['budget_s']:.0f} s per tokenizer on the bundled corpus.", "",
-             "| tokenizer | vocab | parameters | bytes/token (val) | steps | tokens/s | bytes/s | val nats/token "
-             "| val bits/byte (whole split) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"tiny trained {result['setup']['budget_s']:.0f} s per tokenizer on the bundled corpus.",
+        "",
+        "| tokenizer | vocab | parameters | bytes/token (val) | steps | tokens/s | bytes/s | val nats/token "
+        "| val bits/byte (whole split) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for spec, r in result["rows"].items():
-        lines.append(f"| {spec} | {r['vocab']:,} | {r['parameters']:,} | {r['val_bytes_per_token']} | {r['steps']:,} | "
-                     f"{r['tokens_per_s']:,} | {r['bytes_per_s']:,} | {r['val_nats_per_token']} | "
-                     f"{r['val_bits_per_byte']} |")
+        lines.append(
+            f"| {spec} | {r['vocab']:,} | {r['parameters']:,} | {r['val_bytes_per_token']} | {r['steps']:,} | "
+            f"{r['tokens_per_s']:,} | {r['bytes_per_s']:,} | {r['val_nats_per_token']} | "
+            f"{r['val_bits_per_byte']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -104,9 +104,15 @@ def main(argv=None) -> dict:
     rows = []
     for (name, compiled), trainer in variants.items():
         ms = statistics.median(times[name, compiled]) * 1e3
-        rows.append({"model": name, "compiled": compiled, "median_step_ms": round(ms, 1),
-                     "tokens_per_s": round(B * T / ms * 1e3),
-                     "compile_s": trainer.compile_s and round(trainer.compile_s, 1)})
+        rows.append(
+            {
+                "model": name,
+                "compiled": compiled,
+                "median_step_ms": round(ms, 1),
+                "tokens_per_s": round(B * T / ms * 1e3),
+                "compile_s": trainer.compile_s and round(trainer.compile_s, 1),
+            }
+        )
         if profiled:
             rows[-1]["matmul_attention_ms"] = round(profiled[name, compiled][0], 1)
             rows[-1]["matmul_gflops"] = round(profiled[name, compiled][1])
@@ -116,12 +122,26 @@ def main(argv=None) -> dict:
         if profiled:  # were everything else compiled away, the step would still take the matmuls' time
             floor = statistics.mean(r["matmul_attention_ms"] for r in rows if r["model"] == row["model"])
             row["speedup_bound"] = round(eager["median_step_ms"] / floor, 2)
-    result = {"config": args.config, "device": args.device, "batch": [B, T], "rounds": args.rounds,
-              "steps_per_block": args.steps, "rows": rows, "blas_gflops": blas, **harness.host()}
+    result = {
+        "config": args.config,
+        "device": args.device,
+        "batch": [B, T],
+        "rounds": args.rounds,
+        "steps_per_block": args.steps,
+        "rows": rows,
+        "blas_gflops": blas,
+        **harness.host(),
+    }
     text = markdown(result)
     print(text)
-    harness.write_result(args.out, "compile_speed", result, text, by="bench.compile_speed",
-                         title=f"torch.compile on the training step: {args.config}")
+    harness.write_result(
+        args.out,
+        "compile_speed",
+        result,
+        text,
+        by="bench.compile_speed",
+        title=f"torch.compile on the training step: {args.config}",
+    )
     return result
 
 

@@ -28,8 +28,9 @@ def _peak_mib() -> float:
 
 
 def _rank(rank, world, port, args, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from moe.config import load_config, load_train_config
     from moe.layout import parse_layout
@@ -69,16 +70,26 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_rank, args=(world, port, args, out), nprocs=world)
         per_rank = [json.load(open(os.path.join(out, f"{r}.json"))) for r in range(world)]
-    print(f"{args.config} in {args.layout}, {args.steps} steps of {args.batch_size} x {args.seq_len}, "
-          f"torch {torch.__version__}: peak RSS per rank, MiB")
+    print(
+        f"{args.config} in {args.layout}, {args.steps} steps of {args.batch_size} x {args.seq_len}, "
+        f"torch {torch.__version__}: peak RSS per rank, MiB"
+    )
     print("rank  before build  after build  after steps")
     for r, m in enumerate(per_rank):
         print(f"{r:>4}  {m['before build']:>12,.0f}  {m['after build']:>11,.0f}  {m['after steps']:>11,.0f}")
-    result = {"config": args.config, "layout": args.layout, "steps": args.steps, "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "peak_rss_mib": per_rank}
+    result = {
+        "config": args.config,
+        "layout": args.layout,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "peak_rss_mib": per_rank,
+    }
     rows = [{"rank": r, **{s: f"{m[s]:,.0f}" for s in STAGES}} for r, m in enumerate(per_rank)]
-    text = (f"{args.config} in {args.layout}, {args.steps} steps of {args.batch_size} x {args.seq_len}: "
-            "peak RSS per rank, MiB\n\n" + harness.markdown_table(rows))
+    text = (
+        f"{args.config} in {args.layout}, {args.steps} steps of {args.batch_size} x {args.seq_len}: "
+        "peak RSS per rank, MiB\n\n" + harness.markdown_table(rows)
+    )
     name = f"dist_memory_{args.config}_{args.layout.replace('=', '').replace(',', '-')}"
     harness.write_result(args.out, name, result, text, by="bench.dist_memory", title="Peak host memory per rank")
     return 0

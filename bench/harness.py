@@ -32,8 +32,12 @@ def stamp(cuda: bool | None = None) -> dict:
 
 def host() -> dict:
     """torch version, threads, processor and date: the keys some results carry at their top level."""
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -58,8 +62,16 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_result(out: pathlib.Path | str, name: str, result: dict, markdown: str, *, by: str,
-                 title: str | None = None, env: dict | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+def write_result(
+    out: pathlib.Path | str,
+    name: str,
+    result: dict,
+    markdown: str,
+    *,
+    by: str,
+    title: str | None = None,
+    env: dict | None = None,
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Write out/<name>.json (result plus its stamp under 'environment') and out/<name>.md (title, the
     stamp, which module wrote it (`by`, e.g. 'bench.compare_dense'), then `markdown`, which the caller
     generates from `result`). Returns both paths."""
@@ -72,8 +84,9 @@ def write_result(out: pathlib.Path | str, name: str, result: dict, markdown: str
     js, md = out / f"{name}.json", out / f"{name}.md"
     js.write_text(json.dumps(data, indent=1) + "\n")
     head = f"# {title or name}\n\n" + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None)
-    md.write_text(f"{head}\n\nWritten by `python -m {by}`; the data: [`{js.name}`]({js.name}).\n\n"
-                  + markdown.rstrip() + "\n")
+    md.write_text(
+        f"{head}\n\nWritten by `python -m {by}`; the data: [`{js.name}`]({js.name}).\n\n" + markdown.rstrip() + "\n"
+    )
     return js, md
 
 

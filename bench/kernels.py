@@ -67,15 +67,19 @@ class Shape:
     E: int = 16
     k: int = 2
 
-    def scaled(self, s: int) -> "Shape":
-        return dataclasses.replace(self, T=max(1, self.T // s) if self.T > 64 else self.T, d=max(16, self.d // s),
-                                   f=max(16, self.f // s))
+    def scaled(self, s: int) -> Shape:
+        return dataclasses.replace(
+            self, T=max(1, self.T // s) if self.T > 64 else self.T, d=max(16, self.d // s), f=max(16, self.f // s)
+        )
 
 
 SHAPES = [
-    Shape("A train fwd", 16384, 2048, 8192), Shape("A train fwd+bwd", 16384, 2048, 8192, backward=True),
-    Shape("B prefill 8k", 8192, 10752, 5376), Shape("C decode 8", 8, 10752, 5376),
-    Shape("C decode 64", 64, 10752, 5376), Shape("D prefill fwd+bwd", 8192, 10752, 5376, backward=True),
+    Shape("A train fwd", 16384, 2048, 8192),
+    Shape("A train fwd+bwd", 16384, 2048, 8192, backward=True),
+    Shape("B prefill 8k", 8192, 10752, 5376),
+    Shape("C decode 8", 8, 10752, 5376),
+    Shape("C decode 64", 64, 10752, 5376),
+    Shape("D prefill fwd+bwd", 8192, 10752, 5376, backward=True),
     Shape("E prefill skewed", 8192, 10752, 5376, skewed=True),
 ]
 
@@ -104,14 +108,21 @@ def routed_inputs(shape: Shape, device, dtype, seed: int) -> dict:
         return (torch.randn(*size, generator=gen) / fan_in**0.5).to(device, dtype)
 
     x_TD = rand(shape.T, shape.d, fan_in=1)
-    return dict(x_TD=x_TD, x_MD=x_TD[order_M.to(device) // shape.k].contiguous(), order_M=order_M.to(device),
-                experts_TK=experts_A.view(shape.T, shape.k).to(device),
-                offsets_E=offsets_E.to(device), weights_TK=weights_TK.to(device), counts=counts,
-                w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d),
-                w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f))
+    return dict(
+        x_TD=x_TD,
+        x_MD=x_TD[order_M.to(device) // shape.k].contiguous(),
+        order_M=order_M.to(device),
+        experts_TK=experts_A.view(shape.T, shape.k).to(device),
+        offsets_E=offsets_E.to(device),
+        weights_TK=weights_TK.to(device),
+        counts=counts,
+        w_up=rand(shape.E, shape.d, shape.f, fan_in=shape.d),
+        w_down=rand(shape.E, shape.f, shape.d, fan_in=shape.f),
+    )
 
 
 # --- the implementations: each takes one input set and returns the output -------------------------
+
 
 def gmm_triton(s):
     # no checks: the correctness pass runs the checked reference
@@ -132,13 +143,15 @@ def gmm_dense(s):
 
 
 def mlp_triton(s):
-    return apply_expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
-                            "gelu", "triton")
+    return apply_expert_mlp(
+        s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"], "gelu", "triton"
+    )
 
 
 def mlp_torch(s):
-    return apply_expert_mlp(s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"],
-                            "gelu", "torch")
+    return apply_expert_mlp(
+        s["x_TD"], s["weights_TK"], s["order_M"], s["offsets_E"], s["w_up"], None, s["w_down"], "gelu", "torch"
+    )
 
 
 def mlp_dense(s):
@@ -150,14 +163,31 @@ def gmm_reference(s):
 
 
 def mlp_reference(s):
-    return kernels.expert_mlp_reference(s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"],
-                                        s["w_up"].float(), None, s["w_down"].float(), activation_name="gelu")
+    return kernels.expert_mlp_reference(
+        s["x_TD"].float(),
+        s["weights_TK"],
+        s["order_M"],
+        s["offsets_E"],
+        s["w_up"].float(),
+        None,
+        s["w_down"].float(),
+        activation_name="gelu",
+    )
 
 
 def qmlp(scheme, backend):
     def run(s):
-        return quantized_mlp(s["x_TD"], s["weights_TK"], s["experts_TK"], s["q"][scheme][0], None, s["q"][scheme][1],
-                             activation_name="gelu", backend=backend)
+        return quantized_mlp(
+            s["x_TD"],
+            s["weights_TK"],
+            s["experts_TK"],
+            s["q"][scheme][0],
+            None,
+            s["q"][scheme][1],
+            activation_name="gelu",
+            backend=backend,
+        )
+
     return run
 
 
@@ -166,36 +196,51 @@ def qmlp_int8pack(s):
     up, down = s["int8pack"]
     x_MD = s["x_TD"][s["order_M"] // s["weights_TK"].shape[1]]
     ends = s["ends"]
-    y = torch.cat([torch._weight_int8pack_mm(F.gelu(torch._weight_int8pack_mm(x_MD[a:b], *up[g])), *down[g])
-                   for g, (a, b) in enumerate(zip([0] + ends[:-1], ends))])
+    y = torch.cat(
+        [
+            torch._weight_int8pack_mm(F.gelu(torch._weight_int8pack_mm(x_MD[a:b], *up[g])), *down[g])
+            for g, (a, b) in enumerate(zip([0] + ends[:-1], ends))
+        ]
+    )
     return kernels.combine(y, s["order_M"], s["weights_TK"])
 
 
 def qmlp_reference(scheme):
     def run(s):
         up, down = (dequantize(w, torch.float32) for w in s["q"][scheme])
-        return kernels.expert_mlp_reference(s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"], up, None,
-                                            down, activation_name="gelu")
+        return kernels.expert_mlp_reference(
+            s["x_TD"].float(), s["weights_TK"], s["order_M"], s["offsets_E"], up, None, down, activation_name="gelu"
+        )
+
     return run
 
 
 def quantize_set(s, schemes):
     s["q"] = {sc: (quantize(s["w_up"], sc), quantize(s["w_down"], sc)) for sc in schemes}
     if "int8" in schemes:  # _weight_int8pack_mm's layout: [N, K] int8 and [N] scales, per expert
-        s["int8pack"] = tuple([(w.q[g].T.contiguous(), w.scale[g].to(s["x_TD"].dtype)) for g in range(w.q.shape[0])]
-                              for w in s["q"]["int8"])
+        s["int8pack"] = tuple(
+            [(w.q[g].T.contiguous(), w.scale[g].to(s["x_TD"].dtype)) for g in range(w.q.shape[0])]
+            for w in s["q"]["int8"]
+        )
 
 
-QUANT_IMPLS = [("triton int8", "int8", qmlp("int8", "triton")), ("triton fp8", "fp8", qmlp("fp8", "triton")),
-               ("triton int4", "int4", qmlp("int4", "triton")),
-               ("torch int8 dequantize", "int8", qmlp("int8", "torch")),
-               ("torch int8 _weight_int8pack_mm", "int8", qmlp_int8pack),
-               ("torch int4 dequantize", "int4", qmlp("int4", "torch"))]
+QUANT_IMPLS = [
+    ("triton int8", "int8", qmlp("int8", "triton")),
+    ("triton fp8", "fp8", qmlp("fp8", "triton")),
+    ("triton int4", "int4", qmlp("int4", "triton")),
+    ("torch int8 dequantize", "int8", qmlp("int8", "torch")),
+    ("torch int8 _weight_int8pack_mm", "int8", qmlp_int8pack),
+    ("torch int4 dequantize", "int4", qmlp("int4", "torch")),
+]
 
 
 IMPLS = {
-    "gmm": [("triton", gmm_triton), ("torch._grouped_mm", gmm_torch), ("torch.matmul loop", gmm_loop),
-            ("dense torch.mm", gmm_dense)],
+    "gmm": [
+        ("triton", gmm_triton),
+        ("torch._grouped_mm", gmm_torch),
+        ("torch.matmul loop", gmm_loop),
+        ("dense torch.mm", gmm_dense),
+    ],
     "mlp": [("triton fused", mlp_triton), ("torch grouped_mm", mlp_torch), ("dense torch.mm", mlp_dense)],
 }
 REFERENCES = {"gmm": gmm_reference, "mlp": mlp_reference}
@@ -204,22 +249,28 @@ LEAVES = {"gmm": ("x_MD", "w_up"), "mlp": ("x_TD", "weights_TK", "w_up", "w_down
 
 def with_backward(fn, op):
     """fn's forward and the backward of <fn(s), dy> for every input of the op, as one call."""
+
     def run(s):
         leaves = {n: s[n].detach().requires_grad_() for n in LEAVES[op]}
         y = fn({**s, **leaves})
         used = [t for n, t in leaves.items() if not (n == "weights_TK" and fn is mlp_dense)]
         dy = s["dy"] if s["dy"].shape == y.shape else s["dy_MD"]  # the dense MLP's rows are not summed per token
         return torch.autograd.grad(y, used, dy, allow_unused=True)
+
     return run
 
 
 # --- timing -----------------------------------------------------------------------------------------
 
+
 def max_rel_error(got, want) -> float:
     got = got if isinstance(got, (tuple, list)) else [got]
     want = want if isinstance(want, (tuple, list)) else [want]
-    errs = [((g.float() - w.float()).abs().max() / w.float().abs().max().clamp(min=1e-6)).item()
-            for g, w in zip(got, want) if g is not None and w is not None]
+    errs = [
+        ((g.float() - w.float()).abs().max() / w.float().abs().max().clamp(min=1e-6)).item()
+        for g, w in zip(got, want)
+        if g is not None and w is not None
+    ]
     return max(errs)
 
 
@@ -250,8 +301,19 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
             if fn is gmm_torch and torch_grouped_mm is None:
                 continue
             run = with_backward(fn, op) if shape.backward else fn
-            row = dict(shape=shape.name, op=op, impl=name, T=shape.T, d=shape.d, f=shape.f, E=shape.E, k=shape.k,
-                       backward=shape.backward, skewed=shape.skewed, experts_touched=touched)
+            row = dict(
+                shape=shape.name,
+                op=op,
+                impl=name,
+                T=shape.T,
+                d=shape.d,
+                f=shape.f,
+                E=shape.E,
+                k=shape.k,
+                backward=shape.backward,
+                skewed=shape.skewed,
+                experts_touched=touched,
+            )
             try:
                 err = max_rel_error(run(one), want) if "dense" not in name else 0.0
             except (RuntimeError, ValueError) as e:  # e.g. an op this PyTorch lacks for these operands
@@ -262,9 +324,17 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
                 continue
             ms = median_ms(run, sets, reps, cuda)
             weight_gbps = matrix_bytes * (1 if "dense" in name else touched) / ms / 1e6
-            rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 4), "max_rel_err": err,
-                         "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1),
-                         "weight_gbps": round(weight_gbps, 1), "pct_copy": round(100 * weight_gbps / ceilings[1], 1)})
+            rows.append(
+                {
+                    **row,
+                    "ms": round(ms, 4),
+                    "tflops": round(flops / ms / 1e9, 4),
+                    "max_rel_err": err,
+                    "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1),
+                    "weight_gbps": round(weight_gbps, 1),
+                    "pct_copy": round(100 * weight_gbps / ceilings[1], 1),
+                }
+            )
     if not shape.backward and shape.name[0] in "BC":
         rows += bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
     return rows
@@ -278,8 +348,19 @@ def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
     for name, scheme, fn in QUANT_IMPLS:
         if scheme not in schemes or (name.startswith("triton") and not use_triton):
             continue
-        row = dict(shape=shape.name, op="qmlp", impl=name, T=shape.T, d=shape.d, f=shape.f, E=shape.E, k=shape.k,
-                   backward=False, skewed=shape.skewed, experts_touched=touched)
+        row = dict(
+            shape=shape.name,
+            op="qmlp",
+            impl=name,
+            T=shape.T,
+            d=shape.d,
+            f=shape.f,
+            E=shape.E,
+            k=shape.k,
+            backward=False,
+            skewed=shape.skewed,
+            experts_touched=touched,
+        )
         try:
             err = max_rel_error(fn(one), qmlp_reference(scheme)(one))
         except (RuntimeError, ValueError) as e:
@@ -292,13 +373,22 @@ def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
         w_up = one["q"][scheme][0]
         matrix_bytes = 2 * (w_up.nbytes / shape.E)  # one expert's up and down matrices, values and scales
         weight_gbps = matrix_bytes * touched / ms / 1e6
-        rows.append({**row, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 4), "max_rel_err": err,
-                     "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1), "weight_gbps": round(weight_gbps, 1),
-                     "pct_copy": round(100 * weight_gbps / ceilings[1], 1)})
+        rows.append(
+            {
+                **row,
+                "ms": round(ms, 4),
+                "tflops": round(flops / ms / 1e9, 4),
+                "max_rel_err": err,
+                "pct_peak": round(100 * flops / ms / 1e9 / ceilings[0], 1),
+                "weight_gbps": round(weight_gbps, 1),
+                "pct_copy": round(100 * weight_gbps / ceilings[1], 1),
+            }
+        )
     return rows
 
 
 # --- reporting ----------------------------------------------------------------------------------------
+
 
 def targets(rows: list[dict]) -> list[dict]:
     """The H100 targets, evaluated on this run's numbers."""
@@ -306,15 +396,29 @@ def targets(rows: list[dict]) -> list[dict]:
     checks = []
 
     def check(what, value, goal, ok):
-        checks.append(dict(target=what, measured=None if value is None else round(value, 3), goal=goal,
-                           met=None if value is None else bool(ok(value))))
+        checks.append(
+            dict(
+                target=what,
+                measured=None if value is None else round(value, 3),
+                goal=goal,
+                met=None if value is None else bool(ok(value)),
+            )
+        )
 
     for shape in ("A train fwd", "B prefill 8k", "D prefill fwd+bwd"):
         tri, ref, dense = (get.get((shape, "gmm", i)) for i in ("triton", "torch._grouped_mm", "dense torch.mm"))
-        check(f"{shape}: gmm speedup over torch._grouped_mm", ref / tri if tri and ref else None, ">= 1.05",
-              lambda v: v >= 1.05)
-        check(f"{shape}: gmm speed vs dense torch.mm", dense / tri if tri and dense else None, ">= 0.90",
-              lambda v: v >= 0.90)
+        check(
+            f"{shape}: gmm speedup over torch._grouped_mm",
+            ref / tri if tri and ref else None,
+            ">= 1.05",
+            lambda v: v >= 1.05,
+        )
+        check(
+            f"{shape}: gmm speed vs dense torch.mm",
+            dense / tri if tri and dense else None,
+            ">= 0.90",
+            lambda v: v >= 0.90,
+        )
     by = {(r["shape"], r["op"], r["impl"]): r for r in rows}
     for shape, goal in (("A train fwd", 500), ("A train fwd+bwd", 420)):
         r = by.get((shape, "mlp", "triton fused"), {})
@@ -335,8 +439,10 @@ def print_table(rows, ceilings):
         if "error" in r:
             print(f"{r['shape']:<20}{r['op']:<6}{r['impl']:<32}  {r['error']}")
         else:
-            print(f"{r['shape']:<20}{r['op']:<6}{r['impl']:<32}{r['ms']:>10.3f}{r['tflops']:>10.3f}"
-                  f"{r['pct_peak']:>8.1f}{r['weight_gbps']:>9.0f}{r['pct_copy']:>8.1f}")
+            print(
+                f"{r['shape']:<20}{r['op']:<6}{r['impl']:<32}{r['ms']:>10.3f}{r['tflops']:>10.3f}"
+                f"{r['pct_peak']:>8.1f}{r['weight_gbps']:>9.0f}{r['pct_copy']:>8.1f}"
+            )
 
 
 def plot(rows, path: pathlib.Path, title: str):
@@ -348,11 +454,17 @@ def plot(rows, path: pathlib.Path, title: str):
 
     timed = [r for r in rows if "ms" in r]
     decode = [r for r in timed if r["shape"].startswith("C")]
-    panels = [(f"{op}: {what}, % of dense-matmul peak", "pct_peak",
-               [r for r in timed if r["op"] == op and r not in decode])
-              for op, what in (("gmm", "grouped up-projection"), ("mlp", "expert MLP, tokens in and out"))]
-    panels.append(("decode: weight bytes, % of copy bandwidth", "pct_copy",
-                   [{**r, "shape": f"{r['shape']} {r['op']}"} for r in decode]))
+    panels = [
+        (f"{op}: {what}, % of dense-matmul peak", "pct_peak", [r for r in timed if r["op"] == op and r not in decode])
+        for op, what in (("gmm", "grouped up-projection"), ("mlp", "expert MLP, tokens in and out"))
+    ]
+    panels.append(
+        (
+            "decode: weight bytes, % of copy bandwidth",
+            "pct_copy",
+            [{**r, "shape": f"{r['shape']} {r['op']}"} for r in decode],
+        )
+    )
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     for ax, (heading, metric, sub) in zip(axes, panels):
         shapes = list(dict.fromkeys(r["shape"] for r in sub))
@@ -373,13 +485,18 @@ def plot(rows, path: pathlib.Path, title: str):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", type=int, default=None, help="divide T (above 64), d and f by this (default 1 on a "
-                   "GPU, 8 on a CPU)")
+    p.add_argument(
+        "--scale", type=int, default=None, help="divide T (above 64), d and f by this (default 1 on a GPU, 8 on a CPU)"
+    )
     p.add_argument("--reps", type=int, default=None, help="timed runs per implementation (default 50 GPU, 5 CPU)")
     p.add_argument("--shapes", default="", help="comma-separated shape letters to run, e.g. A,C (default all)")
     p.add_argument("--out", type=pathlib.Path, default=None, help="default bench/results/<device>")
-    p.add_argument("--interpret", action="store_true", help="run the Triton kernels on the CPU through Triton's "
-                   "interpreter (a test of this script, not a measurement)")
+    p.add_argument(
+        "--interpret",
+        action="store_true",
+        help="run the Triton kernels on the CPU through Triton's "
+        "interpreter (a test of this script, not a measurement)",
+    )
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.interpret:
@@ -400,14 +517,24 @@ def main(argv=None):
         if cuda:
             torch.cuda.empty_cache()
     env = stamp(cuda)
-    meta = dict(env, dtype=str(dtype).removeprefix("torch."), scale=scale, reps=reps,
-                triton_measured=cuda, dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1))
+    meta = dict(
+        env,
+        dtype=str(dtype).removeprefix("torch."),
+        scale=scale,
+        reps=reps,
+        triton_measured=cuda,
+        dense_peak_tflops=round(ceilings[0], 2),
+        copy_gbps=round(ceilings[1], 1),
+    )
     triton_version = meta["triton"]
     print_table(rows, ceilings)
     if not cuda:
-        print("\nNo GPU: these are the PyTorch paths on the CPU at shapes / %d. The Triton figures and the "
-              "targets need a CUDA GPU%s." % (scale, " (the Triton rows above ran in the interpreter: a test, "
-                                                  "not a measurement)" if args.interpret else ""))
+        print(
+            f"\nNo GPU: these are the PyTorch paths on the CPU at shapes / {scale}. The Triton figures and the "
+            "targets need a CUDA GPU"
+            + (" (the Triton rows above ran in the interpreter: a test, not a measurement)" if args.interpret else "")
+            + "."
+        )
     checks = targets(rows) if cuda else []
     for c in checks:
         state = "n/a" if c["met"] is None else "met" if c["met"] else "MISSED"
@@ -415,15 +542,26 @@ def main(argv=None):
 
     columns = ["shape", "op", "impl", "ms", "tflops", "pct_peak", "weight_gbps", "pct_copy", "error"]
     table = markdown_table(rows, columns) + ("\n" + markdown_table(checks) if checks else "")
-    write_result(out, "kernels", dict(meta=meta, rows=rows, targets=checks), table, by="bench.kernels",
-                 title="Grouped expert matmul and expert MLP", env=env)
+    write_result(
+        out,
+        "kernels",
+        dict(meta=meta, rows=rows, targets=checks),
+        table,
+        by="bench.kernels",
+        title="Grouped expert matmul and expert MLP",
+        env=env,
+    )
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "kernels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "kernels.png", f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, "
-         f"{meta['date']}, {meta['dtype']}, shapes / {scale}")
+    plot(
+        rows,
+        out / "kernels.png",
+        f"{meta['device']}, torch {meta['torch']}, triton {triton_version}, "
+        f"{meta['date']}, {meta['dtype']}, shapes / {scale}",
+    )
     print(f"wrote {out}/kernels.{{json,md,csv,png}}")
     return rows
 

@@ -59,16 +59,33 @@ def scaled_config(cfg, scale: int, max_len: int):
     heads, experts and top-k, so the shard has the same structure."""
     if scale == 1:
         return dataclasses.replace(cfg, max_seq_len=max(cfg.max_seq_len, max_len))
-    return dataclasses.replace(cfg, d_model=cfg.d_model // scale, d_ff=cfg.d_ff // scale,
-                               head_dim=max(16, cfg.head_dim // scale // 2 * 2), max_seq_len=max_len)
+    return dataclasses.replace(
+        cfg,
+        d_model=cfg.d_model // scale,
+        d_ff=cfg.d_ff // scale,
+        head_dim=max(16, cfg.head_dim // scale // 2 * 2),
+        max_seq_len=max_len,
+    )
 
 
 def label(p: dict) -> str:
     return f"decode C={p['context']} B={p['batch']}" if p["mode"] == "decode" else f"{p['mode']} T={p['tokens']}"
 
 
-def measure_point(mode: str, fn, sizes: dict, attended: float, kv_rows: int, shard, n_layers: int, here: X.GPU,
-                  reps: int, prof_steps: int, cuda: bool, trace: pathlib.Path) -> dict:
+def measure_point(
+    mode: str,
+    fn,
+    sizes: dict,
+    attended: float,
+    kv_rows: int,
+    shard,
+    n_layers: int,
+    here: X.GPU,
+    reps: int,
+    prof_steps: int,
+    cuda: bool,
+    trace: pathlib.Path,
+) -> dict:
     """Time fn (median of reps), profile prof_steps more calls (written to `trace`), and count its
     FLOPs and bytes. sizes: tokens, batch (and the cache length `context` in decode), to report;
     attended: positions each token attends to on average; kv_rows: sequences whose cache is read."""
@@ -90,16 +107,28 @@ def measure_point(mode: str, fn, sizes: dict, attended: float, kv_rows: int, sha
     scale = 3 if mode == "train" else 1
     flops = scale * n_layers * sum(f for f, _ in costs.values())
     bytes_ = scale * n_layers * sum(b for _, b in costs.values())
-    roofline_ms = 1e3 * n_layers * X.roofline_layer(shard, here, tokens, attended, kv_rows, backward=mode == "train",
-                                                    touched=touched)
-    point = dict(mode=mode, **sizes, ms=round(ms, 4),
-                 ms_per_layer=round(ms / n_layers, 4), roofline_ms=round(roofline_ms, 4),
-                 busy_ms=round(sum(parts.values()), 4),
-                 breakdown_ms={k: round(v, 4) for k, v in parts.items()}, experts_touched=touched,
-                 gflop=round(flops / 1e9, 3), gbytes=round(bytes_ / 1e9, 4),
-                 tflops=round(flops / ms / 1e9, 3), pct_peak=round(100 * flops / ms / 1e9 / here.peak_tflops, 1),
-                 gbps=round(bytes_ / ms / 1e6, 1), pct_copy=round(100 * bytes_ / ms / 1e6 / here.bandwidth_gbs, 1),
-                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None)
+    roofline_ms = (
+        1e3
+        * n_layers
+        * X.roofline_layer(shard, here, tokens, attended, kv_rows, backward=mode == "train", touched=touched)
+    )
+    point = dict(
+        mode=mode,
+        **sizes,
+        ms=round(ms, 4),
+        ms_per_layer=round(ms / n_layers, 4),
+        roofline_ms=round(roofline_ms, 4),
+        busy_ms=round(sum(parts.values()), 4),
+        breakdown_ms={k: round(v, 4) for k, v in parts.items()},
+        experts_touched=touched,
+        gflop=round(flops / 1e9, 3),
+        gbytes=round(bytes_ / 1e9, 4),
+        tflops=round(flops / ms / 1e9, 3),
+        pct_peak=round(100 * flops / ms / 1e9 / here.peak_tflops, 1),
+        gbps=round(bytes_ / ms / 1e6, 1),
+        pct_copy=round(100 * bytes_ / ms / 1e6 / here.bandwidth_gbs, 1),
+        peak_mem_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+    )
     return point
 
 
@@ -112,7 +141,7 @@ def load_layer_weights(layers, checkpoint) -> None:
     with safe_open(str(resolve(checkpoint) / "model.safetensors"), "pt") as st:
         for i, layer in enumerate(layers):
             prefix = f"blocks.{i}."
-            state = {k[len(prefix):]: st.get_tensor(k) for k in st.keys() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: st.get_tensor(k) for k in st.keys() if k.startswith(prefix)}
             layer.load_state_dict(state)
 
 
@@ -121,21 +150,40 @@ def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, 
     if args.checkpoint and args.tp == 1 and args.scale == 1:
         load_layer_weights(layers, args.checkpoint)
     steps = Steps(layers, shard, device, dtype)
-    common = dict(shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps,
-                  cuda=cuda)
+    common = dict(
+        shard=shard, n_layers=args.layers, here=here, reps=args.reps, prof_steps=args.profile_steps, cuda=cuda
+    )
     points = []
     if "prefill" in args.modes:
         print(f"... prefill {args.tokens} tokens", file=sys.stderr, flush=True)
-        points.append(measure_point("prefill", steps.prefill(args.tokens), dict(tokens=args.tokens, batch=1),
-                                    (args.tokens + 1) / 2, 0, **common, trace=out / f"trace_{tag}_prefill.json.gz"))
+        points.append(
+            measure_point(
+                "prefill",
+                steps.prefill(args.tokens),
+                dict(tokens=args.tokens, batch=1),
+                (args.tokens + 1) / 2,
+                0,
+                **common,
+                trace=out / f"trace_{tag}_prefill.json.gz",
+            )
+        )
     if "decode" in args.modes:
         for context in args.contexts:
             for b in args.batches or [2**i for i in range(20) if 2**i <= args.max_batch]:
                 print(f"... decode batch {b} at context {context}", file=sys.stderr, flush=True)
                 sizes = dict(tokens=b, batch=b, context=context)
                 try:  # each batch overwrites the trace: the largest batch that ran keeps it
-                    points.append(measure_point("decode", steps.decode(b, context), sizes, context + 1, b, **common,
-                                                trace=out / f"trace_{tag}_decode_{context}.json.gz"))
+                    points.append(
+                        measure_point(
+                            "decode",
+                            steps.decode(b, context),
+                            sizes,
+                            context + 1,
+                            b,
+                            **common,
+                            trace=out / f"trace_{tag}_decode_{context}.json.gz",
+                        )
+                    )
                 except torch.OutOfMemoryError:
                     points.append(dict(mode="decode", **sizes, error="out of memory"))
                     break
@@ -147,8 +195,17 @@ def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, 
         print(f"... train {args.tokens} tokens", file=sys.stderr, flush=True)
         sizes = dict(tokens=args.tokens, batch=args.tokens // args.seq_len)
         try:
-            points.append(measure_point("train", steps.train(args.tokens, args.seq_len), sizes, (args.seq_len + 1) / 2,
-                                        0, **common, trace=out / f"trace_{tag}_train.json.gz"))
+            points.append(
+                measure_point(
+                    "train",
+                    steps.train(args.tokens, args.seq_len),
+                    sizes,
+                    (args.seq_len + 1) / 2,
+                    0,
+                    **common,
+                    trace=out / f"trace_{tag}_train.json.gz",
+                )
+            )
         except torch.OutOfMemoryError:
             points.append(dict(mode="train", **sizes, error="out of memory"))
     return points
@@ -156,10 +213,12 @@ def run_modes(args, shard, device, dtype, cuda, here: X.GPU, out: pathlib.Path, 
 
 # --- from layer times to the clusters ----------------------------------------------------------------
 
+
 def cluster(cfg, shard, layer_s: dict, measured_on: X.GPU | None, gpus: dict[str, X.GPU], tokens: int) -> dict:
     """Decode, time to first token and training on both leaked clusters, from per-layer seconds
     layer_s = {"decode": {(context, b): s}, "prefill": s, "train": s} on `measured_on` (None: the
     times are already each target GPU's roofline prediction, given as {gpu: layer_s})."""
+
     def on(gpu_key, seconds, **kw):
         if measured_on is None:
             return seconds[gpu_key]
@@ -178,21 +237,31 @@ def cluster(cfg, shard, layer_s: dict, measured_on: X.GPU | None, gpus: dict[str
             leak = X.LEAK_TRAIN[key]
             est = X.train_estimate(cfg, gpu, leak["gpus"], t, tokens, leak_mfu=leak["mfu"])
             implied = [X.implied_mfu(cfg, gpu, leak["gpus"], d) for d in leak["days"]]
-            train.append(dict(dataclasses.asdict(est), leak_days=leak["days"], leak_mfu=leak["mfu"],
-                              implied_mfu_at_leak_days=implied))
+            train.append(
+                dict(
+                    dataclasses.asdict(est),
+                    leak_days=leak["days"],
+                    leak_mfu=leak["mfu"],
+                    implied_mfu_at_leak_days=implied,
+                )
+            )
     return dict(decode=decode, ttft=ttft, train=train)
 
 
 def predicted_layer_times(cfg, shard, gpus, contexts, tokens) -> dict:
     """The roofline prediction of every layer time, per GPU: {gpu key: seconds} in each slot. Decode
     at powers of two and at each GPU's largest batch whose KV cache fits."""
+
     def per_gpu(**kw):
         return {k: X.roofline_layer(shard, g, **kw) for k, g in gpus.items()}
+
     fitting = {(c, X.max_microbatch(cfg, g, 8, 16, c)) for c in contexts for g in gpus.values()}
     grid = sorted({(c, b) for c in contexts for b in PREDICTED_BATCHES} | {(c, b) for c, b in fitting if b > 0})
-    return dict(decode={(c, b): per_gpu(tokens=b, context=c + 1, kv_rows=b) for c, b in grid},
-                prefill=per_gpu(tokens=tokens, context=(tokens + 1) / 2),
-                train=per_gpu(tokens=tokens, context=(tokens + 1) / 2, backward=True))
+    return dict(
+        decode={(c, b): per_gpu(tokens=b, context=c + 1, kv_rows=b) for c, b in grid},
+        prefill=per_gpu(tokens=tokens, context=(tokens + 1) / 2),
+        train=per_gpu(tokens=tokens, context=(tokens + 1) / 2, backward=True),
+    )
 
 
 def measured_layer_times(points: list[dict]) -> dict:
@@ -211,8 +280,11 @@ def measured_layer_times(points: list[dict]) -> dict:
 def doubling_batch(points: list[dict], context: int) -> int | None:
     """The smallest measured batch whose layer time is twice batch 1's: below it, the fixed weight
     reads are most of the time."""
-    rows = sorted((p["batch"], p["ms_per_layer"]) for p in points
-                  if p["mode"] == "decode" and "ms" in p and p["context"] == context)
+    rows = sorted(
+        (p["batch"], p["ms_per_layer"])
+        for p in points
+        if p["mode"] == "decode" and "ms" in p and p["context"] == context
+    )
     if not rows or rows[0][0] != 1:
         return None
     return next((b for b, ms in rows if ms >= 2 * rows[0][1]), None)
@@ -220,18 +292,44 @@ def doubling_batch(points: list[dict], context: int) -> int | None:
 
 # --- printing ----------------------------------------------------------------------------------------
 
+
 def points_table(points: list[dict]) -> str:
     rows = []
     for p in points:
         if "error" in p:
             rows.append((label(p), p["error"], "", "", "", "", "", "", "", "", ""))
             continue
-        rows.append((label(p), f"{p['ms']:.4g}", f"{p['ms_per_layer']:.4g}", f"{p['busy_ms']:.4g}",
-                     f"{p['roofline_ms']:.4g}", f"{p['ms'] / p['roofline_ms']:.2f}", f"{p['tflops']:.3g}",
-                     f"{p['pct_peak']:.1f}", f"{p['gbps']:.4g}", f"{p['pct_copy']:.1f}",
-                     "-" if p["peak_mem_gb"] is None else f"{p['peak_mem_gb']:.1f}"))
-    return format_table(rows, ("step", "ms", "ms/layer", "busy ms", "roofline ms", "x roofline", "TFLOP/s", "% peak",
-                               "GB/s", "% copy", "peak GB"))
+        rows.append(
+            (
+                label(p),
+                f"{p['ms']:.4g}",
+                f"{p['ms_per_layer']:.4g}",
+                f"{p['busy_ms']:.4g}",
+                f"{p['roofline_ms']:.4g}",
+                f"{p['ms'] / p['roofline_ms']:.2f}",
+                f"{p['tflops']:.3g}",
+                f"{p['pct_peak']:.1f}",
+                f"{p['gbps']:.4g}",
+                f"{p['pct_copy']:.1f}",
+                "-" if p["peak_mem_gb"] is None else f"{p['peak_mem_gb']:.1f}",
+            )
+        )
+    return format_table(
+        rows,
+        (
+            "step",
+            "ms",
+            "ms/layer",
+            "busy ms",
+            "roofline ms",
+            "x roofline",
+            "TFLOP/s",
+            "% peak",
+            "GB/s",
+            "% copy",
+            "peak GB",
+        ),
+    )
 
 
 def _shown(points: list[dict]) -> list[dict]:
@@ -253,12 +351,24 @@ def breakdown_table(points: list[dict]) -> str:
 
 
 def decode_table(decode: list[dict], batches=(1, 8, 64, 512, 4096)) -> str:
-    rows = [(d["gpu"].split()[0], d["context"], d["b"], d["users"], f"{d['latency_ms']:.1f}",
-             f"{d['tokens_per_s_user']:.1f}", f"{d['tokens_per_s']:,.0f}", f"{d['usd_per_1k_tokens']:.4f}",
-             "yes" if d["fits"] else "no (KV cache)")
-            for d in decode if d["b"] in batches or d["b"] == _largest_fitting(decode, d)]
-    return format_table(rows, ("GPU", "context", "b", "users", "ms/token", "tok/s/user", "cluster tok/s", "$/1k tok",
-                               "fits"))
+    rows = [
+        (
+            d["gpu"].split()[0],
+            d["context"],
+            d["b"],
+            d["users"],
+            f"{d['latency_ms']:.1f}",
+            f"{d['tokens_per_s_user']:.1f}",
+            f"{d['tokens_per_s']:,.0f}",
+            f"{d['usd_per_1k_tokens']:.4f}",
+            "yes" if d["fits"] else "no (KV cache)",
+        )
+        for d in decode
+        if d["b"] in batches or d["b"] == _largest_fitting(decode, d)
+    ]
+    return format_table(
+        rows, ("GPU", "context", "b", "users", "ms/token", "tok/s/user", "cluster tok/s", "$/1k tok", "fits")
+    )
 
 
 def _largest_fitting(decode, d) -> int | None:
@@ -284,16 +394,41 @@ def train_table(train: list[dict]) -> str:
     rows = []
     for t in train:
         leak_mfu = t["leak_mfu"]
-        rows.append((t["gpu"].split()[0], f"{t['gpus']:,} (dp {t['dp']})", t["microbatches"],
-                     "yes" if t["recompute"] else "no", f"{t['step_s']:.1f}", f"{t['mfu']:.1%}",
-                     "-" if leak_mfu is None else _range(leak_mfu, ".0%"),
-                     "-" if leak_mfu is None else versus(t["mfu"], leak_mfu, ".0%"),
-                     f"{t['days']:.0f}", _range(t["leak_days"], "g"), versus(t["days"], t["leak_days"], "g"),
-                     _range(t["implied_mfu_at_leak_days"], ".0%"),
-                     "-" if t["days_at_leak_mfu"] is None else _range(t["days_at_leak_mfu"], ".0f")))
-    return format_table(rows, ("GPU", "GPUs used", "microbatches", "recompute", "step s", "MFU", "leak MFU",
-                               "MFU vs leak", "days", "leak days", "days vs leak", "MFU the leak's days imply",
-                               "days at leak MFU"))
+        rows.append(
+            (
+                t["gpu"].split()[0],
+                f"{t['gpus']:,} (dp {t['dp']})",
+                t["microbatches"],
+                "yes" if t["recompute"] else "no",
+                f"{t['step_s']:.1f}",
+                f"{t['mfu']:.1%}",
+                "-" if leak_mfu is None else _range(leak_mfu, ".0%"),
+                "-" if leak_mfu is None else versus(t["mfu"], leak_mfu, ".0%"),
+                f"{t['days']:.0f}",
+                _range(t["leak_days"], "g"),
+                versus(t["days"], t["leak_days"], "g"),
+                _range(t["implied_mfu_at_leak_days"], ".0%"),
+                "-" if t["days_at_leak_mfu"] is None else _range(t["days_at_leak_mfu"], ".0f"),
+            )
+        )
+    return format_table(
+        rows,
+        (
+            "GPU",
+            "GPUs used",
+            "microbatches",
+            "recompute",
+            "step s",
+            "MFU",
+            "leak MFU",
+            "MFU vs leak",
+            "days",
+            "leak days",
+            "days vs leak",
+            "MFU the leak's days imply",
+            "days at leak MFU",
+        ),
+    )
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
@@ -311,30 +446,54 @@ def plot(report: dict, path: pathlib.Path) -> None:
     ax.legend(fontsize=7)
     ax = axes[1]
     for context in report["meta"]["contexts"]:
-        rows = sorted((p["batch"], p["ms_per_layer"], p["roofline_ms"] / report["meta"]["layers"]) for p in measured
-                      if p["mode"] == "decode" and p["context"] == context)
+        rows = sorted(
+            (p["batch"], p["ms_per_layer"], p["roofline_ms"] / report["meta"]["layers"])
+            for p in measured
+            if p["mode"] == "decode" and p["context"] == context
+        )
         if rows:
             batches, ms, roofline = zip(*rows)
-            line, = ax.plot(batches, ms, "o-", label=f"measured, C={context}")
-            ax.plot(batches, roofline, "--", color=line.get_color(),
-                    label=f"roofline at this run's ceilings, C={context}")
-    ax.set(xscale="log", yscale="log", xlabel="sequences in the batch", ylabel="ms per layer",
-           title="decode step, one layer's shard")
+            (line,) = ax.plot(batches, ms, "o-", label=f"measured, C={context}")
+            ax.plot(
+                batches, roofline, "--", color=line.get_color(), label=f"roofline at this run's ceilings, C={context}"
+            )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="sequences in the batch",
+        ylabel="ms per layer",
+        title="decode step, one layer's shard",
+    )
     ax.legend(fontsize=7)
     ax = axes[2]
     for source, style in (("measured", "o-"), ("predicted", "--")):
         for d_key in ("H100", "A100"):
-            rows = [d for d in (report["cluster"].get(source) or {}).get("decode", [])
-                    if d["gpu"].startswith(d_key) and d["context"] == report["meta"]["full_contexts"][0]]
+            rows = [
+                d
+                for d in (report["cluster"].get(source) or {}).get("decode", [])
+                if d["gpu"].startswith(d_key) and d["context"] == report["meta"]["full_contexts"][0]
+            ]
             if rows:
-                ax.plot([d["tokens_per_s_user"] for d in rows], [d["usd_per_1k_tokens"] for d in rows], style,
-                        label=f"{d_key}, {source}")
-    ax.set(xscale="log", yscale="log", xlabel="tokens/s per user", ylabel="$ per 1k output tokens",
-           title=f"128 GPUs (tp8 x pp16), context {report['meta']['full_contexts'][0]}: batch grows to the left")
+                ax.plot(
+                    [d["tokens_per_s_user"] for d in rows],
+                    [d["usd_per_1k_tokens"] for d in rows],
+                    style,
+                    label=f"{d_key}, {source}",
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="tokens/s per user",
+        ylabel="$ per 1k output tokens",
+        title=f"128 GPUs (tp8 x pp16), context {report['meta']['full_contexts'][0]}: batch grows to the left",
+    )
     ax.legend(fontsize=7)
     m = report["meta"]
-    fig.suptitle(f"{m['config']} x{m['layers']} layers, 1/{m['tp']} shard; {m['device']}, torch {m['torch']}, "
-                 f"triton {m['triton']}, {m['date']}", fontsize=9)
+    fig.suptitle(
+        f"{m['config']} x{m['layers']} layers, 1/{m['tp']} shard; {m['device']}, torch {m['torch']}, "
+        f"triton {m['triton']}, {m['date']}",
+        fontsize=9,
+    )
     harness.save_figure(fig, path)
 
 
@@ -347,28 +506,45 @@ def summary(report: dict, cuda: bool) -> str:
     if "cluster" not in report:
         return "\n".join(tables)
     sh = m["shard"]
-    lines = [f"{m['device']}: dense matmul {m['dense_peak_tflops']:.1f} TFLOP/s, copy {m['copy_gbps']:.0f} GB/s "
-             f"(measured now); torch {m['torch']}, triton {m['triton']}, {m['date']}",
-             f"{m['layers']} x {m['config']} layer as one GPU of tp={m['tp']} holds it: d_model {sh['d_model']}, "
-             f"{sh['query_heads']} query heads x {sh['head_dim']}, {sh['kv_heads']} K/V head, {sh['experts']} experts "
-             f"of d_ff {sh['d_ff']}, {m['dtype']}; {m['collective']}", *tables]
+    lines = [
+        f"{m['device']}: dense matmul {m['dense_peak_tflops']:.1f} TFLOP/s, copy {m['copy_gbps']:.0f} GB/s "
+        f"(measured now); torch {m['torch']}, triton {m['triton']}, {m['date']}",
+        f"{m['layers']} x {m['config']} layer as one GPU of tp={m['tp']} holds it: d_model {sh['d_model']}, "
+        f"{sh['query_heads']} query heads x {sh['head_dim']}, {sh['kv_heads']} K/V head, {sh['experts']} experts "
+        f"of d_ff {sh['d_ff']}, {m['dtype']}; {m['collective']}",
+        *tables,
+    ]
     if not cuda:
-        lines += ["", f"No GPU: the rows above ran on the CPU at width / {m['scale']} in float32, a test of this "
-                  "script, not a measurement. Real figures need a GPU."]
-    for source, result in (("from this run's measurements", report["cluster"]["measured"]),
-                           ("PREDICTED by the roofline (arithmetic with the assumed ceilings, not measured)",
-                            report["cluster"]["predicted"])):
+        lines += [
+            "",
+            f"No GPU: the rows above ran on the CPU at width / {m['scale']} in float32, a test of this "
+            "script, not a measurement. Real figures need a GPU.",
+        ]
+    for source, result in (
+        ("from this run's measurements", report["cluster"]["measured"]),
+        (
+            "PREDICTED by the roofline (arithmetic with the assumed ceilings, not measured)",
+            report["cluster"]["predicted"],
+        ),
+    ):
         if result is None:
             continue
         lines += ["", f"{m['config']} on 128 GPUs (tp8 x pp16), decode, {source}:", decode_table(result["decode"])]
-        lines += [f"  time to first token, one {t['tokens']}-token prompt on {t['gpu']}: {t['ms']} ms"
-                  for t in result["ttft"]]
+        lines += [
+            f"  time to first token, one {t['tokens']}-token prompt on {t['gpu']}: {t['ms']} ms" for t in result["ttft"]
+        ]
         lines += ["", f"{m['config']} training for 13T tokens, {source}:", train_table(result["train"])]
     lines += ["", "batch per microbatch at which expert weight reads stop dominating a decode layer:"]
-    lines += [f"  {k}: " + ", ".join(f"{n} {x:,.0f}" if x is not None else f"{n} not reached" for n, x in v.items())
-              for k, v in report["cluster"]["weight_bound_batch"].items()]
-    lines += ["  (compute: rows per expert reach peak/bandwidth; kv: the K/V cache read outgrows the expert weights; "
-              "doubling: the measured layer time doubles from batch 1)", "", "assumptions:"]
+    lines += [
+        f"  {k}: " + ", ".join(f"{n} {x:,.0f}" if x is not None else f"{n} not reached" for n, x in v.items())
+        for k, v in report["cluster"]["weight_bound_batch"].items()
+    ]
+    lines += [
+        "  (compute: rows per expert reach peak/bandwidth; kv: the K/V cache read outgrows the expert weights; "
+        "doubling: the measured layer time doubles from batch 1)",
+        "",
+        "assumptions:",
+    ]
     lines += [f"- {a}" for a in report["assumptions"]]
     return "\n".join(lines)
 
@@ -377,8 +553,15 @@ def write(report: dict, cuda: bool, out: pathlib.Path, tag: str) -> None:
     """Print the summary, and write profile_<tag>.json and .md (the summary, as printed)."""
     text = summary(report, cuda)
     print(text)
-    harness.write_result(out, f"profile_{tag}", report, f"```\n{text}\n```", by="bench.profile_model",
-                         title=f"{report['meta']['config']} layers on one device", env=harness.stamp(cuda))
+    harness.write_result(
+        out,
+        f"profile_{tag}",
+        report,
+        f"```\n{text}\n```",
+        by="bench.profile_model",
+        title=f"{report['meta']['config']} layers on one device",
+        env=harness.stamp(cuda),
+    )
 
 
 def main(argv=None) -> dict:
@@ -391,8 +574,11 @@ def main(argv=None) -> dict:
     p.add_argument("--tokens", type=int, default=None, help="prefill prompt and training tokens (default 8192)")
     p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default --tokens)")
     p.add_argument("--context", default=None, help="decode contexts, comma-separated (default 8192,32768)")
-    p.add_argument("--batches", default="", help="decode batch sizes, comma-separated (default 1, 2, 4, ... "
-                   "until out of memory or --max-batch)")
+    p.add_argument(
+        "--batches",
+        default="",
+        help="decode batch sizes, comma-separated (default 1, 2, 4, ... until out of memory or --max-batch)",
+    )
     p.add_argument("--max-batch", type=int, default=None, help="default 4096 on a GPU, 16 on a CPU")
     p.add_argument("--reps", type=int, default=None, help="timed steps per point (default 20 GPU, 3 CPU)")
     p.add_argument("--profile-steps", type=int, default=3)
@@ -423,8 +609,9 @@ def main(argv=None) -> dict:
     max_len = max([args.tokens, args.seq_len, *(c + 1 for c in args.contexts)])
     try:
         cfg = scaled_config(full, scale, max_len)
-        shard = dataclasses.replace(X.shard_shape(cfg, args.tp), n_layers=args.layers,
-                                    expert_backend=args.expert_backend)
+        shard = dataclasses.replace(
+            X.shard_shape(cfg, args.tp), n_layers=args.layers, expert_backend=args.expert_backend
+        )
     except ValueError as e:
         p.error(str(e))
     out = args.out
@@ -433,14 +620,33 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(0)
     ceilings = device_ceilings(device, dtype, cuda, 20 if cuda else 3)
-    meta = dict(harness.stamp(cuda), config=args.config, layers=args.layers, tp=args.tp, scale=scale,
-                dtype=str(dtype).removeprefix("torch."), expert_backend=args.expert_backend, modes=list(args.modes),
-                contexts=args.contexts, full_contexts=[c * scale for c in args.contexts], tokens=args.tokens,
-                seq_len=args.seq_len, reps=args.reps,
-                shard=dict(d_model=shard.d_model, query_heads=shard.n_heads, kv_heads=shard.n_kv_heads,
-                           head_dim=shard.head_dim, experts=shard.n_experts, d_ff=shard.d_ff, top_k=shard.top_k),
-                dense_peak_tflops=round(ceilings[0], 2), copy_gbps=round(ceilings[1], 1),
-                collective="tensor-parallel all-reduces not issued or timed; added by the cluster model")
+    meta = dict(
+        harness.stamp(cuda),
+        config=args.config,
+        layers=args.layers,
+        tp=args.tp,
+        scale=scale,
+        dtype=str(dtype).removeprefix("torch."),
+        expert_backend=args.expert_backend,
+        modes=list(args.modes),
+        contexts=args.contexts,
+        full_contexts=[c * scale for c in args.contexts],
+        tokens=args.tokens,
+        seq_len=args.seq_len,
+        reps=args.reps,
+        shard=dict(
+            d_model=shard.d_model,
+            query_heads=shard.n_heads,
+            kv_heads=shard.n_kv_heads,
+            head_dim=shard.head_dim,
+            experts=shard.n_experts,
+            d_ff=shard.d_ff,
+            top_k=shard.top_k,
+        ),
+        dense_peak_tflops=round(ceilings[0], 2),
+        copy_gbps=round(ceilings[1], 1),
+        collective="tensor-parallel all-reduces not issued or timed; added by the cluster model",
+    )
     here = X.GPU(meta["device"], ceilings[0], ceilings[1], 0, 0, 0, 0, matmul_efficiency=1.0, copy_efficiency=1.0)
     points = run_modes(args, shard, device, dtype, cuda, here, out, tag)
 
@@ -455,19 +661,32 @@ def main(argv=None) -> dict:
     measured = None
     if cuda:
         if "H100" in meta["device"]:  # this run's own ceilings replace the assumed fractions
-            gpus["H100"] = dataclasses.replace(gpus["H100"], matmul_efficiency=ceilings[0] / gpus["H100"].peak_tflops,
-                                               copy_efficiency=ceilings[1] / gpus["H100"].bandwidth_gbs)
+            gpus["H100"] = dataclasses.replace(
+                gpus["H100"],
+                matmul_efficiency=ceilings[0] / gpus["H100"].peak_tflops,
+                copy_efficiency=ceilings[1] / gpus["H100"].bandwidth_gbs,
+            )
         measured = cluster(full, full_shard, measured_layer_times(points), here, gpus, args.tokens)
     full_contexts = meta["full_contexts"]
     full_tokens = args.tokens * scale
-    predicted = cluster(full, full_shard, predicted_layer_times(full, full_shard, gpus, full_contexts, full_tokens),
-                        None, gpus, full_tokens)
+    predicted = cluster(
+        full,
+        full_shard,
+        predicted_layer_times(full, full_shard, gpus, full_contexts, full_tokens),
+        None,
+        gpus,
+        full_tokens,
+    )
     bound = {f"{k} C={c}": X.weight_bound_batch(full_shard, g, c) for k, g in gpus.items() for c in full_contexts}
     if cuda:
         for c in args.contexts:
             bound[f"measured C={c}"] = dict(doubling=doubling_batch(points, c))
-    report = dict(meta=meta, assumptions=X.ASSUMPTIONS, points=points,
-                  cluster=dict(measured=measured, predicted=predicted, weight_bound_batch=bound))
+    report = dict(
+        meta=meta,
+        assumptions=X.ASSUMPTIONS,
+        points=points,
+        cluster=dict(measured=measured, predicted=predicted, weight_bound_batch=bound),
+    )
 
     write(report, cuda, out, tag)
     plot(report, out / f"profile_{tag}.png")

@@ -46,7 +46,7 @@ def variant(model, name):
 @torch.no_grad()
 def val_loss(model, val, seq_len: int) -> float:
     x, y = get_batch(val, 64, seq_len, torch.Generator().manual_seed(0))
-    losses = [model(x[i:i + 16], targets=y[i:i + 16]).loss.item() for i in range(0, 64, 16)]
+    losses = [model(x[i : i + 16], targets=y[i : i + 16]).loss.item() for i in range(0, 64, 16)]
     return sum(losses) / len(losses)
 
 
@@ -89,7 +89,8 @@ def main(argv=None) -> None:
         nxt, cont = (ref_next, ref_cont) if name == "fp32" else greedy(model, prompts)
         rows[name] = {
             "val_nats_per_byte": round(val_loss(model, val, seq_len), 4),
-            "expert_bytes": expert_bytes(model), "weight_bytes": weight_bytes(model),
+            "expert_bytes": expert_bytes(model),
+            "weight_bytes": weight_bytes(model),
             "decode_tok_s_b1": round(decode_tokens_per_s(model, prompts, 1, args.reps), 1),
             "decode_tok_s_b8": round(decode_tokens_per_s(model, prompts, 8, args.reps), 1),
             "next_token_agreement": round(sum(a == b for a, b in zip(nxt, ref_next)) / len(prompts), 4),
@@ -103,31 +104,55 @@ def main(argv=None) -> None:
         for name in VARIANTS:
             m = variant(d, name).eval()
             d_len = (read_config(args.draft)[1] or {}).get("seq_len", d.cfg.max_seq_len)
-            draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d_len), 4),
-                           "expert_bytes": expert_bytes(m)}
+            draft[name] = {"val_nats_per_byte": round(val_loss(m, val, d_len), 4), "expert_bytes": expert_bytes(m)}
         print("draft", draft, flush=True)
     env = harness.stamp()
-    result = {"setup": {**env, "checkpoint": args.checkpoint, "draft": args.draft, "prompts": args.prompts,
-                        "seq_len": seq_len, "threads": torch.get_num_threads()}, "tiny": rows, "draft": draft}
+    result = {
+        "setup": {
+            **env,
+            "checkpoint": args.checkpoint,
+            "draft": args.draft,
+            "prompts": args.prompts,
+            "seq_len": seq_len,
+            "threads": torch.get_num_threads(),
+        },
+        "tiny": rows,
+        "draft": draft,
+    }
     text = markdown(result)
-    harness.write_result(args.out, "quantized", result, text, by="bench.quantized_serving", env=env,
-                         title=f"Weight-only quantized serving: {base.cfg.name}")
+    harness.write_result(
+        args.out,
+        "quantized",
+        result,
+        text,
+        by="bench.quantized_serving",
+        env=env,
+        title=f"Weight-only quantized serving: {base.cfg.name}",
+    )
     print(text)
 
 
 def markdown(result: dict) -> str:
-    lines = [f"checkpoint {result['setup']['checkpoint']}", "",
-             "| weights | val nats/byte | vs fp32 | expert bytes | all weights | decode tok/s b=1 | b=8 "
-             "| next token = fp32 | 16-token continuation = fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"checkpoint {result['setup']['checkpoint']}",
+        "",
+        "| weights | val nats/byte | vs fp32 | expert bytes | all weights | decode tok/s b=1 | b=8 "
+        "| next token = fp32 | 16-token continuation = fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in result["tiny"].items():
-        lines.append(f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | "
-                     f"{r['expert_bytes'] / 2**20:.2f} MiB | {r['weight_bytes'] / 2**20:.2f} MiB | "
-                     f"{r['decode_tok_s_b1']} | {r['decode_tok_s_b8']} | {r['next_token_agreement']:.1%} | "
-                     f"{r['continuation_identical']:.1%} |")
+        lines.append(
+            f"| {name} | {r['val_nats_per_byte']} | {r['delta_vs_fp32']:+.4f} | "
+            f"{r['expert_bytes'] / 2**20:.2f} MiB | {r['weight_bytes'] / 2**20:.2f} MiB | "
+            f"{r['decode_tok_s_b1']} | {r['decode_tok_s_b8']} | {r['next_token_agreement']:.1%} | "
+            f"{r['continuation_identical']:.1%} |"
+        )
     if result["draft"]:
         lines += ["", "| draft experts | val nats/byte | expert bytes |", "|---|---|---|"]
-        lines += [f"| {n} | {r['val_nats_per_byte']} | {r['expert_bytes'] / 2**20:.2f} MiB |"
-                  for n, r in result["draft"].items()]
+        lines += [
+            f"| {n} | {r['val_nats_per_byte']} | {r['expert_bytes'] / 2**20:.2f} MiB |"
+            for n, r in result["draft"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 

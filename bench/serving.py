@@ -31,11 +31,15 @@ def timed_run(target, draft, k, requests) -> dict:
     dt = time.perf_counter() - t
     n = sum(len(r.tokens) for r in results)
     proposed = sum(r.draft_proposed for r in results)
-    return {"tokens_s": n / dt, "acceptance": sum(r.draft_accepted for r in results) / proposed if proposed else None,
-            "tokens_per_target_forward": n / sum(r.target_forwards for r in results),  # per row
-            # experts of a layer that received any token in a decode step: what the step reads
-            "experts_read": statistics.mean(sum(c > 0 for c in layer) for s in engine.steps if not s.n_prefill
-                                            for layer in s.tokens_per_expert)}
+    return {
+        "tokens_s": n / dt,
+        "acceptance": sum(r.draft_accepted for r in results) / proposed if proposed else None,
+        "tokens_per_target_forward": n / sum(r.target_forwards for r in results),  # per row
+        # experts of a layer that received any token in a decode step: what the step reads
+        "experts_read": statistics.mean(
+            sum(c > 0 for c in layer) for s in engine.steps if not s.n_prefill for layer in s.tokens_per_expert
+        ),
+    }
 
 
 def sweep(target, draft, prompt_len, batch_sizes, ks, modes, max_new, repeats) -> list[dict]:
@@ -50,28 +54,47 @@ def sweep(target, draft, prompt_len, batch_sizes, ks, modes, max_new, repeats) -
             base = statistics.median(r["tokens_s"] for r in runs[0])
             for k in ks:
                 tps = statistics.median(r["tokens_s"] for r in runs[k])
-                rows.append({"mode": mode, "batch": B, "draft_tokens": k, "tokens_s": round(tps, 1),
-                             "speedup": round(tps / base, 2), "acceptance": runs[k][0]["acceptance"],
-                             "tokens_per_target_forward": round(runs[k][0]["tokens_per_target_forward"], 2),
-                             "experts_read": round(runs[k][0]["experts_read"], 1)})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "batch": B,
+                        "draft_tokens": k,
+                        "tokens_s": round(tps, 1),
+                        "speedup": round(tps / base, 2),
+                        "acceptance": runs[k][0]["acceptance"],
+                        "tokens_per_target_forward": round(runs[k][0]["tokens_per_target_forward"], 2),
+                        "experts_read": round(runs[k][0]["experts_read"], 1),
+                    }
+                )
                 print(rows[-1], flush=True)
     return rows
 
 
 def markdown(result: dict) -> str:
-    lines = ["| sampling | batch | draft tokens | tokens/s | speedup | acceptance | tokens / target forward "
-             "| experts read per layer and decode step |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sampling | batch | draft tokens | tokens/s | speedup | acceptance | tokens / target forward "
+        "| experts read per layer and decode step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["speculative"]:
         acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         k = "target only" if r["draft_tokens"] == 0 else r["draft_tokens"]
-        lines.append(f"| {r['mode']} | {r['batch']} | {k} | {r['tokens_s']} | {r['speedup']}x | {acc} | "
-                     f"{r['tokens_per_target_forward']} | {r['experts_read']} |")
-    lines += ["", "| arrival rate (req/s) | requests | throughput (tok/s) | mean batch | TTFT p50 / p99 (ms) | "
-              "ITL p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['mode']} | {r['batch']} | {k} | {r['tokens_s']} | {r['speedup']}x | {acc} | "
+            f"{r['tokens_per_target_forward']} | {r['experts_read']} |"
+        )
+    lines += [
+        "",
+        "| arrival rate (req/s) | requests | throughput (tok/s) | mean batch | TTFT p50 / p99 (ms) | "
+        "ITL p50 / p99 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for rate, s in result["serve"].items():
-        lines.append(f"| {rate} | {s['requests']} | {s['throughput_tok_s']:.0f} | {s['mean_batch']:.1f} | "
-                     f"{1e3 * s['ttft_s']['p50']:.0f} / {1e3 * s['ttft_s']['p99']:.0f} | "
-                     f"{1e3 * s['itl_s']['p50']:.1f} / {1e3 * s['itl_s']['p99']:.1f} |")
+        lines.append(
+            f"| {rate} | {s['requests']} | {s['throughput_tok_s']:.0f} | {s['mean_batch']:.1f} | "
+            f"{1e3 * s['ttft_s']['p50']:.0f} / {1e3 * s['ttft_s']['p99']:.0f} | "
+            f"{1e3 * s['itl_s']['p50']:.1f} / {1e3 * s['itl_s']['p99']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,21 +113,36 @@ def main(argv=None) -> int:
     if a.quick:
         a.max_new_tokens, a.repeats, a.requests, a.prompt_len = 6, 1, 4, 8
     modes = {"greedy": {"greedy": True}, "temperature 0.8": {"temperature": 0.8}}
-    rows = sweep(target, draft, a.prompt_len, [1] if a.quick else [1, 4, 8], [0, 1, 2] if a.quick else [0, 1, 2, 3, 4],
-                 modes, a.max_new_tokens, a.repeats)
+    rows = sweep(
+        target,
+        draft,
+        a.prompt_len,
+        [1] if a.quick else [1, 4, 8],
+        [0, 1, 2] if a.quick else [0, 1, 2, 3, 4],
+        modes,
+        a.max_new_tokens,
+        a.repeats,
+    )
     out = a.out
     serve = {}
     for rate in [float(r) for r in a.rates.split(",")]:
         engine = Engine(target, kv_budget_bytes=16 << 20)
-        requests = replay.make_requests(a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"],
-                                        0)
+        requests = replay.make_requests(
+            a.requests, a.prompt_len, min(a.max_new_tokens, 64), modes["temperature 0.8"], 0
+        )
         serve[rate] = replay.replay(engine, requests, rate, seed=0)
         header = f"serve-bench {target.cfg.name}: {a.requests} requests at {rate}/s"
         replay.print_summary(serve[rate], header)
         replay.write(serve[rate], out, f"serve-{target.cfg.name}-rate{rate:g}", header)
-    result = {"target": a.target, "draft": a.draft, "prompt_len": a.prompt_len,
-              "max_new_tokens": a.max_new_tokens, "repeats": a.repeats, "speculative": rows,
-              "serve": {str(k): {kk: vv for kk, vv in v.items() if kk != "per_step"} for k, v in serve.items()}}
+    result = {
+        "target": a.target,
+        "draft": a.draft,
+        "prompt_len": a.prompt_len,
+        "max_new_tokens": a.max_new_tokens,
+        "repeats": a.repeats,
+        "speculative": rows,
+        "serve": {str(k): {kk: vv for kk, vv in v.items() if kk != "per_step"} for k, v in serve.items()},
+    }
     text = markdown(result)
     harness.write_result(out, "serving", result, text, by="bench.serving", title="Speculative decoding and serving")
     print(text)

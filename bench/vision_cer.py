@@ -22,8 +22,11 @@ from moe.vision.transcribe import caption_loss, cer, guess_lines, held_out, text
 
 def measure(model, lines, images) -> dict:
     predictions = transcribe(model, images)
-    return {"cer": cer(predictions, lines), "caption_loss": caption_loss(model, lines, images),
-            "predictions": predictions}
+    return {
+        "cer": cer(predictions, lines),
+        "caption_loss": caption_loss(model, lines, images),
+        "predictions": predictions,
+    }
 
 
 def main(argv=None) -> dict:
@@ -43,28 +46,50 @@ def main(argv=None) -> dict:
     at_init = checkpoint.build_model(cfg)
     checkpoint.load_weights(at_init, args.text)
     baselines = {
-        "text-only model, no image": {"cer": cer(guesses, lines), "caption_loss": text_caption_loss(text, lines),
-                                      "example": guesses[0]},
-        "multimodal model at initialisation": {k: v for k, v in measure(at_init, lines, images).items()
-                                               if k != "predictions"},
+        "text-only model, no image": {
+            "cer": cer(guesses, lines),
+            "caption_loss": text_caption_loss(text, lines),
+            "example": guesses[0],
+        },
+        "multimodal model at initialisation": {
+            k: v for k, v in measure(at_init, lines, images).items() if k != "predictions"
+        },
     }
     summary = json.loads((run / "summary.json").read_text())
     h = summary["history"]
-    curve = [{"step": st, "train_time_s": t, "cer_100": c, "val_loss": v}
-             for st, t, c, v in zip(h["step"], h["train_time_s"], h.get("cer", []), h["val_loss"])]
+    curve = [
+        {"step": st, "train_time_s": t, "cer_100": c, "val_loss": v}
+        for st, t, c, v in zip(h["step"], h["train_time_s"], h.get("cer", []), h["val_loss"])
+    ]
     last = measure(final, lines, images)
     print(f"final (step {summary['steps']}): CER {last['cer']:.3f}, caption loss {last['caption_loss']:.3f}")
     env = harness.stamp(False)
-    result = {"setup": {**env, "config": cfg.name, "run": str(run), "text": args.text,
-                        "held_out_lines": len(lines), "train_time_s": summary["train_time_s"],
-                        "steps": summary["steps"], "gates": final.gates()},
-              "baselines": baselines,
-              "final": {"cer": last["cer"], "caption_loss": last["caption_loss"]},
-              "curve": curve,
-              "examples": [{"truth": t, "read": p} for t, p in list(zip(lines, last["predictions"]))[:24]]}
+    result = {
+        "setup": {
+            **env,
+            "config": cfg.name,
+            "run": str(run),
+            "text": args.text,
+            "held_out_lines": len(lines),
+            "train_time_s": summary["train_time_s"],
+            "steps": summary["steps"],
+            "gates": final.gates(),
+        },
+        "baselines": baselines,
+        "final": {"cer": last["cer"], "caption_loss": last["caption_loss"]},
+        "curve": curve,
+        "examples": [{"truth": t, "read": p} for t, p in list(zip(lines, last["predictions"]))[:24]],
+    }
     text = markdown(result)
-    harness.write_result(out, "vision_stage2", result, text, by="bench.vision_cer", env=env,
-                         title="Reading rendered lines (vision stage 2)")
+    harness.write_result(
+        out,
+        "vision_stage2",
+        result,
+        text,
+        by="bench.vision_cer",
+        env=env,
+        title="Reading rendered lines (vision stage 2)",
+    )
     print(text)
     _plot(result, images, last["predictions"], lines, out)
     return result
@@ -74,11 +99,16 @@ def markdown(result: dict) -> str:
     setup, final = result["setup"], result["final"]
     rows = [f"| model | CER ({setup['held_out_lines']} held-out lines) | caption loss (nats/byte) |", "|---|---|---|"]
     rows += [f"| {name} | {b['cer']:.3f} | {b['caption_loss']:.3f} |" for name, b in result["baselines"].items()]
-    rows += [f"| stage 2, {setup['steps']} steps ({setup['train_time_s']:.0f} s) | {final['cer']:.3f} | "
-             f"{final['caption_loss']:.3f} |", "",
-             "| step | training s | CER (100 held-out lines) | validation loss |", "|---|---|---|---|"]
-    rows += [f"| {c['step']} | {c['train_time_s']:.0f} | {c['cer_100']:.3f} | {c['val_loss']:.4f} |"
-             for c in result["curve"]]
+    rows += [
+        f"| stage 2, {setup['steps']} steps ({setup['train_time_s']:.0f} s) | {final['cer']:.3f} | "
+        f"{final['caption_loss']:.3f} |",
+        "",
+        "| step | training s | CER (100 held-out lines) | validation loss |",
+        "|---|---|---|---|",
+    ]
+    rows += [
+        f"| {c['step']} | {c['train_time_s']:.0f} | {c['cer_100']:.3f} | {c['val_loss']:.4f} |" for c in result["curve"]
+    ]
     return "\n".join(rows) + "\n"
 
 
@@ -91,8 +121,12 @@ def _plot(result, images, predictions, lines, out) -> None:
     for (name, b), style in zip(result["baselines"].items(), ("--", ":")):
         ax.axhline(b["cer"], linestyle=style, color="gray", label=name)
     ax.axhline(0.10, color="red", linewidth=0.8, label="target: 10%")
-    ax.set(xlabel="training seconds", ylabel="character error rate",
-           ylim=(0, 1.05), title=f"{result['setup']['config']}: reading rendered lines")
+    ax.set(
+        xlabel="training seconds",
+        ylabel="character error rate",
+        ylim=(0, 1.05),
+        title=f"{result['setup']['config']}: reading rendered lines",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     harness.save_figure(fig, out / "vision_stage2.png")

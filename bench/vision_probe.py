@@ -51,7 +51,7 @@ class Aligned(nn.Module):
     def forward(self, images_N1HW):
         pixels = F.pad(images_N1HW[:, 0], (0, WINDOW), value=1.0)
         x0 = [4 + CHAR_WIDTH * j - 2 for j in range(MAX_CHARS)]
-        return self.mlp(torch.stack([pixels[:, :, x: x + WINDOW].flatten(1) for x in x0], 1))
+        return self.mlp(torch.stack([pixels[:, :, x : x + WINDOW].flatten(1) for x in x0], 1))
 
 
 class Attending(nn.Module):
@@ -129,11 +129,20 @@ def train(model, data, steps: int, seed: int) -> list[dict]:
         if step % 100 == 0 or step == steps:
             scored = target != -100
             accuracy = ((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item()
-            curve.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 3),
-                          "char_accuracy": round(accuracy, 3)})
+            curve.append(
+                {
+                    "step": step,
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "loss": round(loss.item(), 3),
+                    "char_accuracy": round(accuracy, 3),
+                }
+            )
             window = " (window)" if getattr(model, "window", False) else ""
-            print(f"{type(model).__name__:9s}{window} step {step}: loss {loss.item():.3f}, "
-                  f"character accuracy {accuracy:.3f}", flush=True)
+            print(
+                f"{type(model).__name__:9s}{window} step {step}: loss {loss.item():.3f}, "
+                f"character accuracy {accuracy:.3f}",
+                flush=True,
+            )
     return curve
 
 
@@ -142,17 +151,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=600)
     args = ap.parse_args(argv)
     cfg = load_config("tiny-vision")
-    flamingo = dict(cfg.vision.__dict__, stem="patches", n_layers=2, n_latents=48, resampler_layers=2,
-                    reading_window=False)
+    flamingo = dict(
+        cfg.vision.__dict__, stem="patches", n_layers=2, n_latents=48, resampler_layers=2, reading_window=False
+    )
     plain = load_config("tiny-vision", vision=flamingo)
     data = CaptionDataset.bundled(cfg.vision)
     torch.manual_seed(0)
     attending = Attending(plain.vision)
     init_weights(attending, cfg, seed=0)
     env = harness.stamp(False)
-    result = {"setup": {**env, "steps": args.steps, "batch": 32, "lr": 3e-3},
-              "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
-              "attention": train(attending, data, args.steps, seed=0)}
+    result = {
+        "setup": {**env, "steps": args.steps, "batch": 32, "lr": 3e-3},
+        "aligned": train(Aligned(cfg.vision.image_height), data, args.steps, seed=0),
+        "attention": train(attending, data, args.steps, seed=0),
+    }
     for name, window in (("stem", False), ("window", True)):
         torch.manual_seed(0)
         reader = Stem(cfg.vision, window=window)
@@ -167,8 +179,15 @@ def main(argv=None) -> dict:
         result[f"resampled_seed{seed}"] = train(reader, data, args.steps, seed=0)
         a, b, w = reader.reader.line()
         result[f"resampled_seed{seed}_fit"] = {"a": a.tolist(), "b": b.tolist(), "w": w.tolist()}
-    harness.write_result(args.out, "vision_probe", result, markdown(result), by="bench.vision_probe", env=env,
-                         title="What limits reading: character readers without the language model")
+    harness.write_result(
+        args.out,
+        "vision_probe",
+        result,
+        markdown(result),
+        by="bench.vision_probe",
+        env=env,
+        title="What limits reading: character readers without the language model",
+    )
     return result
 
 
@@ -177,10 +196,16 @@ def markdown(result: dict) -> str:
     curves = {k: v for k, v in result.items() if isinstance(v, list)}
     rows = [{"reader": name, **curve[-1]} for name, curve in curves.items()]
     per_head = lambda x: ", ".join(f"{v:.4g}" for v in x) if isinstance(x, list) else x  # noqa: E731
-    fits = [{"reader": k.removesuffix("_fit"), **{p: per_head(x) for p, x in v.items()}}
-            for k, v in result.items() if k.endswith("_fit")]
-    return (harness.markdown_table(rows) + "\nThe learned windows, -((column - (a j + b)) / w)^2 (one per head):\n\n"
-            + harness.markdown_table(fits))
+    fits = [
+        {"reader": k.removesuffix("_fit"), **{p: per_head(x) for p, x in v.items()}}
+        for k, v in result.items()
+        if k.endswith("_fit")
+    ]
+    return (
+        harness.markdown_table(rows)
+        + "\nThe learned windows, -((column - (a j + b)) / w)^2 (one per head):\n\n"
+        + harness.markdown_table(fits)
+    )
 
 
 if __name__ == "__main__":

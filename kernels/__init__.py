@@ -17,9 +17,24 @@ first used.
 from kernels.expert_mlp import expert_mlp, expert_mlp_reference, routed_mlp, sorted_mlp
 from kernels.grouped_matmul import BACKENDS, check_offsets, grouped_mm, grouped_mm_reference
 from kernels.permute import combine, gather_rows, sort_by_expert
-from kernels.quantized import (SCHEMES, QuantizedWeight, dequantize, quantize, quantized_mlp,
-                               quantized_mlp_reference)
+from kernels.quantized import SCHEMES, QuantizedWeight, dequantize, quantize, quantized_mlp, quantized_mlp_reference
 
-__all__ = ["BACKENDS", "grouped_mm", "grouped_mm_reference", "check_offsets", "sort_by_expert", "gather_rows",
-           "combine", "expert_mlp", "expert_mlp_reference", "routed_mlp", "sorted_mlp", "SCHEMES", "QuantizedWeight",
-           "quantize", "dequantize", "quantized_mlp", "quantized_mlp_reference"]
+__all__ = [
+    "BACKENDS",
+    "grouped_mm",
+    "grouped_mm_reference",
+    "check_offsets",
+    "sort_by_expert",
+    "gather_rows",
+    "combine",
+    "expert_mlp",
+    "expert_mlp_reference",
+    "routed_mlp",
+    "sorted_mlp",
+    "SCHEMES",
+    "QuantizedWeight",
+    "quantize",
+    "dequantize",
+    "quantized_mlp",
+    "quantized_mlp_reference",
+]

@@ -56,6 +56,7 @@ def sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, *, activation_name: str, b
     """The expert MLP on rows already sorted by expert, one grouped matmul per weight. The offsets
     come from sort_by_expert or from row counts, so their values are checked only where that is free
     (on the CPU)."""
+
     def mm(a, w):
         check_grouped_mm_args(a, w, offsets_E, values=False)
         return apply_grouped_mm(a, w, offsets_E, backend)
@@ -78,8 +79,9 @@ def _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, act: str)
     if weights_TK.dim() != 2 or weights_TK.shape[0] != x_TD.shape[0]:
         raise ValueError(f"expert_mlp: weights must be [T={x_TD.shape[0]}, k], got {tuple(weights_TK.shape)}")
     if order_M.dim() != 1 or order_M.numel() > weights_TK.numel():
-        raise ValueError(f"expert_mlp: order must list at most T*k={weights_TK.numel()} assignments, "
-                         f"got {tuple(order_M.shape)}")
+        raise ValueError(
+            f"expert_mlp: order must list at most T*k={weights_TK.numel()} assignments, got {tuple(order_M.shape)}"
+        )
     if offsets_E.shape != (E,) or offsets_E.dtype != torch.int32:
         raise ValueError(f"expert_mlp: offsets must be int32 [E={E}], got {offsets_E.dtype} {tuple(offsets_E.shape)}")
     for name, t in (("w_up", w_up), ("w_gate", w_gate), ("w_down", w_down)):
@@ -106,8 +108,9 @@ def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activa
         return combine(y_MD, order_M, weights_TK)
 
 
-def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str,
-               backend: str = "auto"):
+def expert_mlp(
+    x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto"
+):
     """y_TD: token t's k expert outputs, weighted and summed (see the module doc). order_M and
     offsets_E as kernels.sort_by_expert returns them; both are checked."""
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
@@ -115,8 +118,9 @@ def expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, ac
     return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
 
 
-def routed_mlp(x_TD, weights_TK, experts_TK, w_up, w_gate, w_down, *, activation_name: str,
-               backend: str = "auto", keep_TK=None):
+def routed_mlp(
+    x_TD, weights_TK, experts_TK, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto", keep_TK=None
+):
     """expert_mlp from the router's choices: experts_TK [T, k] (keep_TK [T, k] False where an
     assignment was dropped for capacity). Sorts the assignments, then runs the same MLP; no device
     sync on the way (the offsets are made here, so they need no check)."""
@@ -133,7 +137,8 @@ def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down,
         return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
     from kernels import ops  # the fused Triton path, a custom op (kernels/ops.py)
 
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x_TD, weights_TK, w_up, w_gate, w_down))
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_TD, weights_TK, w_up, w_gate, w_down)
+    )
     with record_function("moe/expert_matmuls"):
         return ops.expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, save)[0]

@@ -71,8 +71,10 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
         if x.dtype not in TRITON_DTYPES:
             raise ValueError(f"expert backend 'triton' takes {TRITON_DTYPES}, got {x.dtype}; use backend='torch'")
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"expert backend 'triton' needs CUDA tensors, got {x.device} "
-                             "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU)")
+            raise ValueError(
+                f"expert backend 'triton' needs CUDA tensors, got {x.device} "
+                "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU)"
+            )
     return backend
 
 
@@ -105,8 +107,9 @@ def _native_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     else:
         dtype_ok = a.device.type == "cpu" and a.dtype in (torch.float32, torch.float16, torch.bfloat16)
     size = a.element_size()
-    return dtype_ok and all(t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in t.stride() if s != 1)
-                            for t in (a, b))
+    return dtype_ok and all(
+        t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in t.stride() if s != 1) for t in (a, b)
+    )
 
 
 def _row_groups(offsets: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -172,6 +175,7 @@ class _GroupedMM(torch.autograd.Function):
 # pointers, F.grouped_mm's fake implementation takes only bf16 on the CPU, the padded fallback sizes
 # its buffer from the data). As an opaque op it runs that same eager code inside the compiled graph.
 
+
 @torch.library.custom_op("moe::grouped_mm_torch", mutates_args=())
 def grouped_mm_torch(x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return _mm(x_MK, w_EKN, offsets)
@@ -183,8 +187,9 @@ def _(x_MK, w_EKN, offsets):
 
 
 @torch.library.custom_op("moe::grouped_mm_torch_backward", mutates_args=())
-def grouped_mm_torch_backward(dy_MN: torch.Tensor, x_MK: torch.Tensor, w_EKN: torch.Tensor,
-                              offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_mm_torch_backward(
+    dy_MN: torch.Tensor, x_MK: torch.Tensor, w_EKN: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     dy_MN = dy_MN.contiguous()
     return _mm(dy_MN, w_EKN.transpose(1, 2), offsets), _xt_dy(x_MK, dy_MN, offsets)
 

@@ -51,6 +51,11 @@ def environment(cuda: bool) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return dict(device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.machine()})",
-                torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
-                python=platform.python_version(), date=datetime.date.today().isoformat())
+    return dict(
+        device=torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores ({platform.machine()})",
+        torch=torch.__version__,
+        triton=triton_version,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        date=datetime.date.today().isoformat(),
+    )

@@ -32,7 +32,8 @@ def count_per_expert(experts_A: torch.Tensor, n_experts: int) -> torch.Tensor:
     scatter-add into a fixed-size vector, not torch.bincount, whose output length depends on the
     values and so breaks a torch.compile graph."""
     return torch.zeros(n_experts, dtype=torch.int64, device=experts_A.device).scatter_add_(
-        0, experts_A.reshape(-1).long(), torch.ones_like(experts_A.reshape(-1), dtype=torch.int64))
+        0, experts_A.reshape(-1).long(), torch.ones_like(experts_A.reshape(-1), dtype=torch.int64)
+    )
 
 
 def gather_rows(x_TD: torch.Tensor, order_M: torch.Tensor, k: int) -> torch.Tensor:

@@ -121,9 +121,11 @@ def fp8_supported(capability: tuple[int, int]) -> bool:
 
 def check_device(scheme: str, capability: tuple[int, int]) -> None:
     if scheme == "fp8" and not fp8_supported(capability):
-        raise ValueError(f"fp8 e4m3 weights need an sm_89 or newer GPU (Ada, Hopper) for the Triton kernels; this "
-                         f"one is sm_{capability[0]}{capability[1]}: quantize to int8 instead (the same bytes), or "
-                         "serve with expert_backend torch")
+        raise ValueError(
+            f"fp8 e4m3 weights need an sm_89 or newer GPU (Ada, Hopper) for the Triton kernels; this "
+            f"one is sm_{capability[0]}{capability[1]}: quantize to int8 instead (the same bytes), or "
+            "serve with expert_backend torch"
+        )
 
 
 def _check(x_TD, up: QuantizedWeight, gate: QuantizedWeight | None, down: QuantizedWeight, act: str) -> None:
@@ -139,8 +141,17 @@ def _check(x_TD, up: QuantizedWeight, gate: QuantizedWeight | None, down: Quanti
         raise ValueError(f"quantized_mlp: x must be [T, D={D}], got {tuple(x_TD.shape)}")
 
 
-def quantized_mlp(x_TD, weights_TK, experts_TK, up: QuantizedWeight, gate: QuantizedWeight | None,
-                  down: QuantizedWeight, *, activation_name: str, backend: str = "auto") -> torch.Tensor:
+def quantized_mlp(
+    x_TD,
+    weights_TK,
+    experts_TK,
+    up: QuantizedWeight,
+    gate: QuantizedWeight | None,
+    down: QuantizedWeight,
+    *,
+    activation_name: str,
+    backend: str = "auto",
+) -> torch.Tensor:
     """y_TD = sum_j weights[t, j] * mlp_e(x_t) over the quantized experts (no gradients: serving)."""
     _check(x_TD, up, gate, down, activation_name)
     E = up.shape[0]
@@ -180,8 +191,9 @@ def _triton(x_TD, weights_TK, order_M, offsets_E, up, gate, down):
     def args(w, w2=None):
         return dict(ws=w.scale, ws2=None if w2 is None else w2.scale, wq=wq, qgroup=w.group)
 
-    h_MF = up_activation(x_TD, src_M, up.q, None if gate is None else gate.q, offsets_E, x_TD.new_empty(M, F_),
-                         quant=args(up, gate))
+    h_MF = up_activation(
+        x_TD, src_M, up.q, None if gate is None else gate.q, offsets_E, x_TD.new_empty(M, F_), quant=args(up, gate)
+    )
     y_AD = x_TD.new_empty(T * k, D)
     down_scatter(h_MF, down.q, offsets_E, order_M, scale_M, y_AD, quant=args(down))
     return y_AD.view(T, k, D).sum(dim=1) if k > 1 else y_AD

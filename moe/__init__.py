@@ -25,15 +25,41 @@ from moe.estimates.report import print_figures
 from moe.layout import Layout, parse_layout
 
 _LAZY = {
-    **dict.fromkeys(["MoETransformer", "Block", "ModelOutput", "Attention", "KVCache", "PagedKVCache", "Positions",
-                     "MoELayer", "moe_layer_reference", "TopKRouter", "route", "RouterOutput"], "moe.model"),
+    **dict.fromkeys(
+        [
+            "MoETransformer",
+            "Block",
+            "ModelOutput",
+            "Attention",
+            "KVCache",
+            "PagedKVCache",
+            "Positions",
+            "MoELayer",
+            "moe_layer_reference",
+            "TopKRouter",
+            "route",
+            "RouterOutput",
+        ],
+        "moe.model",
+    ),
     **dict.fromkeys(["TokenDataset", "load_tokenizer"], "moe.data"),
     "prepare": "moe.data.prepare",
     "VisionLanguageModel": "moe.vision",
     "load_image": "moe.vision.images",
     "render_line": "moe.vision.render",
-    **dict.fromkeys(["train", "TrainingError", "save_checkpoint", "load_model", "load_weights", "read_config",
-                     "convert_from_hf", "convert_to_hf"], "moe.training"),
+    **dict.fromkeys(
+        [
+            "train",
+            "TrainingError",
+            "save_checkpoint",
+            "load_model",
+            "load_weights",
+            "read_config",
+            "convert_from_hf",
+            "convert_to_hf",
+        ],
+        "moe.training",
+    ),
     **dict.fromkeys(["generate", "Engine", "Request", "Result", "RequestError", "SamplingParams"], "moe.serving"),
     "train_distributed": "moe.parallel.trainer",
     "parallelize": "moe.parallel.parallelize",
@@ -48,5 +74,16 @@ def __getattr__(name):
     raise AttributeError(f"module 'moe' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "Layout", "parse_layout",
-           "count_params", "forward_flops_per_token", "print_figures", *_LAZY]
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "load_config",
+    "load_train_config",
+    "preset_names",
+    "Layout",
+    "parse_layout",
+    "count_params",
+    "forward_flops_per_token",
+    "print_figures",
+    *_LAZY,
+]

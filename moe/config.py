@@ -22,6 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+
 def _preset_dir() -> pathlib.Path:
     """configs/ ships in the package as moe/presets (pyproject.toml maps it); in a checkout or an
     editable install, read it where it stands."""
@@ -59,8 +60,9 @@ def _integers(obj, *names: str) -> None:
             raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+# kernels cannot import moe, so these repeat kernels.BACKENDS and "none" + kernels.SCHEMES; a test keeps them equal
 EXPERT_BACKENDS = ("auto", "torch", "triton")
-EXPERT_QUANT = ("none", "int8", "fp8", "int4")  # "none" + kernels.SCHEMES (a test keeps them equal)  # = kernels.BACKENDS (kernels cannot import moe; a test keeps them equal)
+EXPERT_QUANT = ("none", "int8", "fp8", "int4")
 
 
 ROPE_TYPES = ("linear", "dynamic", "yarn")
@@ -84,8 +86,10 @@ def _check_rope_scaling(scaling, max_seq_len: int) -> None:
         raise ValueError(f"rope_scaling.factor must be a number > 1, got {factor!r}")
     original = scaling.get("original_max_position_embeddings")
     if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= max_seq_len:
-        raise ValueError(f"rope_scaling.original_max_position_embeddings must be an integer in [1, max_seq_len="
-                         f"{max_seq_len}] (the pretraining length), got {original!r}")
+        raise ValueError(
+            f"rope_scaling.original_max_position_embeddings must be an integer in [1, max_seq_len="
+            f"{max_seq_len}] (the pretraining length), got {original!r}"
+        )
     for key in ("beta_fast", "beta_slow", "attention_factor"):
         if key in scaling and (not _number(scaling[key]) or scaling[key] <= 0):
             raise ValueError(f"rope_scaling.{key} must be a number > 0, got {scaling[key]!r}")
@@ -97,6 +101,7 @@ def _check_rope_scaling(scaling, max_seq_len: int) -> None:
 class VisionConfig:
     """The vision path (moe/vision/): a ViT image encoder, a Perceiver Resampler, and gated
     cross-attention blocks inserted into the language model, as in Flamingo. A preset's `[vision]` table."""
+
     channels: int = 1  # 1: grayscale (rendered text), 3: RGB
     image_height: int = 16  # the largest image, in pixels; smaller ones use the first rows/columns of
     image_width: int = 192  # the learned 2-D position tables. Both multiples of patch_size
@@ -115,7 +120,7 @@ class VisionConfig:
     cross_attn_every: int = 1  # a gated cross-attention block before every n-th language-model block
     xattn_d_ff: int = 0  # the gated blocks' feed-forward width; 0: 4 x the language model's d_model
     query_offsets: int = 0  # > 0: the gated blocks' queries add a learned embedding of the token's distance
-                            # from its image (0 .. query_offsets - 1, clamped); 0: Flamingo's plain queries
+    # from its image (0 .. query_offsets - 1, clamped); 0: Flamingo's plain queries
     image_token: int = 0  # the token id that stands for an image in the text (<image>)
     # True: reading-order windows on the attention scores (moe/vision/reading.py): the resampler's
     # latent l reads the columns near l * columns / n_latents (fixed), and the token d after its image
@@ -136,7 +141,9 @@ class VisionConfig:
         if isinstance(self.reading_slope, (list, tuple)):
             object.__setattr__(self, "reading_slope", tuple(self.reading_slope))
             if not self.reading_slope or not all(_number(a) for a in self.reading_slope):
-                raise ValueError(f"vision.reading_slope must be a number or a list of numbers, got {self.reading_slope!r}")
+                raise ValueError(
+                    f"vision.reading_slope must be a number or a list of numbers, got {self.reading_slope!r}"
+                )
         elif not _number(self.reading_slope):
             raise ValueError(f"vision.reading_slope must be a number or a list of numbers, got {self.reading_slope!r}")
         for name in ("reading_start", "reading_width"):
@@ -144,15 +151,27 @@ class VisionConfig:
                 raise ValueError(f"vision.{name} must be a finite number, got {getattr(self, name)!r}")
         if self.reading_width <= 0:
             raise ValueError(f"vision.reading_width must be > 0, got {self.reading_width!r}")
-        sizes = ("channels", "image_height", "image_width", "patch_size", "d_model", "n_heads",
-                 "d_ff", "n_latents", "resampler_layers", "cross_attn_every", "stem_channels")
+        sizes = (
+            "channels",
+            "image_height",
+            "image_width",
+            "patch_size",
+            "d_model",
+            "n_heads",
+            "d_ff",
+            "n_latents",
+            "resampler_layers",
+            "cross_attn_every",
+            "stem_channels",
+        )
         _integers(self, *sizes, "n_layers", "xattn_d_ff", "image_token", "query_offsets")
         _positive(self, *sizes)
         _non_negative(self, "n_layers", "xattn_d_ff", "image_token", "query_offsets")
         for side in ("image_height", "image_width"):
             if getattr(self, side) % self.patch_size:
-                raise ValueError(f"vision.{side} ({getattr(self, side)}) must be a multiple of vision.patch_size "
-                                 f"({self.patch_size})")
+                raise ValueError(
+                    f"vision.{side} ({getattr(self, side)}) must be a multiple of vision.patch_size ({self.patch_size})"
+                )
         if self.d_model % self.n_heads:
             raise ValueError(f"vision.d_model ({self.d_model}) must be divisible by vision.n_heads ({self.n_heads})")
 
@@ -205,15 +224,26 @@ class ModelConfig:
             object.__setattr__(self, "vision", from_dict(VisionConfig, self.vision, "the [vision] table"))
         if self.vision is not None and not isinstance(self.vision, VisionConfig):
             raise ValueError(f"vision must be a table or absent, got {self.vision!r}")
-        sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_experts", "top_k",
-                 "d_ff", "max_seq_len")
+        sizes = (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "n_experts",
+            "top_k",
+            "d_ff",
+            "max_seq_len",
+        )
         _integers(self, *sizes, "head_dim")
         _positive(self, *sizes, "rope_theta", "norm_eps", "init_std")
-        _non_negative(self, "head_dim", "router_aux_loss_coef", "router_z_loss_coef", "router_jitter",
-                      "capacity_factor")
+        _non_negative(
+            self, "head_dim", "router_aux_loss_coef", "router_z_loss_coef", "router_jitter", "capacity_factor"
+        )
         if self.head_dim == 0 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
-                             "unless head_dim is given")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) unless head_dim is given"
+            )
         if self.head_dim == 0:  # frozen dataclass: derive the default through object.__setattr__
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         if self.top_k > self.n_experts:
@@ -235,39 +265,53 @@ class ModelConfig:
         if not isinstance(self.quantize_dense, bool):
             raise ValueError(f"quantize_dense must be true or false, got {self.quantize_dense!r}")
         if self.quantize_dense and (self.expert_quant == "none" or self.tie_embeddings):
-            raise ValueError("quantize_dense needs expert_quant set (it takes the same scheme) and untied "
-                             "embeddings (a tied head is the embedding table)")
+            raise ValueError(
+                "quantize_dense needs expert_quant set (it takes the same scheme) and untied "
+                "embeddings (a tied head is the embedding table)"
+            )
         if self.vision is not None:
             slopes = self.vision.reading_slope
             if isinstance(slopes, tuple) and len(slopes) != self.n_heads:
-                raise ValueError(f"vision.reading_slope lists {len(slopes)} slopes: give one per head (n_heads = "
-                                 f"{self.n_heads}) or one number")
+                raise ValueError(
+                    f"vision.reading_slope lists {len(slopes)} slopes: give one per head (n_heads = "
+                    f"{self.n_heads}) or one number"
+                )
             if self.vision.image_token >= self.vocab_size:
-                raise ValueError(f"vision.image_token ({self.vision.image_token}) must be a token id < vocab_size "
-                                 f"({self.vocab_size})")
+                raise ValueError(
+                    f"vision.image_token ({self.vision.image_token}) must be a token id < vocab_size "
+                    f"({self.vocab_size})"
+                )
             if self.expert_quant != "none":
-                raise ValueError("a vision model cannot be quantized (expert_quant): quantized serving covers text "
-                                 "models only")
+                raise ValueError(
+                    "a vision model cannot be quantized (expert_quant): quantized serving covers text models only"
+                )
             if self.vision.cross_attn_every > self.n_layers:
-                raise ValueError(f"vision.cross_attn_every ({self.vision.cross_attn_every}) exceeds n_layers "
-                                 f"({self.n_layers}): no block would get a cross-attention")
+                raise ValueError(
+                    f"vision.cross_attn_every ({self.vision.cross_attn_every}) exceeds n_layers "
+                    f"({self.n_layers}): no block would get a cross-attention"
+                )
         if self.expert_quant != "none" and self.capacity_factor:
-            raise ValueError("a quantized model serves dropless: capacity_factor must be 0 with expert_quant "
-                             f"{self.expert_quant!r}")
+            raise ValueError(
+                f"a quantized model serves dropless: capacity_factor must be 0 with expert_quant {self.expert_quant!r}"
+            )
 
     @property
     def n_matrices(self) -> int:
         """Weight matrices per expert: 2 for GELU (up, down), 3 for SwiGLU (gate, up, down)."""
         return 3 if self.activation == "swiglu" else 2
 
-    def dense_twin(self) -> "ModelConfig":
+    def dense_twin(self) -> ModelConfig:
         """One expert with top-1 and top_k times the width: the same active parameters per token."""
         return dataclasses.replace(
-            self, name=f"{self.name}-dense", n_experts=1, top_k=1, d_ff=self.d_ff * self.top_k,
+            self,
+            name=f"{self.name}-dense",
+            n_experts=1,
+            top_k=1,
+            d_ff=self.d_ff * self.top_k,
             capacity_factor=0.0,
         )
 
-    def text_only(self) -> "ModelConfig":
+    def text_only(self) -> ModelConfig:
         """This config without its vision path: the language model it is built on."""
         return dataclasses.replace(self, vision=None)
 
@@ -302,10 +346,20 @@ class TrainConfig:
         for flag in ("compile", "train_language_model"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        _integers(self, "batch_size", "seq_len", "max_steps", "warmup_steps", "eval_interval",
-                  "eval_batches", "checkpoint_interval", "seed")
-        _positive(self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches",
-                  "checkpoint_interval")
+        _integers(
+            self,
+            "batch_size",
+            "seq_len",
+            "max_steps",
+            "warmup_steps",
+            "eval_interval",
+            "eval_batches",
+            "checkpoint_interval",
+            "seed",
+        )
+        _positive(
+            self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches", "checkpoint_interval"
+        )
         _non_negative(self, "time_budget_s", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -356,7 +410,9 @@ def _read_one(name_or_path: str | pathlib.Path) -> tuple[dict, str]:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): TOML must be UTF-8") from None
+            raise ValueError(
+                f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): TOML must be UTF-8"
+            ) from None
 
 
 def from_dict(cls, values: dict, where: str):
@@ -410,5 +466,15 @@ def read_table(name_or_path: str | pathlib.Path, table: str) -> dict:
     return _read_toml(name_or_path)[0].get(table, {})
 
 
-__all__ = ["ModelConfig", "VisionConfig", "TrainConfig", "load_config", "load_train_config", "preset_names", "read_table",
-           "split_overrides", "parse_value", "from_dict"]
+__all__ = [
+    "ModelConfig",
+    "VisionConfig",
+    "TrainConfig",
+    "load_config",
+    "load_train_config",
+    "preset_names",
+    "read_table",
+    "split_overrides",
+    "parse_value",
+    "from_dict",
+]

@@ -53,8 +53,11 @@ class Layout:
             raise ValueError(f"layout: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.sharding not in SHARDINGS:
             raise ValueError(f"layout: sharding must be one of {SHARDINGS}, got {self.sharding!r}")
-        if isinstance(self.first_stage_layers, bool) or not isinstance(self.first_stage_layers, int) \
-                or self.first_stage_layers < 0:
+        if (
+            isinstance(self.first_stage_layers, bool)
+            or not isinstance(self.first_stage_layers, int)
+            or self.first_stage_layers < 0
+        ):
             raise ValueError(f"layout: first_stage_layers must be an integer >= 0, got {self.first_stage_layers!r}")
 
     @property
@@ -81,8 +84,10 @@ class Layout:
         if cfg.n_heads % self.tp:
             raise ValueError(f"tp={self.tp} must divide n_heads={cfg.n_heads} (tensor parallelism splits query heads)")
         if cfg.n_kv_heads > 1 and cfg.n_kv_heads % self.tp:
-            raise ValueError(f"tp={self.tp} must divide n_kv_heads={cfg.n_kv_heads}, or n_kv_heads must be 1 "
-                             "(a single K/V head is replicated)")
+            raise ValueError(
+                f"tp={self.tp} must divide n_kv_heads={cfg.n_kv_heads}, or n_kv_heads must be 1 "
+                "(a single K/V head is replicated)"
+            )
         if cfg.d_ff % self.tp:
             raise ValueError(f"tp={self.tp} must divide d_ff={cfg.d_ff} (tensor parallelism splits each expert)")
         if cfg.n_experts % self.ep:
@@ -90,19 +95,25 @@ class Layout:
         if cfg.capacity_factor and (self.data_shards > 1 or self.microbatches > 1):
             # The capacity is counted per batch a router sees (ceil(cf * T * k / E)), so splitting the
             # step's batch into shards or microbatches would change which assignments are dropped.
-            raise ValueError(f"capacity_factor={cfg.capacity_factor} needs the whole batch routed at once, but "
-                             f"dp={self.dp} x ep={self.ep} x microbatches={self.microbatches} split it: the drops "
-                             "would depend on the split; use dropless routing (capacity_factor = 0)")
+            raise ValueError(
+                f"capacity_factor={cfg.capacity_factor} needs the whole batch routed at once, but "
+                f"dp={self.dp} x ep={self.ep} x microbatches={self.microbatches} split it: the drops "
+                "would depend on the split; use dropless routing (capacity_factor = 0)"
+            )
         if self.pp > 1 and cfg.tie_embeddings:
-            raise ValueError("pipeline parallelism needs untied embeddings: the embedding and the output head "
-                             "live on different stages")
+            raise ValueError(
+                "pipeline parallelism needs untied embeddings: the embedding and the output head "
+                "live on different stages"
+            )
         stage_layers(cfg.n_layers, self.pp, self.first_stage_layers)
         per_step = self.data_shards * self.microbatches
         if batch_size is not None and batch_size % per_step:
             raise ValueError(f"batch_size={batch_size} must be divisible by dp x ep x microbatches = {per_step}")
         if world_size is not None and self.world_size != world_size:
-            raise ValueError(f"layout dp={self.dp} x ep={self.ep} x tp={self.tp} x pp={self.pp} = {self.world_size} "
-                             f"processes, but the world size is {world_size}")
+            raise ValueError(
+                f"layout dp={self.dp} x ep={self.ep} x tp={self.tp} x pp={self.pp} = {self.world_size} "
+                f"processes, but the world size is {world_size}"
+            )
 
 
 def stage_layers(n_layers: int, pp: int, first: int = 0) -> list[range]:
@@ -114,8 +125,10 @@ def stage_layers(n_layers: int, pp: int, first: int = 0) -> list[range]:
     if first and pp == 1:
         raise ValueError(f"first_stage_layers={first} needs pp > 1")
     if first and n_layers - first < pp - 1:
-        raise ValueError(f"first_stage_layers={first} leaves fewer than one layer for each of the other "
-                         f"{pp - 1} stages ({n_layers} layers)")
+        raise ValueError(
+            f"first_stage_layers={first} leaves fewer than one layer for each of the other "
+            f"{pp - 1} stages ({n_layers} layers)"
+        )
     if first:
         counts = [first, *_even(n_layers - first, pp - 1)]
     else:

@@ -10,6 +10,11 @@ if not torch.cuda.is_available():
 
 from moe.config import load_config  # noqa: E402
 
+# Under pytest-xdist every core runs its own worker: one torch thread each, or two workers' thread
+# pools would fight over the same cores (tests that spawn processes still give them the default).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
 

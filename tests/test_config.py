@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from moe.config import ModelConfig, TrainConfig, load_config, load_train_config, preset_names
@@ -15,20 +17,23 @@ def test_presets_listed():
     assert {"tiny", "small", "medium", "gpt4", "gpt4-layer"} <= set(preset_names())
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (dict(top_k=17), "top_k"),
-    (dict(d_model=130), "d_model"),
-    (dict(n_kv_heads=3), "n_heads"),
-    (dict(d_ff=0), "d_ff"),
-    (dict(n_layers=-1), "n_layers"),
-    (dict(activation="relu"), "activation"),
-    (dict(vocab_size=2.5), "vocab_size"),
-    (dict(norm_eps=0.0), "norm_eps"),
-    (dict(capacity_factor=-1.0), "capacity_factor"),
-    (dict(router_jitter=1.5), "router_jitter"),
-    (dict(expert_backend="cuda"), "expert_backend"),
-    (dict(n_heads=4, d_model=128, head_dim=33), "head_dim"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(top_k=17), "top_k"),
+        (dict(d_model=130), "d_model"),
+        (dict(n_kv_heads=3), "n_heads"),
+        (dict(d_ff=0), "d_ff"),
+        (dict(n_layers=-1), "n_layers"),
+        (dict(activation="relu"), "activation"),
+        (dict(vocab_size=2.5), "vocab_size"),
+        (dict(norm_eps=0.0), "norm_eps"),
+        (dict(capacity_factor=-1.0), "capacity_factor"),
+        (dict(router_jitter=1.5), "router_jitter"),
+        (dict(expert_backend="cuda"), "expert_backend"),
+        (dict(n_heads=4, d_model=128, head_dim=33), "head_dim"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         load_config("tiny", **overrides)
@@ -62,7 +67,7 @@ def test_overrides_and_toml_path(tmp_path):
     cfg = load_config("tiny", n_layers=2, activation="swiglu")
     assert (cfg.n_layers, cfg.activation, cfg.d_model) == (2, "swiglu", 128)
     path = tmp_path / "mine.toml"
-    path.write_text('d_model = 64\nn_heads = 2\nn_experts = 4\n[train]\nlr = 0.01\n')
+    path.write_text("d_model = 64\nn_heads = 2\nn_experts = 4\n[train]\nlr = 0.01\n")
     cfg = load_config(path)
     assert (cfg.name, cfg.d_model, cfg.head_dim, cfg.n_experts) == ("mine", 64, 32, 4)
     assert load_train_config(path).lr == 0.01
@@ -79,5 +84,5 @@ def test_dense_twin_has_the_same_active_expert_width():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ModelConfig().d_model = 3

@@ -55,7 +55,7 @@ def test_no_import_circles():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycle = path[path.index(n):] + [n]
+                cycle = path[path.index(n) :] + [n]
                 pytest.fail(f"import circle: {' -> '.join(cycle)}")
             if n not in state:
                 visit(n, path + [n])
@@ -70,18 +70,32 @@ def _wing(prefix):
     return [m for m in MODULES if m == prefix or m.startswith(prefix + ".")]
 
 
-@pytest.mark.parametrize("wing, forbidden", [  # the README's architecture list: no entry imports one below it
-    ("kernels", ("moe",)),
-    ("moe.files", ("moe", "kernels")),
-    ("moe.estimates", ("moe.model", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel",
-                       "moe.profiling", "kernels")),
-    ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
-    ("moe.data", ("moe.model", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
-    ("moe.vision", ("moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
-    ("moe.training", ("moe.serving", "moe.parallel", "moe.profiling")),
-    ("moe.serving", ("moe.training", "moe.parallel", "moe.profiling")),
-    ("moe.parallel", ("moe.profiling",)),
-])
+@pytest.mark.parametrize(
+    "wing, forbidden",
+    [  # the README's architecture list: no entry imports one below it
+        ("kernels", ("moe",)),
+        ("moe.files", ("moe", "kernels")),
+        (
+            "moe.estimates",
+            (
+                "moe.model",
+                "moe.data",
+                "moe.vision",
+                "moe.training",
+                "moe.serving",
+                "moe.parallel",
+                "moe.profiling",
+                "kernels",
+            ),
+        ),
+        ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+        ("moe.data", ("moe.model", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+        ("moe.vision", ("moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+        ("moe.training", ("moe.serving", "moe.parallel", "moe.profiling")),
+        ("moe.serving", ("moe.training", "moe.parallel", "moe.profiling")),
+        ("moe.parallel", ("moe.profiling",)),
+    ],
+)
 def test_wings_import_one_way(wing, forbidden):
     for m in _wing(wing):
         bad = {n for n in imports_of(m) if n.split(".")[0] in forbidden or n.startswith(forbidden)}
@@ -113,10 +127,12 @@ def test_importing_kernels_or_the_model_loads_nothing_it_must_not():
 
 
 def test_config_and_estimates_import_no_torch():
-    code = ("import sys, moe, moe.config, moe.layout, moe.estimates.report as report, moe.estimates.cluster as X; "
-            "report.print_figures(moe.load_config('gpt4'), moe.layout.parse_layout('tp=8,pp=15,dp=208')); "
-            "X.train_estimate(moe.load_config('gpt4'), X.GPUS['A100'], 25000, 0.05); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, moe, moe.config, moe.layout, moe.estimates.report as report, moe.estimates.cluster as X; "
+        "report.print_figures(moe.load_config('gpt4'), moe.layout.parse_layout('tp=8,pp=15,dp=208')); "
+        "X.train_estimate(moe.load_config('gpt4'), X.GPUS['A100'], 25000, 0.05); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -128,6 +144,7 @@ def test_every_public_name_resolves():
         assert getattr(moe, name) is not None, name
     from moe.model import MoETransformer
     from moe.serving import Engine
+
     assert moe.MoETransformer is MoETransformer and moe.Engine is Engine
 
 
@@ -135,18 +152,42 @@ def test_a_plain_install_finds_its_presets_from_any_directory(tmp_path):
     """`pip install .` (not editable) ships configs/ inside the package: load a preset and print the
     figures from another directory, with the repository out of sys.path."""
     target = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
-                         capture_output=True, text=True)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
-    assert sorted(p.name for p in (target / "moe" / "presets").glob("*.toml")) == \
-        sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
+    assert sorted(p.name for p in (target / "moe" / "presets").glob("*.toml")) == sorted(
+        p.name for p in (ROOT / "configs").glob("*.toml")
+    )
     prelude = f"import sys; sys.path.insert(0, {str(target)!r}); "  # -S: no site-packages, no editable install
-    run = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + "import moe.config as c; print(c.CONFIG_DIR); "
-                          "print(c.load_config('tiny').d_model)"], capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            prelude + "import moe.config as c; print(c.CONFIG_DIR); print(c.load_config('tiny').d_model)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(target / "moe" / "presets"), "128"]
-    cli = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + "from moe.__main__ import main; "
-                          "sys.exit(main(['figures', '--config', 'tiny']))"], capture_output=True, text=True, cwd=tmp_path)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            prelude + "from moe.__main__ import main; sys.exit(main(['figures', '--config', 'tiny']))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert cli.returncode == 0, cli.stderr
     assert "config 'tiny'" in cli.stdout
 

@@ -5,35 +5,50 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import shrunk
-from moe.estimates.arithmetic import count_params
+
 from moe.config import load_config
-from moe.layout import Layout, bubble_fraction, load_layout, parse_layout, stage_layers
+from moe.estimates.arithmetic import count_params
 from moe.estimates.layout_memory import layout_rows, stage_memory
+from moe.layout import Layout, bubble_fraction, load_layout, parse_layout, stage_layers
 
 
 def test_parse_layout():
     lay = parse_layout("tp=8, pp=15,dp=208,mb=32,schedule=gpipe,first=4")
-    assert (lay.tp, lay.pp, lay.dp, lay.ep, lay.microbatches, lay.schedule, lay.first_stage_layers) == \
-        (8, 15, 208, 1, 32, "gpipe", 4)
+    assert (lay.tp, lay.pp, lay.dp, lay.ep, lay.microbatches, lay.schedule, lay.first_stage_layers) == (
+        8,
+        15,
+        208,
+        1,
+        32,
+        "gpipe",
+        4,
+    )
     assert lay.world_size == 8 * 15 * 208
-    for bad, words in [("tp=8,zz=1", "unknown key 'zz'"), ("tp", "not key=value"), ("tp=x", "tp must be an integer"),
-                       ("tp=0", "tp must be a positive integer"), ("schedule=zb", "schedule must be one of"),
-                       ("sharding=zero3", "sharding must be one of")]:
+    for bad, words in [
+        ("tp=8,zz=1", "unknown key 'zz'"),
+        ("tp", "not key=value"),
+        ("tp=x", "tp must be an integer"),
+        ("tp=0", "tp must be a positive integer"),
+        ("schedule=zb", "schedule must be one of"),
+        ("sharding=zero3", "sharding must be one of"),
+    ]:
         with pytest.raises(ValueError, match=words):
             parse_layout(bad)
 
 
-@pytest.mark.parametrize("layout, world, batch, words", [
-    (dict(dp=2, tp=2), 2, None, "= 4 processes, but the world size is 2"),
-    (dict(tp=3), 3, None, "tp=3 must divide n_heads=4"),
-    (dict(tp=4), 4, None, None),  # 4 heads over 4: fine, the single K/V head is replicated
-    (dict(ep=3), 3, None, "ep=3 must divide n_experts=16"),
-    (dict(pp=3), 3, None, "pp=3 stages need at least 3 layers"),
-    (dict(pp=2, first_stage_layers=2), 2, None, "leaves fewer than one layer"),
-    (dict(dp=2, microbatches=3), 2, 8, "batch_size=8 must be divisible by dp x ep x microbatches = 6"),
-])
+@pytest.mark.parametrize(
+    "layout, world, batch, words",
+    [
+        (dict(dp=2, tp=2), 2, None, "= 4 processes, but the world size is 2"),
+        (dict(tp=3), 3, None, "tp=3 must divide n_heads=4"),
+        (dict(tp=4), 4, None, None),  # 4 heads over 4: fine, the single K/V head is replicated
+        (dict(ep=3), 3, None, "ep=3 must divide n_experts=16"),
+        (dict(pp=3), 3, None, "pp=3 stages need at least 3 layers"),
+        (dict(pp=2, first_stage_layers=2), 2, None, "leaves fewer than one layer"),
+        (dict(dp=2, microbatches=3), 2, 8, "batch_size=8 must be divisible by dp x ep x microbatches = 6"),
+    ],
+)
 def test_layout_check(layout, world, batch, words):
     cfg = shrunk()  # 2 layers, 4 heads (1 K/V), 16 experts, d_ff 24
     if words is None:
@@ -57,8 +72,9 @@ def test_layout_check_model_constraints():
         Layout(pp=2).check(shrunk(tie_embeddings=True))
 
 
-@pytest.mark.parametrize("n_layers, pp, first", [(120, 16, 0), (120, 15, 0), (120, 16, 4), (7, 3, 0), (7, 7, 0),
-                                                 (9, 4, 1), (5, 1, 0)])
+@pytest.mark.parametrize(
+    "n_layers, pp, first", [(120, 16, 0), (120, 15, 0), (120, 16, 4), (7, 3, 0), (7, 7, 0), (9, 4, 1), (5, 1, 0)]
+)
 def test_stage_layers(n_layers, pp, first):
     stages = stage_layers(n_layers, pp, first)
     assert len(stages) == pp
@@ -121,45 +137,80 @@ def test_layout_rows_report_the_leak_layouts():
 
 def test_parallel_table_in_a_config_file(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('d_model = 64\nn_heads = 4\n[train]\nbatch_size = 8\n[parallel]\ndp = 2\nep = 2\n')
+    path.write_text("d_model = 64\nn_heads = 4\n[train]\nbatch_size = 8\n[parallel]\ndp = 2\nep = 2\n")
     assert load_config(path).d_model == 64  # the table is not a model field
     assert load_layout(path) == Layout(dp=2, ep=2)
     assert load_layout(path, ep=1, tp=None) == Layout(dp=2)
-    path.write_text('[parallel]\ndp = 2\nzz = 1\n')
+    path.write_text("[parallel]\ndp = 2\nzz = 1\n")
     with pytest.raises(ValueError, match=r"unknown Layout field\(s\) \['zz'\]"):
         load_layout(path)
 
 
 def test_cli_rejects_a_layout_that_does_not_fit_before_starting():
-    bad = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "tiny", "--dp", "2", "--ep", "2"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "moe", "train", "--config", "tiny", "--dp", "2", "--ep", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert "= 4 processes, but the world size is 1" in bad.stderr and "torchrun --nproc-per-node 4" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "tiny", "--tp", "3"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "moe", "train", "--config", "tiny", "--tp", "3"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "tp=3 must divide n_heads=4" in bad.stderr
 
 
 def test_cli_figures_layout():
-    out = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4", "--layout",
-                          "tp=8,pp=15,dp=208,microbatches=32"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "moe", "figures", "--config", "gpt4", "--layout", "tp=8,pp=15,dp=208,microbatches=32"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "per GPU in layout dp=208,tp=8,pp=15" in out.stdout and "pipeline bubble" in out.stdout
     assert "30.4%" in out.stdout  # 14 / 46
-    sim = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4", "--set", "d_model=768",
-                          "--set", "n_heads=96", "--set", "head_dim=8", "--set", "d_ff=3072", "--set", "vocab_size=1536",
-                          "--set", "n_layers=6", "--layout", "tp=8,pp=3,dp=4", "--simulate"], capture_output=True, text=True)
-    assert sim.returncode == 0, sim.stderr  # (tests/test_simulate.py checks the counts at the real depth)
+    sim = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe",
+            "figures",
+            "--config",
+            "gpt4",
+            "--set",
+            "d_model=768",
+            "--set",
+            "n_heads=96",
+            "--set",
+            "head_dim=8",
+            "--set",
+            "d_ff=3072",
+            "--set",
+            "vocab_size=1536",
+            "--set",
+            "n_layers=6",
+            "--layout",
+            "tp=8,pp=3,dp=4",
+            "--simulate",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert sim.returncode == 0, sim.stderr  # (tests/parallel/test_simulate.py checks the counts at the real depth)
     assert "fake world of 96 ranks" in sim.stdout and "2 (rank 64)" in sim.stdout
-    for flags, message in [(["--simulate"], "--simulate needs --layout"),
-                           (["--layout", "tp=8,pp=15,dp=192", "--simulate"], "tp=8 must divide n_heads=84")]:
-        bad = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4", *flags],
-                             capture_output=True, text=True)
+    for flags, message in [
+        (["--simulate"], "--simulate needs --layout"),
+        (["--layout", "tp=8,pp=15,dp=192", "--simulate"], "tp=8 must divide n_heads=84"),
+    ]:
+        bad = subprocess.run(
+            [sys.executable, "-m", "moe", "figures", "--config", "gpt4", *flags], capture_output=True, text=True
+        )
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
-@pytest.mark.parametrize("layout", [dict(dp=2), dict(dp=2, ep=2, microbatches=3), dict(pp=2, microbatches=4),
-                                    dict(ep=4, tp=2)])
+@pytest.mark.parametrize(
+    "layout", [dict(dp=2), dict(dp=2, ep=2, microbatches=3), dict(pp=2, microbatches=4), dict(ep=4, tp=2)]
+)
 def test_each_rank_reads_only_its_rows_of_the_batch(layout, monkeypatch):
     """The rows a rank trains on (DistributedTrainer.batch_rows): in each microbatch (a contiguous
     block of B/m rows, as one process accumulates them) its data shard's slice; the data shards
@@ -174,8 +225,10 @@ def test_each_rank_reads_only_its_rows_of_the_batch(layout, monkeypatch):
     from moe.parallel.trainer import DistributedTrainer
 
     lay, B = Layout(**layout), 24
-    per_rank = {r: DistributedTrainer.batch_rows(SimpleNamespace(par=SimpleNamespace(layout=lay, data_rank=r)), B)
-                for r in range(lay.data_shards)}
+    per_rank = {
+        r: DistributedTrainer.batch_rows(SimpleNamespace(par=SimpleNamespace(layout=lay, data_rank=r)), B)
+        for r in range(lay.data_shards)
+    }
     assert sorted(i for rows in per_rank.values() for i in rows) == list(range(B))
     n = B // lay.microbatches // lay.data_shards
     for r, rows in per_rank.items():
@@ -184,7 +237,9 @@ def test_each_rank_reads_only_its_rows_of_the_batch(layout, monkeypatch):
     x_all, _ = get_batch(data, B, 8, torch.Generator().manual_seed(0))
     reads = []
     real = TokenArray.window
-    monkeypatch.setattr(TokenArray, "window", lambda self, start, length: reads.append(start) or real(self, start, length))
+    monkeypatch.setattr(
+        TokenArray, "window", lambda self, start, length: reads.append(start) or real(self, start, length)
+    )
     x_mine, _ = get_batch(data, B, 8, torch.Generator().manual_seed(0), per_rank[lay.data_shards - 1])
     assert len(reads) == len(per_rank[lay.data_shards - 1])
     assert torch.equal(x_mine, x_all[per_rank[lay.data_shards - 1]])

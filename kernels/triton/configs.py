@@ -35,8 +35,11 @@ def rows_class(m: int, e: int) -> int:
 def config(bm, bn, bk, stages, warps, group_m, epi_split=1) -> triton.Config:
     """A rows kernel configuration: tile BLOCK_M x BLOCK_N, K step BLOCK_K, GROUP_M row tiles per L2
     group, the epilogue in EPI_SPLIT column pieces."""
-    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, EPI_SPLIT=epi_split),
-                         num_stages=stages, num_warps=warps)
+    return triton.Config(
+        dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, EPI_SPLIT=epi_split),
+        num_stages=stages,
+        num_warps=warps,
+    )
 
 
 def row_configs(interpret: bool | None = None) -> list[triton.Config]:
@@ -46,13 +49,23 @@ def row_configs(interpret: bool | None = None) -> list[triton.Config]:
         return [config(16, 32, 16, 1, 4, 2, epi_split=2)]
     return [
         # compute-bound: many rows per expert; the epilogue in two column halves keeps it out of local memory
-        config(128, 256, 64, 3, 8, 8, 2), config(128, 128, 64, 4, 8, 8, 2), config(128, 128, 64, 3, 8, 8, 2),
-        config(128, 128, 64, 3, 4, 8, 2), config(64, 256, 64, 4, 8, 8, 2), config(64, 128, 64, 4, 4, 8, 2),
-        config(64, 128, 64, 4, 8, 8, 2), config(128, 64, 64, 4, 8, 8, 2),  # (two accumulators: SwiGLU's forward)
+        config(128, 256, 64, 3, 8, 8, 2),
+        config(128, 128, 64, 4, 8, 8, 2),
+        config(128, 128, 64, 3, 8, 8, 2),
+        config(128, 128, 64, 3, 4, 8, 2),
+        config(64, 256, 64, 4, 8, 8, 2),
+        config(64, 128, 64, 4, 4, 8, 2),
+        config(64, 128, 64, 4, 8, 8, 2),
+        config(128, 64, 64, 4, 8, 8, 2),  # (two accumulators: SwiGLU's forward)
         # memory-bound: a handful of rows per expert; wide K steps keep many weight bytes in flight
-        config(16, 64, 256, 4, 4, 1), config(16, 128, 128, 4, 4, 1), config(32, 128, 128, 4, 4, 1),
-        config(16, 256, 128, 3, 8, 1), config(16, 128, 128, 4, 8, 1), config(16, 64, 128, 4, 4, 1),
-        config(32, 64, 128, 4, 4, 1), config(16, 128, 64, 4, 4, 1),
+        config(16, 64, 256, 4, 4, 1),
+        config(16, 128, 128, 4, 4, 1),
+        config(32, 128, 128, 4, 4, 1),
+        config(16, 256, 128, 3, 8, 1),
+        config(16, 128, 128, 4, 8, 1),
+        config(16, 64, 128, 4, 4, 1),
+        config(32, 64, 128, 4, 4, 1),
+        config(16, 128, 64, 4, 4, 1),
     ]
 
 
@@ -60,9 +73,16 @@ def dw_configs(interpret: bool | None = None) -> list[triton.Config]:
     """The dW kernel's candidates (interpret as for row_configs)."""
     if INTERPRET if interpret is None else interpret:
         return [triton.Config(dict(BLOCK_M=16, BLOCK_K=16, BLOCK_N=32), num_stages=1, num_warps=4)]
-    return [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn), num_stages=s, num_warps=w)
-            for bm, bk, bn, s, w in [(64, 128, 128, 3, 8), (32, 128, 128, 4, 8), (64, 64, 128, 4, 4),
-                                     (64, 128, 256, 3, 8), (32, 64, 64, 4, 4)]]
+    return [
+        triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn), num_stages=s, num_warps=w)
+        for bm, bk, bn, s, w in [
+            (64, 128, 128, 3, 8),
+            (32, 128, 128, 4, 8),
+            (64, 64, 128, 4, 4),
+            (64, 128, 256, 3, 8),
+            (32, 64, 64, 4, 4),
+        ]
+    ]
 
 
 def reduce_config() -> triton.Config:
@@ -85,8 +105,11 @@ def fits(config, flags: dict, shared_limit: int) -> bool:
     in registers; the pipeline within shared memory; int4 K blocks within one scale group."""
     bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     dual, wq = bool(flags.get("DUAL")), int(flags.get("WQ", WQ_NONE))
-    return (not (dual and bm * bn > 128 * 128) and shared_estimate(config, dual, W_BYTES[wq]) <= shared_limit
-            and not int4_block_too_deep(bk, wq, flags.get("QGROUP", 128)))
+    return (
+        not (dual and bm * bn > 128 * 128)
+        and shared_estimate(config, dual, W_BYTES[wq]) <= shared_limit
+        and not int4_block_too_deep(bk, wq, flags.get("QGROUP", 128))
+    )
 
 
 def int4_block_too_deep(block_k: int, wq: int, qgroup: int) -> bool:
@@ -159,8 +182,10 @@ def check_block_n(configs) -> None:
     cols, widest = DSCALE_COLS.value, MAX_BLOCK_N.value
     bad = [c.kwargs["BLOCK_N"] for c in configs if c.kwargs["BLOCK_N"] > widest or c.kwargs["BLOCK_N"] % cols]
     if bad:
-        raise ValueError(f"row kernel configs with BLOCK_N {bad}: each must be a multiple of {cols} and at "
-                         f"most MAX_BLOCK_N = {widest}")
+        raise ValueError(
+            f"row kernel configs with BLOCK_N {bad}: each must be a multiple of {cols} and at "
+            f"most MAX_BLOCK_N = {widest}"
+        )
 
 
 check_block_n(row_configs())

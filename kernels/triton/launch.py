@@ -15,8 +15,18 @@ import triton
 
 from kernels.triton import configs
 from kernels.triton.jit import dw_kernel, reduce_splits_kernel, rows_kernel
-from kernels.triton.modes import (DSCALE_COLS, EPI_GELU, EPI_GELU_BWD, EPI_PARTIAL, EPI_STORE, EPI_SWIGLU,
-                                  EPI_SWIGLU_BWD, MAX_BLOCK_N, WQ_INT4, WQ_NONE)
+from kernels.triton.modes import (
+    DSCALE_COLS,
+    EPI_GELU,
+    EPI_GELU_BWD,
+    EPI_PARTIAL,
+    EPI_STORE,
+    EPI_SWIGLU,
+    EPI_SWIGLU_BWD,
+    MAX_BLOCK_N,
+    WQ_INT4,
+    WQ_NONE,
+)
 
 TMA_ENABLED = os.environ.get("MOE_TMA", "1") != "0"  # MOE_TMA=0: pointer loads everywhere (to compare)
 
@@ -42,8 +52,11 @@ def tma_ok(t: torch.Tensor, inner: int) -> bool:
     """Whether a tensor descriptor can cover t with `inner` as its unit-stride dimension: TMA needs a
     16-byte aligned base and every other stride a multiple of 16 bytes."""
     size = t.element_size()
-    return (t.stride(inner) == 1 and t.data_ptr() % 16 == 0
-            and all(st * size % 16 == 0 for d, st in enumerate(t.stride()) if d != inner))
+    return (
+        t.stride(inner) == 1
+        and t.data_ptr() % 16 == 0
+        and all(st * size % 16 == 0 for d, st in enumerate(t.stride()) if d != inner)
+    )
 
 
 def use_tma(a, w, a2, w2, gather: bool, wq: int) -> bool:
@@ -78,9 +91,31 @@ def _stride(t, dim: int) -> int:
     return t.stride(dim) if t is not None else 0
 
 
-def launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=False, epi=EPI_STORE,
-                pre=None, pre2=None, out2=None, dst=None, scale=None, dscale=None, ws=None, ws2=None, wq=WQ_NONE,
-                qgroup=128, meta=None, split=None):
+def launch_rows(
+    a,
+    w,
+    offsets,
+    out,
+    *,
+    m: int,
+    src=None,
+    w2=None,
+    a2=None,
+    dual=False,
+    epi=EPI_STORE,
+    pre=None,
+    pre2=None,
+    out2=None,
+    dst=None,
+    scale=None,
+    dscale=None,
+    ws=None,
+    ws2=None,
+    wq=WQ_NONE,
+    qgroup=128,
+    meta=None,
+    split=None,
+):
     """Launch rows_kernel over m sorted rows: out[dst[r] or r] = epilogue(a[src[r] or r] @ w[g(r)]).
     w and w2 are [E, K, N] views with any strides (w2 shares w's strides); pre/pre2/dscale are
     contiguous [m, ...] buffers. Quantized weights (WQ_8BIT: int8/fp8 with ws [E, N]; WQ_INT4: packed
@@ -103,8 +138,16 @@ def launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=
         tiles = (triton.cdiv(m, meta["BLOCK_M"]) + E) * triton.cdiv(N, meta["BLOCK_N"])  # an upper bound
         return (min(tiles * meta["SPLIT_K"], n_prog),)
 
-    flags = dict(GATHER=src is not None, DUAL=dual, PAIR2=a2 is not None, EPI=epi, SAVE_PRE=pre is not None,
-                 SCALE=scale is not None, SCATTER=dst is not None, WQ=wq)
+    flags = dict(
+        GATHER=src is not None,
+        DUAL=dual,
+        PAIR2=a2 is not None,
+        EPI=epi,
+        SAVE_PRE=pre is not None,
+        SCALE=scale is not None,
+        SCATTER=dst is not None,
+        WQ=wq,
+    )
     w_t = w.stride(2) != 1  # W read through its transpose (dX = dY W^T)
     tma = use_tma(a, w, a2, w2, src is not None, wq)
     if tma:
@@ -126,8 +169,9 @@ def launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=
             final = dict(out=out, out2=out2, dst=dst, scale=scale, epi=epi)
             flags.update(EPI=int(EPI_PARTIAL), SCALE=False, SCATTER=False)
             if forced is None:
-                meta = configs.pinned(table, configs.mode_key({**flags, "TRANSPOSED_W": w_t}), bound,
-                                      configs.row_configs())
+                meta = configs.pinned(
+                    table, configs.mode_key({**flags, "TRANSPOSED_W": w_t}), bound, configs.row_configs()
+                )
             out = torch.empty(split * m, N, device=a.device, dtype=torch.float32)
             out2 = torch.empty_like(out) if dual else None
             dst = scale = None
@@ -137,28 +181,78 @@ def launch_rows(a, w, offsets, out, *, m: int, src=None, w2=None, a2=None, dual=
     tma_store = tma and all(tma_ok(t, 1) for t in (None if dst is not None else out, out2, pre, pre2) if t is not None)
     dummy = offsets  # stands in for the pointers a mode does not use
     kernel[grid](
-        a, _or(a2, dummy), _or(src, dummy), w, _or(w2, dummy), offsets,
-        out, _or(out2, dummy), _or(pre, dummy), _or(pre2, dummy), _or(dst, dummy), _or(scale, dummy),
-        _or(dscale, dummy), _or(ws, dummy), _or(ws2, dummy),
-        K, N, E, configs.rows_class(m, E), dscale.shape[1] if dscale is not None else 0, k_split if split > 1 else K,
-        a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
-        _stride(pre, 0), _stride(dscale, 0), _stride(ws, 0), ws.stride(1) if wq == WQ_INT4 else 0, _stride(ws, -1),
-        QGROUP=qgroup, E_POW2=triton.next_power_of_2(E), TMA=tma, TMA_STORE=tma_store, W_T=w_t, SPLIT_K=split,
-        **flags, **_dot_args(a.dtype), **meta,
+        a,
+        _or(a2, dummy),
+        _or(src, dummy),
+        w,
+        _or(w2, dummy),
+        offsets,
+        out,
+        _or(out2, dummy),
+        _or(pre, dummy),
+        _or(pre2, dummy),
+        _or(dst, dummy),
+        _or(scale, dummy),
+        _or(dscale, dummy),
+        _or(ws, dummy),
+        _or(ws2, dummy),
+        K,
+        N,
+        E,
+        configs.rows_class(m, E),
+        dscale.shape[1] if dscale is not None else 0,
+        k_split if split > 1 else K,
+        a.stride(0),
+        a.stride(1),
+        w.stride(0),
+        w.stride(1),
+        w.stride(2),
+        out.stride(0),
+        out.stride(1),
+        _stride(pre, 0),
+        _stride(dscale, 0),
+        _stride(ws, 0),
+        ws.stride(1) if wq == WQ_INT4 else 0,
+        _stride(ws, -1),
+        QGROUP=qgroup,
+        E_POW2=triton.next_power_of_2(E),
+        TMA=tma,
+        TMA_STORE=tma_store,
+        W_T=w_t,
+        SPLIT_K=split,
+        **flags,
+        **_dot_args(a.dtype),
+        **meta,
     )
     if split == 1:
         return out
     reduce = configs.reduce_config()
     block_m, block_n = reduce.kwargs["BLOCK_M"], reduce.kwargs["BLOCK_N"]
     reduce_splits_kernel[(triton.cdiv(m, block_m), triton.cdiv(N, block_n))](
-        out, _or(out2, out), final["out"], _or(final["out2"], dummy), _or(final["dst"], dummy),
-        _or(final["scale"], dummy), m, N, final["out"].stride(0), final["out"].stride(1), SPLIT_K=split, DUAL=dual,
-        EPI=final["epi"], SCALE=final["scale"] is not None, SCATTER=final["dst"] is not None, **reduce.kwargs,
-        num_warps=reduce.num_warps, num_stages=reduce.num_stages)
+        out,
+        _or(out2, out),
+        final["out"],
+        _or(final["out2"], dummy),
+        _or(final["dst"], dummy),
+        _or(final["scale"], dummy),
+        m,
+        N,
+        final["out"].stride(0),
+        final["out"].stride(1),
+        SPLIT_K=split,
+        DUAL=dual,
+        EPI=final["epi"],
+        SCALE=final["scale"] is not None,
+        SCATTER=final["dst"] is not None,
+        **reduce.kwargs,
+        num_warps=reduce.num_warps,
+        num_stages=reduce.num_stages,
+    )
     return final["out"]
 
 
 # The named steps.
+
 
 def grouped_rows(a_MK, w_EKN, offsets, out_MN):
     """The plain grouped GEMM: out[r] = a[r] @ w[g(r)] (also dX = dY @ W^T through a transposed view)."""
@@ -171,8 +265,20 @@ def up_activation(x_TD, src_M, w_up, w_gate, offsets, h_MF, pre_up=None, pre_gat
     buffers, also save the pre-activations for backward. quant: dict(ws=, ws2=, wq=, qgroup=) when
     w_up / w_gate are quantized (kernels/quantized.py)."""
     swiglu = w_gate is not None
-    return launch_rows(x_TD, w_up, offsets, h_MF, m=src_M.numel(), src=src_M, w2=w_gate, dual=swiglu,
-                       epi=EPI_SWIGLU if swiglu else EPI_GELU, pre=pre_up, pre2=pre_gate, **(quant or {}))
+    return launch_rows(
+        x_TD,
+        w_up,
+        offsets,
+        h_MF,
+        m=src_M.numel(),
+        src=src_M,
+        w2=w_gate,
+        dual=swiglu,
+        epi=EPI_SWIGLU if swiglu else EPI_GELU,
+        pre=pre_up,
+        pre2=pre_gate,
+        **(quant or {}),
+    )
 
 
 def down_scatter(h_MF, w_down, offsets, order_M, scale_M, y_AD, quant=None):
@@ -186,17 +292,36 @@ def activation_backward(dy_TD, src_M, w_down, offsets, scale_M, pre_up, pre_gate
     (d_up, and d_gate for SwiGLU, scaled by the routing weight) and the routing weight's gradient
     <dh, h> as per-column-tile partials in dscale (see dscale_buffer)."""
     swiglu = pre_gate is not None
-    return launch_rows(dy_TD, w_down.transpose(1, 2), offsets, d_up, m=src_M.numel(), src=src_M,
-                       epi=EPI_SWIGLU_BWD if swiglu else EPI_GELU_BWD, pre=pre_up, pre2=pre_gate, out2=d_gate,
-                       scale=scale_M, dscale=dscale)
+    return launch_rows(
+        dy_TD,
+        w_down.transpose(1, 2),
+        offsets,
+        d_up,
+        m=src_M.numel(),
+        src=src_M,
+        epi=EPI_SWIGLU_BWD if swiglu else EPI_GELU_BWD,
+        pre=pre_up,
+        pre2=pre_gate,
+        out2=d_gate,
+        scale=scale_M,
+        dscale=dscale,
+    )
 
 
 def dx_scatter(d_up, d_gate, w_up, w_gate, offsets, order_M, dx_AD):
     """Backward step 4: dx[order[r]] = d_up[r] @ w_up[g]^T (+ d_gate[r] @ w_gate[g]^T in the same
     accumulator), stored in assignment order."""
     swiglu = w_gate is not None
-    return launch_rows(d_up, w_up.transpose(1, 2), offsets, dx_AD, m=d_up.shape[0], dst=order_M,
-                       a2=d_gate, w2=w_gate.transpose(1, 2) if swiglu else None)
+    return launch_rows(
+        d_up,
+        w_up.transpose(1, 2),
+        offsets,
+        dx_AD,
+        m=d_up.shape[0],
+        dst=order_M,
+        a2=d_gate,
+        w2=w_gate.transpose(1, 2) if swiglu else None,
+    )
 
 
 def dscale_buffer(m: int, n: int, device) -> torch.Tensor:
@@ -225,8 +350,25 @@ def expert_xt_y(a, b, offsets, out, *, m: int, a_src=None, b_src=None, a_scale=N
         meta.pop("GROUP_M", None)
     dummy = offsets
     kernel[grid](
-        a, _or(a_src, dummy), b, _or(b_src, dummy), _or(a_scale, dummy), offsets, out, K, N, configs.rows_class(m, E),
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
-        **flags, **_dot_args(a.dtype), **meta,
+        a,
+        _or(a_src, dummy),
+        b,
+        _or(b_src, dummy),
+        _or(a_scale, dummy),
+        offsets,
+        out,
+        K,
+        N,
+        configs.rows_class(m, E),
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        **flags,
+        **_dot_args(a.dtype),
+        **meta,
     )
     return out

@@ -19,6 +19,7 @@ compute-bound tile, TMA loads in a non-gathered compute-bound tile (int4's packe
 or asynchronous copies in a memory-bound one (see findings). Other variants with findings are
 reported as `note`: the autotuner (MOE_AUTOTUNE=1) may still pick them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,16 @@ from kernels import pinned_configs as pinned_tables  # noqa: E402
 from kernels.triton import configs  # noqa: E402
 from kernels.triton.jit import dw_kernel, reduce_splits_kernel, rows_kernel  # noqa: E402
 from kernels.triton.modes import EPI_PARTIAL, EPI_STORE, WQ_INT4, WQ_NONE  # noqa: E402
-from kernels.tuning.variants import (DW_KERNEL, DW_MODES, REDUCE_KERNEL, REDUCE_MODES, ROW_MODES,  # noqa: E402
-                                     ROWS_KERNEL, label, variant_key)
+from kernels.tuning.variants import (
+    DW_KERNEL,
+    DW_MODES,
+    REDUCE_KERNEL,
+    REDUCE_MODES,
+    ROW_MODES,  # noqa: E402
+    ROWS_KERNEL,
+    label,
+    variant_key,
+)
 
 SHARED_LIMIT = configs.SHARED_LIMIT  # bytes of shared memory one program may use, by compute capability
 JIT = {ROWS_KERNEL: rows_kernel.fn, DW_KERNEL: dw_kernel.fn, REDUCE_KERNEL: reduce_splits_kernel}  # by report name
@@ -62,8 +71,15 @@ def signature(fn, consts: dict, dtype: str, dynamic_unit: set[str], w_type: str 
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = ("*i32" if name in INDEX_PTRS else "*fp32" if name in FP32_PTRS
-                         else f"*{w_type}" if w_type and name in W_PTRS else f"*{dtype}")
+            sig[name] = (
+                "*i32"
+                if name in INDEX_PTRS
+                else "*fp32"
+                if name in FP32_PTRS
+                else f"*{w_type}"
+                if w_type and name in W_PTRS
+                else f"*{dtype}"
+            )
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[name] = "i32"
@@ -83,8 +99,21 @@ def launch_constants(kernel: str, flags: dict, config: triton.Config, arch: int)
     if kernel == REDUCE_KERNEL:
         consts = {**dict(DUAL=False, SCALE=False, SCATTER=False, SPLIT_K=8), **consts}
     elif kernel == ROWS_KERNEL:
-        consts = {**dict(GATHER=False, DUAL=False, PAIR2=False, EPI=EPI_STORE, SAVE_PRE=False, SCALE=False,
-                         SCATTER=False, E_POW2=16, WQ=WQ_NONE, QGROUP=128), **consts}
+        consts = {
+            **dict(
+                GATHER=False,
+                DUAL=False,
+                PAIR2=False,
+                EPI=EPI_STORE,
+                SAVE_PRE=False,
+                SCALE=False,
+                SCATTER=False,
+                E_POW2=16,
+                WQ=WQ_NONE,
+                QGROUP=128,
+            ),
+            **consts,
+        }
         # as the runtime decides (launch.use_tma, on the contiguous layouts assumed here): TMA from sm_90 on
         tma = arch >= 90 and bool(consts["WQ"] != WQ_INT4)
         consts.update(TMA=tma, TMA_STORE=tma, W_T=transposed, SPLIT_K=1)
@@ -105,15 +134,23 @@ def compile_variant(kernel: str, flags: dict, config: triton.Config, dtype: str,
         sig.update(out_ptr="*fp32", out2_ptr="*fp32")  # split-K's fp32 workspace
     start = time.time()
     try:
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                           target=GPUTarget("cuda", arch, 32),
-                           options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+        k = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+        )
     except Exception as e:  # a compile error of any kind is the finding
         return dict(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     ttgir = k.asm["ttgir"]
-    return dict(ok=True, seconds=round(time.time() - start, 1), shared=k.metadata.shared, warps=config.num_warps,
-                pipelined="async_copy" in ttgir or "async_tma" in ttgir, wgmma="warp_group_dot" in ttgir,
-                **machine_code(k.asm["cubin"]))
+    return dict(
+        ok=True,
+        seconds=round(time.time() - start, 1),
+        shared=k.metadata.shared,
+        warps=config.num_warps,
+        pipelined="async_copy" in ttgir or "async_tma" in ttgir,
+        wgmma="warp_group_dot" in ttgir,
+        **machine_code(k.asm["cubin"]),
+    )
 
 
 def compile_named(kernel: str, flags: dict, config: tuple, dtype: str, arch: int) -> dict:
@@ -132,8 +169,15 @@ def machine_code(cubin: bytes) -> dict:
         sass = subprocess.run([str(CUOBJDUMP), "--dump-sass", f.name], capture_output=True, text=True).stdout
     field = lambda name: int(m.group(1)) if (m := re.search(rf"{name}:(\d+)", usage)) else None  # noqa: E731
     count = lambda op: len(re.findall(rf"\b{op}\b", sass))  # noqa: E731
-    return dict(registers=field("REG"), stack=field("STACK"), spill_stores=count("STL"), spill_loads=count("LDL"),
-                hgmma=count("HGMMA"), tma_loads=count("UTMALDG"), async_copies=count("LDGSTS"))
+    return dict(
+        registers=field("REG"),
+        stack=field("STACK"),
+        spill_stores=count("STL"),
+        spill_loads=count("LDL"),
+        hgmma=count("HGMMA"),
+        tma_loads=count("UTMALDG"),
+        async_copies=count("LDGSTS"),
+    )
 
 
 def shipped_configs(kernel: str, flags: dict, arch: int) -> list[triton.Config]:
@@ -159,8 +203,9 @@ def occupancy(r: dict, arch: int) -> dict:
     per warp in units of 256), shared memory (plus 1 KiB the system reserves per program) and warps."""
     sm = SM.get(arch, SM[80])
     regs_per_warp = -(-r["registers"] * 32 // 256) * 256
-    ctas = min(sm["regs"] // (regs_per_warp * r["warps"]), sm["shared"] // (r["shared"] + 1024),
-               sm["warps"] // r["warps"])
+    ctas = min(
+        sm["regs"] // (regs_per_warp * r["warps"]), sm["shared"] // (r["shared"] + 1024), sm["warps"] // r["warps"]
+    )
     return dict(programs_per_sm=ctas, occupancy=round(ctas * r["warps"] / sm["warps"], 3))
 
 
@@ -188,21 +233,28 @@ def findings(r: dict, kernel: str, flags: dict, config: triton.Config, arch: int
 def plan_variants(arch: int, quick: bool, dtypes: list[str]) -> list[tuple]:
     """(kernel, mode, flags, config, shipped, dtype) for every variant to compile, in report order."""
     plan = []
-    for kernel, modes, candidates in ((ROWS_KERNEL, ROW_MODES, configs.row_configs()),
-                                      (DW_KERNEL, DW_MODES, configs.dw_configs()),
-                                      (REDUCE_KERNEL, REDUCE_MODES, [configs.reduce_config()])):
+    for kernel, modes, candidates in (
+        (ROWS_KERNEL, ROW_MODES, configs.row_configs()),
+        (DW_KERNEL, DW_MODES, configs.dw_configs()),
+        (REDUCE_KERNEL, REDUCE_MODES, [configs.reduce_config()]),
+    ):
         for mode, flags in modes.items():
             shipped = shipped_configs(kernel, flags, arch)
-            kept = shipped if quick else [c for c in candidates if kernel != ROWS_KERNEL
-                                          or kept_by_autotuner(c, flags, arch)]
+            kept = (
+                shipped
+                if quick
+                else [c for c in candidates if kernel != ROWS_KERNEL or kept_by_autotuner(c, flags, arch)]
+            )
             if kernel == ROWS_KERNEL and flags.get("EPI") == EPI_PARTIAL:
                 kept = [c for c in kept if c.kwargs["BLOCK_M"] <= 32]  # split-K is for decode only
             if flags.get("W_TYPE") == "fp8e4nv" and arch < 89:
                 print(f"skip {mode:<32} fp8 needs sm_89 or newer")
                 continue
             for config in kept:
-                is_shipped = any(config.kwargs == c.kwargs and config.num_warps == c.num_warps
-                                 and config.num_stages == c.num_stages for c in shipped)
+                is_shipped = any(
+                    config.kwargs == c.kwargs and config.num_warps == c.num_warps and config.num_stages == c.num_stages
+                    for c in shipped
+                )
                 plan += [(kernel, mode, flags, config, is_shipped, dtype) for dtype in dtypes]
     return plan
 
@@ -225,36 +277,61 @@ def main(argv=None) -> int:
     p.add_argument("--all-dtypes", action="store_true", help="also fp16 and fp32 (default: bf16 only)")
     p.add_argument("--json", type=pathlib.Path, help="write the results here")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles in parallel (default: one per core)")
-    p.add_argument("--quick", action="store_true", help="per mode, only the configs the runtime launches "
-                   "(kernels/pinned_configs.py; what the test suite runs)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="per mode, only the configs the runtime launches (kernels/pinned_configs.py; what the test suite runs)",
+    )
     args = p.parse_args(argv)
     if configs.INTERPRET:
         raise SystemExit("check_compile: TRITON_INTERPRET is set; run this in a fresh process")
     plan = plan_variants(args.arch, args.quick, ["bf16", "fp16", "fp32"] if args.all_dtypes else ["bf16"])
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:  # ptxas is single-threaded
-        compiled = pool.map(compile_named, [p[0] for p in plan], [p[2] for p in plan],
-                            [(p[3].kwargs, p[3].num_stages, p[3].num_warps) for p in plan], [p[5] for p in plan],
-                            [args.arch] * len(plan))
+        compiled = pool.map(
+            compile_named,
+            [p[0] for p in plan],
+            [p[2] for p in plan],
+            [(p[3].kwargs, p[3].num_stages, p[3].num_warps) for p in plan],
+            [p[5] for p in plan],
+            [args.arch] * len(plan),
+        )
         results = []
         for (kernel, mode, flags, config, is_shipped, dtype), r in zip(plan, compiled):
             status, found = judge(r, kernel, flags, config, is_shipped, args.arch)
             cfg = label(config)
-            results.append(dict(kernel=kernel, mode=mode, config=cfg, dtype=dtype, **r, shipped=is_shipped,
-                                findings=found, status=status))
+            results.append(
+                dict(
+                    kernel=kernel,
+                    mode=mode,
+                    config=cfg,
+                    dtype=dtype,
+                    **r,
+                    shipped=is_shipped,
+                    findings=found,
+                    status=status,
+                )
+            )
             row = results[-1]
-            detail = row.get("error") or (f"shared {row['shared'] / 1024:6.1f} KiB  regs {row['registers']:3}  "
-                                          f"occ {row.get('occupancy', 0):.2f}  stack {row['stack']:4}  "
-                                          f"HGMMA {row['hgmma']:2}  TMA {row['tma_loads']:2}  "
-                                          f"cp.async {row['async_copies']:2}")
-            print(f"{status:4} {'*' if is_shipped else ' '} {mode[:40]:<40} {cfg:<18} {dtype:<4} {detail}"
-                  + (f"  [{'; '.join(found)}]" if found else ""), flush=True)
+            detail = row.get("error") or (
+                f"shared {row['shared'] / 1024:6.1f} KiB  regs {row['registers']:3}  "
+                f"occ {row.get('occupancy', 0):.2f}  stack {row['stack']:4}  "
+                f"HGMMA {row['hgmma']:2}  TMA {row['tma_loads']:2}  "
+                f"cp.async {row['async_copies']:2}"
+            )
+            print(
+                f"{status:4} {'*' if is_shipped else ' '} {mode[:40]:<40} {cfg:<18} {dtype:<4} {detail}"
+                + (f"  [{'; '.join(found)}]" if found else ""),
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, results=results), indent=1))
     shipped = [r for r in results if r["shipped"]]
     failed = sum(r["status"] == "FAIL" for r in results)
-    print(f"sm_{args.arch}: {len(results)} variants, {failed} failing; "
-          f"shipped (* = pinned, what the runtime launches): {len(shipped)}, of which "
-          f"{sum(bool(r['stack']) for r in shipped if r['ok'])} spill")
+    print(
+        f"sm_{args.arch}: {len(results)} variants, {failed} failing; "
+        f"shipped (* = pinned, what the runtime launches): {len(shipped)}, of which "
+        f"{sum(bool(r['stack']) for r in shipped if r['ok'])} spill"
+    )
     return 1 if failed else 0
 
 

@@ -30,9 +30,11 @@ from kernels.triton.modes import EPI_PARTIAL
 from kernels.tuning.variants import DW_KERNEL, DW_MODES, ROW_MODES, ROWS_KERNEL, label, memory_tile, variant_key
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HEADER = ['"""The launch configuration of every kernel mode, per architecture and row class: written by',
-          "kernels/tuning/pin_configs.py from the compile reports (the compiled code's evidence: fits shared",
-          'memory, no findings, HGMMA, largest tile). Do not edit by hand.']
+HEADER = [
+    '"""The launch configuration of every kernel mode, per architecture and row class: written by',
+    "kernels/tuning/pin_configs.py from the compile reports (the compiled code's evidence: fits shared",
+    "memory, no findings, HGMMA, largest tile). Do not edit by hand.",
+]
 
 
 def meta_of(kernel: str, name: str) -> dict:
@@ -54,34 +56,53 @@ def choose(results: list[dict]) -> tuple[dict, dict, list[str]]:
                 continue
             by_key.setdefault(variant_key(kernel, flags), (flags, []))[1].append(mode)
         for key, (flags, names) in by_key.items():
-            bounds = ("compute",) if kernel == DW_KERNEL else ("memory",) if flags.get("EPI") == EPI_PARTIAL \
+            bounds = (
+                ("compute",)
+                if kernel == DW_KERNEL
+                else ("memory",)
+                if flags.get("EPI") == EPI_PARTIAL
                 else ("memory", "compute")
+            )
             for bound in bounds:
                 variants = {}  # config -> its compiled variants over the modes sharing the key
                 for r in results:
-                    if (r["kernel"] == kernel and r["mode"] in names and r["dtype"] == "bf16"
-                            and (kernel == DW_KERNEL or memory_tile(r["config"]) == (bound == "memory"))):
+                    if (
+                        r["kernel"] == kernel
+                        and r["mode"] in names
+                        and r["dtype"] == "bf16"
+                        and (kernel == DW_KERNEL or memory_tile(r["config"]) == (bound == "memory"))
+                    ):
                         variants.setdefault(r["config"], []).append(r)
-                fits = {c: rs for c, rs in variants.items() if len(rs) == len(names)
-                        and all(r["ok"] and r["status"] != "skip" for r in rs)}
+                fits = {
+                    c: rs
+                    for c, rs in variants.items()
+                    if len(rs) == len(names) and all(r["ok"] and r["status"] != "skip" for r in rs)
+                }
                 if not fits:
-                    notes.append(f"{' / '.join(names)} ({bound}): no config fits; the runtime falls back to the "
-                                 "first candidate")
+                    notes.append(
+                        f"{' / '.join(names)} ({bound}): no config fits; the runtime falls back to the first candidate"
+                    )
                     continue
 
                 def rank(item):
                     config, rs = item
                     c = meta_of(kernel, config)
-                    return (max(len(r["findings"]) for r in rs), max(r["stack"] for r in rs),
-                            not all(r["hgmma"] for r in rs), -c["BLOCK_M"] * c["BLOCK_N"], -c["BLOCK_K"])
+                    return (
+                        max(len(r["findings"]) for r in rs),
+                        max(r["stack"] for r in rs),
+                        not all(r["hgmma"] for r in rs),
+                        -c["BLOCK_M"] * c["BLOCK_N"],
+                        -c["BLOCK_K"],
+                    )
 
                 config, rs = min(fits.items(), key=rank)
                 table.setdefault(key, {})[bound] = meta_of(kernel, config)
                 found = sorted({f for r in rs for f in r["findings"]})
-                notes.append(f"{' / '.join(names)} ({bound}): {config}, stack {max(r['stack'] for r in rs)} B, "
-                             f"HGMMA {min(r['hgmma'] for r in rs)}, TMA {min(r['tma_loads'] for r in rs)}, shared "
-                             f"{max(r['shared'] for r in rs) / 1024:.0f} KiB"
-                             + (f", {'; '.join(found)}" if found else ""))
+                notes.append(
+                    f"{' / '.join(names)} ({bound}): {config}, stack {max(r['stack'] for r in rs)} B, "
+                    f"HGMMA {min(r['hgmma'] for r in rs)}, TMA {min(r['tma_loads'] for r in rs)}, shared "
+                    f"{max(r['shared'] for r in rs) / 1024:.0f} KiB" + (f", {'; '.join(found)}" if found else "")
+                )
     return rows, dw, notes
 
 
@@ -98,8 +119,12 @@ def render(tables: dict, notes: list[str]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reports", type=pathlib.Path, nargs="+",
-                   default=[ROOT / "bench" / "results" / f"compile-sm{a}" / "check_compile.json" for a in (90, 80)])
+    p.add_argument(
+        "--reports",
+        type=pathlib.Path,
+        nargs="+",
+        default=[ROOT / "bench" / "results" / f"compile-sm{a}" / "check_compile.json" for a in (90, 80)],
+    )
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "kernels" / "pinned_configs.py")
     args = p.parse_args(argv)
     tables, notes = {}, []

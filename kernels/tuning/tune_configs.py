@@ -47,7 +47,7 @@ def inputs(flags: dict, m: int, e: int, k: int, n: int, device, dtype, gen):
     def weight():
         if flags["TRANSPOSED_W"]:
             return randn(e, n, k).transpose(1, 2)
-        return randn(e, k, n) / k ** 0.5
+        return randn(e, k, n) / k**0.5
 
     kw = dict(m=m)
     epi = flags["EPI"]
@@ -129,8 +129,12 @@ def tune(shapes: dict, reps: int, interpret: bool, device, dtype, report: dict |
                     gen = torch.Generator(device).manual_seed(0)
                     a, w, offsets, out, kw = inputs(flags, *shape, device, dtype, gen)
                     try:
-                        ms = median_ms(lambda _: launch_rows(a, w, offsets, out, meta=meta, **kw), [None], reps,
-                                       device.type == "cuda")
+                        ms = median_ms(
+                            lambda _: launch_rows(a, w, offsets, out, meta=meta, **kw),
+                            [None],
+                            reps,
+                            device.type == "cuda",
+                        )
                     except OutOfResources as e:  # more shared memory or registers than this device has
                         timings.append(dict(key=key, bound=bound, meta=meta, shape=shape, error=str(e)[:200]))
                         total = float("inf")
@@ -179,17 +183,34 @@ def main(argv=None) -> int:
     table, timings = tune(shapes, args.reps, args.interpret, device, dtype, report, arch)
     out = args.out or ROOT / "bench" / "results" / device_slug(cuda)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuned_configs.json").write_text(json.dumps(dict(arch=arch, environment=environment(cuda), shapes=shapes,
-                                                            seconds=round(time.time() - start, 1), timings=timings),
-                                                       indent=1))
-    lines = [f'"""Measured on {device_slug(cuda)} by kernels.tuning.tune_configs: the fastest clean config per',
-             f'mode key and row class (sm_{arch}). To ship it, copy ROWS into kernels/pinned_configs.py under '
-             f'{arch}."""',
-             "",
-             "ROWS = {"] + [f"    {k!r}: {v!r}," for k, v in table.items()] + ["}", ""]
+    (out / "tuned_configs.json").write_text(
+        json.dumps(
+            dict(
+                arch=arch,
+                environment=environment(cuda),
+                shapes=shapes,
+                seconds=round(time.time() - start, 1),
+                timings=timings,
+            ),
+            indent=1,
+        )
+    )
+    lines = (
+        [
+            f'"""Measured on {device_slug(cuda)} by kernels.tuning.tune_configs: the fastest clean config per',
+            f"mode key and row class (sm_{arch}). To ship it, copy ROWS into kernels/pinned_configs.py under "
+            f'{arch}."""',
+            "",
+            "ROWS = {",
+        ]
+        + [f"    {k!r}: {v!r}," for k, v in table.items()]
+        + ["}", ""]
+    )
     (out / "tuned_configs.py").write_text("\n".join(lines))
-    print(f"tuned {sum(len(v) for v in table.values())} (mode, row class) pairs in {time.time() - start:.0f} s; "
-          f"wrote {out / 'tuned_configs.py'}")
+    print(
+        f"tuned {sum(len(v) for v in table.values())} (mode, row class) pairs in {time.time() - start:.0f} s; "
+        f"wrote {out / 'tuned_configs.py'}"
+    )
     return 0
 
 

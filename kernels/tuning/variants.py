@@ -7,8 +7,16 @@ from __future__ import annotations
 import triton
 
 from kernels.triton.configs import DW_FLAGS, ROW_FLAGS, mode_key
-from kernels.triton.modes import (EPI_GELU, EPI_GELU_BWD, EPI_PARTIAL, EPI_STORE, EPI_SWIGLU, EPI_SWIGLU_BWD,
-                                  WQ_8BIT, WQ_INT4)
+from kernels.triton.modes import (
+    EPI_GELU,
+    EPI_GELU_BWD,
+    EPI_PARTIAL,
+    EPI_STORE,
+    EPI_SWIGLU,
+    EPI_SWIGLU_BWD,
+    WQ_8BIT,
+    WQ_INT4,
+)
 
 ROWS_KERNEL, DW_KERNEL, REDUCE_KERNEL = "rows_kernel", "dw_kernel", "reduce_splits_kernel"  # as the reports name them
 I8, FP8, U8 = dict(WQ=WQ_8BIT, W_TYPE="i8"), dict(WQ=WQ_8BIT, W_TYPE="fp8e4nv"), dict(WQ=WQ_INT4, W_TYPE="u8")

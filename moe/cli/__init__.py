@@ -22,8 +22,9 @@ COMMANDS = (figures, prepare, train, render, generate, serve_bench, quantize, co
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m moe",
-                                description="A Mixture-of-Experts transformer, tiny to GPT-4 shape.")
+    p = argparse.ArgumentParser(
+        prog="python -m moe", description="A Mixture-of-Experts transformer, tiny to GPT-4 shape."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

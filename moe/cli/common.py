@@ -12,6 +12,7 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 def _positive(kind):
     """An argparse type: a finite number > 0 of `kind` (int or float), else a message naming the value."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -20,6 +21,7 @@ def _positive(kind):
         if not (0 < value < float("inf")):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
+
     parse.__name__ = f"positive {kind.__name__}"
     return parse
 
@@ -57,8 +59,9 @@ def add_draft(parser, checkpoint_help: str = "speculative decoding with this dra
     parser.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
 
 
-def add_runtime(parser, compile_help: str, expert_backend_help: str = "auto, torch or triton",
-                device_help: str = "cpu or cuda") -> None:
+def add_runtime(
+    parser, compile_help: str, expert_backend_help: str = "auto, torch or triton", device_help: str = "cpu or cuda"
+) -> None:
     """--device, --expert-backend, --compile: where the model runs and through which kernels."""
     parser.add_argument("--device", help=device_help)
     parser.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help=expert_backend_help)

@@ -9,13 +9,23 @@ def add_parser(sub) -> None:
     f = sub.add_parser("figures", help="parameters, FLOPs and memory a config implies, beside the leaked GPT-4 figures")
     f.add_argument("--config", default="gpt4", help="preset name (configs/NAME.toml) or a .toml path")
     add_set(f)
-    f.add_argument("--layout", help="add the per-GPU view of a parallel layout, e.g. tp=8,pp=15,dp=208,microbatches=32 "
-                   "(keys: dp tp ep pp microbatches schedule first_stage_layers sharding)")
-    f.add_argument("--batch-tokens", type=POSITIVE_FLOAT,
-                   help="tokens per training step for --layout (default 60e6, the leak's)")
-    f.add_argument("--seq-len", type=POSITIVE_INT, help="sequence length for --layout (default: the config's max_seq_len)")
-    f.add_argument("--simulate", action="store_true", help="also build one rank of each pipeline stage of --layout "
-                   "on the meta device in a fake process group and count its sharded tensors (needs torch)")
+    f.add_argument(
+        "--layout",
+        help="add the per-GPU view of a parallel layout, e.g. tp=8,pp=15,dp=208,microbatches=32 "
+        "(keys: dp tp ep pp microbatches schedule first_stage_layers sharding)",
+    )
+    f.add_argument(
+        "--batch-tokens", type=POSITIVE_FLOAT, help="tokens per training step for --layout (default 60e6, the leak's)"
+    )
+    f.add_argument(
+        "--seq-len", type=POSITIVE_INT, help="sequence length for --layout (default: the config's max_seq_len)"
+    )
+    f.add_argument(
+        "--simulate",
+        action="store_true",
+        help="also build one rank of each pipeline stage of --layout "
+        "on the meta device in a fake process group and count its sharded tensors (needs torch)",
+    )
     f.set_defaults(func=run)
 
 
@@ -41,9 +51,26 @@ def _print_simulation(cfg, layout) -> None:
     from moe.parallel.simulate import simulation_rows
 
     rows, seconds = simulation_rows(cfg, layout)
-    print(f"\nsimulated: the first rank of each pipeline stage, built on the meta device in a fake world of "
-          f"{layout.world_size:,} ranks ({seconds:.1f} s); elements and bytes read off its sharded tensors, "
-          "against the arithmetic above")
-    print(format_table(rows, ("stage", "layers", "params", "vs arith", "bf16 (inference)",
-                              "weights kept = gradients", "vs arith", "AdamW state", "vs arith",
-                              "training state, peak", "vs arith")))
+    print(
+        f"\nsimulated: the first rank of each pipeline stage, built on the meta device in a fake world of "
+        f"{layout.world_size:,} ranks ({seconds:.1f} s); elements and bytes read off its sharded tensors, "
+        "against the arithmetic above"
+    )
+    print(
+        format_table(
+            rows,
+            (
+                "stage",
+                "layers",
+                "params",
+                "vs arith",
+                "bf16 (inference)",
+                "weights kept = gradients",
+                "vs arith",
+                "AdamW state",
+                "vs arith",
+                "training state, peak",
+                "vs arith",
+            ),
+        )
+    )

@@ -15,12 +15,24 @@ def add_parser(sub) -> None:
     g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="tokens to generate")
     add_sampling(g, top_p_help="nucleus sampling: smallest set with this much probability")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
-    add_runtime(g, expert_backend_help="auto, torch or triton (default: the checkpoint's)",
-                compile_help="torch.compile the model's forward (the first steps compile)")
-    g.add_argument("--image", action="append", default=[], metavar="FILE", help="a vision checkpoint: an image to "
-                   "read (its placeholder goes before --prompt; repeat for several), e.g. from `render`")
-    add_draft(g, checkpoint_help="speculative decoding with this draft model (same vocabulary); also reports its "
-              "acceptance and tokens per target forward (speedups: python -m bench.serving)")
+    add_runtime(
+        g,
+        expert_backend_help="auto, torch or triton (default: the checkpoint's)",
+        compile_help="torch.compile the model's forward (the first steps compile)",
+    )
+    g.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a vision checkpoint: an image to "
+        "read (its placeholder goes before --prompt; repeat for several), e.g. from `render`",
+    )
+    add_draft(
+        g,
+        checkpoint_help="speculative decoding with this draft model (same vocabulary); also reports its "
+        "acceptance and tokens per target forward (speedups: python -m bench.serving)",
+    )
     g.set_defaults(func=run)
 
 
@@ -30,8 +42,9 @@ def _images(paths: list[str], cfg) -> list:
     if not paths:
         return []
     if cfg.vision is None:
-        raise ValueError(f"--image: the checkpoint's model {cfg.name!r} reads no images (its config has no "
-                         "[vision] table)")
+        raise ValueError(
+            f"--image: the checkpoint's model {cfg.name!r} reads no images (its config has no [vision] table)"
+        )
     from moe.vision.images import load_image
 
     return [load_image(p, cfg.vision) for p in paths]
@@ -56,26 +69,35 @@ def run(args) -> int:
         raise ValueError("--prompt is empty: give at least one character to continue (or an --image)")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed, images=images)
-    engine = Engine(model, max_batch=1, draft=draft, draft_tokens=args.draft_tokens,  # pages for one full sequence
-                    compile=args.compile)
+    engine = Engine(
+        model,
+        max_batch=1,
+        draft=draft,
+        draft_tokens=args.draft_tokens,  # pages for one full sequence
+        compile=args.compile,
+    )
     t = time.perf_counter()
     result = engine.run([request])[0]
     seconds = time.perf_counter() - t
     if isinstance(result, Exception):
         raise result
-    print("<image>" * len(images) + tok.decode(prompt[len(images):] + result.tokens))
+    print("<image>" * len(images) + tok.decode(prompt[len(images) :] + result.tokens))
     print(f"\n[{_stats(result, seconds, engine, args.draft_tokens if draft is not None else None)}]", file=sys.stderr)
     return EXIT_OK
 
 
 def _stats(result, seconds: float, engine, draft_tokens: int | None) -> str:
     n = len(result.tokens)
-    stats = (f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
-             f"{result.target_forwards} target forwards")
+    stats = (
+        f"{n} new tokens ({result.finish_reason}) in {seconds:.2f} s, {n / seconds:.1f} tokens/s, "
+        f"{result.target_forwards} target forwards"
+    )
     if engine.compile_s is not None:
         stats += f" ({engine.compile_s:.2f} s of it in forwards that compiled)"
     if draft_tokens is not None:
-        stats += (f"; {draft_tokens} draft tokens: acceptance {result.draft_accepted}/{result.draft_proposed} = "
-                  f"{result.draft_accepted / max(1, result.draft_proposed):.3f}, "
-                  f"{n / result.target_forwards:.2f} tokens per target forward")
+        stats += (
+            f"; {draft_tokens} draft tokens: acceptance {result.draft_accepted}/{result.draft_proposed} = "
+            f"{result.draft_accepted / max(1, result.draft_proposed):.3f}, "
+            f"{n / result.target_forwards:.2f} tokens per target forward"
+        )
     return stats

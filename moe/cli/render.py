@@ -32,6 +32,8 @@ def run(args) -> int:
         Image.fromarray(pixels).save(out, format="PNG")
     except OSError as e:
         raise ValueError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
-    print(f"wrote {out} ({v.image_width} x {v.image_height} pixels, grayscale"
-          f"{f', augmentation seed {args.seed}' if args.seed is not None else ', no augmentation'})")
+    print(
+        f"wrote {out} ({v.image_width} x {v.image_height} pixels, grayscale"
+        f"{f', augmentation seed {args.seed}' if args.seed is not None else ', no augmentation'})"
+    )
     return EXIT_OK

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from moe.cli import serving
-from moe.cli.common import (EXIT_OK, POSITIVE_FLOAT, POSITIVE_INT, add_draft, add_runtime, add_sampling, add_set,
-                            overrides)
+from moe.cli.common import (
+    EXIT_OK,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    add_draft,
+    add_runtime,
+    add_sampling,
+    add_set,
+    overrides,
+)
 
 
 def add_parser(sub) -> None:
@@ -21,8 +29,9 @@ def add_parser(sub) -> None:
     s.add_argument("--max-batch", type=POSITIVE_INT, default=64, help="most sequences in one step")
     add_sampling(s)
     s.add_argument("--seed", type=int, default=0, help="arrivals, prompts, random weights and request seeds")
-    add_runtime(s, compile_help="torch.compile the model's forward; the compile time lands in the first requests' "
-                "latency")
+    add_runtime(
+        s, compile_help="torch.compile the model's forward; the compile time lands in the first requests' latency"
+    )
     s.add_argument("--out", help="write <name>.json and <name>.png (per-expert batch sizes over steps) here")
     s.add_argument("--name", help="file name stem (default serve-<config>)")
     add_set(s)
@@ -50,21 +59,38 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         model = MoETransformer(load_config(args.config, **overrides(args.set))).to(serving.device(args))
     draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    engine = Engine(model, kv_budget_bytes=int(args.kv_budget_mb * 2**20), page_size=args.page_size,
-                    max_batch=args.max_batch, draft=draft, draft_tokens=args.draft_tokens, compile=args.compile)
+    engine = Engine(
+        model,
+        kv_budget_bytes=int(args.kv_budget_mb * 2**20),
+        page_size=args.page_size,
+        max_batch=args.max_batch,
+        draft=draft,
+        draft_tokens=args.draft_tokens,
+        compile=args.compile,
+    )
     requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
     summary = replay.replay(engine, requests, args.rate, args.seed)
     if engine.compile_s is not None:
         summary["compile_s"] = round(engine.compile_s, 2)  # inside the replay: early requests waited for it
-    summary["setup"] = {**environment(torch.cuda.is_available()), "config": model.cfg.name,
-                        "checkpoint": args.checkpoint, "draft": args.draft_checkpoint,
-                        "draft_tokens": args.draft_tokens if draft else None, "rate": args.rate,
-                        "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
-                        "kv_pages": engine.n_pages, "page_size": args.page_size, "max_batch": args.max_batch,
-                        "sampling": sampling}
-    header = (f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
-              f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
-              f"{engine.n_pages} pages of {args.page_size}")
+    summary["setup"] = {
+        **environment(torch.cuda.is_available()),
+        "config": model.cfg.name,
+        "checkpoint": args.checkpoint,
+        "draft": args.draft_checkpoint,
+        "draft_tokens": args.draft_tokens if draft else None,
+        "rate": args.rate,
+        "prompt_len": args.prompt_len,
+        "max_new_tokens": args.max_new_tokens,
+        "kv_pages": engine.n_pages,
+        "page_size": args.page_size,
+        "max_batch": args.max_batch,
+        "sampling": sampling,
+    }
+    header = (
+        f"serve-bench {model.cfg.name}{' + draft' if draft else ''}: {args.requests} requests at "
+        f"{args.rate}/s, prompt {args.prompt_len}, {args.max_new_tokens} new tokens, "
+        f"{engine.n_pages} pages of {args.page_size}"
+    )
     if engine.compile_s is not None:
         header += f"; compiled ({engine.compile_s:.1f} s in forwards that compiled, inside the latencies)"
     replay.print_summary(summary, header)

@@ -36,6 +36,8 @@ def tokenizer(checkpoint, draft_checkpoint=None):
     if draft_checkpoint is not None:
         draft = tokenizers.load(resolve(draft_checkpoint))
         if draft.fingerprint != tok.fingerprint:
-            raise ValueError(f"--draft-checkpoint {draft_checkpoint} uses the {draft.describe()} tokenizer, "
-                             f"--checkpoint {checkpoint} the {tok.describe()} one: speculative decoding needs one")
+            raise ValueError(
+                f"--draft-checkpoint {draft_checkpoint} uses the {draft.describe()} tokenizer, "
+                f"--checkpoint {checkpoint} the {tok.describe()} one: speculative decoding needs one"
+            )
     return tok

@@ -12,33 +12,59 @@ _LAYOUT_FLAGS = ("dp", "tp", "ep", "pp", "microbatches", "schedule", "first_stag
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train on the bundled Shakespeare corpus (byte-level) or a prepared dataset")
     t.add_argument("--config", default="tiny", help="preset name or .toml path")
-    t.add_argument("--data", help="a dataset written by `prepare` (default: the bundled corpus, byte-level); "
-                   "vocab_size follows its tokenizer")
+    t.add_argument(
+        "--data",
+        help="a dataset written by `prepare` (default: the bundled corpus, byte-level); "
+        "vocab_size follows its tokenizer",
+    )
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
-    t.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if --out holds checkpoints (deletes them)")
-    t.add_argument("--init-from", dest="init_from", metavar="CHECKPOINT", help="start a new run from this "
-                   "checkpoint's weights (e.g. extend its context: --seq-len 1024 --set max_seq_len=1024 --set "
-                   "'rope_scaling={rope_type=\"yarn\", factor=4.0, original_max_position_embeddings=256}')")
-    t.add_argument("--allow-changes", action="store_true", help="with --resume: accept training settings that differ "
-                   "from the checkpoint's (the run then no longer continues as if never stopped)")
-    t.add_argument("--dense", action="store_true",
-                   help="train the dense twin: one expert, top-1, top_k x d_ff wide (same active parameters)")
+    t.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)"
+    )
+    t.add_argument(
+        "--init-from",
+        dest="init_from",
+        metavar="CHECKPOINT",
+        help="start a new run from this "
+        "checkpoint's weights (e.g. extend its context: --seq-len 1024 --set max_seq_len=1024 --set "
+        "'rope_scaling={rope_type=\"yarn\", factor=4.0, original_max_position_embeddings=256}')",
+    )
+    t.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: accept training settings that differ "
+        "from the checkpoint's (the run then no longer continues as if never stopped)",
+    )
+    t.add_argument(
+        "--dense",
+        action="store_true",
+        help="train the dense twin: one expert, top-1, top_k x d_ff wide (same active parameters)",
+    )
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="sequences per step")
     t.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
     t.add_argument("--max-steps", dest="max_steps", type=int, help="steps to train (the end of the cosine schedule)")
-    t.add_argument("--time-budget", dest="time_budget_s", type=float,
-                   help="seconds of training: fit max_steps to it after measuring the step time (0: off)")
+    t.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=float,
+        help="seconds of training: fit max_steps to it after measuring the step time (0: off)",
+    )
     t.add_argument("--seed", type=int, help="random seed (weights, data order)")
-    add_runtime(t, device_help="cpu or cuda (default: cuda if available)",
-                expert_backend_help="expert matmuls: auto (Triton on CUDA, PyTorch elsewhere), torch or triton "
-                "(default: the config's expert_backend)",
-                compile_help="torch.compile the training step (one process; its first step compiles, inside the "
-                "time budget)")
-    t.add_argument("--train-language-model", dest="train_language_model", action="store_true",
-                   help="a vision config: train the language model too (default: frozen, Flamingo's stage 2)")
+    add_runtime(
+        t,
+        device_help="cpu or cuda (default: cuda if available)",
+        expert_backend_help="expert matmuls: auto (Triton on CUDA, PyTorch elsewhere), torch or triton "
+        "(default: the config's expert_backend)",
+        compile_help="torch.compile the training step (one process; its first step compiles, inside the time budget)",
+    )
+    t.add_argument(
+        "--train-language-model",
+        dest="train_language_model",
+        action="store_true",
+        help="a vision config: train the language model too (default: frozen, Flamingo's stage 2)",
+    )
     t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     _add_layout(t)
     add_set(t, help="override any model or [train] field, e.g. --set n_layers=2 --set warmup_steps=10")
@@ -46,19 +72,28 @@ def add_parser(sub) -> None:
 
 
 def _add_layout(t) -> None:
-    par = t.add_argument_group("parallel layout (launch with torchrun; the product of the degrees is the world "
-                               "size; defaults from the config's [parallel] table, else 1)")
+    par = t.add_argument_group(
+        "parallel layout (launch with torchrun; the product of the degrees is the world "
+        "size; defaults from the config's [parallel] table, else 1)"
+    )
     par.add_argument("--dp", type=int, help="data parallel replicas")
     par.add_argument("--tp", type=int, help="tensor parallel: split query heads and each expert's d_ff")
     par.add_argument("--ep", type=int, help="expert parallel: split the experts (tokens travel by all-to-all)")
     par.add_argument("--pp", type=int, help="pipeline parallel: split the layers into stages")
     par.add_argument("--microbatches", type=int, help="microbatches per step (pipeline; else gradient accumulation)")
     par.add_argument("--schedule", choices=("1f1b", "gpipe"), help="pipeline schedule (default 1f1b)")
-    par.add_argument("--first-stage-layers", dest="first_stage_layers", type=int,
-                     help="layers on the first pipeline stage, which also holds the embedding (default: even split)")
-    par.add_argument("--sharding", choices=("zero1", "fsdp"),
-                     help="data parallel, both on FSDP2: zero1 (default) gathers the weights once per step, fsdp "
-                     "re-gathers them for backward (less memory, 1.5x the traffic)")
+    par.add_argument(
+        "--first-stage-layers",
+        dest="first_stage_layers",
+        type=int,
+        help="layers on the first pipeline stage, which also holds the embedding (default: even split)",
+    )
+    par.add_argument(
+        "--sharding",
+        choices=("zero1", "fsdp"),
+        help="data parallel, both on FSDP2: zero1 (default) gathers the weights once per step, fsdp "
+        "re-gathers them for backward (less memory, 1.5x the traffic)",
+    )
 
 
 def run(args) -> int:
@@ -67,10 +102,19 @@ def run(args) -> int:
 
     model_cfg, train_cfg, data = _configs(args)
     layout = load_layout(args.config, **{k: getattr(args, k) for k in _LAYOUT_FLAGS})
-    summary = train_in_layout(model_cfg, train_cfg, args.out or f"runs/{model_cfg.name}", layout, data=data,
-                              resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
-                              init_from=args.init_from, device=args.device,
-                              progress=None if not args.no_progress else False)
+    summary = train_in_layout(
+        model_cfg,
+        train_cfg,
+        args.out or f"runs/{model_cfg.name}",
+        layout,
+        data=data,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_changes=args.allow_changes,
+        init_from=args.init_from,
+        device=args.device,
+        progress=None if not args.no_progress else False,
+    )
     return EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK
 
 

@@ -5,5 +5,15 @@ from moe.data.dataset import BUNDLED, CORPUS, TokenArray, TokenDataset, bundled_
 from moe.data.tokenizer import ByteTokenizer, Tokenizer
 from moe.data.tokenizer import load as load_tokenizer
 
-__all__ = ["BUNDLED", "CORPUS", "TokenArray", "TokenDataset", "bundled_split", "get_batch", "open_data", "Tokenizer",
-           "ByteTokenizer", "load_tokenizer"]
+__all__ = [
+    "BUNDLED",
+    "CORPUS",
+    "TokenArray",
+    "TokenDataset",
+    "bundled_split",
+    "get_batch",
+    "open_data",
+    "Tokenizer",
+    "ByteTokenizer",
+    "load_tokenizer",
+]

@@ -54,7 +54,7 @@ class TokenArray:
         out, i = [], int(np.searchsorted(self.starts, start, side="right")) - 1
         while n > 0:
             offset = start - int(self.starts[i])
-            piece = self.parts[i][offset: offset + n]
+            piece = self.parts[i][offset : offset + n]
             out.append(piece)
             start, n, i = start + len(piece), n - len(piece), i + 1
         return out[0] if len(out) == 1 else np.concatenate(out)
@@ -95,25 +95,35 @@ class TokenDataset:
     def check_seq_len(self, seq_len: int) -> None:
         for split, arr in (("train", self.train), ("validation", self.val)):
             if len(arr) <= seq_len:
-                raise ValueError(f"dataset {self.name}: its {split} split holds {len(arr)} tokens, too short for "
-                                 f"seq_len {seq_len} (it needs more than seq_len); use a shorter --seq-len or "
-                                 "more text")
+                raise ValueError(
+                    f"dataset {self.name}: its {split} split holds {len(arr)} tokens, too short for "
+                    f"seq_len {seq_len} (it needs more than seq_len); use a shorter --seq-len or "
+                    "more text"
+                )
 
     @classmethod
-    def bundled(cls, val_fraction: float = 0.05) -> "TokenDataset":
+    def bundled(cls, val_fraction: float = 0.05) -> TokenDataset:
         """The bundled corpus, byte-level, in memory."""
         train, val = bundled_split(val_fraction)
-        return cls(BUNDLED, ByteTokenizer(), TokenArray([np.frombuffer(train, np.uint8)]),
-                   TokenArray([np.frombuffer(val, np.uint8)]), len(val))
+        return cls(
+            BUNDLED,
+            ByteTokenizer(),
+            TokenArray([np.frombuffer(train, np.uint8)]),
+            TokenArray([np.frombuffer(val, np.uint8)]),
+            len(val),
+        )
 
     @classmethod
-    def open(cls, path) -> "TokenDataset":
+    def open(cls, path) -> TokenDataset:
         """A prepared dataset directory, checked: format, tokenizer, every shard's size."""
         path = pathlib.Path(path)
         meta_file = path / META
         if not meta_file.is_file():
-            hint = ("it is not a prepared dataset (python -m moe prepare --data ... --out DIR writes one)"
-                    if path.is_dir() else "no such directory")
+            hint = (
+                "it is not a prepared dataset (python -m moe prepare --data ... --out DIR writes one)"
+                if path.is_dir()
+                else "no such directory"
+            )
             raise ValueError(f"--data {path}: {hint}")
         try:
             meta = json.loads(meta_file.read_text())
@@ -132,9 +142,11 @@ class TokenDataset:
                 f = path / shard["file"]
                 size = f.stat().st_size if f.is_file() else None
                 if size != shard["tokens"] * dtype.itemsize:
-                    raise ValueError(f"{f}: {'missing' if size is None else f'{size} bytes'}, expected "
-                                     f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} tokens); "
-                                     "the dataset is damaged: prepare it again")
+                    raise ValueError(
+                        f"{f}: {'missing' if size is None else f'{size} bytes'}, expected "
+                        f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} tokens); "
+                        "the dataset is damaged: prepare it again"
+                    )
                 if shard["tokens"]:
                     parts.append(np.memmap(f, dtype=dtype, mode="r"))
             arrays[split] = TokenArray(parts)

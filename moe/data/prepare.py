@@ -34,8 +34,8 @@ import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -88,8 +88,11 @@ def _expand(paths, split) -> list[Source]:
         if str(given) == BUNDLED and not p.exists():
             out.append(Source(BUNDLED, CORPUS, "bundled"))
         elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
             if not files:
                 raise ValueError(f"--data {given}: the directory holds no files")
             out += [Source(str(f), f, split, f.relative_to(p).as_posix()) for f in files]
@@ -116,7 +119,9 @@ def _scan(src: Source) -> None:
                 try:
                     text = decoder.decode(line)
                 except UnicodeDecodeError as e:
-                    raise BadSource(f"{src.path}: not UTF-8 text (line {lineno}, byte {e.start}: {line[e.start:e.start + 4]!r})") from None
+                    raise BadSource(
+                        f"{src.path}: not UTF-8 text (line {lineno}, byte {e.start}: {line[e.start : e.start + 4]!r})"
+                    ) from None
                 if _is_jsonl(src.file) and text.strip():
                     docs += _check_record(src, lineno, text)
                 nonblank = nonblank or bool(text.strip())
@@ -133,7 +138,7 @@ def _check_record(src: Source, lineno: int, line: str) -> int:
     except ValueError as e:
         raise BadSource(f"{src.path}:{lineno}: not a JSON object ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise BadSource(f"{src.path}:{lineno}: a JSONL record needs a \"text\" string")
+        raise BadSource(f'{src.path}:{lineno}: a JSONL record needs a "text" string')
     return 1 if record["text"] else 0
 
 
@@ -169,7 +174,9 @@ def _documents(src: Source, val_fraction: float) -> Iterator[Document]:
         for lineno, line in enumerate(f, 1):
             text = json.loads(line)["text"] if line.strip() else ""
             if text:
-                yield Document(src.split or _hash_split(f"{src.name}:{lineno}", val_fraction), lambda text=text: iter([text]))
+                yield Document(
+                    src.split or _hash_split(f"{src.name}:{lineno}", val_fraction), lambda text=text: iter([text])
+                )
 
 
 class _ShardWriter:
@@ -195,7 +202,7 @@ class _ShardWriter:
             self.h.update(data)
             self.n += len(take)
             self.record.tokens += len(take)
-            ids = ids[len(take):]
+            ids = ids[len(take) :]
 
     def close(self) -> None:
         if self.f is not None:
@@ -214,9 +221,11 @@ def _make_tokenizer(spec: str, docs: Callable[[], Iterator[Document]], log) -> t
         return tokenizers.TiktokenTokenizer()
     t = time.perf_counter()
     tok = tokenizers.train_bpe((piece for d in docs() if d.split == "train" for piece in d.pieces()), n)
-    log(f"learned a byte-level BPE of {tok.vocab_size:,} tokens from the training documents in "
-        f"{time.perf_counter() - t:.1f} s" + (f" (asked for {n:,}: the text holds no more merges)"
-                                             if tok.vocab_size < n else ""))
+    log(
+        f"learned a byte-level BPE of {tok.vocab_size:,} tokens from the training documents in "
+        f"{time.perf_counter() - t:.1f} s"
+        + (f" (asked for {n:,}: the text holds no more merges)" if tok.vocab_size < n else "")
+    )
     return tok
 
 
@@ -230,13 +239,25 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
     if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not a dataset: choose another path (nothing was written)")
     if (out / META).is_file() and not overwrite:
-        raise ValueError(f"--out {out} already holds a dataset: pass --overwrite to replace it (the old one "
-                         "is kept until the new one is complete)")
+        raise ValueError(
+            f"--out {out} already holds a dataset: pass --overwrite to replace it (the old one "
+            "is kept until the new one is complete)"
+        )
 
 
-def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.05, on_bad: str = "stop",
-            overwrite: bool = False, shard_tokens: int = SHARD_TOKENS, progress: bool | None = None,
-            log=print) -> dict:
+def prepare(
+    data,
+    tokenizer: str,
+    out,
+    *,
+    val_data=(),
+    val_fraction: float = 0.05,
+    on_bad: str = "stop",
+    overwrite: bool = False,
+    shard_tokens: int = SHARD_TOKENS,
+    progress: bool | None = None,
+    log=print,
+) -> dict:
     """Write a dataset to `out`; returns its description (also out/dataset.json). See the module doc."""
     out = pathlib.Path(out)
     tokenizers.parse_spec(tokenizer)  # a bad spec fails before any reading
@@ -273,9 +294,11 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
         counts[d.split] += 1
     if not counts["train"] or not counts["val"]:
         empty = "training" if not counts["train"] else "validation"
-        raise ValueError(f"the {empty} split would be empty ({counts['train']} training and {counts['val']} "
-                         f"validation documents from {sum(counts.values())}): give more documents (e.g. one file "
-                         "per chapter), a different --val-fraction, or name validation files with --val-data")
+        raise ValueError(
+            f"the {empty} split would be empty ({counts['train']} training and {counts['val']} "
+            f"validation documents from {sum(counts.values())}): give more documents (e.g. one file "
+            "per chapter), a different --val-fraction, or name validation files with --val-data"
+        )
 
     tok = _make_tokenizer(tokenizer, documents, log)  # pass 2 (bpe only)
     dtype = token_dtype(tok.vocab_size)
@@ -285,8 +308,13 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
         splits = {"train": _Split(), "val": _Split()}
         writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens, splits[s]) for s in splits}
         show = sys.stderr.isatty() if progress is None else progress
-        with tqdm(total=sum(s.bytes for s in kept), unit="B", unit_scale=True, disable=not show,
-                  desc=f"encoding ({tok.describe()})") as bar:
+        with tqdm(
+            total=sum(s.bytes for s in kept),
+            unit="B",
+            unit_scale=True,
+            disable=not show,
+            desc=f"encoding ({tok.describe()})",
+        ) as bar:
             for doc in documents():  # pass 3
                 rec = splits[doc.split]
                 for piece in doc.pieces():
@@ -302,11 +330,23 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
             w.close()
         tok.save(tmp)
         meta = {
-            "format": FORMAT, "tokenizer": {**_tok_meta(tok), "spec": tokenizer}, "dtype": dtype.name,
-            "splits": {s: vars(r) for s, r in splits.items()}, "val_fraction": None if val_data else val_fraction,
-            "sources": [{"path": s.path, "sha256": s.sha256, "bytes": s.bytes, "documents": s.documents,
-                         "split": s.split or "by document"} for s in kept],
-            "skipped": skipped, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "format": FORMAT,
+            "tokenizer": {**_tok_meta(tok), "spec": tokenizer},
+            "dtype": dtype.name,
+            "splits": {s: vars(r) for s, r in splits.items()},
+            "val_fraction": None if val_data else val_fraction,
+            "sources": [
+                {
+                    "path": s.path,
+                    "sha256": s.sha256,
+                    "bytes": s.bytes,
+                    "documents": s.documents,
+                    "split": s.split or "by document",
+                }
+                for s in kept
+            ],
+            "skipped": skipped,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1))
         replace_whole(tmp, out)  # an old dataset there goes only afterwards
@@ -314,9 +354,11 @@ def prepare(data, tokenizer: str, out, *, val_data=(), val_fraction: float = 0.0
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     s = meta["splits"]
-    log(f"wrote {out}: {s['train']['tokens']:,} training and {s['val']['tokens']:,} validation tokens "
+    log(
+        f"wrote {out}: {s['train']['tokens']:,} training and {s['val']['tokens']:,} validation tokens "
         f"({s['train']['documents']:,} + {s['val']['documents']:,} documents, {tok.describe()}, {dtype.name}, "
-        f"{len(s['train']['shards']) + len(s['val']['shards'])} shards)")
+        f"{len(s['train']['shards']) + len(s['val']['shards'])} shards)"
+    )
     return meta
 
 

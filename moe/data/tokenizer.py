@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 FILE = "tokenizer.moe.json"
 EOT = "<|endoftext|>"
@@ -29,13 +29,22 @@ EOT = "<|endoftext|>"
 # cl100k_base as tiktoken defines it (tiktoken_ext/openai_public.py): the ranks file's sha256, the
 # pre-tokenizer pattern and the special tokens. Needed to build it from a file given offline.
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-                  r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-CL100K_SPECIAL = {EOT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
-                  "<|endofprompt|>": 100276}
-CL100K_HOWTO = ("cl100k_base needs tiktoken's encoding file and it could not be fetched ({}). On a machine "
-                "with network, download https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken "
-                "(1.7 MB), copy it here and set MOE_CL100K_FILE=/path/to/cl100k_base.tiktoken")
+CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+CL100K_SPECIAL = {
+    EOT: 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
+CL100K_HOWTO = (
+    "cl100k_base needs tiktoken's encoding file and it could not be fetched ({}). On a machine "
+    "with network, download https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken "
+    "(1.7 MB), copy it here and set MOE_CL100K_FILE=/path/to/cl100k_base.tiktoken"
+)
 
 
 class Tokenizer:
@@ -90,7 +99,8 @@ class ByteTokenizer(Tokenizer):
 
     def to_hf_json(self) -> str:
         """A byte-level BPE with no merges whose token i is byte i: the same ids, in tokenizer.json form."""
-        from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTok
+        from tokenizers import decoders, models, pre_tokenizers
 
         char = _byte_chars()
         tok = HFTok(models.BPE(vocab={char[b]: b for b in range(256)}, merges=[]))
@@ -137,7 +147,7 @@ class HFTokenizer(Tokenizer):
         return self.tok.to_str()
 
     @classmethod
-    def from_json(cls, text: str, kind: str) -> "HFTokenizer":
+    def from_json(cls, text: str, kind: str) -> HFTokenizer:
         from tokenizers import Tokenizer as HFTok
 
         return cls(HFTok.from_str(text), kind)
@@ -182,22 +192,29 @@ def _cl100k():
     if hashlib.sha256(contents).hexdigest() != CL100K_SHA256:
         raise ValueError(f"MOE_CL100K_FILE={path} is not cl100k_base's encoding file (its sha256 differs)")
     # the .tiktoken format: one "base64(token bytes) rank" per line
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines()
-                                                                     if line)}
-    return tiktoken.Encoding("cl100k_base", pat_str=CL100K_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=CL100K_SPECIAL)
+    ranks = {
+        base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines() if line)
+    }
+    return tiktoken.Encoding(
+        "cl100k_base", pat_str=CL100K_PATTERN, mergeable_ranks=ranks, special_tokens=CL100K_SPECIAL
+    )
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int) -> HFTokenizer:
     """A byte-level BPE of vocab_size tokens (256 byte tokens, <|endoftext|>, then merges) learned
     from `texts` (streamed). Byte-level: every string encodes, and decode(encode(s)) == s."""
-    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = HFTok(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     return HFTokenizer(tok, "bpe")
 
@@ -207,8 +224,10 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     kind, _, n = spec.partition(":")
     if kind == "bpe":
         if not n.isdigit() or int(n) <= 257:
-            raise ValueError(f"--tokenizer {spec!r}: bpe:N needs a vocabulary size N > 257 (256 bytes, "
-                             "<|endoftext|>, then merges), e.g. bpe:4096")
+            raise ValueError(
+                f"--tokenizer {spec!r}: bpe:N needs a vocabulary size N > 257 (256 bytes, "
+                "<|endoftext|>, then merges), e.g. bpe:4096"
+            )
         return kind, int(n)
     if spec in ("bytes", "cl100k_base"):
         return spec, None

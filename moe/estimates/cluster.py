@@ -32,8 +32,12 @@ import math
 from dataclasses import dataclass, replace
 
 from moe.config import ModelConfig
-from moe.estimates.arithmetic import (attention_flops_per_token, count_params, forward_flops_per_token,
-                                     kv_cache_bytes_per_token)
+from moe.estimates.arithmetic import (
+    attention_flops_per_token,
+    count_params,
+    forward_flops_per_token,
+    kv_cache_bytes_per_token,
+)
 from moe.estimates.layout_memory import activation_bytes_per_token_layer, kv_heads_held, stage_memory, worst_stage
 from moe.estimates.leak import LEAK_TRAIN_BATCH_TOKENS, TRAIN_TOKENS
 from moe.layout import Layout, stage_layers
@@ -111,11 +115,16 @@ def shard_shape(cfg: ModelConfig, tp: int) -> ModelConfig:
 
 # --- one layer on one GPU: FLOPs, bytes and a roofline time ------------------------------------------
 
+
 def layer_params(cfg: ModelConfig) -> dict[str, int]:
     """Weight elements of one layer, by op group."""
     p = count_params(cfg)
-    return dict(attention=p.attention // cfg.n_layers, router=p.router // cfg.n_layers,
-                expert=p.expert_layer, norms=2 * cfg.d_model)
+    return dict(
+        attention=p.attention // cfg.n_layers,
+        router=p.router // cfg.n_layers,
+        expert=p.expert_layer,
+        norms=2 * cfg.d_model,
+    )
 
 
 def _kv_bytes_per_position(cfg: ModelConfig, kv_heads: float | None = None) -> float:
@@ -128,8 +137,14 @@ def experts_touched(tokens: int, cfg: ModelConfig) -> float:
     return cfg.n_experts * (1 - (1 - cfg.top_k / cfg.n_experts) ** tokens)
 
 
-def layer_costs(cfg: ModelConfig, tokens: int, context: float, kv_rows: int = 0,
-                touched: float | None = None, expert_bytes: float = 2.0) -> dict[str, tuple[float, float]]:
+def layer_costs(
+    cfg: ModelConfig,
+    tokens: int,
+    context: float,
+    kv_rows: int = 0,
+    touched: float | None = None,
+    expert_bytes: float = 2.0,
+) -> dict[str, tuple[float, float]]:
     """{op group: (FLOPs, bytes)} of one forward layer of `cfg` (a shard) over `tokens` tokens that
     each attend to `context` positions on average. kv_rows: sequences whose K/V cache is read
     (decode); 0 for prefill and training, where K and V are computed, not read. touched: experts
@@ -142,32 +157,57 @@ def layer_costs(cfg: ModelConfig, tokens: int, context: float, kv_rows: int = 0,
     act = 2 * tokens * d  # one bf16 activation of the layer's width
     experts = experts_touched(tokens, cfg) if touched is None else touched
     return {
-        "attention": (2 * tokens * w["attention"] + 4 * tokens * cfg.n_heads * hd * context,
-                      2 * w["attention"] + kv_bytes + 2 * act + 4 * tokens * q_width),
+        "attention": (
+            2 * tokens * w["attention"] + 4 * tokens * cfg.n_heads * hd * context,
+            2 * w["attention"] + kv_bytes + 2 * act + 4 * tokens * q_width,
+        ),
         "router": (2 * tokens * w["router"], 2 * w["router"] + act),
-        "expert_matmuls": (2 * tokens * cfg.top_k * w["expert"], expert_bytes * w["expert"] * experts
-                           + 2 * cfg.top_k * act + 4 * tokens * cfg.top_k * cfg.d_ff),
+        "expert_matmuls": (
+            2 * tokens * cfg.top_k * w["expert"],
+            expert_bytes * w["expert"] * experts + 2 * cfg.top_k * act + 4 * tokens * cfg.top_k * cfg.d_ff,
+        ),
         "norms": (0.0, 2 * act + 2 * w["norms"]),
     }
 
 
-def roofline_layer(cfg: ModelConfig, gpu: GPU, tokens: int, context: float, kv_rows: int = 0,
-                   backward: bool = False, touched: float | None = None, expert_bytes: float = 2.0) -> float:
+def roofline_layer(
+    cfg: ModelConfig,
+    gpu: GPU,
+    tokens: int,
+    context: float,
+    kv_rows: int = 0,
+    backward: bool = False,
+    touched: float | None = None,
+    expert_bytes: float = 2.0,
+) -> float:
     """Seconds for one layer: each op group max(FLOPs / achieved peak, bytes / achieved bandwidth);
     with backward, 3x the forward FLOPs and bytes (dX and dW each re-read the weights)."""
     scale = 3 if backward else 1
-    return sum(max(scale * f / gpu.flops, scale * b / gpu.bytes_per_s)
-               for f, b in layer_costs(cfg, tokens, context, kv_rows, touched, expert_bytes).values())
+    return sum(
+        max(scale * f / gpu.flops, scale * b / gpu.bytes_per_s)
+        for f, b in layer_costs(cfg, tokens, context, kv_rows, touched, expert_bytes).values()
+    )
 
 
-def rescale(seconds: float, shard: ModelConfig, measured_on: GPU, target: GPU, tokens: int, context: float,
-            kv_rows: int = 0, backward: bool = False) -> float:
+def rescale(
+    seconds: float,
+    shard: ModelConfig,
+    measured_on: GPU,
+    target: GPU,
+    tokens: int,
+    context: float,
+    kv_rows: int = 0,
+    backward: bool = False,
+) -> float:
     """A time measured on one GPU, carried to another by the ratio of their roofline times."""
-    return seconds * (roofline_layer(shard, target, tokens, context, kv_rows, backward)
-                      / roofline_layer(shard, measured_on, tokens, context, kv_rows, backward))
+    return seconds * (
+        roofline_layer(shard, target, tokens, context, kv_rows, backward)
+        / roofline_layer(shard, measured_on, tokens, context, kv_rows, backward)
+    )
 
 
 # --- the cluster -----------------------------------------------------------------------------------
+
 
 def allreduce_s(n_bytes: float, ranks: int, gpu: GPU) -> float:
     return COLLECTIVE_LATENCY_S + 2 * (ranks - 1) / ranks * n_bytes / (gpu.nvlink_busbw_gbs * 1e9)
@@ -203,8 +243,11 @@ def prefill_latency_s(cfg: ModelConfig, gpu: GPU, layer_s: float, tokens: int, t
     """One prompt alone through all stages (time to first token): every layer with its two
     all-reduces, pp - 1 sends, and the head for the last position."""
     act = tokens * cfg.d_model * 2
-    return (cfg.n_layers * (layer_s + 2 * allreduce_s(act, tp, gpu)) + (pp - 1) * send_s(act / tp, gpu)
-            + head_s(cfg, gpu, 1, tp))
+    return (
+        cfg.n_layers * (layer_s + 2 * allreduce_s(act, tp, gpu))
+        + (pp - 1) * send_s(act / tp, gpu)
+        + head_s(cfg, gpu, 1, tp)
+    )
 
 
 @dataclass(frozen=True)
@@ -220,8 +263,9 @@ class DecodePoint:
     fits: bool  # the users' KV cache fits in memory
 
 
-def decode_point(cfg: ModelConfig, gpu: GPU, layer_s: float, b: int, context: int, tp: int = 8,
-                 pp: int = 16) -> DecodePoint:
+def decode_point(
+    cfg: ModelConfig, gpu: GPU, layer_s: float, b: int, context: int, tp: int = 8, pp: int = 16
+) -> DecodePoint:
     """The cluster model of the module doc at one microbatch size, given t_L(b, context)."""
     act = b * cfg.d_model * 2
     layer = layer_s + 2 * allreduce_s(act, tp, gpu)
@@ -231,8 +275,17 @@ def decode_point(cfg: ModelConfig, gpu: GPU, layer_s: float, b: int, context: in
     latency = pp * stage
     tokens_per_s = b / stage
     usd = tp * pp * gpu.price_per_hour / 3600 / tokens_per_s * 1000
-    return DecodePoint(gpu.name, context, b, pp * b, 1e3 * latency, 1 / latency, tokens_per_s, usd,
-                       b <= max_microbatch(cfg, gpu, tp, pp, context))
+    return DecodePoint(
+        gpu.name,
+        context,
+        b,
+        pp * b,
+        1e3 * latency,
+        1 / latency,
+        tokens_per_s,
+        usd,
+        b <= max_microbatch(cfg, gpu, tp, pp, context),
+    )
 
 
 def weight_bound_batch(shard: ModelConfig, gpu: GPU, context: int) -> dict[str, float]:
@@ -259,8 +312,16 @@ class TrainEstimate:
     days_at_leak_mfu: tuple[float, float] | None
 
 
-def train_estimate(cfg: ModelConfig, gpu: GPU, n_gpus: int, layer_fwd_bwd_s: float, tokens: int = TRAIN_SEQ,
-                   tp: int = 8, pp: int = 15, leak_mfu: tuple[float, float] | None = None) -> TrainEstimate:
+def train_estimate(
+    cfg: ModelConfig,
+    gpu: GPU,
+    n_gpus: int,
+    layer_fwd_bwd_s: float,
+    tokens: int = TRAIN_SEQ,
+    tp: int = 8,
+    pp: int = 15,
+    leak_mfu: tuple[float, float] | None = None,
+) -> TrainEstimate:
     """The training model of the module doc, given t_L for forward+backward of one microbatch of
     `tokens` tokens (one sequence) on one GPU."""
     dp = n_gpus // (tp * pp)
@@ -301,43 +362,69 @@ def context_rows(cfg: ModelConfig, contexts=(8192, 32768), tp: int = 8, pp: int 
     cannot run on 40GB A100s"."""
     weights = inference_weights_bytes(cfg, tp, pp)
     rows = [
-        ("K/V cache per sequence, whole model (bf16)",
-         *(f"{kv_cache_bytes_per_token(cfg) * c / 2**30:.3g} GiB" for c in contexts),
-         f"{cfg.n_layers} layers x {cfg.n_kv_heads} K/V head(s) x {cfg.head_dim} x 2 (K and V) x 2 bytes per position"),
-        (f"  on one GPU of tp {tp} x pp {pp}", *(f"{kv_bytes_per_sequence(cfg, tp, pp, c) / 2**20:.3g} MiB" for c in contexts),
-         f"a stage's {math.ceil(cfg.n_layers / pp)} layers; the single K/V head is replicated over tp"),
+        (
+            "K/V cache per sequence, whole model (bf16)",
+            *(f"{kv_cache_bytes_per_token(cfg) * c / 2**30:.3g} GiB" for c in contexts),
+            f"{cfg.n_layers} layers x {cfg.n_kv_heads} K/V head(s) x {cfg.head_dim} x 2 (K and V)"
+            " x 2 bytes per position",
+        ),
+        (
+            f"  on one GPU of tp {tp} x pp {pp}",
+            *(f"{kv_bytes_per_sequence(cfg, tp, pp, c) / 2**20:.3g} MiB" for c in contexts),
+            f"a stage's {math.ceil(cfg.n_layers / pp)} layers; the single K/V head is replicated over tp",
+        ),
     ]
     for gpu in (GPUS["A100"], GPUS["H100"]):
-        rows.append((f"  largest decode microbatch b on {gpu.name}",
-                     *(f"{max_microbatch(cfg, gpu, tp, pp, c)} (users {pp * max_microbatch(cfg, gpu, tp, pp, c)})"
-                       for c in contexts),
-                     f"pp b sequences' K/V beside {weights / 1e9:.1f} GB of weights in 90% of {gpu.memory_gb:g} GB"))
+        rows.append(
+            (
+                f"  largest decode microbatch b on {gpu.name}",
+                *(
+                    f"{max_microbatch(cfg, gpu, tp, pp, c)} (users {pp * max_microbatch(cfg, gpu, tp, pp, c)})"
+                    for c in contexts
+                ),
+                f"pp b sequences' K/V beside {weights / 1e9:.1f} GB of weights in 90% of {gpu.memory_gb:g} GB",
+            )
+        )
     mha = replace(cfg, n_kv_heads=cfg.n_heads)  # the K/V the leak's "55B shared attention" implies
     a100 = GPUS["A100"]
-    rows.append((f"  ... with {cfg.n_heads} K/V heads (multi-head) on {a100.name}",
-                 *(str(max_microbatch(mha, a100, tp, pp, c)) for c in contexts),
-                 f"the same with multi-head K/V ({inference_weights_bytes(mha, tp, pp) / 1e9:.1f} GB of weights): "
-                 "0 means not one sequence fits"))
-    rows.append(("attention share of forward FLOPs per token", *(
-        f"{attention_flops_per_token(cfg, c) / forward_flops_per_token(cfg, c):.1%}" for c in contexts),
-        "4 layers heads head_dim context / (2 matmul params + that), at the last position of a full context"))
+    rows.append(
+        (
+            f"  ... with {cfg.n_heads} K/V heads (multi-head) on {a100.name}",
+            *(str(max_microbatch(mha, a100, tp, pp, c)) for c in contexts),
+            f"the same with multi-head K/V ({inference_weights_bytes(mha, tp, pp) / 1e9:.1f} GB of weights): "
+            "0 means not one sequence fits",
+        )
+    )
+    rows.append(
+        (
+            "attention share of forward FLOPs per token",
+            *(f"{attention_flops_per_token(cfg, c) / forward_flops_per_token(cfg, c):.1%}" for c in contexts),
+            "4 layers heads head_dim context / (2 matmul params + that), at the last position of a full context",
+        )
+    )
     return rows
 
 
 # --- weight-only quantized serving ------------------------------------------------------------------
+
 
 def expert_weight_bytes(cfg: ModelConfig, scheme: str) -> float:
     """Bytes per expert weight stored as kernels/quantized.py does: bf16 2; int8 / fp8 1 plus a float32
     scale per output column (per expert: F for the up/gate matrices, D for down); int4 half a byte
     plus a float32 scale per group of 128 along the input."""
     d, f = cfg.d_model, cfg.d_ff
-    per_matrix_scales = {"bf16": 0.0, "int8": 4 * (f + d) / (2 * d * f), "fp8": 4 * (f + d) / (2 * d * f),
-                         "int4": 4 / 128}[scheme]
+    per_matrix_scales = {
+        "bf16": 0.0,
+        "int8": 4 * (f + d) / (2 * d * f),
+        "fp8": 4 * (f + d) / (2 * d * f),
+        "int4": 4 / 128,
+    }[scheme]
     return {"bf16": 2.0, "int8": 1.0, "fp8": 1.0, "int4": 0.5}[scheme] + per_matrix_scales
 
 
-def quantized_rows(cfg: ModelConfig, tp: int = 8, pp: int = 16, context: int = 8192,
-                   batches=(1, 64)) -> list[tuple[str, ...]]:
+def quantized_rows(
+    cfg: ModelConfig, tp: int = 8, pp: int = 16, context: int = 8192, batches=(1, 64)
+) -> list[tuple[str, ...]]:
     """Weight-only quantization at inference (tp x pp): bytes per GPU and the decode roofline per token,
     at bf16, int8 / fp8 and int4 expert weights. The leak: "less than 30GB per GPU at FP16 and less
     than 15GB at FP8/int8"."""
@@ -345,20 +432,45 @@ def quantized_rows(cfg: ModelConfig, tp: int = 8, pp: int = 16, context: int = 8
     shard = shard_shape(cfg, tp)
     widths = ("bf16", "int8", "int4")
     rows = [
-        ("expert weights per GPU (worst stage)", *(f"{worst.expert_params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB"
-                                                   for w in widths), "the rest stays bf16 (below)"),
-        ("all weights per GPU, experts quantized", *(
-            f"{(worst.expert_params * expert_weight_bytes(cfg, w) + 2 * worst.dense_params) / 1e9:.1f} GB" for w in widths),
-         "leak: < 30 GB at fp16, < 15 GB at fp8/int8 (weights only, before the K/V cache)"),
-        ("all weights per GPU, everything at that width", *(
-            f"{worst.params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB" for w in widths),
-         "attention, embedding and head quantized too"),
+        (
+            "expert weights per GPU (worst stage)",
+            *(f"{worst.expert_params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB" for w in widths),
+            "the rest stays bf16 (below)",
+        ),
+        (
+            "all weights per GPU, experts quantized",
+            *(
+                f"{(worst.expert_params * expert_weight_bytes(cfg, w) + 2 * worst.dense_params) / 1e9:.1f} GB"
+                for w in widths
+            ),
+            "leak: < 30 GB at fp16, < 15 GB at fp8/int8 (weights only, before the K/V cache)",
+        ),
+        (
+            "all weights per GPU, everything at that width",
+            *(f"{worst.params * expert_weight_bytes(cfg, w) / 1e9:.1f} GB" for w in widths),
+            "attention, embedding and head quantized too",
+        ),
     ]
     for gpu in (GPUS["H100"], GPUS["A100"]):
         for b in batches:
-            times = [decode_point(cfg, gpu, roofline_layer(shard, gpu, b, context, b, expert_bytes=expert_weight_bytes(cfg, w)),
-                                  b, context, tp, pp).latency_ms for w in widths]
-            rows.append((f"decode per token, b={b}, {context // 1024}k context, {gpu.name}",
-                         *(f"{t:.1f} ms" for t in times), f"roofline x {tp * pp} GPUs; {times[0] / times[1]:.2f}x "
-                         f"faster at int8, {times[0] / times[2]:.2f}x at int4"))
+            times = [
+                decode_point(
+                    cfg,
+                    gpu,
+                    roofline_layer(shard, gpu, b, context, b, expert_bytes=expert_weight_bytes(cfg, w)),
+                    b,
+                    context,
+                    tp,
+                    pp,
+                ).latency_ms
+                for w in widths
+            ]
+            rows.append(
+                (
+                    f"decode per token, b={b}, {context // 1024}k context, {gpu.name}",
+                    *(f"{t:.1f} ms" for t in times),
+                    f"roofline x {tp * pp} GPUs; {times[0] / times[1]:.2f}x "
+                    f"faster at int8, {times[0] / times[2]:.2f}x at int4",
+                )
+            )
     return rows

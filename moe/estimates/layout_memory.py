@@ -30,6 +30,7 @@ from moe.config import ModelConfig
 from moe.estimates.units import binary_bytes, si
 from moe.layout import Layout, bubble_fraction, stage_layers
 
+
 @dataclass(frozen=True)
 class StageMemory:
     layers: int
@@ -99,8 +100,11 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     zero_dense, zero_expert = lay.dp * lay.ep, lay.dp
     at_rest = 16 * worst.sharded(lay)
     gathered = 4 * worst.gathered(lay)
-    how_gathered = ("the stage's whole share, gathered once per step (zero1)" if lay.sharding == "zero1" else
-                    "embedding / head and two blocks at a time (fsdp: one computing, one prefetched)")
+    how_gathered = (
+        "the stage's whole share, gathered once per step (zero1)"
+        if lay.sharding == "zero1"
+        else "embedding / head and two blocks at a time (fsdp: one computing, one prefetched)"
+    )
 
     tokens_per_micro = batch_tokens / (lay.data_shards * lay.microbatches)
     sequences_per_micro = tokens_per_micro / seq_len
@@ -111,36 +115,67 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
     else:
         in_flight = lay.microbatches if lay.schedule == "gpipe" else min(lay.pp, lay.microbatches)
     bubble = bubble_fraction(lay.pp, lay.microbatches)
-    a2a = (4 * tokens_per_micro * cfg.top_k * (lay.ep - 1) / lay.ep * cfg.d_model * 2
-           * lay.microbatches * layers)
+    a2a = 4 * tokens_per_micro * cfg.top_k * (lay.ep - 1) / lay.ep * cfg.d_model * 2 * lay.microbatches * layers
     weight_bytes = params * 2
     rows = [
         ("GPUs", f"{lay.world_size:,}", f"pp {lay.pp} x dp {lay.dp} x ep {lay.ep} x tp {lay.tp}"),
-        ("runs in this code base", fits.split(":")[0], fits.partition(": ")[2] or "every degree divides what it splits"),
-        ("layers per stage", _run_length([s.layers for s in stages]),
-         "first stage also holds the embedding, last the output head"),
-        ("parameters per GPU (worst stage)", si(params),
-         f"{si(worst.dense_params)} dense + {si(worst.expert_params)} expert; "
-         f"{cfg.n_experts / lay.ep:g} experts of d_ff {cfg.d_ff / lay.tp:g}, {cfg.n_heads / lay.tp:g} query heads"),
+        (
+            "runs in this code base",
+            fits.split(":")[0],
+            fits.partition(": ")[2] or "every degree divides what it splits",
+        ),
+        (
+            "layers per stage",
+            _run_length([s.layers for s in stages]),
+            "first stage also holds the embedding, last the output head",
+        ),
+        (
+            "parameters per GPU (worst stage)",
+            si(params),
+            f"{si(worst.dense_params)} dense + {si(worst.expert_params)} expert; "
+            f"{cfg.n_experts / lay.ep:g} experts of d_ff {cfg.d_ff / lay.tp:g}, {cfg.n_heads / lay.tp:g} query heads",
+        ),
         ("  as fp16/bf16", binary_bytes(weight_bytes), f"{weight_bytes / 1e9:.1f} GB: weights only (inference)"),
-        ("  weights, gradients, AdamW moments", binary_bytes(at_rest),
-         f"fp32, 4 + 4 + 8 B/param, sharded by FSDP2 over {zero_dense} (dense) and {zero_expert} (expert) ranks"
-         " (between steps)"),
-        ("  + weights gathered for the step", binary_bytes(gathered) if gathered else "0 (no data parallelism)",
-         f"fp32: {how_gathered}" if gathered else "the weights are whole already"),
+        (
+            "  weights, gradients, AdamW moments",
+            binary_bytes(at_rest),
+            f"fp32, 4 + 4 + 8 B/param, sharded by FSDP2 over {zero_dense} (dense) and {zero_expert} (expert) ranks"
+            " (between steps)",
+        ),
+        (
+            "  + weights gathered for the step",
+            binary_bytes(gathered) if gathered else "0 (no data parallelism)",
+            f"fp32: {how_gathered}" if gathered else "the weights are whole already",
+        ),
         ("  training state, peak", binary_bytes(at_rest + gathered), "before activations"),
-        ("tokens per microbatch per GPU", f"{tokens_per_micro:,.0f}",
-         f"{si(batch_tokens)} tokens per step / ({lay.data_shards} data shards x {lay.microbatches} microbatches)"
-         f" = {sequences_per_micro:.3g} sequences of {seq_len}"),
-        ("activations per microbatch", binary_bytes(act_micro),
-         f"{activation_bytes_per_token_layer(cfg, lay):,} B per token and layer (bf16, flash attention, no "
-         "recomputation)"),
-        (f"  peak, {in_flight} microbatch(es) in flight", binary_bytes(act_micro * in_flight),
-         "1F1B keeps at most pp in flight on the first stage, GPipe all of them"),
-        ("pipeline bubble", f"{bubble:.1%}", f"(pp - 1) / (microbatches + pp - 1) = {lay.pp - 1} / "
-         f"{lay.microbatches + lay.pp - 1}, for GPipe and 1F1B alike"),
-        ("all-to-all bytes per step per GPU", binary_bytes(a2a) if lay.ep > 1 else "0 (ep = 1)",
-         "4 crossings (dispatch, combine, forward and backward) of each remote assignment, bf16, uniform routing"),
+        (
+            "tokens per microbatch per GPU",
+            f"{tokens_per_micro:,.0f}",
+            f"{si(batch_tokens)} tokens per step / ({lay.data_shards} data shards x {lay.microbatches} microbatches)"
+            f" = {sequences_per_micro:.3g} sequences of {seq_len}",
+        ),
+        (
+            "activations per microbatch",
+            binary_bytes(act_micro),
+            f"{activation_bytes_per_token_layer(cfg, lay):,} B per token and layer (bf16, flash attention, no "
+            "recomputation)",
+        ),
+        (
+            f"  peak, {in_flight} microbatch(es) in flight",
+            binary_bytes(act_micro * in_flight),
+            "1F1B keeps at most pp in flight on the first stage, GPipe all of them",
+        ),
+        (
+            "pipeline bubble",
+            f"{bubble:.1%}",
+            f"(pp - 1) / (microbatches + pp - 1) = {lay.pp - 1} / "
+            f"{lay.microbatches + lay.pp - 1}, for GPipe and 1F1B alike",
+        ),
+        (
+            "all-to-all bytes per step per GPU",
+            binary_bytes(a2a) if lay.ep > 1 else "0 (ep = 1)",
+            "4 crossings (dispatch, combine, forward and backward) of each remote assignment, bf16, uniform routing",
+        ),
     ]
     return rows
 

@@ -12,17 +12,23 @@ from moe.estimates.units import format_table
 
 def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = None, seq_len: int | None = None) -> None:
     """The config's figures; with a moe.layout.Layout, also what one GPU of that layout holds."""
-    print(f"config {cfg.name!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of "
-          f"{cfg.head_dim}, {cfg.n_kv_heads} K/V head(s), {cfg.n_experts} experts of d_ff {cfg.d_ff} "
-          f"({cfg.activation}), top-{cfg.top_k}, vocab {cfg.vocab_size:,}")
+    print(
+        f"config {cfg.name!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of "
+        f"{cfg.head_dim}, {cfg.n_kv_heads} K/V head(s), {cfg.n_experts} experts of d_ff {cfg.d_ff} "
+        f"({cfg.activation}), top-{cfg.top_k}, vocab {cfg.vocab_size:,}"
+    )
     rows = figure_rows(cfg)
     if is_gpt4_shape(cfg):
         print(format_table(rows, ("quantity", "this config", "leak", "comparison / note")))
-        print("\nlong context at inference, tp 8 x pp 16 (the leak: pretrained at 8k, 32k fine-tuned from it, "
-              "'32k cannot run on 40GB A100s')")
+        print(
+            "\nlong context at inference, tp 8 x pp 16 (the leak: pretrained at 8k, 32k fine-tuned from it, "
+            "'32k cannot run on 40GB A100s')"
+        )
         print(format_table(context_rows(cfg), ("quantity", "8k context", "32k context", "how")))
-        print("\nweight-only quantized experts at inference, tp 8 x pp 16 (python -m moe quantize; int8 and fp8 "
-              "store 1 byte per weight, int4 half a byte, plus their scales)")
+        print(
+            "\nweight-only quantized experts at inference, tp 8 x pp 16 (python -m moe quantize; int8 and fp8 "
+            "store 1 byte per weight, int4 half a byte, plus their scales)"
+        )
         print(format_table(quantized_rows(cfg), ("quantity", "bf16", "int8 / fp8", "int4", "how")))
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
@@ -37,6 +43,8 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
         seq_len = cfg.max_seq_len if seq_len is None else seq_len
         if not (batch_tokens > 0 and seq_len > 0):
             raise ValueError(f"batch_tokens and seq_len must be > 0, got {batch_tokens} and {seq_len}")
-        print(f"\nper GPU in layout {layout.describe()} ({layout.schedule} schedule), "
-              f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}")
+        print(
+            f"\nper GPU in layout {layout.describe()} ({layout.schedule} schedule), "
+            f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}"
+        )
         print(format_table(layout_rows(cfg, layout, batch_tokens, seq_len), ("quantity", "per GPU", "how")))

@@ -7,8 +7,16 @@ from __future__ import annotations
 def si(x: float, unit: str = "") -> str:
     """1.8e12 -> '1.8 T', with an optional unit: si(5.6e11, 'FLOP') -> '560 GFLOP'."""
     x = float(f"{x:.3g}")  # round first, so 999,672 is '1 M', not '1e+03 k'
-    for scale, prefix in ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"),
-                          (1e6, "M"), (1e3, "k")):
+    for scale, prefix in (
+        (1e24, "Y"),
+        (1e21, "Z"),
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+    ):
         if abs(x) >= scale:
             return f"{x / scale:.3g} {prefix}{unit}".rstrip()
     return f"{x:.3g} {unit}".rstrip()

@@ -52,7 +52,14 @@ def _shape(cfg: ModelConfig):
     if v is None:
         raise ValueError(f"config {cfg.name!r} has no [vision] table")
     rows, cols = v.patch_grid
-    return v, rows, cols, rows * cols, len(range(v.cross_attn_every - 1, cfg.n_layers, v.cross_attn_every)), v.xattn_d_ff or 4 * cfg.d_model
+    return (
+        v,
+        rows,
+        cols,
+        rows * cols,
+        len(range(v.cross_attn_every - 1, cfg.n_layers, v.cross_attn_every)),
+        v.xattn_d_ff or 4 * cfg.d_model,
+    )
 
 
 def count_vision_params(cfg: ModelConfig) -> VisionParams:
@@ -60,7 +67,9 @@ def count_vision_params(cfg: ModelConfig) -> VisionParams:
     D, F = v.d_model, v.d_ff
     d, q, kv = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     if v.stem == "strips":
-        stem = v.channels * 9 * v.stem_channels + v.stem_channels + v.stem_channels * v.image_height * v.patch_size * D + D
+        stem = (
+            v.channels * 9 * v.stem_channels + v.stem_channels + v.stem_channels * v.image_height * v.patch_size * D + D
+        )
     else:
         stem = v.channels * v.patch_size**2 * D + D
     encoder = stem + (rows + cols) * D + v.n_layers * (4 * D * D + 2 * D * F + 4 * D) + 2 * D
@@ -75,7 +84,10 @@ def image_flops(cfg: ModelConfig) -> dict[str, int]:
     D, F, L = v.d_model, v.d_ff, v.n_latents
     kv = cfg.n_kv_heads * cfg.head_dim
     if v.stem == "strips":
-        stem = 2 * v.image_height * v.image_width * 9 * v.channels * v.stem_channels + 2 * P * v.stem_channels * v.image_height * v.patch_size * D
+        stem = (
+            2 * v.image_height * v.image_width * 9 * v.channels * v.stem_channels
+            + 2 * P * v.stem_channels * v.image_height * v.patch_size * D
+        )
     else:
         stem = 2 * P * v.channels * v.patch_size**2 * D
     encoder = stem + v.n_layers * (2 * P * (4 * D * D + 2 * D * F) + 4 * P * P * D)
@@ -107,27 +119,59 @@ def vision_rows(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     kv = visual_kv_bytes(cfg)
     pixel_bytes = v.channels * v.image_height * v.image_width
     return [
-        ("vision parameters", si(params.total), f"{params.total / text.total:.3%} on top of the language model's "
-         f"{si(text.total)} (the leak: 'adds more parameters on top of the 1.8T', no figure)"),
-        ("  encoder (ViT)", si(params.encoder), f"{v.n_layers} blocks of {v.d_model}, {P} "
-         + (f"strips of {v.image_height}x{v.patch_size} from a 3x3 convolution stem" if v.stem == "strips" else
-            f"patches of {v.patch_size}x{v.patch_size} ({rows} x {cols})")
-         + f" per {v.image_height} x {v.image_width} x {v.channels} image"),
+        (
+            "vision parameters",
+            si(params.total),
+            f"{params.total / text.total:.3%} on top of the language model's "
+            f"{si(text.total)} (the leak: 'adds more parameters on top of the 1.8T', no figure)",
+        ),
+        (
+            "  encoder (ViT)",
+            si(params.encoder),
+            f"{v.n_layers} blocks of {v.d_model}, {P} "
+            + (
+                f"strips of {v.image_height}x{v.patch_size} from a 3x3 convolution stem"
+                if v.stem == "strips"
+                else f"patches of {v.patch_size}x{v.patch_size} ({rows} x {cols})"
+            )
+            + f" per {v.image_height} x {v.image_width} x {v.channels} image",
+        ),
         ("  Perceiver Resampler", si(params.resampler), f"{v.resampler_layers} layers, {v.n_latents} latents"),
-        ("  gated cross-attention", si(params.gated), f"{X} blocks, one before every {v.cross_attn_every} of "
-         f"{cfg.n_layers}"),
+        (
+            "  gated cross-attention",
+            si(params.gated),
+            f"{X} blocks, one before every {v.cross_attn_every} of {cfg.n_layers}",
+        ),
         ("forward FLOPs per image", si(per_image, "FLOP"), ", ".join(f"{k} {si(f, 'FLOP')}" for k, f in flops.items())),
-        ("  in text tokens", f"{per_image / forward_flops_per_token(cfg.text_only()):,.1f}",
-         "an image costs as much as this many text tokens through the language model"),
-        ("forward FLOPs per text token", f"+{si(per_token, 'FLOP')}",
-         f"{per_token / forward_flops_per_token(cfg.text_only()):.2%} more than the language model's "
-         f"{si(forward_flops_per_token(cfg.text_only()), 'FLOP')} (attending to one image's {v.n_latents} tokens)"),
-        ("visual K/V per image (bf16)", binary_bytes(kv), f"{X} blocks x 2 x {v.n_latents} tokens x "
-         f"{cfg.n_kv_heads} K/V head(s) x {cfg.head_dim}; cached once per sequence, never grows; as much as "
-         f"{kv / kv_cache_bytes_per_token(cfg):,.1f} text tokens' K/V"),
-        ("input bytes per visual token", f"{pixel_bytes / v.n_latents:,.0f} B", f"{pixel_bytes:,} bytes of 8-bit "
-         f"pixels / {v.n_latents} visual tokens; the leak: ~{LEAK_VISUAL_BYTES_PER_TOKEN} B per visual token"),
-        ("input bytes per text token", f"~{TEXT_BYTES_PER_TOKEN} B", f"so a visual token carries "
-         f"{pixel_bytes / v.n_latents / TEXT_BYTES_PER_TOKEN:,.0f}x a text token's input bytes (the leak: "
-         f"~{LEAK_VISUAL_BYTES_PER_TOKEN / TEXT_BYTES_PER_TOKEN:.0f}x)"),
+        (
+            "  in text tokens",
+            f"{per_image / forward_flops_per_token(cfg.text_only()):,.1f}",
+            "an image costs as much as this many text tokens through the language model",
+        ),
+        (
+            "forward FLOPs per text token",
+            f"+{si(per_token, 'FLOP')}",
+            f"{per_token / forward_flops_per_token(cfg.text_only()):.2%} more than the language model's "
+            f"{si(forward_flops_per_token(cfg.text_only()), 'FLOP')} (attending to one image's {v.n_latents} tokens)",
+        ),
+        (
+            "visual K/V per image (bf16)",
+            binary_bytes(kv),
+            f"{X} blocks x 2 x {v.n_latents} tokens x "
+            f"{cfg.n_kv_heads} K/V head(s) x {cfg.head_dim}; cached once per sequence, never grows; as much as "
+            f"{kv / kv_cache_bytes_per_token(cfg):,.1f} text tokens' K/V",
+        ),
+        (
+            "input bytes per visual token",
+            f"{pixel_bytes / v.n_latents:,.0f} B",
+            f"{pixel_bytes:,} bytes of 8-bit "
+            f"pixels / {v.n_latents} visual tokens; the leak: ~{LEAK_VISUAL_BYTES_PER_TOKEN} B per visual token",
+        ),
+        (
+            "input bytes per text token",
+            f"~{TEXT_BYTES_PER_TOKEN} B",
+            f"so a visual token carries "
+            f"{pixel_bytes / v.n_latents / TEXT_BYTES_PER_TOKEN:,.0f}x a text token's input bytes (the leak: "
+            f"~{LEAK_VISUAL_BYTES_PER_TOKEN / TEXT_BYTES_PER_TOKEN:.0f}x)",
+        ),
     ]

@@ -5,7 +5,8 @@
     y_TD = layer.experts(x_TD, routing, w_up, w_gate, w_down)
 
 with x [T, D] the tokens, `routing` the RouterOutput, and the layer's expert weights ([E, D, F],
-[E, D, F] or None, [E, F, D]; or kernels.QuantizedWeight for a quantized model). It returns y [T, D]: each token's expert outputs, weighted by its
+[E, D, F] or None, [E, F, D]; or kernels.QuantizedWeight for a quantized model). It returns y [T, D]: each
+token's expert outputs, weighted by its
 routing weights and summed. `LocalExperts` below, the default, runs every expert in this process.
 Parallelism installs another object with the same call (moe/parallel/expert_parallel.py moves the
 tokens to the ranks that hold their experts); the model never imports it.
@@ -27,14 +28,25 @@ class LocalExperts:
 
     def __call__(self, x_TD, r: RouterOutput, w_up, w_gate, w_down) -> torch.Tensor:
         if isinstance(w_up, kernels.QuantizedWeight):  # a quantized checkpoint, served (no gradients)
-            return kernels.quantized_mlp(x_TD, r.weights, r.experts, w_up, w_gate, w_down,
-                                         activation_name=self.activation, backend=self.backend)
+            return kernels.quantized_mlp(
+                x_TD, r.weights, r.experts, w_up, w_gate, w_down, activation_name=self.activation, backend=self.backend
+            )
         if w_up.shape[0] == 1 and r.keep is None:  # the dense twin: every token to expert 0 at weight 1
             offsets = torch.tensor([x_TD.shape[0]], dtype=torch.int32, device=x_TD.device)
-            return kernels.sorted_mlp(x_TD, offsets, w_up, w_gate, w_down, activation_name=self.activation,
-                                      backend=self.backend)
-        return kernels.routed_mlp(x_TD, r.weights, r.experts, w_up, w_gate, w_down, activation_name=self.activation,
-                                  backend=self.backend, keep_TK=r.keep)
+            return kernels.sorted_mlp(
+                x_TD, offsets, w_up, w_gate, w_down, activation_name=self.activation, backend=self.backend
+            )
+        return kernels.routed_mlp(
+            x_TD,
+            r.weights,
+            r.experts,
+            w_up,
+            w_gate,
+            w_down,
+            activation_name=self.activation,
+            backend=self.backend,
+            keep_TK=r.keep,
+        )
 
     def __repr__(self) -> str:
         return f"LocalExperts({self.activation}, backend={self.backend!r})"

@@ -35,7 +35,6 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from moe.config import ModelConfig
 from moe.model.rope import Rotary
 
-
 _RESIDUAL = re.compile(r"(lm\.)?blocks\.\d+\.(attn\.wo\.weight|moe\.w_down)")
 
 
@@ -68,8 +67,9 @@ def copy_shard(param: torch.Tensor, full: torch.Tensor) -> None:
     """Write this rank's part of `full` (the whole parameter) into `param`, a plain tensor or a DTensor
     shard (no communication: every rank holds the same `full` and keeps its own chunks)."""
     if isinstance(param, DTensor):
-        local = distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements,
-                                  src_data_rank=None).to_local()
+        local = distribute_tensor(
+            full.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None
+        ).to_local()
         param.to_local().copy_(local)
     else:
         param.copy_(full)

@@ -43,8 +43,14 @@ class MoELayer(nn.Module):
         self.cfg = cfg
         E, D, F_ = cfg.n_experts, cfg.d_model, cfg.d_ff
         self.router = TopKRouter(
-            D, E, cfg.top_k, renormalize=cfg.router_renormalize, balance_coef=cfg.router_aux_loss_coef,
-            z_coef=cfg.router_z_loss_coef, jitter=cfg.router_jitter, capacity_factor=cfg.capacity_factor,
+            D,
+            E,
+            cfg.top_k,
+            renormalize=cfg.router_renormalize,
+            balance_coef=cfg.router_aux_loss_coef,
+            z_coef=cfg.router_z_loss_coef,
+            jitter=cfg.router_jitter,
+            capacity_factor=cfg.capacity_factor,
         )
         swiglu, quant = cfg.activation == "swiglu", cfg.expert_quant
         if quant == "none":

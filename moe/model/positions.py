@@ -31,20 +31,22 @@ class Positions:
     pages_BP: torch.Tensor | None = None  # paged cache: each row's pages
 
     @classmethod
-    def causal(cls, T: int, device=None) -> "Positions":
+    def causal(cls, T: int, device=None) -> Positions:
         return cls(torch.arange(T, device=device), T)
 
     @classmethod
-    def at(cls, pos_T: torch.Tensor) -> "Positions":
+    def at(cls, pos_T: torch.Tensor) -> Positions:
         if pos_T.dim() != 1 or not pos_T.numel():
             raise ValueError(f"cache positions must be a non-empty 1-D tensor [T], got shape {tuple(pos_T.shape)}")
         return cls(pos_T, int(pos_T.max()) + 1, cached=True)  # the one device sync of a cached step
 
     @classmethod
-    def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor) -> "Positions":
+    def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor) -> Positions:
         if pos_BT.dim() != 2 or pages_BP.dim() != 2 or pages_BP.shape[0] != pos_BT.shape[0]:
-            raise ValueError(f"paged positions need pos [B, T] and pages [B, P], got {tuple(pos_BT.shape)} "
-                             f"and {tuple(pages_BP.shape)}")
+            raise ValueError(
+                f"paged positions need pos [B, T] and pages [B, P], got {tuple(pos_BT.shape)} "
+                f"and {tuple(pages_BP.shape)}"
+            )
         return cls(pos_BT, int(pos_BT.max()) + 1 if pos_BT.numel() else 0, cached=True, pages_BP=pages_BP)
 
     @property
@@ -61,19 +63,27 @@ class Positions:
         max_seq_len positions, and `cache` (the first layer's, or None)."""
         want = (B, T) if self.paged_rows else (T,)
         if tuple(self.pos.shape) != want:
-            raise ValueError(f"positions must have shape {list(want)} for a batch of {B} x {T} tokens, "
-                             f"got {list(self.pos.shape)}")
+            raise ValueError(
+                f"positions must have shape {list(want)} for a batch of {B} x {T} tokens, got {list(self.pos.shape)}"
+            )
         if self.length > max_seq_len:
-            raise ValueError(f"position {self.length - 1} is past max_seq_len {max_seq_len}"
-                             if self.cached else f"sequence of {T} tokens exceeds max_seq_len {max_seq_len}")
+            raise ValueError(
+                f"position {self.length - 1} is past max_seq_len {max_seq_len}"
+                if self.cached
+                else f"sequence of {T} tokens exceeds max_seq_len {max_seq_len}"
+            )
         if not self.cached:
             return
         if cache is None:
-            raise ValueError("cache positions given but the model has no KV cache: call setup_caches() "
-                             "(contiguous) or setup_paged_caches() (paged) first")
+            raise ValueError(
+                "cache positions given but the model has no KV cache: call setup_caches() "
+                "(contiguous) or setup_paged_caches() (paged) first"
+            )
         if self.paged_rows != hasattr(cache, "page_size"):
-            raise ValueError(f"{'paged' if self.paged_rows else 'contiguous'} positions given, but the model's "
-                             f"cache is {type(cache).__name__}")
+            raise ValueError(
+                f"{'paged' if self.paged_rows else 'contiguous'} positions given, but the model's "
+                f"cache is {type(cache).__name__}"
+            )
         if not self.paged_rows and self.length > cache.max_len:
             raise ValueError(f"position {self.length - 1} is past the KV cache's {cache.max_len} positions")
 

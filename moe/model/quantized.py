@@ -1,7 +1,8 @@
 """Quantized expert weights inside the model (serving only): ModelConfig.expert_quant = "int8" | "fp8" | "int4".
 
 The formulas and kernels are kernels/quantized.py's. With ModelConfig.quantize_dense the attention
-projections and the output head are quantized too, with the same scheme (QuantizedLinear). Here each expert weight of a MoELayer is a
+projections and the output head are quantized too, with the same scheme (QuantizedLinear). Here each expert
+weight of a MoELayer is a
 QuantizedParam module holding two buffers, `q` and `scale`, so a quantized checkpoint is an ordinary
 state dict (blocks.i.moe.w_up.q, blocks.i.moe.w_up.scale, ...) that load_model reads like any other:
 
@@ -77,8 +78,9 @@ def _dense_weight(name: str) -> bool:
     return name == "lm_head.weight" or (".attn.w" in name and name.endswith(".weight"))
 
 
-def quantize_state(cfg: ModelConfig, state: dict[str, torch.Tensor], scheme: str, dense: bool = False
-                   ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def quantize_state(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], scheme: str, dense: bool = False
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and state dict of the same model with its expert weights quantized (dense: the
     attention projections and the output head too)."""
     if cfg.expert_quant != "none":

@@ -19,7 +19,7 @@ L0 = original_max_position_embeddings (the pretraining length), s = factor.
 The field names and meanings are Hugging Face's (transformers 5 keeps them in `rope_parameters`:
 {"rope_theta": theta, "rope_type": ..., "factor": s, "original_max_position_embeddings": L0,
 "beta_fast", "beta_slow", "attention_factor", "truncate"}); our config holds rope_theta beside a
-`rope_scaling` dict of the rest (moe/config.py), and tests/test_long_context.py checks these
+`rope_scaling` dict of the rest (moe/config.py), and tests/model/test_long_context.py checks these
 frequencies against the formulas and against transformers' own functions. As in transformers, a
 dynamic model's cached keys keep the frequencies of the length at which they were written.
 """
@@ -34,8 +34,9 @@ import torch.nn as nn
 from moe.config import ModelConfig
 
 
-def inv_frequencies(head_dim: int, theta: float, scaling: dict | None = None,
-                    length: int | None = None) -> tuple[torch.Tensor, float]:
+def inv_frequencies(
+    head_dim: int, theta: float, scaling: dict | None = None, length: int | None = None
+) -> tuple[torch.Tensor, float]:
     """(inv_freq float64 [d/2], attention_factor) per the module doc; `length` matters for dynamic only."""
     base = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     if not scaling:
@@ -66,8 +67,9 @@ def inv_frequencies(head_dim: int, theta: float, scaling: dict | None = None,
     return inv_freq, float(attention_factor)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None = None,
-                length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, max_len: int, theta: float, scaling: dict | None = None, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin float32 [max_len, head_dim / 2] for positions 0 .. max_len - 1, with the attention
     factor applied. Angles are computed in float64: exact at long positions."""
     inv_freq, attention_factor = inv_frequencies(head_dim, theta, scaling, length)
@@ -91,7 +93,12 @@ class Rotary(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.head_dim, self.theta, self.scaling, self.max_len = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len
+        self.head_dim, self.theta, self.scaling, self.max_len = (
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_scaling,
+            cfg.max_seq_len,
+        )
         self.register_buffer("cos", None, persistent=False)  # not in checkpoints: derived from the config
         self.register_buffer("sin", None, persistent=False)
         self.reset_tables()

@@ -81,9 +81,18 @@ class RouterOutput:
 
 
 class TopKRouter(nn.Module):
-    def __init__(self, d_model: int, n_experts: int, top_k: int, *, renormalize: bool = True,
-                 balance_coef: float = 0.01, z_coef: float = 0.001, jitter: float = 0.0,
-                 capacity_factor: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        top_k: int,
+        *,
+        renormalize: bool = True,
+        balance_coef: float = 0.01,
+        z_coef: float = 0.001,
+        jitter: float = 0.0,
+        capacity_factor: float = 0.0,
+    ):
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"TopKRouter: top_k must be in [1, n_experts={n_experts}], got {top_k}")
@@ -126,7 +135,13 @@ class TopKRouter(nn.Module):
             n_dropped = (~keep_TK).sum()
             counts_E = counts_E.clamp(max=capacity)
         return RouterOutput(
-            weights=weights_TK, experts=experts_TK, logits=logits_TE, keep=keep_TK,
-            tokens_per_expert=counts_E, n_dropped=n_dropped, balance_loss=balance, z_loss=z,
+            weights=weights_TK,
+            experts=experts_TK,
+            logits=logits_TE,
+            keep=keep_TK,
+            tokens_per_expert=counts_E,
+            n_dropped=n_dropped,
+            balance_loss=balance,
+            z_loss=z,
             aux_loss=self.balance_coef * balance + self.z_coef * z,
         )

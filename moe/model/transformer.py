@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch.profiler import record_function
 
 from moe.config import ModelConfig
@@ -26,7 +25,6 @@ from moe.model.positions import Positions
 from moe.model.quantized import linear
 from moe.model.rope import Rotary
 from moe.model.router import RouterOutput
-
 
 IGNORE_INDEX = -100  # a target that the loss skips (padding after a captioned example, moe/vision/captions.py)
 
@@ -101,14 +99,21 @@ class MoETransformer(nn.Module):
         dtype = dtype or self.tok_emb.weight.dtype
         device = self.tok_emb.weight.device
         for block in self.blocks:
-            block.attn.kv_cache = PagedKVCache(n_pages, page_size, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, device)
+            block.attn.kv_cache = PagedKVCache(
+                n_pages, page_size, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, device
+            )
 
     def clear_caches(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
 
-    def forward(self, idx_BT: torch.Tensor, positions: Positions | None = None,
-                targets: torch.Tensor | None = None, before_block=None) -> ModelOutput:
+    def forward(
+        self,
+        idx_BT: torch.Tensor,
+        positions: Positions | None = None,
+        targets: torch.Tensor | None = None,
+        before_block=None,
+    ) -> ModelOutput:
         """idx [B, T] token ids. positions (moe/model/positions.py): None for positions 0..T-1 and no
         cache; Positions.at(pos_T) to write and read the contiguous KV cache (prefill: arange(T);
         decode: [n]); Positions.paged(pos_BT, pages_BP), each row its own sequence at its own
@@ -132,8 +137,9 @@ class MoETransformer(nn.Module):
         loss = None
         if targets is not None:
             self._check_tokens(targets, "targets", ignore=IGNORE_INDEX)
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return ModelOutput(logits=logits, aux_loss=aux, routing=routing, loss=loss)
 
     def _check_tokens(self, ids: torch.Tensor, what: str, ignore: int | None = None) -> None:

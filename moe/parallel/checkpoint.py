@@ -33,8 +33,17 @@ from moe.config import ModelConfig, TrainConfig
 from moe.training.run_dir import publish, temp_dir, verify_all
 
 
-def save(run_dir, module, optimizer, model_cfg: ModelConfig, train_cfg: TrainConfig, layout,
-         trainer_state: dict, step: int, files: dict[str, bytes] | None = None) -> pathlib.Path:
+def save(
+    run_dir,
+    module,
+    optimizer,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    layout,
+    trainer_state: dict,
+    step: int,
+    files: dict[str, bytes] | None = None,
+) -> pathlib.Path:
     """Every rank calls this together. Returns the step directory."""
     run_dir = pathlib.Path(run_dir)
     rank0 = dist.get_rank() == 0

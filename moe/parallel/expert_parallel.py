@@ -1,4 +1,5 @@
-"""The MoE layer's experts split over ranks (the seam of moe/model/experts.py): expert parallel (experts spread over the ep group, tokens moved by
+"""The MoE layer's experts split over ranks (the seam of moe/model/experts.py): expert parallel (experts
+spread over the ep group, tokens moved by
 all-to-all) and tensor parallel (each expert's d_ff split over the tp group). Either or both.
 
 Legend: T tokens on this rank, D d_model, F d_ff / tp, E experts, L = E / ep experts held here, k
@@ -70,8 +71,9 @@ class ParallelExperts:
         send, recv = torch.stack([counts_E.view(self.ep, L).sum(dim=1), counts_RL.sum(dim=1)]).tolist()
         x_RD = all_to_all(x_AD, recv, send, self.ep_group)
 
-        local_expert_R = torch.repeat_interleave(torch.arange(L, device=x_TD.device).repeat(self.ep),
-                                                 counts_RL.reshape(-1))
+        local_expert_R = torch.repeat_interleave(
+            torch.arange(L, device=x_TD.device).repeat(self.ep), counts_RL.reshape(-1)
+        )
         order_R = torch.argsort(local_expert_R, stable=True)
         offsets_L = counts_RL.sum(dim=0).cumsum(0).to(torch.int32)
         y_sorted = kernels.sorted_mlp(x_RD[order_R], offsets_L, w_up, w_gate, w_down, **mlp)

@@ -39,18 +39,32 @@ def is_distributed(layout: Layout, out_dir, *, resume: bool = False, world: int 
 def check_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, world: int) -> None:
     """Raise a ValueError if the model cannot train in `layout` on `world` processes."""
     if model_cfg.vision is not None:
-        raise ValueError(f"config {model_cfg.name!r} has a vision path, which trains in one process: give no "
-                         "parallel layout and no torchrun")
+        raise ValueError(
+            f"config {model_cfg.name!r} has a vision path, which trains in one process: give no "
+            "parallel layout and no torchrun"
+        )
     try:
         layout.check(model_cfg, world, train_cfg.batch_size)
     except ValueError as e:
-        hint = (f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
-                if layout.world_size != world else "")
+        hint = (
+            f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."
+            if layout.world_size != world
+            else ""
+        )
         raise ValueError(f"{e}{hint}") from None
 
 
-def train_in_layout(model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir, layout: Layout | None = None, *,
-                    world: int | None = None, resume: bool = False, log=print, **kw) -> dict:
+def train_in_layout(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir,
+    layout: Layout | None = None,
+    *,
+    world: int | None = None,
+    resume: bool = False,
+    log=print,
+    **kw,
+) -> dict:
     """Train in one process or in `layout` under torchrun, whichever the run needs, and return the
     summary. The keywords are moe.training.train's; `world` defaults to torchrun's WORLD_SIZE. The
     main process logs one line naming the run (and its layout) before anything is built."""

@@ -84,7 +84,9 @@ def init_parallel(layout: Layout, device: torch.device) -> Parallel:
     # composes with the tp DTensors built on its own "tp" dim (FSDP2 needs both from one root mesh).
     # (Flattening mesh["dp", "ep"] instead gave the same groups, but gloo processes then aborted at
     # exit about one run in ten.)
-    dense = init_device_mesh(device.type, (layout.pp, layout.data_shards, layout.tp), mesh_dim_names=("pp", "data", "tp"))
+    dense = init_device_mesh(
+        device.type, (layout.pp, layout.data_shards, layout.tp), mesh_dim_names=("pp", "data", "tp")
+    )
     groups["data"] = dense.get_group("data")
     return Parallel(layout, mesh, dense, device, coords, groups)
 
@@ -116,8 +118,15 @@ def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
                     f_dim = 1 if name == "w_down" else 2
                     shard = distribute_tensor(w.detach(), expert_mesh, [Shard(0), Shard(f_dim)])
                     setattr(moe, name, nn.Parameter(shard))
-            moe.experts = ParallelExperts(moe.cfg.activation, moe.cfg.expert_backend, moe.cfg.n_experts,
-                                          par.groups["ep"], lay.ep, par.groups["tp"], lay.tp)
+            moe.experts = ParallelExperts(
+                moe.cfg.activation,
+                moe.cfg.expert_backend,
+                moe.cfg.n_experts,
+                par.groups["ep"],
+                lay.ep,
+                par.groups["tp"],
+                lay.tp,
+            )
         if lay.data_shards > 1:
             moe.router.count_group = par.groups["data"]
     if lay.data_shards > 1:
@@ -132,8 +141,10 @@ def _fully_shard(module, blocks, par: Parallel) -> None:
 
     reshard = par.layout.sharding == "fsdp"
     dense, experts = par.dense_mesh["data"], par.mesh["dp"]
-    kw = {mesh: dict(mesh=mesh, reshard_after_forward=reshard, shard_placement_fn=partial(shard_dim, n=mesh.size()))
-          for mesh in (dense, experts)}
+    kw = {
+        mesh: dict(mesh=mesh, reshard_after_forward=reshard, shard_placement_fn=partial(shard_dim, n=mesh.size()))
+        for mesh in (dense, experts)
+    }
     for block in blocks:
         if par.layout.ep > 1:
             fully_shard(block.moe.router, **kw[dense])  # first, so the next unit holds only the experts

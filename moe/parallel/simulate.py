@@ -92,16 +92,27 @@ def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
             module = build_stage(model, layout, stage) if layout.pp > 1 else model
             parallelize(module, par)  # on meta: shards decided, nothing allocated
             state = ShardedAdamW(module, TrainConfig()).state_template()
-            optimizer_bytes = sum(_local(t).numel() * t.element_size() for s in state.values()
-                                  for k, t in s.items() if k != "step")
+            optimizer_bytes = sum(
+                _local(t).numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step"
+            )
             gathered = sharded = 0
             for p in module.parameters():
                 g, s = _counts(p)
                 gathered, sharded = gathered + g, sharded + s
             blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
             per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
-            out.append(SimulatedRank(stage, rank, len(blocks), gathered, sharded, gathered - sum(per_block),
-                                     max(per_block), optimizer_bytes))
+            out.append(
+                SimulatedRank(
+                    stage,
+                    rank,
+                    len(blocks),
+                    gathered,
+                    sharded,
+                    gathered - sum(per_block),
+                    max(per_block),
+                    optimizer_bytes,
+                )
+            )
         finally:
             dist.destroy_process_group()
     return out
@@ -116,10 +127,18 @@ def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], floa
     for r, arith in zip(ranks, stage_memory(cfg, layout), strict=True):
         peak = 4 * r.sharded + 4 * r.sharded + r.optimizer_bytes + 4 * r.gathered_for_step(layout)
         want_peak = 16 * arith.sharded(layout) + 4 * arith.gathered(layout)
-        row = (str(r.layers), si(r.gathered), _diff(r.gathered, arith.params), binary_bytes(2 * r.gathered),
-               binary_bytes(4 * r.sharded), _diff(r.sharded, arith.sharded(layout)),
-               binary_bytes(r.optimizer_bytes), _diff(r.optimizer_bytes, 8 * arith.sharded(layout)),
-               binary_bytes(peak), _diff(peak, want_peak))
+        row = (
+            str(r.layers),
+            si(r.gathered),
+            _diff(r.gathered, arith.params),
+            binary_bytes(2 * r.gathered),
+            binary_bytes(4 * r.sharded),
+            _diff(r.sharded, arith.sharded(layout)),
+            binary_bytes(r.optimizer_bytes),
+            _diff(r.optimizer_bytes, 8 * arith.sharded(layout)),
+            binary_bytes(peak),
+            _diff(peak, want_peak),
+        )
         if rows and rows[-1][1:] == row:  # stages that measure the same share a row
             rows[-1] = (f"{run[0].stage}-{r.stage} (ranks {run[0].rank:,}..{r.rank:,})", *row)
         else:

@@ -10,7 +10,7 @@ The training loop is moe/training/loop.py's, for every layout; this is the Train
     3. gradients averaged over the data shards (FSDP2 reduce-scatters them during backward;
        sync_gradients finishes the experts'), clipped by the global norm, AdamW on this rank's
        shards (moe/parallel/zero.py)
-so the step equals one process's step on the whole batch (tests/test_distributed.py checks each
+so the step equals one process's step on the whole batch (tests/parallel/test_distributed.py checks each
 layout against it). Only the last pipeline stage sees the loss: it is averaged over data shards
 and broadcast to the whole pipeline, so every rank reports the same number. Rank 0 logs and keeps
 the run directory's books.
@@ -44,8 +44,7 @@ from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.model.init import copy_shard, materialize
 from moe.parallel import checkpoint as dist_checkpoint
-from moe.parallel.parallelize import (Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize,
-                                     sync_gradients)
+from moe.parallel.parallelize import Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize, sync_gradients
 from moe.parallel.zero import ShardedAdamW
 from moe.training import checkpoint, loop, run_dir
 from moe.training.local import autocast
@@ -91,12 +90,15 @@ class DistributedTrainer:
     compile_s: float | None = None  # a layout's step runs eagerly (build refuses compile = true)
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, device: torch.device,
-              init_from=None) -> "DistributedTrainer":
+    def build(
+        cls, model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, device: torch.device, init_from=None
+    ) -> DistributedTrainer:
         layout.check(model_cfg, dist.get_world_size(), train_cfg.batch_size)
         if train_cfg.compile:
-            raise ValueError("compile = true is for one process only so far: a layout's step (FSDP2, DTensor, "
-                             "pipeline schedules) runs eagerly")
+            raise ValueError(
+                "compile = true is for one process only so far: a layout's step (FSDP2, DTensor, "
+                "pipeline schedules) runs eagerly"
+            )
         par = init_parallel(layout, device)
         torch.manual_seed(train_cfg.seed)
         with torch.device("meta"):  # no rank allocates the whole model: only its shards, below
@@ -198,8 +200,11 @@ class DistributedTrainer:
                     loss = self.module(x, targets=y).loss
                 else:
                     losses: list[torch.Tensor] = []
-                    self.schedule.eval(*((x,) if self.par.first_stage else ()),
-                                       target=y if self.par.last_stage else None, losses=losses)
+                    self.schedule.eval(
+                        *((x,) if self.par.first_stage else ()),
+                        target=y if self.par.last_stage else None,
+                        losses=losses,
+                    )
                     if self.par.last_stage:
                         loss = torch.stack(losses).mean()
             total += self.global_loss(loss)
@@ -216,8 +221,17 @@ class DistributedTrainer:
         return []
 
     def save(self, out_dir: pathlib.Path, state: dict, step: int, files: dict[str, bytes]) -> pathlib.Path:
-        return dist_checkpoint.save(out_dir, self.module, self.optimizer, self.model_cfg, self.train_cfg,
-                                    self.par.layout, dict(state, layout=self.par.layout.describe()), step, files)
+        return dist_checkpoint.save(
+            out_dir,
+            self.module,
+            self.optimizer,
+            self.model_cfg,
+            self.train_cfg,
+            self.par.layout,
+            dict(state, layout=self.par.layout.describe()),
+            step,
+            files,
+        )
 
     def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
         if not run_dir.is_distributed(step_dir):
@@ -251,15 +265,18 @@ def _load_shards(module: torch.nn.Module, full_model: MoETransformer, init_from)
         copy_shard(p, saved[name])
 
 
-def train_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, out_dir, *,
-                      device: str | None = None, **kw) -> dict:
+def train_distributed(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout, out_dir, *, device: str | None = None, **kw
+) -> dict:
     """The training loop (moe.training.loop.train, whose keywords it takes) on this rank's part of
     `layout`, under torchrun or in one process. Rank 0 logs and writes summary.json."""
+
     def build(model_cfg, train_cfg, _, init_from):
         trainer = DistributedTrainer.build(model_cfg, train_cfg, layout, init_process_group(device), init_from)
         if trainer.is_main:
-            kw.get("log", print)(f"layout {layout.describe()} on {dist.get_world_size()} process(es), "
-                                 f"{trainer.par.device.type}")
+            kw.get("log", print)(
+                f"layout {layout.describe()} on {dist.get_world_size()} process(es), {trainer.par.device.type}"
+            )
         return trainer
 
     return loop.train(model_cfg, train_cfg, out_dir, build=build, **kw)

@@ -39,9 +39,15 @@ class ShardedAdamW:
 
     def state_template(self) -> dict:
         """Zero state of every parameter, in the shapes and shards a distributed checkpoint loads into."""
-        return {self.names[p]: {"step": torch.zeros((), dtype=torch.float32), "exp_avg": torch.zeros_like(p),
-                                "exp_avg_sq": torch.zeros_like(p)}
-                for group in self.optimizer.param_groups for p in group["params"]}
+        return {
+            self.names[p]: {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+        }
 
     def load_state_dict(self, state: dict) -> None:
         by_name = {n: p for p, n in self.names.items()}

@@ -18,8 +18,8 @@ _BACKWARD = "autograd::engine::evaluate_function: "
 def _range_of(event) -> str | None:
     """The innermost named range around an event, or the autograd node it belongs to."""
     while event is not None:
-        if event.name.startswith(_PREFIX) and event.name[len(_PREFIX):] in RANGES:
-            return event.name[len(_PREFIX):]
+        if event.name.startswith(_PREFIX) and event.name[len(_PREFIX) :] in RANGES:
+            return event.name[len(_PREFIX) :]
         if event.name.startswith(_BACKWARD):
             return f"seq:{event.sequence_nr}"
         event = event.cpu_parent

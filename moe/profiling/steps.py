@@ -45,8 +45,9 @@ class Steps:
         self.rotary = Rotary(cfg).to(device)
 
     def _randn(self, *shape, requires_grad=False):
-        return torch.randn(*shape, generator=self.gen, device=self.device, dtype=self.dtype,
-                           requires_grad=requires_grad)
+        return torch.randn(
+            *shape, generator=self.gen, device=self.device, dtype=self.dtype, requires_grad=requires_grad
+        )
 
     def _run(self, x_BTD, positions: Positions):
         rope = positions.rope(*self.rotary.tables(positions.length))
@@ -63,6 +64,7 @@ class Steps:
         @torch.no_grad()
         def step(_=None):
             return self._run(x, positions)
+
         return step
 
     def decode(self, batch: int, context: int):
@@ -79,6 +81,7 @@ class Steps:
         @torch.no_grad()
         def step(_=None):
             return self._run(x, positions)
+
         return step
 
     def train(self, tokens: int, seq_len: int):
@@ -96,6 +99,7 @@ class Steps:
             aux = torch.stack([r.aux_loss for r in routing]).sum()
             torch.autograd.backward([y, aux], [dy, torch.ones_like(aux)])
             return y, routing
+
         return step
 
     def clear_caches(self) -> None:

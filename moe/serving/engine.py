@@ -66,6 +66,7 @@ class StepStats:
 @dataclass
 class _Row:
     """A running request: its tokens so far and how many of them each cache holds."""
+
     id: int
     request: Request
     params: SamplingParams
@@ -75,7 +76,9 @@ class _Row:
     result: Result
     n_target: int = 0  # tokens whose K/V the target's cache holds
     n_draft: int = 0  # ... and the draft's
-    prompt_media: tuple | None = None  # a vision target: the prompt's (media, offset) lists (moe/vision/cross_attention.py)
+    prompt_media: tuple | None = (
+        None  # a vision target: the prompt's (media, offset) lists (moe/vision/cross_attention.py)
+    )
     visual: torch.Tensor | None = None  # its images' visual tokens [M, L, Dv], encoded at admission
     visual_kv: list | None = None  # each gated block's (K, V) [1, G, M*L, d] of them
 
@@ -85,20 +88,34 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model: MoETransformer, *, kv_budget_bytes: int | None = None, n_pages: int | None = None,
-                 page_size: int = 16, max_batch: int = 64, draft: MoETransformer | None = None,
-                 draft_tokens: int = 4, clock=time.perf_counter, compile: bool = False):
+    def __init__(
+        self,
+        model: MoETransformer,
+        *,
+        kv_budget_bytes: int | None = None,
+        n_pages: int | None = None,
+        page_size: int = 16,
+        max_batch: int = 64,
+        draft: MoETransformer | None = None,
+        draft_tokens: int = 4,
+        clock=time.perf_counter,
+        compile: bool = False,
+    ):
         """The page pool is n_pages pages, or as many as fit in kv_budget_bytes (the K/V of the target
         and of the draft, which share page ids), or, given neither, room for max_batch sequences of
         max_seq_len positions. max_batch caps the rows in one step. compile: run the target's and the
         draft's forwards through torch.compile (see _compiled)."""
         if draft is not None:
             if draft.cfg.vocab_size != model.cfg.vocab_size:
-                raise ValueError(f"draft and target have different vocabularies ({draft.cfg.vocab_size} "
-                                 f"vs {model.cfg.vocab_size} tokens): the draft must share the target's tokenizer")
+                raise ValueError(
+                    f"draft and target have different vocabularies ({draft.cfg.vocab_size} "
+                    f"vs {model.cfg.vocab_size} tokens): the draft must share the target's tokenizer"
+                )
             if draft.cfg.max_seq_len < model.cfg.max_seq_len:
-                raise ValueError(f"the draft's max_seq_len ({draft.cfg.max_seq_len}) is shorter than the target's "
-                                 f"({model.cfg.max_seq_len})")
+                raise ValueError(
+                    f"the draft's max_seq_len ({draft.cfg.max_seq_len}) is shorter than the target's "
+                    f"({model.cfg.max_seq_len})"
+                )
             if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
                 raise ValueError(f"draft_tokens must be an integer >= 1, got {draft_tokens!r}")
         self.vision = getattr(model.cfg, "vision", None)
@@ -111,8 +128,10 @@ class Engine:
         elif n_pages is None:
             n_pages = kv_budget_bytes // self.page_bytes()
             if n_pages < 1:
-                raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no page ({self.page_bytes()} bytes "
-                                 f"each at page_size {page_size})")
+                raise ValueError(
+                    f"a KV budget of {kv_budget_bytes} bytes holds no page ({self.page_bytes()} bytes "
+                    f"each at page_size {page_size})"
+                )
         self.n_pages = n_pages
         for m in (self.model, self.draft):
             if m is not None:
@@ -128,6 +147,7 @@ class Engine:
     def page_bytes(self) -> int:
         def per_token(m):
             return 0 if m is None else kv_cache_bytes_per_token(m.cfg, m.tok_emb.weight.element_size())
+
         return self.page_size * (per_token(self.model) + per_token(self.draft))
 
     def pages_needed(self, request: Request) -> int:
@@ -153,14 +173,17 @@ class Engine:
             raise RequestError(str(e)) from None
         need = self.pages_needed(request)
         if need > self.n_pages:
-            raise RequestError(f"request needs {need} pages of {self.page_size} positions (prompt "
-                               f"{len(request.prompt)} + max_new_tokens {request.max_new_tokens}) but the KV "
-                               f"budget holds {self.n_pages} pages in all: it can never fit")
+            raise RequestError(
+                f"request needs {need} pages of {self.page_size} positions (prompt "
+                f"{len(request.prompt)} + max_new_tokens {request.max_new_tokens}) but the KV "
+                f"budget holds {self.n_pages} pages in all: it can never fit"
+            )
         rid, self._next_id = self._next_id, self._next_id + 1
         result = Result(t_arrival=self.clock() if arrival is None else arrival)
         self.results[rid] = result
-        self.queue.append(_Row(rid, request, params, list(request.prompt), [],
-                               torch.Generator().manual_seed(request.seed), result))
+        self.queue.append(
+            _Row(rid, request, params, list(request.prompt), [], torch.Generator().manual_seed(request.seed), result)
+        )
         return rid
 
     @property
@@ -203,14 +226,16 @@ class Engine:
             return None
         decoding = [r.n_target == len(r.tokens) - 1 for r in rows]
         # Speculate only where it can pay: k - 1 or fewer tokens left leaves less to draft.
-        ks = [min(self.k, r.request.max_new_tokens - r.n_new - 1) if self.draft is not None and dec else 0
-              for r, dec in zip(rows, decoding)]
+        ks = [
+            min(self.k, r.request.max_new_tokens - r.n_new - 1) if self.draft is not None and dec else 0
+            for r, dec in zip(rows, decoding)
+        ]
         drafts, qs = self._propose(rows, ks)
-        feeds = [r.tokens[r.n_target:] + d for r, d in zip(rows, drafts)]
+        feeds = [r.tokens[r.n_target :] + d for r, d in zip(rows, drafts)]
         logits, routing = self._forward(self.model, rows, feeds, [r.n_target for r in rows])
         n_emitted = 0
         for row, k, d, q, lg in zip(rows, ks, drafts, qs, logits):
-            p = probabilities(lg[-(k + 1):], row.params)  # the target at the k + 1 scored positions
+            p = probabilities(lg[-(k + 1) :], row.params)  # the target at the k + 1 scored positions
             u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
             u = torch.rand(1, generator=row.generator, dtype=torch.float64)
             n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long), u_k[None], u)
@@ -225,8 +250,15 @@ class Engine:
         for row in rows:
             new_times = len(row.result.tokens) - len(row.result.token_times)
             row.result.token_times += [t_end] * new_times
-        stats = StepStats(t_start, t_end, len(rows), decoding.count(False), sum(map(len, feeds)), n_emitted,
-                          [r.tokens_per_expert.tolist() for r in routing])
+        stats = StepStats(
+            t_start,
+            t_end,
+            len(rows),
+            decoding.count(False),
+            sum(map(len, feeds)),
+            n_emitted,
+            [r.tokens_per_expert.tolist() for r in routing],
+        )
         self.steps.append(stats)
         for row in [r for r in rows if r.result.finish_reason is not None]:
             self.running.remove(row)
@@ -252,7 +284,7 @@ class Engine:
             live = [b for b, k in enumerate(ks) if k > i]
             sub = [rows[b] for b in live]
             # First the tokens the draft has not seen (the prompt, the last emitted token(s)), then one.
-            feeds = [r.tokens[r.n_draft:] if i == 0 else [drafts[b][-1]] for b, r in zip(live, sub)]
+            feeds = [r.tokens[r.n_draft :] if i == 0 else [drafts[b][-1]] for b, r in zip(live, sub)]
             logits, _ = self._forward(self.draft, sub, feeds, [r.n_draft for r in sub])
             for b, r, f, lg in zip(live, sub, feeds, logits):
                 r.n_draft += len(f)
@@ -271,14 +303,14 @@ class Engine:
         pos = torch.full((B, T), -1, dtype=torch.long)
         pages = torch.zeros(B, P, dtype=torch.long)
         for b, (row, f, s) in enumerate(zip(rows, feeds, starts)):
-            idx[b, :len(f)] = torch.tensor(f, dtype=torch.long)
-            pos[b, :len(f)] = torch.arange(s, s + len(f))
+            idx[b, : len(f)] = torch.tensor(f, dtype=torch.long)
+            pos[b, : len(f)] = torch.arange(s, s + len(f))
             n = min(P, len(row.pages))
             pages[b, :n] = torch.tensor(row.pages[:n], dtype=torch.long)
         extra = {"media": self._media(rows, pos, device)} if model is self.model and self.vision is not None else {}
         out = self._calls[id(model)](idx.to(device), Positions.paged(pos.to(device), pages.to(device)), **extra)
         logits = out.logits.float().cpu()
-        return [logits[b, :len(f)] for b, f in enumerate(feeds)], out.routing
+        return [logits[b, : len(f)] for b, f in enumerate(feeds)], out.routing
 
     def _media(self, rows: list[_Row], pos_BT: torch.Tensor, device) -> Media:
         """The rows' images (padded to the most any row has) and which one each fed token sees."""
@@ -291,15 +323,20 @@ class Engine:
         kv = None
         if M:
             G, d = self.model.cfg.n_kv_heads, self.model.cfg.head_dim
-            kv = [(torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device),
-                   torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device)) for _ in self.model.xattn]
+            kv = [
+                (
+                    torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device),
+                    torch.zeros(B, G, M * v.n_latents, d, dtype=dtype, device=device),
+                )
+                for _ in self.model.xattn
+            ]
         for b, row in enumerate(rows):
             real = pos_BT[b] >= 0
             m, o = Media.at_positions(row.prompt_media, pos_BT[b][real].tolist())
             media[b, real], offset[b, real] = torch.tensor(m, dtype=torch.long), torch.tensor(o, dtype=torch.long)
             if row.visual is not None:
                 n = len(row.visual) * v.n_latents
-                visual[b, :len(row.visual)] = row.visual
+                visual[b, : len(row.visual)] = row.visual
                 for (k, val), (k_row, v_row) in zip(kv, row.visual_kv):
                     k[b, :, :n], val[b, :, :n] = k_row[0], v_row[0]
         return Media(visual, media.to(device), offset.to(device), kv)
@@ -322,8 +359,8 @@ def _compiled(model: MoETransformer):
     so steps of any batch, length or page count reuse the graphs once each kind of step (prefill,
     decode, speculative verify; one row or several) has been seen; and with data-dependent output
     shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`), so
-    there is no graph break. tests/test_engine.py counts the graphs a second workload adds: none; and
-    tests/test_vision_serving.py the same for a vision model, whose media (visual K/V, which image each
+    there is no graph break. tests/serving/test_engine.py counts the graphs a second workload adds: none; and
+    tests/vision/test_vision_serving.py the same for a vision model, whose media (visual K/V, which image each
     token sees, reading windows) come in as a keyword argument.
     call.compile_s sums the calls that compiled a graph (the compile time, with those calls' steps)."""
     from torch._dynamo.utils import counters
@@ -337,5 +374,6 @@ def _compiled(model: MoETransformer):
         if counters["stats"]["unique_graphs"] != graphs:
             call.compile_s += time.perf_counter() - start
         return out
+
     call.compile_s = 0.0
     return call

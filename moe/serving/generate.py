@@ -12,8 +12,15 @@ from moe.vision.cross_attention import Media
 from moe.vision.images import batch_images, check_images
 
 
-def sample_next(logits_V: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, greedy: bool = False, generator: torch.Generator | None = None) -> int:
+def sample_next(
+    logits_V: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> int:
     """One token id from logits [V] (see moe/serving/sampling.py): one uniform draw from `generator`."""
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
     p_V = probabilities(logits_V, params)
@@ -21,9 +28,19 @@ def sample_next(logits_V: torch.Tensor, *, temperature: float = 1.0, top_k: int 
 
 
 @torch.no_grad()
-def generate(model: MoETransformer, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, greedy: bool = False, seed: int | None = None,
-             stop_tokens: tuple[int, ...] = (), images=None) -> list[int]:
+def generate(
+    model: MoETransformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int | None = None,
+    stop_tokens: tuple[int, ...] = (),
+    images=None,
+) -> list[int]:
     """The new token ids (without the prompt), ending at the first stop token or after max_new_tokens.
     images: a vision model's images, one per placeholder in the prompt ([C, H, W] each, moe/vision/images.py)."""
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)  # validates
@@ -40,8 +57,9 @@ def generate(model: MoETransformer, prompt: list[int], max_new_tokens: int, *, t
         logits = forward(idx, list(range(len(prompt)))).logits[0, -1]
         out: list[int] = []
         for pos in range(len(prompt), len(prompt) + max_new_tokens):
-            token = sample_next(logits.cpu(), temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                                generator=generator)
+            token = sample_next(
+                logits.cpu(), temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator
+            )
             out.append(token)
             if token in stop_tokens or pos + 1 == len(prompt) + max_new_tokens:
                 break
@@ -66,4 +84,5 @@ def _forward(model, prompt_1P: torch.Tensor, images):
         media, offset = Media.at_positions(prompt_media, pos)
         at = Media(full.visual_BMLD, torch.tensor([media], device=device), torch.tensor([offset], device=device))
         return model(idx, positions=Positions.at(torch.tensor(pos, device=device)), media=at)
+
     return forward

@@ -3,7 +3,8 @@
     python -m moe serve-bench --config tiny --rate 4 --requests 64 [--checkpoint runs/tiny]
 
 Requests arrive with exponential gaps at `rate` per second; each is a slice of the held-out corpus
-(prompt_len tokens of the model's tokenizer) asking for max_new_tokens. The loop submits every request whose arrival time has
+(prompt_len tokens of the model's tokenizer) asking for max_new_tokens. The loop submits every request whose
+arrival time has
 passed, runs one engine step, and repeats (sleeping when idle). Reported:
   throughput        new tokens / (last completion - first arrival)
   TTFT              first token's emission - arrival (includes queueing)
@@ -34,8 +35,9 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
-def make_requests(n: int, prompt_len: int, max_new_tokens: int, sampling: dict, seed: int,
-                  tokenizer: Tokenizer | None = None) -> list[Request]:
+def make_requests(
+    n: int, prompt_len: int, max_new_tokens: int, sampling: dict, seed: int, tokenizer: Tokenizer | None = None
+) -> list[Request]:
     """n prompts of prompt_len tokens: slices of the held-out text in the model's tokenizer (bytes by default)."""
     text = bundled_split(0.05)[1].decode("utf-8")
     val = np.asarray((tokenizer or ByteTokenizer()).encode(text))
@@ -43,8 +45,10 @@ def make_requests(n: int, prompt_len: int, max_new_tokens: int, sampling: dict, 
         raise ValueError(f"prompt_len {prompt_len} exceeds the {len(val)} held-out tokens")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(val) - prompt_len, n)
-    return [Request(val[s:s + prompt_len].tolist(), max_new_tokens, sampling=sampling, seed=seed + i)
-            for i, s in enumerate(starts)]
+    return [
+        Request(val[s : s + prompt_len].tolist(), max_new_tokens, sampling=sampling, seed=seed + i)
+        for i, s in enumerate(starts)
+    ]
 
 
 def replay(engine: Engine, requests: list[Request], rate: float, seed: int = 0) -> dict:
@@ -82,33 +86,52 @@ def summarize(engine: Engine, results, t0: float) -> dict:
     by_batch: dict[int, list[int]] = {}
     for s in decode_steps:
         by_batch.setdefault(s.batch_size, []).extend(v for layer in s.tokens_per_expert for v in layer)
-    expert_batch = {b: {"steps": sum(1 for s in decode_steps if s.batch_size == b),
-                        "mean": float(np.mean(v)), "share_0": float(np.mean(np.equal(v, 0))),
-                        "share_1": float(np.mean(np.equal(v, 1))), "max": int(np.max(v))}
-                    for b, v in sorted(by_batch.items())}
+    expert_batch = {
+        b: {
+            "steps": sum(1 for s in decode_steps if s.batch_size == b),
+            "mean": float(np.mean(v)),
+            "share_0": float(np.mean(np.equal(v, 0))),
+            "share_1": float(np.mean(np.equal(v, 1))),
+            "max": int(np.max(v)),
+        }
+        for b, v in sorted(by_batch.items())
+    }
     proposed = sum(r.draft_proposed for r in results)
     return {
-        "requests": len(results), "new_tokens": n_tokens, "wall_s": t_end - t_first,
-        "throughput_tok_s": n_tokens / (t_end - t_first), "steps": len(steps),
+        "requests": len(results),
+        "new_tokens": n_tokens,
+        "wall_s": t_end - t_first,
+        "throughput_tok_s": n_tokens / (t_end - t_first),
+        "steps": len(steps),
         "mean_batch": float(np.mean([s.batch_size for s in steps])),
-        "ttft_s": percentiles(ttft), "itl_s": percentiles(itl),
+        "ttft_s": percentiles(ttft),
+        "itl_s": percentiles(itl),
         "draft_acceptance": sum(r.draft_accepted for r in results) / proposed if proposed else None,
         "tokens_per_target_forward": n_tokens / sum(r.target_forwards for r in results),
         "expert_batch_by_decode_batch": expert_batch,
-        "per_step": {"t": [s.t_end - t0 for s in steps], "batch_size": [s.batch_size for s in steps],
-                     "n_prefill": [s.n_prefill for s in steps], "tokens_per_expert": [s.tokens_per_expert for s in steps]},
+        "per_step": {
+            "t": [s.t_end - t0 for s in steps],
+            "batch_size": [s.batch_size for s in steps],
+            "n_prefill": [s.n_prefill for s in steps],
+            "tokens_per_expert": [s.tokens_per_expert for s in steps],
+        },
     }
 
 
 def print_summary(s: dict, header: str) -> None:
     ms = lambda d: " ".join(f"{k} {1e3 * v:.1f}" if v is not None else f"{k} -" for k, v in d.items())
     print(header)
-    print(f"requests {s['requests']}, new tokens {s['new_tokens']}, {s['wall_s']:.1f} s, "
-          f"throughput {s['throughput_tok_s']:.1f} tokens/s, {s['steps']} steps, mean batch {s['mean_batch']:.2f}")
+    print(
+        f"requests {s['requests']}, new tokens {s['new_tokens']}, {s['wall_s']:.1f} s, "
+        f"throughput {s['throughput_tok_s']:.1f} tokens/s, {s['steps']} steps, mean batch {s['mean_batch']:.2f}"
+    )
     print(f"time to first token (ms): {ms(s['ttft_s'])}")
     print(f"inter-token latency (ms): {ms(s['itl_s'])}")
     if s["draft_acceptance"] is not None:
-        print(f"draft acceptance {s['draft_acceptance']:.3f}, tokens per target forward {s['tokens_per_target_forward']:.2f}")
+        print(
+            f"draft acceptance {s['draft_acceptance']:.3f}, "
+            f"tokens per target forward {s['tokens_per_target_forward']:.2f}"
+        )
     print("tokens per expert per layer in decode steps, by batch size (rows):")
     print(f"{'batch':>5} {'steps':>6} {'mean':>6} {'got 0':>6} {'got 1':>6} {'max':>4}")
     for b, d in s["expert_batch_by_decode_batch"].items():
@@ -145,4 +168,3 @@ def write(s: dict, out_dir, name: str, header: str) -> pathlib.Path:
     (out / f"{name}.json").write_text(json.dumps(s, separators=(",", ":")))  # per-step counts: keep it compact
     plot_expert_batches(s, out / f"{name}.png", header)
     return out
-

@@ -55,5 +55,7 @@ def check_request(cfg, prompt: list[int], max_new_tokens: int, stop_tokens=()) -
     if len(prompt) > cfg.max_seq_len:
         raise ValueError(f"prompt of {len(prompt)} tokens is longer than max_seq_len {cfg.max_seq_len}")
     if len(prompt) + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
-                         f"{cfg.max_seq_len}; ask for at most {cfg.max_seq_len - len(prompt)} new tokens")
+        raise ValueError(
+            f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+            f"{cfg.max_seq_len}; ask for at most {cfg.max_seq_len - len(prompt)} new tokens"
+        )

@@ -36,10 +36,13 @@ class SamplingParams:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
             raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        if self.top_p is not None and (isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float))
-                                       or not 0 < self.top_p <= 1):  # nan fails the range test too
+        if self.top_p is not None and (
+            isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1
+        ):  # nan fails the range test too
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
     @property
@@ -47,7 +50,7 @@ class SamplingParams:
         return self.greedy or self.temperature == 0
 
     @classmethod
-    def parse(cls, settings: "SamplingParams | dict | None") -> "SamplingParams":
+    def parse(cls, settings: SamplingParams | dict | None) -> SamplingParams:
         """From a SamplingParams, a dict of its fields (unknown keys are an error naming them), or None."""
         if settings is None:
             return cls()
@@ -88,8 +91,9 @@ def sample(p_BV: torch.Tensor, u_B: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf_BV, target_B1, right=True).squeeze(-1).clamp(max=p_BV.shape[-1] - 1)
 
 
-def accept_draft(p_BKV: torch.Tensor, q_BkV: torch.Tensor, draft_Bk: torch.Tensor, u_Bk: torch.Tensor,
-                 u_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def accept_draft(
+    p_BKV: torch.Tensor, q_BkV: torch.Tensor, draft_Bk: torch.Tensor, u_Bk: torch.Tensor, u_B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The acceptance rule above for B rows at once. p [B, k+1, V] target distributions, q [B, k, V]
     draft distributions, draft [B, k] proposed tokens, u [B, k] and [B] uniforms in [0, 1).
     Returns (n_accepted [B] in 0..k, the token emitted after them [B])."""

@@ -51,17 +51,29 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def save_checkpoint(run_dir, model, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None,
-                    trainer_state: dict | None = None, step: int = 0, files: dict[str, bytes] | None = None
-                    ) -> pathlib.Path:
+def save_checkpoint(
+    run_dir,
+    model,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None = None,
+    trainer_state: dict | None = None,
+    step: int = 0,
+    files: dict[str, bytes] | None = None,
+) -> pathlib.Path:
     """A step directory: the model's weights, config.json, trainer.pt (given trainer_state) and
     `files` (name -> content, e.g. tokenizer.moe.json), published whole (moe/training/run_dir.py)."""
     return save_weights(run_dir, _weights(model), model_cfg, train_cfg, trainer_state, step, files)
 
 
-def save_weights(run_dir, weights: dict[str, torch.Tensor], model_cfg: ModelConfig,
-                 train_cfg: TrainConfig | None = None, trainer_state: dict | None = None, step: int = 0,
-                 files: dict[str, bytes] | None = None) -> pathlib.Path:
+def save_weights(
+    run_dir,
+    weights: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None = None,
+    trainer_state: dict | None = None,
+    step: int = 0,
+    files: dict[str, bytes] | None = None,
+) -> pathlib.Path:
     """save_checkpoint from a state dict (our parameter names) instead of a model."""
     run_dir = pathlib.Path(run_dir)
     tmp = make_scratch(temp_dir(run_dir, step))  # creates run_dir too
@@ -112,8 +124,11 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     head = _tied_head(model)
     if head:
         expected.pop(head)
-    problems = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
-                for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
+    problems = [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
     problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]
     problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in saved.items() if k not in expected]
     if problems:
@@ -133,17 +148,21 @@ def _text_part(model: torch.nn.Module, step_dir: pathlib.Path) -> torch.nn.Modul
     saved, _ = read_config(step_dir)
     is_vision = model.cfg.vision is not None
     if saved.vision is not None and not is_vision:
-        raise ValueError(f"checkpoint {str(step_dir)!r} holds a vision model ({saved.name!r}, with a [vision] table): "
-                         "it does not load as a text-only model; load it whole (load_model builds it), or give "
-                         "a config with its [vision] table")
+        raise ValueError(
+            f"checkpoint {str(step_dir)!r} holds a vision model ({saved.name!r}, with a [vision] table): "
+            "it does not load as a text-only model; load it whole (load_model builds it), or give "
+            "a config with its [vision] table"
+        )
     if not is_vision or saved.vision is not None:
         return model
     now, was = model.cfg.to_dict(), saved.to_dict()
     differ = {k: (was[k], now[k]) for k in now if k not in _NOT_WEIGHTS and was.get(k) != now[k]}
     if differ:
         shown = ", ".join(f"{k} {a!r} in the checkpoint vs {b!r}" for k, (a, b) in differ.items())
-        raise ValueError(f"checkpoint {str(step_dir)!r} is the text model {saved.name!r}, but config {model.cfg.name!r} "
-                         f"builds its vision path on a different language model: {shown}")
+        raise ValueError(
+            f"checkpoint {str(step_dir)!r} is the text model {saved.name!r}, but config {model.cfg.name!r} "
+            f"builds its vision path on a different language model: {shown}"
+        )
     return model.lm
 
 
@@ -166,8 +185,9 @@ def load_trainer_state(path) -> dict | None:
     try:
         return torch.load(f, weights_only=True)
     except Exception as e:  # torch.load raises many kinds (pickle, zip, runtime) for a damaged file
-        raise RunDirError(f"{f}: not a readable trainer state ({type(e).__name__}: {e}); the checkpoint is "
-                          "damaged") from None
+        raise RunDirError(
+            f"{f}: not a readable trainer state ({type(e).__name__}: {e}); the checkpoint is damaged"
+        ) from None
 
 
 def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
@@ -183,9 +203,11 @@ def _load_distributed_whole(model: torch.nn.Module, step_dir) -> None:
     model.load_state_dict(state["model"])
 
 
-def quantize_checkpoint(path, out, scheme: str, *, dense: bool = False, overwrite: bool = False
-                        ) -> tuple[pathlib.Path, int]:
-    """A serving copy of a checkpoint with its expert weights (dense: attention and head too) quantized (moe/model/quantized.py):
+def quantize_checkpoint(
+    path, out, scheme: str, *, dense: bool = False, overwrite: bool = False
+) -> tuple[pathlib.Path, int]:
+    """A serving copy of a checkpoint with its expert weights (dense: attention and head too) quantized
+    (moe/model/quantized.py):
     weights, config (expert_quant set) and tokenizer; no optimizer state. Returns the step directory
     and the bytes the expert weights took before (for the report; the quantized model says the after)."""
     from moe.model.quantized import is_expert_weight, quantize_state

@@ -70,13 +70,18 @@ def config_from_hf(hf: dict, name: str) -> ModelConfig:
     kind = hf.get("model_type")
     arch = hf.get("architectures") or []
     if kind != "mixtral" or any(a != "MixtralForCausalLM" for a in arch):
-        raise ConversionError(f"architecture {arch or '?'} (model_type {kind!r}) is not Mixtral-like: this "
-                              "converter reads MixtralForCausalLM checkpoints")
+        raise ConversionError(
+            f"architecture {arch or '?'} (model_type {kind!r}) is not Mixtral-like: this "
+            "converter reads MixtralForCausalLM checkpoints"
+        )
     refusals = {
         f"hidden_act {hf.get('hidden_act')!r}: our SwiGLU experts use silu": hf.get("hidden_act", "silu") != "silu",
         "tie_word_embeddings: tied embeddings are refused": hf.get("tie_word_embeddings", False),
-        f"sliding_window {hf.get('sliding_window')}: sliding-window attention is not implemented":
-            hf.get("sliding_window") not in (None, 0) and hf["sliding_window"] < hf.get("max_position_embeddings", 0),
+        f"sliding_window {hf.get('sliding_window')}: sliding-window attention is not implemented": hf.get(
+            "sliding_window"
+        )
+        not in (None, 0)
+        and hf["sliding_window"] < hf.get("max_position_embeddings", 0),
         "attention_bias: our attention has no biases": hf.get("attention_bias", False),
     }
     bad = [why for why, refused in refusals.items() if refused]
@@ -91,21 +96,37 @@ def config_from_hf(hf: dict, name: str) -> ModelConfig:
     if kind != "default":
         unknown = sorted(set(rope) - set(_ROPE_KEYS))
         if kind not in ("linear", "dynamic", "yarn") or unknown:
-            raise ConversionError(f"rope_type {kind!r} with keys {sorted(rope)} does not map (ours: linear, "
-                                  "dynamic, yarn)")
+            raise ConversionError(
+                f"rope_type {kind!r} with keys {sorted(rope)} does not map (ours: linear, dynamic, yarn)"
+            )
         scaling = {"rope_type": kind, **rope}
         scaling.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
     n_heads = hf["num_attention_heads"]
     try:
         return ModelConfig(
-            name=name, vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads, n_experts=hf["num_local_experts"],
-            top_k=hf["num_experts_per_tok"], d_ff=hf["intermediate_size"], activation="swiglu",
-            max_seq_len=hf["max_position_embeddings"], rope_theta=float(theta), rope_scaling=scaling,
-            norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=False, init_std=hf.get("initializer_range", 0.02),
-            router_renormalize=True, router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.0),
-            router_z_loss_coef=0.0, router_jitter=hf.get("router_jitter_noise", 0.0), capacity_factor=0.0)
+            name=name,
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+            n_experts=hf["num_local_experts"],
+            top_k=hf["num_experts_per_tok"],
+            d_ff=hf["intermediate_size"],
+            activation="swiglu",
+            max_seq_len=hf["max_position_embeddings"],
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            norm_eps=hf.get("rms_norm_eps", 1e-5),
+            tie_embeddings=False,
+            init_std=hf.get("initializer_range", 0.02),
+            router_renormalize=True,
+            router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.0),
+            router_z_loss_coef=0.0,
+            router_jitter=hf.get("router_jitter_noise", 0.0),
+            capacity_factor=0.0,
+        )
     except KeyError as e:
         raise ConversionError(f"config.json lacks {e.args[0]!r}, which a Mixtral config has") from None
 
@@ -125,15 +146,30 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
     if cfg.rope_scaling:
         rope.update(cfg.rope_scaling)
     return {
-        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "dtype": str(dtype).removeprefix("torch."),
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_parameters": rope,
-        "num_local_experts": cfg.n_experts, "num_experts_per_tok": cfg.top_k, "sliding_window": None,
-        "tie_word_embeddings": False, "router_aux_loss_coef": cfg.router_aux_loss_coef,
-        "router_jitter_noise": cfg.router_jitter, "initializer_range": cfg.init_std, "attention_dropout": 0.0,
-        "output_router_logits": False, "use_cache": True,
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "dtype": str(dtype).removeprefix("torch."),
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_parameters": rope,
+        "num_local_experts": cfg.n_experts,
+        "num_experts_per_tok": cfg.top_k,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "router_aux_loss_coef": cfg.router_aux_loss_coef,
+        "router_jitter_noise": cfg.router_jitter,
+        "initializer_range": cfg.init_std,
+        "attention_dropout": 0.0,
+        "output_router_logits": False,
+        "use_cache": True,
     }
 
 
@@ -141,8 +177,11 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
 
 
 def weights_to_hf(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    out = {"model.embed_tokens.weight": ours["tok_emb.weight"], "model.norm.weight": ours["norm.weight"],
-           "lm_head.weight": ours["lm_head.weight"]}
+    out = {
+        "model.embed_tokens.weight": ours["tok_emb.weight"],
+        "model.norm.weight": ours["norm.weight"],
+        "lm_head.weight": ours["lm_head.weight"],
+    }
     for i in range(cfg.n_layers):
         theirs, mine = _LAYER.format(i), f"blocks.{i}."
         for a, b in _NAMES.items():
@@ -215,8 +254,10 @@ def read_safetensors(directory: pathlib.Path) -> dict[str, torch.Tensor]:
         files = ["model.safetensors"]
     else:
         other = [p.name for p in directory.glob("*.bin")]
-        raise ConversionError(f"{directory} holds no model.safetensors or model.safetensors.index.json"
-                              + (f" (only {other}: re-save it with safe_serialization=True)" if other else ""))
+        raise ConversionError(
+            f"{directory} holds no model.safetensors or model.safetensors.index.json"
+            + (f" (only {other}: re-save it with safe_serialization=True)" if other else "")
+        )
     out = {}
     for name in files:
         f = directory / name
@@ -243,12 +284,16 @@ def from_hf(src, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
     cfg = config_from_hf(hf, src.name)
     tok_file = src / "tokenizer.json"
     if not tok_file.is_file():
-        raise ConversionError(f"{src} has no tokenizer.json (a Hugging Face fast tokenizer): save one beside the "
-                              "weights with transformers' AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)")
+        raise ConversionError(
+            f"{src} has no tokenizer.json (a Hugging Face fast tokenizer): save one beside the "
+            "weights with transformers' AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+        )
     tok = tokenizers.from_hf_file(tok_file)
     if tok.vocab_size > cfg.vocab_size:
-        raise ConversionError(f"{tok_file} holds {tok.vocab_size} tokens, more than the config's vocab_size "
-                              f"{cfg.vocab_size}: the tokenizer disagrees with the model")
+        raise ConversionError(
+            f"{tok_file} holds {tok.vocab_size} tokens, more than the config's vocab_size "
+            f"{cfg.vocab_size}: the tokenizer disagrees with the model"
+        )
     weights = weights_from_hf(read_safetensors(src), cfg)
     run_dir.prepare(out)
     with run_dir.lock(out):
@@ -256,8 +301,10 @@ def from_hf(src, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
             run_dir.remove_checkpoints(out)
         step_dir = checkpoint.save_weights(out, weights, cfg, files={tokenizers.FILE: tok.to_bytes()})
     n = sum(v.numel() for v in weights.values())
-    log(f"converted {src} ({n / 1e6:.1f}M parameters, {cfg.n_layers} layers, {cfg.n_experts} experts, top-"
-        f"{cfg.top_k}, tokenizer {tok.describe()}) -> {step_dir}")
+    log(
+        f"converted {src} ({n / 1e6:.1f}M parameters, {cfg.n_layers} layers, {cfg.n_experts} experts, top-"
+        f"{cfg.top_k}, tokenizer {tok.describe()}) -> {step_dir}"
+    )
     return step_dir
 
 
@@ -267,11 +314,15 @@ def to_hf(path, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
     step_dir, out = run_dir.resolve(path), pathlib.Path(out)
     cfg, _ = checkpoint.read_config(step_dir)
     if cfg.vision is not None:
-        raise ConversionError(f"{step_dir} holds a vision model ({cfg.name!r}): Mixtral has no vision path, so only "
-                              "text checkpoints convert")
+        raise ConversionError(
+            f"{step_dir} holds a vision model ({cfg.name!r}): Mixtral has no vision path, so only "
+            "text checkpoints convert"
+        )
     if run_dir.is_distributed(step_dir):
-        raise ConversionError(f"{step_dir} is a distributed checkpoint: load it whole (moe.load_model) and save "
-                              "it with moe.save_checkpoint first")
+        raise ConversionError(
+            f"{step_dir} is a distributed checkpoint: load it whole (moe.load_model) and save "
+            "it with moe.save_checkpoint first"
+        )
     weights_file = step_dir / "model.safetensors"
     run_dir.verify(weights_file)
     with safe_open(str(weights_file), "pt") as st:
@@ -290,8 +341,11 @@ def to_hf(path, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
         hf_tok = tok.to_hf_json()
         if hf_tok is not None:
             (tmp / "tokenizer.json").write_text(hf_tok)
-            (tmp / "tokenizer_config.json").write_text(json.dumps(
-                {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len}, indent=2))
+            (tmp / "tokenizer_config.json").write_text(
+                json.dumps(
+                    {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len}, indent=2
+                )
+            )
         else:
             log(f"note: the {tok.describe()} tokenizer has no tokenizer.json form; use tiktoken beside the model")
         if out.exists():

@@ -41,8 +41,9 @@ class LocalTrainer:
             checkpoint.load_weights(self.model, init_from)
         self.task = task_for(model_cfg, train_cfg)  # what is frozen and compiled, what evaluation adds
         self.task.setup(self.model)
-        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], train_cfg,
-                                        compiled=train_cfg.compile)
+        self.optimizer = make_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad], train_cfg, compiled=train_cfg.compile
+        )
         self.model.train()
         self._update = self._clip_and_update
         # --compile: the step through torch.compile in two parts, the forward (its backward derived
@@ -118,8 +119,10 @@ class LocalTrainer:
 
     def load(self, step_dir: pathlib.Path) -> tuple[dict, str]:
         if is_distributed(step_dir):
-            raise TrainingError(f"{step_dir} was written by distributed training: resume it through "
-                                "moe.parallel.train_distributed (the CLI does so, in one process too)")
+            raise TrainingError(
+                f"{step_dir} was written by distributed training: resume it through "
+                "moe.parallel.train_distributed (the CLI does so, in one process too)"
+            )
         checkpoint.load_weights(self.model, step_dir)
         state = checkpoint.load_trainer_state(step_dir)
         if state is None:
@@ -136,5 +139,9 @@ class LocalTrainer:
 
     def describe(self) -> dict:
         compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
-        return {"device": str(self.device), "threads": torch.get_num_threads(), "compiled": self.train_cfg.compile,
-                **compiled}
+        return {
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "compiled": self.train_cfg.compile,
+            **compiled,
+        }

@@ -61,8 +61,16 @@ class History:
     gates: list = field(default_factory=list)  # (tanh attn, tanh mlp) per gated cross-attention block
     cer: list = field(default_factory=list)  # character error rate on held-out rendered lines
 
-    def add(self, step: int, tokens: int, train_time_s: float, train_loss: float, val_loss: float,
-            gates: list | None = None, cer: float | None = None) -> None:
+    def add(
+        self,
+        step: int,
+        tokens: int,
+        train_time_s: float,
+        train_loss: float,
+        val_loss: float,
+        gates: list | None = None,
+        cer: float | None = None,
+    ) -> None:
         """One evaluation point (gates and cer: where the trainer's eval_extras gives them)."""
         if gates is not None:
             self.gates.append(gates)
@@ -97,8 +105,10 @@ class _Interrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort)",
-              file=sys.stderr)
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort)",
+            file=sys.stderr,
+        )
 
     def __exit__(self, *exc):
         for sig, previous in self.previous.items():
@@ -112,8 +122,9 @@ _NOT_RESUME_SETTINGS = ("eval_interval", "eval_batches", "checkpoint_interval")
 def changed_settings(saved: dict | None, cfg: TrainConfig) -> dict:
     """{field: (saved, now)} for the training settings a resumed run would change."""
     now = vars(cfg)
-    return {k: (v, now[k]) for k, v in (saved or {}).items()
-            if k in now and k not in _NOT_RESUME_SETTINGS and v != now[k]}
+    return {
+        k: (v, now[k]) for k, v in (saved or {}).items() if k in now and k not in _NOT_RESUME_SETTINGS and v != now[k]
+    }
 
 
 class _Budget:
@@ -139,9 +150,22 @@ class _Budget:
         return max(step, step + int((self.budget - train_time) / per_step))
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
-          allow_changes: bool = False, init_from=None, device: str | None = None, data=None,
-          progress: bool | None = None, plot: bool = True, log=print, build=None) -> dict:
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out_dir,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: bool = False,
+    init_from=None,
+    device: str | None = None,
+    data=None,
+    progress: bool | None = None,
+    plot: bool = True,
+    log=print,
+    build=None,
+) -> dict:
     """Train, checkpointing to out_dir. Returns a summary dict (also written to out_dir/summary.json).
 
     Before anything is built, the main process makes sure out_dir is a writable directory, locks it for
@@ -156,9 +180,21 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out_dir, *, resume: bool = F
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
     with _own(out_dir):
-        return _train(model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                      init_from=init_from, device=device, data=data, progress=progress, plot=plot, log=log,
-                      build=build)
+        return _train(
+            model_cfg,
+            cfg,
+            out_dir,
+            resume=resume,
+            overwrite=overwrite,
+            allow_changes=allow_changes,
+            init_from=init_from,
+            device=device,
+            data=data,
+            progress=progress,
+            plot=plot,
+            log=log,
+            build=build,
+        )
 
 
 @contextlib.contextmanager
@@ -181,8 +217,10 @@ def check_extension(model_cfg: ModelConfig, init_from) -> None:
     trained_at = (saved.rope_scaling or {}).get("original_max_position_embeddings", saved.max_seq_len)
     scaling = model_cfg.rope_scaling
     if scaling and scaling["original_max_position_embeddings"] != trained_at:
-        raise ValueError(f"rope_scaling.original_max_position_embeddings ({scaling['original_max_position_embeddings']}) "
-                         f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}")
+        raise ValueError(
+            f"rope_scaling.original_max_position_embeddings ({scaling['original_max_position_embeddings']}) "
+            f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}"
+        )
 
 
 def check_tokenizer(model_cfg: ModelConfig, dataset: Dataset, checkpoint_dir=None) -> None:
@@ -190,36 +228,46 @@ def check_tokenizer(model_cfg: ModelConfig, dataset: Dataset, checkpoint_dir=Non
     have been trained with the same tokenizer."""
     tok = dataset.tokenizer
     if model_cfg.vocab_size < tok.vocab_size:
-        raise ValueError(f"vocab_size {model_cfg.vocab_size} of config {model_cfg.name!r} cannot hold the "
-                         f"{tok.describe()} tokenizer of dataset {dataset.name}: the CLI sets vocab_size from the "
-                         f"data; give --set vocab_size={tok.vocab_size} (or larger, to pad)")
+        raise ValueError(
+            f"vocab_size {model_cfg.vocab_size} of config {model_cfg.name!r} cannot hold the "
+            f"{tok.describe()} tokenizer of dataset {dataset.name}: the CLI sets vocab_size from the "
+            f"data; give --set vocab_size={tok.vocab_size} (or larger, to pad)"
+        )
     if checkpoint_dir is not None:
         saved = tokenizers.load(run_dir.resolve(checkpoint_dir))
         if saved.fingerprint != tok.fingerprint:
-            raise ValueError(f"{checkpoint_dir} was trained with the {saved.describe()} tokenizer, dataset "
-                             f"{dataset.name} uses {tok.describe()}: its token ids mean different text")
+            raise ValueError(
+                f"{checkpoint_dir} was trained with the {saved.describe()} tokenizer, dataset "
+                f"{dataset.name} uses {tok.describe()}: its token ids mean different text"
+            )
 
 
 def _refuse_quantized(what: str, model_cfg: ModelConfig) -> None:
     if model_cfg.expert_quant != "none":
-        raise ValueError(f"{what} is quantized ({model_cfg.expert_quant} experts): quantized checkpoints are for "
-                         "serving; train from the unquantized checkpoint")
+        raise ValueError(
+            f"{what} is quantized ({model_cfg.expert_quant} experts): quantized checkpoints are for "
+            "serving; train from the unquantized checkpoint"
+        )
 
 
-def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot,
-           log, build):
+def _train(
+    model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_from, device, data, progress, plot, log, build
+):
     dataset = task_for(model_cfg, cfg).dataset(data)
     dataset.check_seq_len(cfg.seq_len)
     check_tokenizer(model_cfg, dataset, init_from)
     if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
-                         "(--set max_seq_len=...) with rope_scaling to extend a model's context")
+        raise ValueError(
+            f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
+            "(--set max_seq_len=...) with rope_scaling to extend a model's context"
+        )
     _refuse_quantized("the config", model_cfg)
     if init_from is not None:
         _refuse_quantized(f"--init-from {init_from}", checkpoint.read_config(init_from)[0])
         if resume:
-            raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues one: "
-                             "give one of them")
+            raise ValueError(
+                "--init-from starts a new run from a checkpoint's weights; --resume continues one: give one of them"
+            )
         check_extension(model_cfg, init_from)
     stale = not resume and run_dir.check_fresh(out_dir, overwrite)
     if resume:
@@ -229,9 +277,11 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
         changed = changed_settings(saved_train, cfg)
         shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
         if changed and not allow_changes:
-            raise ValueError(f"--resume with changed training settings ({shown}): the run would no longer "
-                             "continue as if never stopped (the schedule, batches or updates differ from a "
-                             "straight run). Resume with the saved settings, or pass --allow-changes.")
+            raise ValueError(
+                f"--resume with changed training settings ({shown}): the run would no longer "
+                "continue as if never stopped (the schedule, batches or updates differ from a "
+                "straight run). Resume with the saved settings, or pass --allow-changes."
+            )
     trainer: Trainer = (build or LocalTrainer)(model_cfg, cfg, device, init_from)
     say = log if trainer.is_main else (lambda *a, **k: None)
     if stale and trainer.is_main:
@@ -265,10 +315,18 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
         # such weights replace the last good checkpoint.
         bad = trainer.nonfinite_weights()
         if bad:
-            raise TrainingError(f"weights became non-finite at step {step} ({', '.join(bad[:3])}...); stopped "
-                                f"without saving. Last good checkpoint: {last_good()}")
-        state = dict(step=step, train_time_s=train_time, max_steps=max_steps, history=vars(hist),
-                     data_rng=data_gen.get_state(), expert_tokens=expert_tokens)
+            raise TrainingError(
+                f"weights became non-finite at step {step} ({', '.join(bad[:3])}...); stopped "
+                f"without saving. Last good checkpoint: {last_good()}"
+            )
+        state = dict(
+            step=step,
+            train_time_s=train_time,
+            max_steps=max_steps,
+            history=vars(hist),
+            data_rng=data_gen.get_state(),
+            expert_tokens=expert_tokens,
+        )
         return trainer.save(out_dir, state, step, tokenizer_file)
 
     def last_good() -> str:
@@ -291,8 +349,9 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
                 result = trainer.step(x, y, lr_at(step, cfg, max_steps))
             except NonFiniteLoss as e:
                 bar.close()
-                raise TrainingError(f"loss became {e.loss} at step {step}; stopped without saving. "
-                                    f"Last good checkpoint: {last_good()}") from None
+                raise TrainingError(
+                    f"loss became {e.loss} at step {step}; stopped without saving. Last good checkpoint: {last_good()}"
+                ) from None
             step += 1
             dt = _clock() - t0
             train_time += dt
@@ -309,8 +368,10 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
             if fitted is not None:
                 fitted = trainer.agree(fitted)
                 if step == FIRST_FIT[1]:  # later re-fits show in the progress line's step/max_steps
-                    say(f"time budget {cfg.time_budget_s:.0f}s at {budget.per_step * 1e3:.1f} ms/step: "
-                        f"max_steps = {fitted}")
+                    say(
+                        f"time budget {cfg.time_budget_s:.0f}s at {budget.per_step * 1e3:.1f} ms/step: "
+                        f"max_steps = {fitted}"
+                    )
                 max_steps = bar.total = fitted
 
             postfix = dict(loss=f"{result.loss:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}")
@@ -324,12 +385,14 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
                 extras = trainer.eval_extras()
                 hist.add(step, step * tokens_per_step, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
-                msg = (f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
-                       + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")
-                       + (f"grad norm {norm:.3f}  " if norm is not None else "")
-                       + (f"CER {extras['cer']:.3f}  " if "cer" in extras else "")
-                       + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
-                       + (f"  load max/mean {balance:.2f}" if balance is not None else ""))
+                msg = (
+                    f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
+                    + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")
+                    + (f"grad norm {norm:.3f}  " if norm is not None else "")
+                    + (f"CER {extras['cer']:.3f}  " if "cer" in extras else "")
+                    + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
+                    + (f"  load max/mean {balance:.2f}" if balance is not None else "")
+                )
                 bar.write(msg) if show_bar else say(msg)
             if step % cfg.checkpoint_interval == 0 or step == max_steps:
                 saved, saved_step = save(), step
@@ -340,13 +403,23 @@ def _train(model_cfg, cfg, out_dir, *, resume, overwrite, allow_changes, init_fr
     if saved_step != step and step > 0:  # interrupted between checkpoints
         saved = save()
     summary = {
-        "config": model_cfg.name, "steps": step, "max_steps": max_steps, "tokens": step * tokens_per_step,
-        "train_time_s": round(train_time, 2), "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),
+        "config": model_cfg.name,
+        "steps": step,
+        "max_steps": max_steps,
+        "tokens": step * tokens_per_step,
+        "train_time_s": round(train_time, 2),
+        "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),
         "final_val_loss": hist.val_loss[-1] if hist.val_loss else None,
         "final_val_bits_per_byte": dataset.bits_per_byte(hist.val_loss[-1]) if hist.val_loss else None,
-        "data": dataset.name, "tokenizer": dataset.tokenizer.describe(), "interrupted": interrupted,
-        "checkpoint": str(saved), "history": vars(hist), "expert_tokens": expert_tokens.tolist(),
-        **trainer.describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "data": dataset.name,
+        "tokenizer": dataset.tokenizer.describe(),
+        "interrupted": interrupted,
+        "checkpoint": str(saved),
+        "history": vars(hist),
+        "expert_tokens": expert_tokens.tolist(),
+        **trainer.describe(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
     }
     if trainer.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

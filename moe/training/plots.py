@@ -17,10 +17,11 @@ def plot_training(summary: dict, path) -> None:
     counted = load.sum() > 0
     gated = bool(h.get("gates"))
     ratios = [1.2] + [1] * int(counted) + [1] * int(gated)
-    fig, axes = plt.subplots(1, len(ratios), figsize=(5 + 5 * len(ratios), 4.5), squeeze=False,
-                             gridspec_kw={"width_ratios": ratios})
+    fig, axes = plt.subplots(
+        1, len(ratios), figsize=(5 + 5 * len(ratios), 4.5), squeeze=False, gridspec_kw={"width_ratios": ratios}
+    )
     if gated:
-        _plot_gates(axes[0, -1], h["step"][-len(h["gates"]):], np.asarray(h["gates"], dtype=float), h.get("cer"))
+        _plot_gates(axes[0, -1], h["step"][-len(h["gates"]) :], np.asarray(h["gates"], dtype=float), h.get("cer"))
     ax = axes[0, 0]
     ax.plot(h["step"], h["train_loss"], label="train")
     ax.plot(h["step"], h["val_loss"], label="validation")
@@ -44,14 +45,14 @@ def _plot_gates(ax, steps, gates_SB2, cer=None) -> None:
     """gates [evaluations, blocks, (attention, MLP)]: tanh of each gate, per gated block; and the
     character error rate at the same evaluations, on the right axis."""
     for b in range(gates_SB2.shape[1]):
-        line, = ax.plot(steps, gates_SB2[:, b, 0], label=f"block {b}: attention")
+        (line,) = ax.plot(steps, gates_SB2[:, b, 0], label=f"block {b}: attention")
         ax.plot(steps, gates_SB2[:, b, 1], linestyle="--", color=line.get_color(), label=f"block {b}: MLP")
     ax.set(xlabel="step", ylabel="tanh(gate)", title="gated cross-attention: gates, and reading")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     if cer:
         right = ax.twinx()
-        right.plot(steps[-len(cer):], cer, color="black", marker=".", label="CER (100 held-out lines)")
+        right.plot(steps[-len(cer) :], cer, color="black", marker=".", label="CER (100 held-out lines)")
         right.set(ylabel="character error rate", ylim=(0, 1.05))
         right.legend(fontsize="small", loc="lower right")
 

@@ -1,12 +1,12 @@
 """What the training loop (moe/training/loop.py) drives and reads from.
 
-    Trainer   one process's trainer (moe/training/local.py) or one rank's part of a parallel layout
-              (moe/parallel/trainer.py). Both answer the same calls, so the loop is written once. The
-              loop builds one with build(model_cfg, train_cfg, device, init_from) (init_from: a
-              checkpoint whose weights to start from).
-    Task      what a model learns from and what its evaluation reports besides the loss, chosen by the
-              model's config (moe/training/task.py), so neither the loop nor a trainer names a kind of model
-    Dataset   what the loop samples batches from: a TokenDataset (moe/data/dataset.py) or a task's own
+Trainer   one process's trainer (moe/training/local.py) or one rank's part of a parallel layout
+          (moe/parallel/trainer.py). Both answer the same calls, so the loop is written once. The
+          loop builds one with build(model_cfg, train_cfg, device, init_from) (init_from: a
+          checkpoint whose weights to start from).
+Task      what a model learns from and what its evaluation reports besides the loss, chosen by the
+          model's config (moe/training/task.py), so neither the loop nor a trainer names a kind of model
+Dataset   what the loop samples batches from: a TokenDataset (moe/data/dataset.py) or a task's own
 """
 
 from __future__ import annotations

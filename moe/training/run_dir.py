@@ -19,7 +19,7 @@ Guarantees, and how each is kept:
   checksummed and fsynced, then renamed to a name no other directory has (`step-0000020`, or
   `step-0000020.1` when that step is saved again), and only then is `latest` replaced atomically
   (write, fsync, rename). Superseded and old directories are removed after the pointer moved. So at
-  every instant `latest` names a complete checkpoint (tests/test_reliability.py kills a save before
+  every instant `latest` names a complete checkpoint (tests/training/test_reliability.py kills a save before
   each of its filesystem operations).
 - **No litter.** `clean_stale` removes the temporary directories of writers that are gone (the
   scratch conventions of moe/files.py, which datasets share).
@@ -80,7 +80,7 @@ class RunLock:
         self.path = pathlib.Path(run_dir) / ".lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _default_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,8 +89,10 @@ class RunLock:
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunDirError(f"{self.path.parent} is in use by another run (process {holder} holds "
-                              f"{self.path}); wait for it to finish, stop it, or choose another --out") from None
+            raise RunDirError(
+                f"{self.path.parent} is in use by another run (process {holder} holds "
+                f"{self.path}); wait for it to finish, stop it, or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -161,9 +163,11 @@ def publish(run_dir: pathlib.Path, tmp: pathlib.Path, step: int) -> pathlib.Path
 
 def _step_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
     """Step directories, oldest first (by step, then by save)."""
+
     def key(p):
-        step, _, n = p.name[len("step-"):].partition(".")
+        step, _, n = p.name[len("step-") :].partition(".")
         return int(step), int(n or 0)
+
     return sorted((p for p in run_dir.glob("step-*") if re.fullmatch(r"step-\d+(\.\d+)?", p.name)), key=key)
 
 
@@ -186,11 +190,15 @@ def _check_file(path: pathlib.Path, sums: dict) -> None:
         raise RunDirError(f"{path}: missing; the checkpoint is damaged")
     size = path.stat().st_size
     if size != want["bytes"]:
-        raise RunDirError(f"{path}: {size:,} bytes where {want['bytes']:,} were written (truncated or "
-                          "overwritten); the checkpoint is damaged")
+        raise RunDirError(
+            f"{path}: {size:,} bytes where {want['bytes']:,} were written (truncated or "
+            "overwritten); the checkpoint is damaged"
+        )
     if sha256(path) != want["sha256"]:
-        raise RunDirError(f"{path}: checksum mismatch (sha256 differs from the one recorded at save); "
-                          "the file was changed or damaged after it was written")
+        raise RunDirError(
+            f"{path}: checksum mismatch (sha256 differs from the one recorded at save); "
+            "the file was changed or damaged after it was written"
+        )
 
 
 def verify(path: pathlib.Path) -> None:
@@ -230,8 +238,10 @@ def check_fresh(run_dir, overwrite: bool) -> bool:
     Returns whether there are checkpoints to delete (remove_checkpoints) before training."""
     held = latest(run_dir)
     if held is not None and not overwrite:
-        raise ValueError(f"{run_dir} already holds a checkpoint ({held.name}); resume it with "
-                         "--resume, or pass --overwrite to replace it, or choose another --out")
+        raise ValueError(
+            f"{run_dir} already holds a checkpoint ({held.name}); resume it with "
+            "--resume, or pass --overwrite to replace it, or choose another --out"
+        )
     return held is not None
 
 
@@ -245,6 +255,8 @@ def resolve(path) -> pathlib.Path:
     path = pathlib.Path(path)
     path = latest(path) or path
     if not (path / "model.safetensors").exists() and not is_distributed(path):
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (expected model.safetensors, a distributed "
-                                "checkpoint's .metadata, or a 'latest' file)")
+        raise FileNotFoundError(
+            f"no checkpoint at {str(path)!r} (expected model.safetensors, a distributed "
+            "checkpoint's .metadata, or a 'latest' file)"
+        )
     return path

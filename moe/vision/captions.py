@@ -35,15 +35,22 @@ class CaptionDataset:
     val_lines: list[str]
 
     @classmethod
-    def bundled(cls, vision: VisionConfig, val_fraction: float = 0.05) -> "CaptionDataset":
+    def bundled(cls, vision: VisionConfig, val_fraction: float = 0.05) -> CaptionDataset:
         train, val = bundled_split(val_fraction)
-        return cls(f"{BUNDLED}-rendered", ByteTokenizer(), vision, corpus_lines(train.decode("utf-8", "replace")),
-                   corpus_lines(val.decode("utf-8", "replace")))
+        return cls(
+            f"{BUNDLED}-rendered",
+            ByteTokenizer(),
+            vision,
+            corpus_lines(train.decode("utf-8", "replace")),
+            corpus_lines(val.decode("utf-8", "replace")),
+        )
 
     def check_seq_len(self, seq_len: int) -> None:
         if seq_len < MAX_CHARS + 2:
-            raise ValueError(f"seq_len {seq_len} cannot hold an image, a line of up to {MAX_CHARS} characters and "
-                             f"its newline: use at least {MAX_CHARS + 2}")
+            raise ValueError(
+                f"seq_len {seq_len} cannot hold an image, a line of up to {MAX_CHARS} characters and "
+                f"its newline: use at least {MAX_CHARS + 2}"
+            )
 
     def bits_per_byte(self, nats_per_token: float) -> float:
         return nats_per_token / math.log(2)  # byte-level: a token is a byte

@@ -8,7 +8,7 @@ model's d_model, Dv the visual tokens' width.
     x = x + tanh(mlp_gate)  * MLP(RMSNorm(x))
 
 With both gates at 0 the block adds exactly 0.0 to every element, so a model whose blocks are all
-fresh computes the language model's logits bit for bit (tests/test_vision.py checks it in float64).
+fresh computes the language model's logits bit for bit (tests/vision/test_vision.py checks it in float64).
 
 With vision.reading_window, the attention adds a reading-order window (moe/vision/reading.py): the
 token d tokens after its image's placeholder looks at that image's visual tokens near a d + b (the
@@ -35,6 +35,7 @@ from moe.vision.reading import ReadingWindow
 class Media:
     """What the gated blocks read: each row's images as visual tokens, which image each token sees, and
     how far the token stands from that image's placeholder."""
+
     visual_BMLD: torch.Tensor  # [B, M, L, Dv], a row with fewer than M images is padded (never seen)
     media_BT: torch.Tensor  # int64 [B, T]: the row-local index of the latest image at or before the token, or -1
     offset_BT: torch.Tensor  # int64 [B, T]: tokens since that image's placeholder (0 at it), -1 before any
@@ -79,8 +80,9 @@ class GatedCrossAttention(nn.Module):
         # token reads depends on how far it stands from the image, which a frozen language model with
         # rotary positions does not hold in its residual stream (see the README's vision section).
         self.offset_emb = nn.Embedding(v.query_offsets, cfg.d_model) if v.query_offsets else None
-        self.window = (ReadingWindow(cfg.n_heads, v.reading_slope, v.reading_start, v.reading_width)
-                       if v.reading_window else None)
+        self.window = (
+            ReadingWindow(cfg.n_heads, v.reading_slope, v.reading_start, v.reading_width) if v.reading_window else None
+        )
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, v.xattn_d_ff or 4 * cfg.d_model)
         self.mlp_gate = nn.Parameter(torch.zeros(()))

@@ -60,8 +60,10 @@ class ViT(nn.Module):
         p = self.v.patch_size
         if self.v.stem == "strips":
             if images_NCHW.shape[2] != self.v.image_height:
-                raise ValueError(f"a strip stem reads images exactly vision.image_height = {self.v.image_height} "
-                                 f"pixels high, got {images_NCHW.shape[2]} (moe.vision.images.load_image sizes a file)")
+                raise ValueError(
+                    f"a strip stem reads images exactly vision.image_height = {self.v.image_height} "
+                    f"pixels high, got {images_NCHW.shape[2]} (moe.vision.images.load_image sizes a file)"
+                )
             strips_NDW = self.strip(F.gelu(self.conv(images_NCHW)))[:, :, 0]
             x = rearrange(strips_NDW, "n d w -> n 1 w d")
         else:

@@ -54,8 +54,10 @@ def from_pil(image, v: VisionConfig, what: str) -> torch.Tensor:
         image = image.resize((w, v.image_height), Image.Resampling.BILINEAR)
     padded = -(-w // v.patch_size) * v.patch_size
     if padded > v.image_width:
-        raise ValueError(f"{what}: {w} pixels wide at height {v.image_height}, wider than vision.image_width "
-                         f"({v.image_width}); crop it or use a config with wider images")
+        raise ValueError(
+            f"{what}: {w} pixels wide at height {v.image_height}, wider than vision.image_width "
+            f"({v.image_width}); crop it or use a config with wider images"
+        )
     pixels = np.full((v.image_height, padded, v.channels), 255, dtype=np.uint8)
     pixels[:, :w] = np.asarray(image, dtype=np.uint8).reshape(v.image_height, w, v.channels)
     return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
@@ -74,19 +76,27 @@ def check_images(cfg, prompt: list[int], images) -> None:
     v = cfg.vision
     if v is None:
         if images:
-            raise ValueError(f"model {cfg.name!r} reads no images (its config has no [vision] table), got {len(images)}")
+            raise ValueError(
+                f"model {cfg.name!r} reads no images (its config has no [vision] table), got {len(images)}"
+            )
         return
     placeholders = sum(t == v.image_token for t in prompt)
     if placeholders != len(images):
-        raise ValueError(f"the prompt holds {placeholders} image placeholder(s) (token {v.image_token}) but "
-                         f"{len(images)} image(s) came with it: give one image per placeholder, in order")
+        raise ValueError(
+            f"the prompt holds {placeholders} image placeholder(s) (token {v.image_token}) but "
+            f"{len(images)} image(s) came with it: give one image per placeholder, in order"
+        )
     for i, im in enumerate(images):
         if not isinstance(im, torch.Tensor) or not im.is_floating_point() or im.dim() != 3:
-            raise ValueError(f"image {i}: expected a float tensor [C, H, W] (moe.vision.images.load_image makes one), "
-                             f"got {type(im).__name__} {getattr(im, 'shape', '')}")
+            raise ValueError(
+                f"image {i}: expected a float tensor [C, H, W] (moe.vision.images.load_image makes one), "
+                f"got {type(im).__name__} {getattr(im, 'shape', '')}"
+            )
         C, H, W = im.shape
         if C != v.channels or H != v.image_height or W > v.image_width or W % v.patch_size or not W:
-            raise ValueError(f"image {i} is {C} x {H} x {W}; this model reads {v.channels} x {v.image_height} x W, "
-                             f"W a multiple of {v.patch_size} up to {v.image_width} (load_image resizes and pads to it)")
+            raise ValueError(
+                f"image {i} is {C} x {H} x {W}; this model reads {v.channels} x {v.image_height} x W, "
+                f"W a multiple of {v.patch_size} up to {v.image_width} (load_image resizes and pads to it)"
+            )
         if not torch.isfinite(im).all():
             raise ValueError(f"image {i} holds inf or NaN pixels")

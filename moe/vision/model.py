@@ -56,12 +56,16 @@ class VisionLanguageModel(nn.Module):
         """Images -> visual tokens [N, L, Dv]."""
         v = self.cfg.vision
         if images_NCHW.dim() != 4 or images_NCHW.shape[1] != v.channels:
-            raise ValueError(f"images must be [N, {v.channels}, H, W] (vision.channels = {v.channels}), got "
-                             f"{tuple(images_NCHW.shape)}")
+            raise ValueError(
+                f"images must be [N, {v.channels}, H, W] (vision.channels = {v.channels}), got "
+                f"{tuple(images_NCHW.shape)}"
+            )
         H, W = images_NCHW.shape[2:]
         if H > v.image_height or W > v.image_width or H % v.patch_size or W % v.patch_size:
-            raise ValueError(f"images of {H} x {W} pixels: at most {v.image_height} x {v.image_width} and multiples "
-                             f"of patch_size {v.patch_size} (moe.vision.images.load_image sizes a file to fit)")
+            raise ValueError(
+                f"images of {H} x {W} pixels: at most {v.image_height} x {v.image_width} and multiples "
+                f"of patch_size {v.patch_size} (moe.vision.images.load_image sizes a file to fit)"
+            )
         return self.resampler(self.encoder(images_NCHW), self.encoder.columns(H, W))
 
     def media(self, idx_BT: torch.Tensor, images_NCHW: torch.Tensor | None = None) -> Media:
@@ -70,8 +74,10 @@ class VisionLanguageModel(nn.Module):
         n = 0 if images_NCHW is None else images_NCHW.shape[0]
         placeholders = int(per_row_B.sum())
         if placeholders != n:
-            raise ValueError(f"{placeholders} image placeholder(s) (token {self.cfg.vision.image_token}) in the text "
-                             f"but {n} image(s): give one image per placeholder, in order")
+            raise ValueError(
+                f"{placeholders} image placeholder(s) (token {self.cfg.vision.image_token}) in the text "
+                f"but {n} image(s): give one image per placeholder, in order"
+            )
         v = self.cfg.vision
         B, M = idx_BT.shape[0], int(per_row_B.max()) if n else 0
         dtype = self.lm.tok_emb.weight.dtype
@@ -84,8 +90,15 @@ class VisionLanguageModel(nn.Module):
             visual_BMLD = visual_BMLD.index_put((row_N, slot_N), visual_NLD.to(dtype))
         return Media(visual_BMLD, media_BT, offset_BT)
 
-    def forward(self, idx_BT: torch.Tensor, positions: Positions | None = None, targets: torch.Tensor | None = None,
-                *, images: torch.Tensor | None = None, media: Media | None = None) -> ModelOutput:
+    def forward(
+        self,
+        idx_BT: torch.Tensor,
+        positions: Positions | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        images: torch.Tensor | None = None,
+        media: Media | None = None,
+    ) -> ModelOutput:
         """As MoETransformer.forward (the same leading arguments, so the engine and generate() call both
         alike), with the images [N, C, H, W] the placeholders in idx stand for, or `media` already
         built (self.media, or a serving engine's for cached positions)."""

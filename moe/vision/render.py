@@ -36,7 +36,9 @@ def render_line(text: str, seed: int | None = None, height: int = 16, width: int
         raise ValueError(f"cannot render {bad[:5]}: the bitmap font draws printable ASCII only")
     need = 4 + 2 + CHAR_WIDTH * len(text)
     if need > width or CHAR_HEIGHT + 2 + 1 > height:
-        raise ValueError(f"{len(text)} characters need {need} x {CHAR_HEIGHT + 3} pixels; the image is {width} x {height}")
+        raise ValueError(
+            f"{len(text)} characters need {need} x {CHAR_HEIGHT + 3} pixels; the image is {width} x {height}"
+        )
     rng = np.random.default_rng(seed) if seed is not None else None
     dx, dy = (int(rng.integers(-2, 3)), int(rng.integers(0, 2))) if rng else (0, 0)
     ink = int(rng.integers(0, 61)) if rng else 0

@@ -29,7 +29,9 @@ from moe.vision.reading import ReadingWindow
 class ResamplerLayer(nn.Module):
     def __init__(self, v: VisionConfig):
         super().__init__()
-        self.window = ReadingWindow(1, v.patch_grid[1] / v.n_latents, 0.0, 0.5, learned=False) if v.reading_window else None
+        self.window = (
+            ReadingWindow(1, v.patch_grid[1] / v.n_latents, 0.0, 0.5, learned=False) if v.reading_window else None
+        )
         self.media_norm = nn.LayerNorm(v.d_model)
         self.latent_norm = nn.LayerNorm(v.d_model)
         self.attn = Attention(v.d_model, v.d_model, v.n_heads, v.n_heads, v.d_model // v.n_heads)

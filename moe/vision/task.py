@@ -27,8 +27,10 @@ class CaptionTask:
 
     def dataset(self, data) -> CaptionDataset:
         if data is not None:
-            raise ValueError(f"config {self.model_cfg.name!r} trains its vision path on rendered lines of the "
-                             "bundled corpus; --data is for text models")
+            raise ValueError(
+                f"config {self.model_cfg.name!r} trains its vision path on rendered lines of the "
+                "bundled corpus; --data is for text models"
+            )
         return CaptionDataset.bundled(self.model_cfg.vision, self.train_cfg.val_fraction)
 
     def setup(self, model: VisionLanguageModel) -> None:

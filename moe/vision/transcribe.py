@@ -46,8 +46,9 @@ def held_out(dataset: CaptionDataset, n: int = 500) -> tuple[list[str], torch.Te
     lines = dataset.val_lines
     picked = [lines[i * len(lines) // n] for i in range(min(n, len(lines)))]
     v = dataset.vision
-    images = torch.stack([to_tensor(render_line(t, 10_000 + i, v.image_height, v.image_width), v)
-                          for i, t in enumerate(picked)])
+    images = torch.stack(
+        [to_tensor(render_line(t, 10_000 + i, v.image_height, v.image_width), v) for i, t in enumerate(picked)]
+    )
     return picked, images
 
 
@@ -70,7 +71,9 @@ def _greedy(lm: MoETransformer, first_BT: torch.Tensor, media: Media | None, for
             done |= token == NEWLINE
             if bool(done.all()):
                 break
-            logits = forward(token[:, None], Positions.at(torch.tensor([pos], device=device)), _at(media, pos, 1)).logits[:, -1]
+            logits = forward(
+                token[:, None], Positions.at(torch.tensor([pos], device=device)), _at(media, pos, 1)
+            ).logits[:, -1]
     finally:
         lm.clear_caches()
     return [_decode(row) for row in torch.stack(out, 1).tolist()]
@@ -83,8 +86,11 @@ def _at(media: Media | None, start: int, n: int) -> Media | None:
         return None
     index, offset = Media.at_positions(([0], [0]), list(range(start, start + n)))
     B, device = media.visual_BMLD.shape[0], media.media_BT.device
-    return Media(media.visual_BMLD, torch.tensor([index], device=device).expand(B, n),
-                 torch.tensor([offset], device=device).expand(B, n))
+    return Media(
+        media.visual_BMLD,
+        torch.tensor([index], device=device).expand(B, n),
+        torch.tensor([offset], device=device).expand(B, n),
+    )
 
 
 def _image_media(model: VisionLanguageModel, images_NCHW: torch.Tensor) -> Media:
@@ -99,6 +105,7 @@ def _batches(n: int, size: int):
 
 def _evaluating(fn):
     """Run fn with its model (the first argument) in eval mode and no grad, then restore its mode."""
+
     def run(model, *args, **kw):
         was = model.training
         model.eval()
@@ -107,6 +114,7 @@ def _evaluating(fn):
                 return fn(model, *args, **kw)
         finally:
             model.train(was)
+
     run.__doc__, run.__name__ = fn.__doc__, fn.__name__
     return run
 
@@ -136,7 +144,7 @@ def _scored(lines: list[str], start: int) -> tuple[torch.Tensor, torch.Tensor]:
     x[:, 0] = start
     for i, t in enumerate(lines):
         ids = list(t.encode()) + [NEWLINE]
-        x[i, 1: len(ids)] = torch.tensor(ids[:-1])
+        x[i, 1 : len(ids)] = torch.tensor(ids[:-1])
         y[i, : len(ids)] = torch.tensor(ids)
     return x, y
 
@@ -148,8 +156,9 @@ def caption_loss(model: VisionLanguageModel, lines: list[str], images_NCHW: torc
     total = 0.0
     for s in _batches(len(lines), batch):
         logits = model(x[s].to(images_NCHW.device), images=images_NCHW[s]).logits
-        total += F.cross_entropy(logits.flatten(0, 1), y[s].flatten().to(logits.device), ignore_index=-100,
-                                 reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1), y[s].flatten().to(logits.device), ignore_index=-100, reduction="sum"
+        ).item()
     return total / int((y != -100).sum())
 
 

@@ -7,19 +7,27 @@ import pathlib
 
 import pytest
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu-2core"
+RESULTS = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "cpu-2core"
 
 
 def _tables(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("|")]
 
 
-@pytest.mark.parametrize("module, name", [
-    ("compare_dense", "moe_vs_dense"), ("compare_dense", "moe_vs_dense_batch32"),
-    ("compare_tokenizers", "tokenizers"), ("quantized_serving", "quantized"), ("serving", "serving"),
-    ("vision_cer", "vision_stage2"), ("vision_cer", "vision_stage2_flamingo"),
-    ("long_context", "long_context"), ("vision_probe", "vision_probe"),
-])
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("compare_dense", "moe_vs_dense"),
+        ("compare_dense", "moe_vs_dense_batch32"),
+        ("compare_tokenizers", "tokenizers"),
+        ("quantized_serving", "quantized"),
+        ("serving", "serving"),
+        ("vision_cer", "vision_stage2"),
+        ("vision_cer", "vision_stage2_flamingo"),
+        ("long_context", "long_context"),
+        ("vision_probe", "vision_probe"),
+    ],
+)
 def test_a_committed_result_renders_from_its_json(module, name):
     markdown = importlib.import_module(f"bench.{module}").markdown
     text = markdown(json.loads((RESULTS / f"{name}.json").read_text()))

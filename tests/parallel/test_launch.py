@@ -23,8 +23,9 @@ def test_one_process_unless_the_layout_the_world_or_the_checkpoint_says_otherwis
 
 def test_refusals_name_what_to_change():
     tiny, train_cfg = load_config("tiny"), load_train_config("tiny")
-    with pytest.raises(ValueError, match="processes, but the world size is 1; launch it with torchrun "
-                                         "--nproc-per-node 4 -m moe train"):
+    with pytest.raises(
+        ValueError, match="processes, but the world size is 1; launch it with torchrun --nproc-per-node 4 -m moe train"
+    ):
         check_distributed(tiny, train_cfg, Layout(dp=2, ep=2), world=1)
     with pytest.raises(ValueError, match="tp=3 must divide n_heads=4") as e:
         check_distributed(tiny, train_cfg, Layout(tp=3), world=3)
@@ -36,6 +37,7 @@ def test_refusals_name_what_to_change():
 def test_train_in_layout_refuses_before_it_logs(tmp_path):
     lines = []
     with pytest.raises(ValueError, match="the world size is 1"):
-        train_in_layout(load_config("tiny"), load_train_config("tiny"), tmp_path, Layout(dp=2), world=1,
-                        log=lines.append)
+        train_in_layout(
+            load_config("tiny"), load_train_config("tiny"), tmp_path, Layout(dp=2), world=1, log=lines.append
+        )
     assert lines == [] and not any(tmp_path.iterdir())

@@ -1,11 +1,11 @@
 import pytest
 import torch
-
 from conftest import shrunk
+
+from moe.model import MoETransformer, Positions
 from moe.model.attention import Attention
 from moe.model.rope import apply_rope, rope_tables
 from moe.serving.generate import generate, sample_next
-from moe.model import MoETransformer, Positions
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])  # multi-query, grouped-query, multi-head
@@ -17,7 +17,7 @@ def test_kv_cache_decode_equals_full_forward(kv_heads, activation):
     model.setup_caches(2, 32)
     step_logits = [model(idx[:, :7], Positions.at(torch.arange(7))).logits]  # prefill 7
     for t in range(7, 12):  # then one token at a time
-        step_logits.append(model(idx[:, t:t + 1], Positions.at(torch.tensor([t]))).logits)
+        step_logits.append(model(idx[:, t : t + 1], Positions.at(torch.tensor([t]))).logits)
     step_logits.append(model(idx[:, 12:], Positions.at(torch.arange(12, 20))).logits)  # a second chunk
     # float64 everywhere but the router, which routes in float32 by design: a 1e-16 difference in its
     # input can move a float32 routing weight by one ulp (~1e-8 relative). A cache bug is O(1).
@@ -36,7 +36,7 @@ def test_attention_is_causal_and_rope_is_relative():
     # Rotary: q.k depends on positions only through their difference.
     q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
     c, s = rope_tables(8, 64, 10000.0)
-    dot = lambda i, j: (apply_rope(q, c[i:i + 1], s[i:i + 1]) * apply_rope(k, c[j:j + 1], s[j:j + 1])).sum()
+    dot = lambda i, j: (apply_rope(q, c[i : i + 1], s[i : i + 1]) * apply_rope(k, c[j : j + 1], s[j : j + 1])).sum()
     torch.testing.assert_close(dot(5, 2), dot(40, 37))
 
 
@@ -87,7 +87,7 @@ def test_greedy_generate_equals_argmax_of_full_forward():
     seq = list(prompt)
     for _ in range(12):  # no cache: recompute the whole sequence each time
         seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    assert new == seq[len(prompt):]
+    assert new == seq[len(prompt) :]
     assert generate(model, prompt, 5, seed=3) == generate(model, prompt, 5, seed=3)
 
 
@@ -120,8 +120,11 @@ def test_attend_cached_equals_sdpa_with_expanded_kv_heads(kv_heads, mask_kind):
     B, H, T, S, d = 2, 6, 3, 9, 8
     q = torch.randn(B, H, T, d, dtype=torch.float64)
     k, v = (torch.randn(B, kv_heads, S, d, dtype=torch.float64) for _ in range(2))
-    mask = {"none": None, "causal": torch.arange(S) <= torch.arange(S - T, S)[:, None],
-            "per_row": torch.rand(B, 1, T, S) < 0.7}[mask_kind]
+    mask = {
+        "none": None,
+        "causal": torch.arange(S) <= torch.arange(S - T, S)[:, None],
+        "per_row": torch.rand(B, 1, T, S) < 0.7,
+    }[mask_kind]
     if mask is not None:
         mask[..., 0] = True  # every query sees something
     # the reference: each query head's K/V head copied out explicitly (head h reads K/V head h // (H/G))

@@ -36,13 +36,15 @@ def test_the_renderer_refuses_what_it_cannot_draw():
 
 
 def test_corpus_lines_are_16_to_32_characters_cut_at_spaces():
-    text = ("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer the slings\n"
-            "short\n\n   Enter   HAMLET,  reading  a   book \n")
+    text = (
+        "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer the slings\n"
+        "short\n\n   Enter   HAMLET,  reading  a   book \n"
+    )
     pieces = corpus_lines(text)
     assert all(16 <= len(p) <= 32 for p in pieces), pieces
     words = " ".join(text.split()).split(" ")
     joined = " ".join(pieces).split(" ")
-    assert joined[:len(joined) - 5] == words[:len(joined) - 5]  # the words in order, none cut
+    assert joined[: len(joined) - 5] == words[: len(joined) - 5]  # the words in order, none cut
     assert "Enter HAMLET, reading a book" in pieces  # runs of spaces collapsed; "short" dropped
     assert "short" not in " ".join(pieces).split(" ")
 
@@ -57,8 +59,9 @@ def test_examples_read_image_then_transcription_then_the_next_line():
         text = bytes(t for t in y[b].tolist() if t != -100).decode()
         line, following, rest = text.split("\n")
         lines = data.val_lines
-        assert rest == "" and any(lines[i] == line and lines[(i + 1) % len(lines)] == following
-                                  for i in range(len(lines)))
+        assert rest == "" and any(
+            lines[i] == line and lines[(i + 1) % len(lines)] == following for i in range(len(lines))
+        )
     (xs, _), ys = collate([([0, 65, 66], torch.ones(1, 16, 8))], 5)
     assert xs.tolist() == [[0, 65, 66, 32, 32]] and ys.tolist() == [[65, 66, -100, -100, -100]]
 

@@ -5,9 +5,9 @@ kernels run through Triton's interpreter (conftest), so the shapes stay small.""
 
 import pytest
 import torch
+from conftest import DEVICE, offsets_from
 
 import kernels
-from conftest import DEVICE, offsets_from
 from kernels import ops
 
 
@@ -37,8 +37,11 @@ def test_expert_mlp_ops_pass_opcheck(act):
     gen = torch.Generator().manual_seed(1)
     args = _mlp_inputs(act, gen)
     torch.library.opcheck(torch.ops.moe.expert_mlp.default, (*args, True))
-    torch.library.opcheck(torch.ops.moe.expert_mlp.default, (*(a.detach() if torch.is_tensor(a) else a for a in args),
-                                                             False), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.moe.expert_mlp.default,
+        (*(a.detach() if torch.is_tensor(a) else a for a in args), False),
+        test_utils=("test_schema", "test_faketensor"),
+    )
     y, h, pre_up, pre_gate = ops.expert_mlp(*(a.detach() if torch.is_tensor(a) else a for a in args), True)
     dy = torch.randn(y.shape, generator=gen).to(DEVICE)
     plain = [a.detach() if torch.is_tensor(a) else a for a in args]
@@ -83,9 +86,10 @@ def test_dynamo_traces_the_triton_experts_without_a_graph_break(act):
 def test_value_checks_step_aside_while_tracing():
     """The checks that read tensor values (grouped_mm's offsets, the model's token ids) would each
     break a torch.compile graph, so they run eagerly only: traced, the public grouped_mm and the
-    token check make no graph break; eagerly they still refuse bad values (tests/test_kernels.py,
-    tests/test_model.py)."""
+    token check make no graph break; eagerly they still refuse bad values (tests/kernels/test_kernels.py,
+    tests/model/test_model.py)."""
     from conftest import shrunk
+
     from moe.model import MoETransformer
 
     gen = torch.Generator().manual_seed(4)
@@ -132,6 +136,7 @@ def test_pytorch_grouped_matmul_op_passes_opcheck_and_traces_as_one_graph():
     fullgraph=True, with empty experts, its values and gradients equal the per-expert reference; and
     the tiny model's whole training forward is one graph."""
     from conftest import shrunk
+
     from kernels.grouped_matmul import apply_grouped_mm, grouped_mm_reference, grouped_mm_torch
     from moe.model import MoETransformer
 
@@ -158,6 +163,7 @@ def test_model_exports_with_the_experts_as_custom_operators(backend):
     Triton one, interpreted on the CPU), and the exported program gives the eager model's logits on
     tokens it was not traced with."""
     from conftest import shrunk
+
     from moe.model import MoETransformer
 
     model = MoETransformer(shrunk(expert_backend=backend, n_layers=1)).to(DEVICE).eval()

@@ -4,10 +4,10 @@ import sys
 import pytest
 import torch
 
-from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
-from moe.model.kv_cache import KVCache
 from moe.config import load_config
+from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
 from moe.model import MoETransformer
+from moe.model.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "medium", "gpt4", "gpt4-layer"])
@@ -50,8 +50,9 @@ def test_kv_cache_bytes_match_the_allocated_cache(kv_heads):
 
 
 def test_figures_cli_reports_the_leak_and_its_contradictions():
-    out = subprocess.run([sys.executable, "-m", "moe", "figures", "--config", "gpt4"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "moe", "figures", "--config", "gpt4"], capture_output=True, text=True, check=True
+    ).stdout
     for needle in ("1.81 T", "111 G", "2.15e+25", "contradict", "multi-query", "multi-head", "7.5", "< 30 GB"):
         assert needle in out, needle
 

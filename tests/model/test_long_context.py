@@ -8,16 +8,16 @@ import sys
 
 import pytest
 import torch
+from conftest import shrunk
 
 import bench.long_context
-from conftest import shrunk
 from moe.config import TrainConfig
 from moe.model import MoETransformer, Positions
 from moe.model.rope import inv_frequencies, rope_tables
 from moe.serving import Engine, Request, generate
 from moe.training import train
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 D, THETA, L0, S = 32, 10000.0, 256, 4.0
 
 
@@ -31,7 +31,9 @@ def test_factor_one_is_plain_rope_exactly():
         got, att = inv_frequencies(D, THETA, {"rope_type": kind, "factor": 1.0, "original_max_position_embeddings": L0})
         assert torch.equal(got, base) and att == 1.0, kind
     # dynamic leaves RoPE alone up to the original length (past it, its base grows even at factor 1)
-    got, _ = inv_frequencies(D, THETA, {"rope_type": "dynamic", "factor": S, "original_max_position_embeddings": L0}, L0)
+    got, _ = inv_frequencies(
+        D, THETA, {"rope_type": "dynamic", "factor": S, "original_max_position_embeddings": L0}, L0
+    )
     assert torch.equal(got, base)
     assert torch.equal(rope_tables(D, 64, THETA)[0], rope_tables(D, 64, THETA, None, 1024)[0])
 
@@ -75,24 +77,28 @@ def test_against_transformers_rope_functions(kind):
     else:
         max_pos, length = int(S * L0), None
         params["original_max_position_embeddings"] = L0
-    hf_cfg = transformers.LlamaConfig(hidden_size=4 * D, num_attention_heads=4, head_dim=D, max_position_embeddings=max_pos,
-                                      rope_parameters=params)
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=4 * D, num_attention_heads=4, head_dim=D, max_position_embeddings=max_pos, rope_parameters=params
+    )
     want, want_att = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu", length)
-    got, att = inv_frequencies(D, THETA, {"rope_type": kind, "factor": S, "original_max_position_embeddings": L0}, length)
+    got, att = inv_frequencies(
+        D, THETA, {"rope_type": kind, "factor": S, "original_max_position_embeddings": L0}, length
+    )
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-6, atol=0)  # transformers computes in float32
     assert att == pytest.approx(float(want_att), rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["linear", "yarn"])
 def test_cached_decode_equals_full_forward_past_the_original_length(kind):
-    cfg = shrunk("tiny", max_seq_len=128, rope_scaling={"rope_type": kind, "factor": 4.0,
-                                                        "original_max_position_embeddings": 32})
+    cfg = shrunk(
+        "tiny", max_seq_len=128, rope_scaling={"rope_type": kind, "factor": 4.0, "original_max_position_embeddings": 32}
+    )
     model = MoETransformer(cfg).double().eval()
     idx = torch.randint(0, 256, (1, 100))
     full = model(idx).logits
     model.setup_caches(1, 128)
     steps = [model(idx[:, :20], Positions.at(torch.arange(20))).logits]
-    steps += [model(idx[:, t:t + 1], Positions.at(torch.tensor([t]))).logits for t in range(20, 100)]
+    steps += [model(idx[:, t : t + 1], Positions.at(torch.tensor([t]))).logits for t in range(20, 100)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-7, rtol=1e-6)
 
 
@@ -109,7 +115,7 @@ def test_the_retrieval_probe_puts_two_copies_d_apart_and_ends_on_the_second():
     filler, passage = torch.zeros(1025, dtype=torch.long), torch.arange(1, 201)
     seq, first, second = probe(filler, passage, 512, 1024)
     assert second - first == 512 and second + 200 == 1024
-    assert torch.equal(seq[first:first + 200], passage) and torch.equal(seq[second:second + 200], passage)
+    assert torch.equal(seq[first : first + 200], passage) and torch.equal(seq[second : second + 200], passage)
     assert int((seq != 0).sum()) == 400 and seq.numel() == 1025  # nothing else changed
     with pytest.raises(ValueError, match="distance 100 must be >= the passage"):
         probe(filler, passage, 100, 1024)
@@ -123,13 +129,24 @@ def _bucket(model, windows, lo, hi):
 def test_a_short_extension_run_lowers_the_loss_past_the_original_length(tmp_path):
     """Pretrain at 32 positions, extend to 128 with YaRN: 40 steps at 128 lower the loss on positions
     32-128 against the same weights zero-shot."""
-    fast = dict(batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=1000, eval_batches=1,
-                checkpoint_interval=1000, time_budget_s=0)
+    fast = dict(
+        batch_size=8,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=5,
+        eval_interval=1000,
+        eval_batches=1,
+        checkpoint_interval=1000,
+        time_budget_s=0,
+    )
     base_cfg = shrunk("tiny", max_seq_len=32)
     quiet = dict(progress=False, plot=False, log=lambda *_: None)
     train(base_cfg, TrainConfig(seq_len=32, max_steps=150, **fast), tmp_path / "base", **quiet)
-    ext = shrunk("tiny", max_seq_len=128, rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                                        "original_max_position_embeddings": 32})
+    ext = shrunk(
+        "tiny",
+        max_seq_len=128,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+    )
     lc = bench.long_context
     from moe.data import bundled_split
     from moe.training import load_weights
@@ -138,22 +155,33 @@ def test_a_short_extension_run_lowers_the_loss_past_the_original_length(tmp_path
     windows = lc.eval_windows(val, 128, 16)
     zero_shot = MoETransformer(ext)
     load_weights(zero_shot, tmp_path / "base")
-    train(ext, TrainConfig(seq_len=128, max_steps=40, **{**fast, "lr": 3e-3}), tmp_path / "ext",
-          init_from=tmp_path / "base", **quiet)
+    train(
+        ext,
+        TrainConfig(seq_len=128, max_steps=40, **{**fast, "lr": 3e-3}),
+        tmp_path / "ext",
+        init_from=tmp_path / "base",
+        **quiet,
+    )
     tuned = MoETransformer(ext)
     load_weights(tuned, tmp_path / "ext")
     before, after = _bucket(zero_shot, windows, 32, 128), _bucket(tuned, windows, 32, 128)
     assert after < before - 0.05, (before, after)
 
 
-@pytest.mark.parametrize("scaling, field", [
-    ({"rope_type": "ntk", "factor": 4.0, "original_max_position_embeddings": 32}, "rope_scaling.rope_type"),
-    ({"rope_type": "yarn", "factor": 1.0, "original_max_position_embeddings": 32}, "rope_scaling.factor"),
-    ({"rope_type": "linear", "factor": 4.0}, "rope_scaling.original_max_position_embeddings"),
-    ({"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 256}, "original_max_position_embeddings"),
-    ({"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 8}, "beta_fast"),
-    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": -1}, "beta_fast"),
-])
+@pytest.mark.parametrize(
+    "scaling, field",
+    [
+        ({"rope_type": "ntk", "factor": 4.0, "original_max_position_embeddings": 32}, "rope_scaling.rope_type"),
+        ({"rope_type": "yarn", "factor": 1.0, "original_max_position_embeddings": 32}, "rope_scaling.factor"),
+        ({"rope_type": "linear", "factor": 4.0}, "rope_scaling.original_max_position_embeddings"),
+        (
+            {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 256},
+            "original_max_position_embeddings",
+        ),
+        ({"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 8}, "beta_fast"),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": -1}, "beta_fast"),
+    ],
+)
 def test_bad_rope_scaling_names_the_field(scaling, field):
     with pytest.raises(ValueError, match=field):
         shrunk("tiny", max_seq_len=128, rope_scaling=scaling)
@@ -163,10 +191,16 @@ def test_bad_extensions_are_refused_before_work(tmp_path):
     quiet = dict(progress=False, plot=False, log=lambda *_: None)
     fast = TrainConfig(batch_size=4, seq_len=32, max_steps=2, eval_interval=2, eval_batches=1, checkpoint_interval=2)
     train(shrunk("tiny", max_seq_len=32), fast, tmp_path / "base", **quiet)
-    wrong = shrunk("tiny", max_seq_len=128, rope_scaling={"rope_type": "yarn", "factor": 2.0,
-                                                          "original_max_position_embeddings": 64})
-    with pytest.raises(ValueError, match=r"original_max_position_embeddings \(64\) disagrees with --init-from .* "
-                                         r"trained at max_seq_len 32"):
+    wrong = shrunk(
+        "tiny",
+        max_seq_len=128,
+        rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"original_max_position_embeddings \(64\) disagrees with --init-from .* "
+        r"trained at max_seq_len 32",
+    ):
         train(wrong, fast, tmp_path / "ext", init_from=tmp_path / "base", **quiet)
     with pytest.raises(ValueError, match=r"seq_len \(128\) exceeds max_seq_len \(32\)"):
         train(shrunk("tiny", max_seq_len=32), TrainConfig(seq_len=128), tmp_path / "long", **quiet)
@@ -176,20 +210,88 @@ def test_bad_extensions_are_refused_before_work(tmp_path):
 def test_the_cli_extends_and_the_script_measures(tmp_path):
     """train --init-from with --set rope_scaling=... from the command line, then the measurement
     script end to end at toy lengths (32 -> 128, 2 fine-tuning steps)."""
-    small = ["--set", "d_model=32", "--set", "n_layers=1", "--batch-size", "4", "--time-budget", "0",
-             "--set", "eval_batches=1"]
-    base = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "tiny", "--out", tmp_path / "base",
-                           "--seq-len", "32", "--set", "max_seq_len=32", "--max-steps", "4", *small],
-                          capture_output=True, text=True)
+    small = [
+        "--set",
+        "d_model=32",
+        "--set",
+        "n_layers=1",
+        "--batch-size",
+        "4",
+        "--time-budget",
+        "0",
+        "--set",
+        "eval_batches=1",
+    ]
+    base = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe",
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            tmp_path / "base",
+            "--seq-len",
+            "32",
+            "--set",
+            "max_seq_len=32",
+            "--max-steps",
+            "4",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert base.returncode == 0, base.stderr
-    ext = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "tiny", "--out", tmp_path / "ext",
-                          "--init-from", tmp_path / "base", "--seq-len", "128", "--set", "max_seq_len=128", "--set",
-                          'rope_scaling={rope_type="linear", factor=4.0, original_max_position_embeddings=32}',
-                          "--max-steps", "2", *small], capture_output=True, text=True)
+    ext = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe",
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            tmp_path / "ext",
+            "--init-from",
+            tmp_path / "base",
+            "--seq-len",
+            "128",
+            "--set",
+            "max_seq_len=128",
+            "--set",
+            'rope_scaling={rope_type="linear", factor=4.0, original_max_position_embeddings=32}',
+            "--max-steps",
+            "2",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ext.returncode == 0, ext.stderr
-    script = subprocess.run([sys.executable, "-m", "bench.long_context", "--base", tmp_path / "base",
-                             "--length", "128", "--steps", "2", "--batch-size", "4", "--work", tmp_path / "work",
-                             "--out", tmp_path / "out"], capture_output=True, text=True, cwd=ROOT)
+    script = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.long_context",
+            "--base",
+            tmp_path / "base",
+            "--length",
+            "128",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--work",
+            tmp_path / "work",
+            "--out",
+            tmp_path / "out",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert script.returncode == 0, script.stderr
     import json
 

@@ -1,6 +1,6 @@
 """Every layout's training step equals one process's step on the whole batch (gloo, CPU processes).
 
-Each case spawns the processes of a layout (tests/dist_worker.py), trains two steps with AdamW and
+Each case spawns the processes of a layout (tests/parallel/dist_worker.py), trains two steps with AdamW and
 an active gradient clip, and writes a distributed checkpoint. Here, one process trains the same two
 steps on the whole batch (gradient accumulation over the same microbatches), loads that checkpoint
 (which also tests loading any layout into one process) and compares losses, gradient norms and
@@ -21,12 +21,12 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from dist_worker import SMALL, TRAIN, batches, run
-from moe.training import checkpoint
+
 from moe.config import load_config, load_train_config
 from moe.layout import Layout
 from moe.model import MoETransformer
+from moe.training import checkpoint
 from moe.training.optim import make_optimizer
 
 TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
@@ -39,8 +39,9 @@ def _port() -> int:
 
 
 def spawn(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False) -> list:
-    spec = dict(layout=layout, out=str(out), steps=steps, load=load and str(load), model=model or {}, bf16=bf16,
-                record=record)
+    spec = dict(
+        layout=layout, out=str(out), steps=steps, load=load and str(load), model=model or {}, bf16=bf16, record=record
+    )
     world = Layout(**layout).world_size
     mp.spawn(run, args=(world, _port(), spec), nprocs=world)
     return json.loads((out / "results.json").read_text())
@@ -77,7 +78,7 @@ def check_against_reference(got, out, steps, microbatches=1, model=None):
     """`got`: (loss, grad norm) of the last len(got) of `steps` steps; out: the run directory."""
     ref_model, want = reference(steps, microbatches, model)
     assert want[0][1] > TRAIN["grad_clip"], "the clip should be active, or it is not tested"
-    for (loss, norm), (ref_loss, ref_norm) in zip(got, want[steps - len(got):], strict=True):
+    for (loss, norm), (ref_loss, ref_norm) in zip(got, want[steps - len(got) :], strict=True):
         assert abs(loss - ref_loss) < TOL["loss"]
         assert abs(norm / ref_norm - 1) < TOL["grad_norm (relative)"]
     loaded = MoETransformer(ref_model.cfg)
@@ -152,25 +153,48 @@ def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
     docs.mkdir()
     text = bundled_split(0.05)[0][:60_000].decode()
     for i in range(12):
-        (docs / f"{i}.txt").write_text(text[i * 5000:(i + 1) * 5000])
+        (docs / f"{i}.txt").write_text(text[i * 5000 : (i + 1) * 5000])
     prepare([docs], "bpe:300", tmp_path / "data", val_fraction=0.25, progress=False, log=lambda *_: None)
     run = tmp_path / "run"
-    small = [f"--set={k}={v}" for k, v in {**SMALL, "eval_interval": 2, "eval_batches": 1,
-                                           "checkpoint_interval": 2}.items() if k != "vocab_size"]
-    common = ["-m", "moe", "train", "--config", "tiny", "--data", str(tmp_path / "data"), "--batch-size", "8",
-              "--seq-len", "16", "--out", str(run), *small]
+    small = [
+        f"--set={k}={v}"
+        for k, v in {**SMALL, "eval_interval": 2, "eval_batches": 1, "checkpoint_interval": 2}.items()
+        if k != "vocab_size"
+    ]
+    common = [
+        "-m",
+        "moe",
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(tmp_path / "data"),
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "16",
+        "--out",
+        str(run),
+        *small,
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     first = subprocess.run(torchrun + common + ["--ep", "2", "--max-steps", "4"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "layout ep=2,zero1 on 2 process(es)" in first.stdout and "step 4/4" in first.stdout
-    second = subprocess.run(torchrun + common + ["--pp", "2", "--microbatches", "2", "--max-steps", "6", "--resume",
-                                                 "--allow-changes"], capture_output=True, text=True)  # max_steps 4 -> 6
+    second = subprocess.run(
+        torchrun + common + ["--pp", "2", "--microbatches", "2", "--max-steps", "6", "--resume", "--allow-changes"],
+        capture_output=True,
+        text=True,
+    )  # max_steps 4 -> 6
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "at step 4 (written by layout ep=2,zero1)" in second.stdout
     assert "step 6/6" in second.stdout
     assert (run / "step-0000006" / "tokenizer.moe.json").exists()  # rank 0 wrote it beside the shards
-    gen = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(run), "--prompt", "To",
-                          "--max-new-tokens", "5"], capture_output=True, text=True)
+    gen = subprocess.run(
+        [sys.executable, "-m", "moe", "generate", "--checkpoint", str(run), "--prompt", "To", "--max-new-tokens", "5"],
+        capture_output=True,
+        text=True,
+    )
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("To")
 
@@ -201,8 +225,9 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
         assert abs(loss - ref) < 2e-2 * abs(ref)
     loaded = MoETransformer(cfg)
     checkpoint.load_weights(loaded, tmp_path / "step-0000002")
-    errs = torch.cat([(w - w_ref).abs().flatten() for w, w_ref in zip(loaded.state_dict().values(),
-                                                                      m.state_dict().values())])
+    errs = torch.cat(
+        [(w - w_ref).abs().flatten() for w, w_ref in zip(loaded.state_dict().values(), m.state_dict().values())]
+    )
     # AdamW moves a weight about lr a step whatever its gradient's size, so a near-zero gradient whose
     # sign the rounding flips moves it up to 2 lr the other way: a few such weights (seen: up to 3.3 lr),
     # while the mean error stays near 0.002 lr (seen); a lost or doubled gradient would not.
@@ -212,9 +237,28 @@ def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
 
 def test_dist_memory_script_reports_every_rank(tmp_path):
     """bench.dist_memory (the peak-memory figures in bench/results) runs end to end, at tiny size."""
-    out = subprocess.run([sys.executable, "-m", "bench.dist_memory", "--config", "tiny", "--layout", "dp=2",
-                          "--steps", "1", "--batch-size", "4", "--seq-len", "16", "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.dist_memory",
+            "--config",
+            "tiny",
+            "--layout",
+            "dp=2",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert "peak RSS per rank" in lines[0] and len(lines) == 4

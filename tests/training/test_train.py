@@ -8,20 +8,36 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import shrunk
-from moe.training import checkpoint
+
 from moe.config import TrainConfig
 from moe.model import MoETransformer
-from moe.training import TrainingError, train
+from moe.training import TrainingError, checkpoint, train
 
-FAST = dict(batch_size=8, seq_len=32, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
-            eval_batches=2, checkpoint_interval=10)
+FAST = dict(
+    batch_size=8,
+    seq_len=32,
+    max_steps=40,
+    lr=1e-2,
+    min_lr=1e-3,
+    warmup_steps=5,
+    eval_interval=10,
+    eval_batches=2,
+    checkpoint_interval=10,
+)
 
 
 def run(out, model_cfg=None, resume=False, allow_changes=False, **kw):
-    return train(model_cfg or shrunk("tiny"), TrainConfig(**{**FAST, **kw}), out, resume=resume,
-                 allow_changes=allow_changes, progress=False, plot=False, log=lambda *_: None)
+    return train(
+        model_cfg or shrunk("tiny"),
+        TrainConfig(**{**FAST, **kw}),
+        out,
+        resume=resume,
+        allow_changes=allow_changes,
+        progress=False,
+        plot=False,
+        log=lambda *_: None,
+    )
 
 
 def test_short_training_lowers_the_loss(tmp_path):
@@ -115,7 +131,9 @@ def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load_model(tmp_path / "nothing-here")
     config = tmp_path / "step-0000010" / "config.json"
-    (config.parent / "checksums.json").unlink()  # else the edit is caught as damage (tests/test_reliability.py)
+    (
+        config.parent / "checksums.json"
+    ).unlink()  # else the edit is caught as damage (tests/training/test_reliability.py)
     config.write_text(config.read_text().replace('"d_ff"', '"d_fff"'))
     with pytest.raises(ValueError, match="unknown ModelConfig field.*d_fff.*checkpoint"):
         checkpoint.load_model(tmp_path)
@@ -126,8 +144,15 @@ def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="already holds a checkpoint.*--resume.*--overwrite"):
         run(tmp_path, max_steps=10)
     assert (tmp_path / "latest").read_text().strip() == "step-0000010"
-    s = train(shrunk("tiny"), TrainConfig(**{**FAST, "max_steps": 5}), tmp_path, overwrite=True, progress=False,
-              plot=False, log=lambda *_: None)
+    s = train(
+        shrunk("tiny"),
+        TrainConfig(**{**FAST, "max_steps": 5}),
+        tmp_path,
+        overwrite=True,
+        progress=False,
+        plot=False,
+        log=lambda *_: None,
+    )
     assert s["steps"] == 5 and sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000005"]
 
 
@@ -154,15 +179,36 @@ def test_a_write_killed_midway_never_corrupts_the_previous_checkpoint(tmp_path, 
 
 def test_generate_cli_and_errors(tmp_path):
     run(tmp_path, max_steps=10)
-    ok = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To be",
-                         "--max-new-tokens", "8", "--greedy"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe",
+            "generate",
+            "--checkpoint",
+            str(tmp_path),
+            "--prompt",
+            "To be",
+            "--max-new-tokens",
+            "8",
+            "--greedy",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("To be")
-    bad = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "x" * 70],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "x" * 70],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "longer than max_seq_len 64" in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path / "nope")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     preset = subprocess.run([sys.executable, "-m", "moe", "train", "--config", "huge"], capture_output=True, text=True)
     assert preset.returncode == 2 and "unknown preset 'huge'" in preset.stderr
@@ -173,8 +219,20 @@ def test_expert_backend_flag_reaches_the_model(tmp_path):
     interpreter without a GPU) give the same greedy text as PyTorch; without CUDA or the interpreter,
     'triton' is a clear error."""
     run(tmp_path, max_steps=5)
-    args = [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path), "--prompt", "To", "--greedy",
-            "--max-new-tokens", "3", "--expert-backend"]
+    args = [
+        sys.executable,
+        "-m",
+        "moe",
+        "generate",
+        "--checkpoint",
+        str(tmp_path),
+        "--prompt",
+        "To",
+        "--greedy",
+        "--max-new-tokens",
+        "3",
+        "--expert-backend",
+    ]
     outs = {b: subprocess.run(args + [b], capture_output=True, text=True) for b in ("torch", "triton")}
     assert all(o.returncode == 0 for o in outs.values()), [o.stderr for o in outs.values()]
     assert outs["triton"].stdout == outs["torch"].stdout
@@ -192,10 +250,34 @@ def test_compare_dense_script(tmp_path):
 
     import numpy as np
 
-    root = pathlib.Path(__file__).resolve().parent.parent
-    args = [sys.executable, "-m", "bench.compare_dense", "--config", "tiny", "--pairs", "2", "--modes", "eager", "--runs",
-            str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--max-steps", "6", "--time-budget", "0",
-            "--set", "n_layers=1", "--set", "eval_batches=2", "--set", "eval_interval=3", "--batch-size", "8"]
+    root = pathlib.Path(__file__).resolve().parents[2]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.compare_dense",
+        "--config",
+        "tiny",
+        "--pairs",
+        "2",
+        "--modes",
+        "eager",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-steps",
+        "6",
+        "--time-budget",
+        "0",
+        "--set",
+        "n_layers=1",
+        "--set",
+        "eval_batches=2",
+        "--set",
+        "eval_interval=3",
+        "--batch-size",
+        "8",
+    ]
     r = subprocess.run(args, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     order = [line.split("--out ")[1].split()[0] for line in r.stdout.splitlines() if line.startswith("$")]
@@ -203,7 +285,9 @@ def test_compare_dense_script(tmp_path):
     result = json.loads((tmp_path / "out" / "moe_vs_dense.json").read_text())
     rows = result["modes"]["eager"]["pairs"]
     for p, row in enumerate(rows):
-        runs = {m: json.loads((tmp_path / "runs" / f"{m}-eager-{p}" / "summary.json").read_text()) for m in ("moe", "dense")}
+        runs = {
+            m: json.loads((tmp_path / "runs" / f"{m}-eager-{p}" / "summary.json").read_text()) for m in ("moe", "dense")
+        }
         assert runs["moe"]["config"] == "tiny" and runs["dense"]["config"] == "tiny-dense"
         budget = min(s["history"]["train_time_s"][-1] for s in runs.values())
         tokens = min(s["tokens"] for s in runs.values())
@@ -217,16 +301,17 @@ def test_compare_dense_script(tmp_path):
         assert median[key] == pytest.approx(statistics.median(r[key] for r in rows), abs=1e-4)
     assert all(v > 0 for v in result["layer_breakdown_ms"].values())
     assert (tmp_path / "out" / "moe_vs_dense.png").stat().st_size > 10_000
-    again = subprocess.run(args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True,
-                           cwd=root)
+    again = subprocess.run(
+        args + ["--reuse", "--out", str(tmp_path / "again")], capture_output=True, text=True, cwd=root
+    )
     assert again.returncode == 0 and "$" not in again.stdout, again.stderr  # trains nothing
     assert json.loads((tmp_path / "again" / "moe_vs_dense.json").read_text())["modes"] == result["modes"]
     (tmp_path / "runs" / "dense-eager-1" / "summary.json").unlink()  # as if interrupted in that run
-    kept = subprocess.run(args + ["--keep", "--out", str(tmp_path / "kept")], capture_output=True, text=True,
-                          cwd=root)
+    kept = subprocess.run(args + ["--keep", "--out", str(tmp_path / "kept")], capture_output=True, text=True, cwd=root)
     assert kept.returncode == 0, kept.stderr
     assert [line.split("--out ")[1].split()[0] for line in kept.stdout.splitlines() if line.startswith("$")] == [
-        str(tmp_path / "runs" / "dense-eager-1")]  # only the missing run is trained again
+        str(tmp_path / "runs" / "dense-eager-1")
+    ]  # only the missing run is trained again
 
 
 def test_compiled_training_step_follows_eager():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import shrunk
+
 from moe.model.moe_layer import MoELayer, moe_layer_reference
 
 

@@ -9,12 +9,25 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import shrunk
+
 from moe.vision import GatedCrossAttention, Media, VisionLanguageModel
 
-SMALL_VISION = dict(channels=1, image_height=8, image_width=32, patch_size=4, d_model=16, n_layers=1, n_heads=2,
-                    d_ff=32, n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0, query_offsets=8)
+SMALL_VISION = dict(
+    channels=1,
+    image_height=8,
+    image_width=32,
+    patch_size=4,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    d_ff=32,
+    n_latents=6,
+    resampler_layers=1,
+    cross_attn_every=1,
+    image_token=0,
+    query_offsets=8,
+)
 
 
 # The reading path at test size: 8 strips of 4 pixels per 8 x 32 image, one latent per strip.
@@ -74,13 +87,17 @@ def reference_gated_block(block: GatedCrossAttention, x_BTD, media: Media):
                     if block.window is not None:
                         a, b_, w = (float(x[i].detach()) for x in block.window.line())
                         at = a * int(media.offset_BT[b, t]) + b_
-                        scores = scores - torch.tensor([((l - at) / w) ** 2 for l in range(len(kv))], dtype=scores.dtype)
+                        scores = scores - torch.tensor(
+                            [((l - at) / w) ** 2 for l in range(len(kv))], dtype=scores.dtype
+                        )
                     p = torch.softmax(scores, dim=0)
                     heads.append(p @ v[:, g])
                 y = attn.wo.weight @ torch.cat(heads)
             x = x + torch.tanh(block.attn_gate.detach()) * y
             h = x / torch.sqrt((x * x).mean() + block.mlp_norm.eps) * block.mlp_norm.weight
-            out[b, t] = x + torch.tanh(block.mlp_gate.detach()) * (block.mlp.down.weight @ F.gelu(block.mlp.up.weight @ h))
+            out[b, t] = x + torch.tanh(block.mlp_gate.detach()) * (
+                block.mlp.down.weight @ F.gelu(block.mlp.up.weight @ h)
+            )
     return out
 
 
@@ -103,8 +120,12 @@ def test_media_masking_against_a_per_token_loop(path):
     expect[1, 3:11], expect[1, 11:17], expect[1, 17:] = 0, 1, 2
     assert torch.equal(media.media_BT, expect)
     offset = torch.full((3, 24), -1)
-    offset[0], offset[1, 3:11], offset[1, 11:17], offset[1, 17:] = (torch.arange(24), torch.arange(8),
-                                                                     torch.arange(6), torch.arange(7))
+    offset[0], offset[1, 3:11], offset[1, 11:17], offset[1, 17:] = (
+        torch.arange(24),
+        torch.arange(8),
+        torch.arange(6),
+        torch.arange(7),
+    )
     assert torch.equal(media.offset_BT, offset)
     x = torch.randn(3, 24, cfg.d_model, dtype=torch.float64)
     torch.testing.assert_close(block(x, media), reference_gated_block(block, x, media))
@@ -129,7 +150,9 @@ def test_a_token_sees_only_its_latest_image(path):
 
 
 def layer_norm(x, norm):
-    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps) * norm.weight + norm.bias
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(
+        x.var(-1, unbiased=False, keepdim=True) + norm.eps
+    ) * norm.weight + norm.bias
 
 
 def test_strip_stem_against_a_float64_loop():
@@ -141,10 +164,16 @@ def test_strip_stem_against_a_float64_loop():
     conv = enc.conv.bias[None, :, None, None].expand(2, -1, 8, 32).clone()
     for dy in range(3):
         for dx in range(3):  # each tap: weight [S, C] times the shifted image [N, C, H, W]
-            conv = conv + torch.einsum("sc,nchw->nshw", enc.conv.weight[:, :, dy, dx], padded[:, :, dy:dy + 8, dx:dx + 32])
+            conv = conv + torch.einsum(
+                "sc,nchw->nshw", enc.conv.weight[:, :, dy, dx], padded[:, :, dy : dy + 8, dx : dx + 32]
+            )
     g = F.gelu(conv)
-    strips = torch.stack([torch.einsum("dshx,nshx->nd", enc.strip.weight, g[:, :, :, 4 * c: 4 * c + 4])
-                          for c in range(8)], dim=1) + enc.strip.bias
+    strips = (
+        torch.stack(
+            [torch.einsum("dshx,nshx->nd", enc.strip.weight, g[:, :, :, 4 * c : 4 * c + 4]) for c in range(8)], dim=1
+        )
+        + enc.strip.bias
+    )
     expect = layer_norm(strips + enc.pos_row[0] + enc.pos_col[:8], enc.norm)
     torch.testing.assert_close(enc(images), expect)
     assert torch.equal(enc.columns(8, 32), torch.arange(8.0))
@@ -165,7 +194,7 @@ def test_resampler_reading_window_against_a_float64_loop():
             z = res.latents[l]
             q = (attn.wq.weight @ layer_norm(z, layer.latent_norm)).view(H, d)
             k, v = (media @ attn.wk.weight.T).view(8, H, d), (media @ attn.wv.weight.T).view(8, H, d)
-            window = torch.tensor([-((c - 1.6 * l) / 0.5) ** 2 for c in range(8)], dtype=torch.float64)
+            window = torch.tensor([-(((c - 1.6 * l) / 0.5) ** 2) for c in range(8)], dtype=torch.float64)
             heads = [torch.softmax(k[:, i] @ q[i] / math.sqrt(d) + window, 0) @ v[:, i] for i in range(H)]
             z = z + attn.wo.weight @ torch.cat(heads)
             h = layer_norm(z, layer.mlp_norm)
@@ -180,8 +209,9 @@ def test_reading_windows_start_where_stated_and_the_stem_starts_at_he_scale():
     model = VisionLanguageModel(vision_cfg(**READING))
     for block in model.xattn:  # the defaults: a = 1, b = 0, w = 8, nothing about the renderer's pitch
         assert [x.tolist() for x in block.window.line()] == [[1.0, 1.0, 1.0, 1.0], [0.0] * 4, [pytest.approx(8.0)] * 4]
-    bank = VisionLanguageModel(vision_cfg(**READING, reading_slope=[0.8, 1.1, 1.4, 1.7], reading_start=0.5,
-                                          reading_width=2.0))
+    bank = VisionLanguageModel(
+        vision_cfg(**READING, reading_slope=[0.8, 1.1, 1.4, 1.7], reading_start=0.5, reading_width=2.0)
+    )
     a, b, w = bank.xattn[1].window.line()  # one slope per head, the same start and width
     assert a.tolist() == pytest.approx([0.8, 1.1, 1.4, 1.7]) and b.tolist() == [0.5] * 4
     assert w.tolist() == pytest.approx([2.0] * 4)
@@ -191,8 +221,9 @@ def test_reading_windows_start_where_stated_and_the_stem_starts_at_he_scale():
     assert abs(model.xattn[0].attn.wq.weight.std().item() / model.cfg.init_std - 1) < 0.1
 
 
-@pytest.mark.parametrize("path,size", [({}, (4, 8)), ({}, (8, 16)), ({}, (8, 32)), (READING, (8, 8)),
-                                       (READING, (8, 20))])
+@pytest.mark.parametrize(
+    "path,size", [({}, (4, 8)), ({}, (8, 16)), ({}, (8, 32)), (READING, (8, 8)), (READING, (8, 20))]
+)
 def test_resampler_output_does_not_depend_on_the_image_size(path, size):
     cfg = vision_cfg(**path)
     model = VisionLanguageModel(cfg)
@@ -234,7 +265,9 @@ def test_a_text_model_config_is_refused_and_bad_vision_tables_are_named():
         vision_cfg(reading_width=0.0)
     with pytest.raises(ValueError, match="n_layers must be a finite number >= 0, got -1"):
         vision_cfg(n_layers=-1)
-    with pytest.raises(ValueError, match="a strip stem reads images exactly vision.image_height = 8 pixels high, got 4"):
+    with pytest.raises(
+        ValueError, match="a strip stem reads images exactly vision.image_height = 8 pixels high, got 4"
+    ):
         VisionLanguageModel(vision_cfg(**READING)).encode(torch.rand(1, 1, 4, 32))
 
 
@@ -244,7 +277,6 @@ def test_a_preset_builds_on_its_base():
     text, vision = load_config("tiny"), load_config("tiny-vision")
     assert vision.text_only() == dataclasses.replace(text, name="tiny-vision")
     assert load_train_config("tiny-vision").seq_len != load_train_config("tiny").seq_len  # its own [train] wins
-
 
 
 @both_paths
@@ -267,7 +299,7 @@ def test_cached_decode_with_an_image_equals_the_full_forward(path):
     for t in range(12):  # each row: its image (index 0), t tokens after it (past query_offsets too)
         at = torch.full((2, 1), t)
         media = Media(visual[:, None], torch.zeros(2, 1, dtype=torch.long), at)
-        steps.append(model(idx[:, t:t + 1], positions=Positions.at(torch.tensor([t])), media=media).logits)
+        steps.append(model(idx[:, t : t + 1], positions=Positions.at(torch.tensor([t])), media=media).logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-7, rtol=1e-6)  # the router rounds in fp32
 
 

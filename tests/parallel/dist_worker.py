@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py in each spawned process: train `steps` steps of a layout on a
+"""Run by tests/parallel/test_distributed.py in each spawned process: train `steps` steps of a layout on a
 fixed random batch sequence (optionally after loading a distributed checkpoint), then save one."""
 
 import json
@@ -14,26 +14,48 @@ TRAIN = dict(batch_size=8, seq_len=16, warmup_steps=0, lr=1e-3, grad_clip=0.5)  
 def batches(cfg, train_cfg, n):
     gen = torch.Generator().manual_seed(5)
     shape = (train_cfg.batch_size, train_cfg.seq_len)
-    return [(torch.randint(0, cfg.vocab_size, shape, generator=gen),
-             torch.randint(0, cfg.vocab_size, shape, generator=gen)) for _ in range(n)]
+    return [
+        (torch.randint(0, cfg.vocab_size, shape, generator=gen), torch.randint(0, cfg.vocab_size, shape, generator=gen))
+        for _ in range(n)
+    ]
 
 
-COLLECTIVES = ("all_gather_single", "reduce_scatter_single", "all_gather_into_tensor", "reduce_scatter_tensor",
-               "all_reduce", "broadcast", "all_to_all_single", "all_gather", "reduce_scatter", "send", "recv",
-               "isend", "irecv", "batch_isend_irecv")
+COLLECTIVES = (
+    "all_gather_single",
+    "reduce_scatter_single",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "all_reduce",
+    "broadcast",
+    "all_to_all_single",
+    "all_gather",
+    "reduce_scatter",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+)
 
 
 def record_collectives(tally: dict) -> None:
     """A recording layer over torch.distributed's collectives (FSDP2, the pipeline and our own code
     call them through the module): each call adds the bytes of its largest tensor (the gathered
     output, the scattered input, the reduced or sent tensor) to tally[name]."""
+
     def wrap(name, fn):
         def recorded(*args, **kw):
             tensors = [a for a in (*args, *kw.values()) if isinstance(a, torch.Tensor)]
-            tensors += [t for a in (*args, *kw.values()) if isinstance(a, (list, tuple))
-                        for t in a if isinstance(t, torch.Tensor)]
+            tensors += [
+                t
+                for a in (*args, *kw.values())
+                if isinstance(a, (list, tuple))
+                for t in a
+                if isinstance(t, torch.Tensor)
+            ]
             tally[name] = tally.get(name, 0) + max((t.numel() * t.element_size() for t in tensors), default=0)
             return fn(*args, **kw)
+
         return recorded
 
     for name in COLLECTIVES:
@@ -42,13 +64,14 @@ def record_collectives(tally: dict) -> None:
 
 
 def run(rank, world, port, spec):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
-    from moe.parallel import checkpoint as dist_checkpoint
     from moe.config import load_config, load_train_config
-    from moe.parallel.trainer import DistributedTrainer, close_process_group, init_process_group
     from moe.layout import Layout
+    from moe.parallel import checkpoint as dist_checkpoint
+    from moe.parallel.trainer import DistributedTrainer, close_process_group, init_process_group
 
     device = init_process_group("cpu")
     if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
@@ -71,8 +94,9 @@ def run(rank, world, port, spec):
         r = trainer.step(x[rows], y[rows], train_cfg.lr)
         results.append((r.loss, r.grad_norm, dict(tally)) if spec.get("record") else (r.loss, r.grad_norm))
     step = done + spec["steps"]
-    dist_checkpoint.save(spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout,
-                         {"step": step}, step)
+    dist_checkpoint.save(
+        spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout, {"step": step}, step
+    )
     if rank == 0:
         with open(os.path.join(spec["out"], "results.json"), "w") as f:
             json.dump(results, f)

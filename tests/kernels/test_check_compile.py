@@ -11,25 +11,37 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def check(tmp_path, *args):
     out = tmp_path / "compile.json"
-    proc = subprocess.run([sys.executable, "-m", "kernels.tuning.check_compile", "--quick", "--json", str(out), *args],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernels.tuning.check_compile", "--quick", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     return proc, (json.loads(out.read_text())["results"] if out.exists() else [])
 
 
 def test_shipped_variants_compile_clean_for_sm90(tmp_path):
     proc, results = check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert {r["mode"] for r in results} >= {"up + gate + SwiGLU, gathered", "SwiGLU backward epilogue", "dW plain",
-                                            "up + gate + SwiGLU, int4 W", "down, weighted scatter, fp8 W",
-                                            "split-K partials: up + gate, gathered", "split-K reduce: SwiGLU"}
+    assert {r["mode"] for r in results} >= {
+        "up + gate + SwiGLU, gathered",
+        "SwiGLU backward epilogue",
+        "dW plain",
+        "up + gate + SwiGLU, int4 W",
+        "down, weighted scatter, fp8 W",
+        "split-K partials: up + gate, gathered",
+        "split-K reduce: SwiGLU",
+    }
     assert all(r["shipped"] and r["ok"] for r in results)
-    assert all(0 < r["registers"] <= 255 and r["stack"] == 0 and r["spill_stores"] == r["spill_loads"] == 0
-               for r in results)  # read back from the cubin: no local memory anywhere
+    assert all(
+        0 < r["registers"] <= 255 and r["stack"] == 0 and r["spill_stores"] == r["spill_loads"] == 0 for r in results
+    )  # read back from the cubin: no local memory anywhere
     rows = [r for r in results if r["kernel"] == "rows_kernel"]
     big = [r for r in rows + [r for r in results if r["kernel"] == "dw_kernel"] if int(r["config"].split("x")[0]) >= 64]
     assert big and all(r["hgmma"] > 0 for r in big)

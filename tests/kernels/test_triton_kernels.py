@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import COUNTS, DEVICE, gpu_only, offsets_from, shrunk
 
 import kernels
-from conftest import COUNTS, DEVICE, gpu_only, offsets_from, shrunk
 from moe.config import load_config
 from moe.model import MoETransformer
 from moe.model.moe_layer import MoELayer
@@ -100,8 +100,9 @@ def test_expert_mlp_matches_reference(case, dtype, act):
     inputs = [x, weights, w_up, w_gate if act == "swiglu" else None, w_down]
 
     def run(fn, dtype, device, **kw):
-        moved = [None if t is None else t.to(device=device, dtype=dtype if t is not weights else t.dtype)
-                 for t in inputs]
+        moved = [
+            None if t is None else t.to(device=device, dtype=dtype if t is not weights else t.dtype) for t in inputs
+        ]
         o, off = order.to(device), offsets.to(device)
         return grads_of(lambda x_, wt, u, g, d: fn(x_, wt, o, off, u, g, d, activation_name=act, **kw), moved)
 
@@ -120,12 +121,18 @@ def test_expert_mlp_is_deterministic():
     gen = torch.Generator().manual_seed(3)
     T, k, E, weights, experts_A = routing("drops", gen)
     order, offsets = (t.to(DEVICE) for t in kernels.sort_by_expert(experts_A, E, has_dropped=True))
-    inputs = [t.to(DEVICE) for t in (torch.randn(T, 16), weights, torch.randn(E, 16, 32), torch.randn(E, 16, 32),
-                                     torch.randn(E, 32, 16))]
+    inputs = [
+        t.to(DEVICE)
+        for t in (torch.randn(T, 16), weights, torch.randn(E, 16, 32), torch.randn(E, 16, 32), torch.randn(E, 32, 16))
+    ]
 
     def run():
-        return grads_of(lambda x, wt, u, g, d: kernels.expert_mlp(x, wt, order, offsets, u, g, d, activation_name="swiglu",
-                                                                   backend="triton"), inputs)
+        return grads_of(
+            lambda x, wt, u, g, d: kernels.expert_mlp(
+                x, wt, order, offsets, u, g, d, activation_name="swiglu", backend="triton"
+            ),
+            inputs,
+        )
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
@@ -144,8 +151,16 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     T, k, E = 30, 2, 3  # 20 rows per expert on average: full 16-row tiles (stored as TMA boxes) and partial ones
     weights, experts = torch.randn(T, E, generator=gen).softmax(-1).topk(k)
     order, offsets = (t.to(DEVICE) for t in kernels.sort_by_expert(experts.reshape(-1), E))
-    inputs = [t.to(DEVICE) for t in (torch.randn(T, 24, generator=gen), weights, torch.randn(E, 24, 40, generator=gen),
-                                     torch.randn(E, 24, 40, generator=gen), torch.randn(E, 40, 24, generator=gen))]
+    inputs = [
+        t.to(DEVICE)
+        for t in (
+            torch.randn(T, 24, generator=gen),
+            weights,
+            torch.randn(E, 24, 40, generator=gen),
+            torch.randn(E, 24, 40, generator=gen),
+            torch.randn(E, 40, 24, generator=gen),
+        )
+    ]
     if act == "gelu":
         inputs[3] = None
     x, w = torch.randn(57, 24, generator=gen).to(DEVICE), torch.randn(3, 24, 40, generator=gen).to(DEVICE)
@@ -155,8 +170,12 @@ def test_tma_and_pointer_loads_give_the_same_bits(monkeypatch, act):
     monkeypatch.setattr(launch, "use_tma", lambda *a: used.append(real(*a)) or used[-1])
 
     def run():
-        mlp = grads_of(lambda x_, wt, u, g, d: kernels.expert_mlp(x_, wt, order, offsets, u, g, d, activation_name=act,
-                                                                   backend="triton"), inputs)
+        mlp = grads_of(
+            lambda x_, wt, u, g, d: kernels.expert_mlp(
+                x_, wt, order, offsets, u, g, d, activation_name=act, backend="triton"
+            ),
+            inputs,
+        )
         return mlp + grads_of(lambda a, b: kernels.grouped_mm(a, b, small, backend="triton"), [x, w])
 
     with_tma = run()
@@ -188,8 +207,16 @@ def test_split_k_decode_matches_reference_and_is_deterministic(monkeypatch, act)
     gate = 1 if act == "swiglu" else None
 
     def run(w, backend, dtype=torch.float32, fn=kernels.routed_mlp):
-        return fn(x.to(dtype), weights.to(dtype), experts, w[0], w[1] if gate else None, w[2], activation_name=act,
-                  backend=backend)
+        return fn(
+            x.to(dtype),
+            weights.to(dtype),
+            experts,
+            w[0],
+            w[1] if gate else None,
+            w[2],
+            activation_name=act,
+            backend=backend,
+        )
 
     got = run(ws, "triton")
     assert splits and min(splits) > 1
@@ -197,8 +224,12 @@ def test_split_k_decode_matches_reference_and_is_deterministic(monkeypatch, act)
     assert torch.equal(got, run(ws, "triton"))
     for scheme in kernels.SCHEMES:
         q = [kernels.quantize(w, scheme) for w in ws]
-        assert_near(run(q, "triton", fn=kernels.quantized_mlp), run(q, "torch", fn=kernels.quantized_mlp).double(),
-                    torch.float32, scheme)
+        assert_near(
+            run(q, "triton", fn=kernels.quantized_mlp),
+            run(q, "torch", fn=kernels.quantized_mlp).double(),
+            torch.float32,
+            scheme,
+        )
 
 
 def test_split_k_policy():
@@ -220,9 +251,22 @@ def test_expert_mlp_bad_input():
     x, weights = torch.randn(T, D), torch.rand(T, k)
     order, offsets = kernels.sort_by_expert(torch.tensor([0, 1, 1, 2, 0, 2, 2, 1]), E)
     w_up, w_down = torch.randn(E, D, F), torch.randn(E, F, D)
-    call = lambda **kw: kernels.expert_mlp(**{**dict(x_TD=x, weights_TK=weights, order_M=order, offsets_E=offsets,  # noqa: E731
-                                                     w_up=w_up, w_gate=None, w_down=w_down, activation_name="gelu",
-                                                     backend="triton"), **kw})
+    call = lambda **kw: kernels.expert_mlp(
+        **{
+            **dict(
+                x_TD=x,
+                weights_TK=weights,
+                order_M=order,
+                offsets_E=offsets,  # noqa: E731
+                w_up=w_up,
+                w_gate=None,
+                w_down=w_down,
+                activation_name="gelu",
+                backend="triton",
+            ),
+            **kw,
+        }
+    )
     with pytest.raises(ValueError, match="w_down is"):
         call(w_down=torch.randn(E, D, F))
     with pytest.raises(ValueError, match="swiglu needs a w_gate"):
@@ -288,12 +332,16 @@ def test_compiled_shapes_on_gpu(dtype, rows_per_expert):
     x = torch.randn(T, D, generator=gen)
     ws = [torch.randn(*s, generator=gen) / s[1] ** 0.5 for s in [(E, D, F), (E, D, F), (E, F, D)]]
     cuda = [t.to("cuda", dtype) for t in (x, *ws)]
-    got = grads_of(lambda x_, wt, u, g, d: kernels.expert_mlp(x_, wt, order.cuda(), offsets.cuda(), u, g, d,
-                                                               activation_name="swiglu", backend="triton"),
-                   [cuda[0], weights.cuda(), *cuda[1:]])
-    want = grads_of(lambda x_, wt, u, g, d: kernels.expert_mlp_reference(x_, wt, order, offsets, u, g, d,
-                                                                          activation_name="swiglu"),
-                    [x.double(), weights, *(w.double() for w in ws)])
+    got = grads_of(
+        lambda x_, wt, u, g, d: kernels.expert_mlp(
+            x_, wt, order.cuda(), offsets.cuda(), u, g, d, activation_name="swiglu", backend="triton"
+        ),
+        [cuda[0], weights.cuda(), *cuda[1:]],
+    )
+    want = grads_of(
+        lambda x_, wt, u, g, d: kernels.expert_mlp_reference(x_, wt, order, offsets, u, g, d, activation_name="swiglu"),
+        [x.double(), weights, *(w.double() for w in ws)],
+    )
     for what, g, r in zip(["y", "dx", "d_weights", "dw_up", "dw_gate", "dw_down"], got, want):
         assert_near(g.cpu(), r, dtype, what)
 
@@ -322,16 +370,21 @@ def test_every_pinned_config_on_gpu(monkeypatch, dtype):
     row_metas, dw_metas = _pinned_metas(ROWS), _pinned_metas(DW)
     for i, row_meta in enumerate(row_metas):
         for dw_meta in dw_metas if i == 0 else dw_metas[:1]:  # every dW config once, with the first row config
-            monkeypatch.setattr(configs, "pinned", lambda table, key, bound, c, r=row_meta, d=dw_meta:
-                                dict(d if table is DW else r))
+            monkeypatch.setattr(
+                configs, "pinned", lambda table, key, bound, c, r=row_meta, d=dw_meta: dict(d if table is DW else r)
+            )
             for name, counts in cases.items():
                 E, M = len(counts), sum(counts)
                 offsets = offsets_from(counts, "cuda")
                 gen = torch.Generator().manual_seed(E)
                 x, w = torch.randn(M, 96, generator=gen), torch.randn(E, 80, 96, generator=gen).transpose(1, 2)
-                got = grads_of(lambda a, b: kernels.grouped_mm(a, b, offsets, backend="triton"),
-                               [x.to("cuda", dtype), w.to("cuda", dtype)])
-                want = grads_of(lambda a, b: kernels.grouped_mm_reference(a, b, offsets.cpu()), [x.double(), w.double()])
+                got = grads_of(
+                    lambda a, b: kernels.grouped_mm(a, b, offsets, backend="triton"),
+                    [x.to("cuda", dtype), w.to("cuda", dtype)],
+                )
+                want = grads_of(
+                    lambda a, b: kernels.grouped_mm_reference(a, b, offsets.cpu()), [x.double(), w.double()]
+                )
                 for what, g, r in zip(["y", "dx", "dw"], got, want):
                     assert_near(g.cpu(), r, dtype, f"{row_meta} {name} grouped_mm {what}")
                 order, offs = kernels.sort_by_expert(torch.repeat_interleave(torch.arange(E), torch.tensor(counts)), E)
@@ -343,11 +396,26 @@ def test_every_pinned_config_on_gpu(monkeypatch, dtype):
                     gate = 1 if act == "swiglu" else None
 
                     def mlp(fn, device, dt):
-                        return grads_of(lambda x_, wt_, u, g, d: fn(x_, wt_, order.to(device), offs.to(device), u, g, d,
-                                                                    activation_name=act, **({"backend": "triton"}
-                                                                                            if device == "cuda" else {})),
-                                        [xt.to(device, dt), wt.to(device), ws[0].to(device, dt),
-                                         ws[1].to(device, dt) if gate else None, ws[2].to(device, dt)])
+                        return grads_of(
+                            lambda x_, wt_, u, g, d: fn(
+                                x_,
+                                wt_,
+                                order.to(device),
+                                offs.to(device),
+                                u,
+                                g,
+                                d,
+                                activation_name=act,
+                                **({"backend": "triton"} if device == "cuda" else {}),
+                            ),
+                            [
+                                xt.to(device, dt),
+                                wt.to(device),
+                                ws[0].to(device, dt),
+                                ws[1].to(device, dt) if gate else None,
+                                ws[2].to(device, dt),
+                            ],
+                        )
 
                     got = mlp(kernels.expert_mlp, "cuda", dtype)
                     want = mlp(kernels.expert_mlp_reference, "cpu", torch.float64)
@@ -356,7 +424,14 @@ def test_every_pinned_config_on_gpu(monkeypatch, dtype):
                     for scheme in ("int8", "int4"):
                         q = [kernels.quantize(t.to("cuda", dtype), scheme) for t in ws]
                         experts = torch.repeat_interleave(torch.arange(E), torch.tensor(counts)).view(T, 1)
-                        args = (xt.to("cuda", dtype), wt.to("cuda", dtype), experts.cuda(), q[0], q[1] if gate else None, q[2])
+                        args = (
+                            xt.to("cuda", dtype),
+                            wt.to("cuda", dtype),
+                            experts.cuda(),
+                            q[0],
+                            q[1] if gate else None,
+                            q[2],
+                        )
                         y = kernels.quantized_mlp(*args, activation_name=act, backend="triton")
                         ref = kernels.quantized_mlp(*args, activation_name=act, backend="torch")
                         assert_near(y.float().cpu(), ref.double().cpu(), dtype, f"{row_meta} {name} {act} {scheme}")

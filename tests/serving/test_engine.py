@@ -6,12 +6,11 @@ import random
 
 import pytest
 import torch
-
 from conftest import shrunk
+
+from moe.model import MoETransformer, Positions
 from moe.serving import Engine, Request, RequestError
 from moe.serving.generate import generate
-from moe.model import Positions
-from moe.model import MoETransformer
 
 
 def tiny_model(**overrides):
@@ -20,8 +19,15 @@ def tiny_model(**overrides):
 
 def random_requests(n, seed, sampling, max_prompt=20, max_new=12):
     rng = random.Random(seed)
-    return [Request([rng.randrange(256) for _ in range(rng.randint(1, max_prompt))], rng.randint(1, max_new),
-                    sampling=sampling, seed=seed + i) for i in range(n)]
+    return [
+        Request(
+            [rng.randrange(256) for _ in range(rng.randint(1, max_prompt))],
+            rng.randint(1, max_new),
+            sampling=sampling,
+            seed=seed + i,
+        )
+        for i in range(n)
+    ]
 
 
 def alone(model, req: Request, stop_tokens=()):
@@ -43,10 +49,10 @@ def test_paged_cache_rows_at_different_positions_equal_full_forwards():
         idx = torch.zeros(3, max(T, 1), dtype=torch.long)
         pos = torch.full((3, max(T, 1)), -1)
         for b, (s, l, h) in enumerate(zip(seqs, lo, hi)):
-            idx[b, :h - l], pos[b, :h - l] = s[l:h], torch.arange(l, h)
+            idx[b, : h - l], pos[b, : h - l] = s[l:h], torch.arange(l, h)
         out = model(idx, Positions.paged(pos, tables))
         for b, (l, h) in enumerate(zip(lo, hi)):
-            got[b].append(out.logits[b, :h - l])
+            got[b].append(out.logits[b, : h - l])
         # the routing saw only real tokens
         assert sum(out.routing[0].tokens_per_expert) == 2 * sum(h - l for l, h in zip(lo, hi))
     for g, f in zip(got, full):
@@ -87,7 +93,7 @@ def test_stop_tokens_end_a_request_early():
     free = generate(model, prompt, 20, greedy=True)
     stop = free[4]  # the fifth token the model chooses
     res = Engine(model, n_pages=20, page_size=4).run([Request(prompt, 20, {"greedy": True}, stop_tokens=(stop,))])[0]
-    assert res.finish_reason == "stop" and res.tokens == free[:free.index(stop) + 1]
+    assert res.finish_reason == "stop" and res.tokens == free[: free.index(stop) + 1]
     assert res.tokens == generate(model, prompt, 20, greedy=True, stop_tokens=(stop,))
 
 
@@ -98,7 +104,9 @@ def test_step_statistics_count_every_routed_token():
     engine.run([Request(list(range(1, 2 + i)), 6, {"greedy": True}) for i in range(8)])
     for s in engine.steps:
         assert len(s.tokens_per_expert) == cfg.n_layers
-        assert all(len(layer) == cfg.n_experts and sum(layer) == s.n_tokens * cfg.top_k for layer in s.tokens_per_expert)
+        assert all(
+            len(layer) == cfg.n_experts and sum(layer) == s.n_tokens * cfg.top_k for layer in s.tokens_per_expert
+        )
     decode_8 = [s for s in engine.steps if s.n_prefill == 0 and s.batch_size == 8]
     assert decode_8 and all(s.n_tokens == 8 for s in decode_8)
 
@@ -174,8 +182,9 @@ def test_speculative_sampling_through_the_engine_matches_the_target_distribution
 
     def exact(model):
         p1 = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
-        return torch.stack([p1[a] * model(torch.tensor([prompt + [a]])).logits[0, -1].softmax(-1)
-                            for a in range(3)]).flatten()
+        return torch.stack(
+            [p1[a] * model(torch.tensor([prompt + [a]])).logits[0, -1].softmax(-1) for a in range(3)]
+        ).flatten()
 
     with torch.no_grad():
         p_target, p_draft = exact(target), exact(draft)
@@ -201,11 +210,23 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     for name, over in [("target", {}), ("draft", {"n_layers": 1}), ("other-vocab", {"vocab_size": 128})]:
         cfg = shrunk("tiny", **over)
         checkpoint.save_checkpoint(tmp_path / name, MoETransformer(cfg), cfg)
-    gen = [sys.executable, "-m", "moe", "generate", "--checkpoint", str(tmp_path / "target"), "--prompt", "To be",
-           "--max-new-tokens", "12", "--greedy"]
+    gen = [
+        sys.executable,
+        "-m",
+        "moe",
+        "generate",
+        "--checkpoint",
+        str(tmp_path / "target"),
+        "--prompt",
+        "To be",
+        "--max-new-tokens",
+        "12",
+        "--greedy",
+    ]
     plain = subprocess.run(gen, capture_output=True, text=True)
-    spec = subprocess.run(gen + ["--draft-checkpoint", str(tmp_path / "draft"), "--draft-tokens", "3"],
-                          capture_output=True, text=True)
+    spec = subprocess.run(
+        gen + ["--draft-checkpoint", str(tmp_path / "draft"), "--draft-tokens", "3"], capture_output=True, text=True
+    )
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout  # greedy: the same text with and without the draft
     for needle in ("12 new tokens (length)", "draft tokens: acceptance", "tokens per target forward"):
@@ -214,10 +235,34 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     bad = subprocess.run(gen + ["--draft-checkpoint", str(tmp_path / "other-vocab")], capture_output=True, text=True)
     assert bad.returncode == 2 and "different vocabularies" in bad.stderr
 
-    bench = subprocess.run([sys.executable, "-m", "moe", "serve-bench", "--config", "tiny", "--set", "d_model=32",
-                            "--set", "n_layers=1", "--requests", "6", "--rate", "50", "--prompt-len", "8",
-                            "--max-new-tokens", "5", "--out", str(tmp_path / "bench"), "--name", "b"],
-                           capture_output=True, text=True)
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe",
+            "serve-bench",
+            "--config",
+            "tiny",
+            "--set",
+            "d_model=32",
+            "--set",
+            "n_layers=1",
+            "--requests",
+            "6",
+            "--rate",
+            "50",
+            "--prompt-len",
+            "8",
+            "--max-new-tokens",
+            "5",
+            "--out",
+            str(tmp_path / "bench"),
+            "--name",
+            "b",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bench.returncode == 0, bench.stderr
     for needle in ("throughput", "time to first token", "inter-token latency", "tokens per expert"):
         assert needle in bench.stdout
@@ -225,9 +270,25 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     assert summary["requests"] == 6 and summary["new_tokens"] == 30
     assert (tmp_path / "bench" / "b.png").stat().st_size > 0
 
-    script = subprocess.run([sys.executable, "-m", "bench.serving", "--quick", "--rates", "50", "--target",
-                             str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--out", str(tmp_path / "sv")],
-                            capture_output=True, text=True, cwd=pathlib.Path(__file__).parent.parent)
+    script = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.serving",
+            "--quick",
+            "--rates",
+            "50",
+            "--target",
+            str(tmp_path / "target"),
+            "--draft",
+            str(tmp_path / "draft"),
+            "--out",
+            str(tmp_path / "sv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).resolve().parents[2],
+    )
     assert script.returncode == 0, script.stderr
     table = (tmp_path / "sv" / "serving.md").read_text()
     assert "| greedy | 1 | target only |" in table and "| temperature 0.8 | 1 | 2 |" in table

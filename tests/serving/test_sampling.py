@@ -29,7 +29,7 @@ def test_probabilities_apply_temperature_top_k_and_top_p():
     assert probabilities(logits, SamplingParams(greedy=True)).tolist() == [1.0, 0.0, 0.0, 0.0]
     assert probabilities(logits, SamplingParams(temperature=0)).tolist() == [1.0, 0.0, 0.0, 0.0]
     top2 = probabilities(logits, SamplingParams(top_k=2))
-    torch.testing.assert_close(top2, torch.tensor([1.0, torch.e ** -1, 0, 0]) / (1 + torch.e ** -1))
+    torch.testing.assert_close(top2, torch.tensor([1.0, torch.e**-1, 0, 0]) / (1 + torch.e**-1))
     # top_p 0.7: token 0 has 64%, so tokens 0 and 1 (88%) are kept
     assert (probabilities(logits, SamplingParams(top_p=0.7)) > 0).tolist() == [True, True, False, False]
 
@@ -65,8 +65,13 @@ def _markov_speculative(P, Q, k, n_rows, length, seed):
         ctx = torch.cat([last[:, None], d], 1)  # the target scores k + 1 positions
         p = P[ctx]  # [n, k + 1, V]
         qq = torch.stack(q, 1) if k else torch.zeros(n_rows, 0, P.shape[1])
-        n_acc, nxt = accept_draft(p, qq, d, torch.rand(n_rows, k, generator=g, dtype=torch.float64),
-                                  torch.rand(n_rows, generator=g, dtype=torch.float64))
+        n_acc, nxt = accept_draft(
+            p,
+            qq,
+            d,
+            torch.rand(n_rows, k, generator=g, dtype=torch.float64),
+            torch.rand(n_rows, generator=g, dtype=torch.float64),
+        )
         active = n_out < length
         for j in range(k + 1):  # emit d[:n_acc] then nxt
             tok = torch.where(j < n_acc, d[:, j], nxt) if j < k else nxt
@@ -100,8 +105,13 @@ def test_a_draft_equal_to_the_target_is_always_accepted():
     g = torch.Generator().manual_seed(1)
     p = torch.rand(n, k + 1, V, generator=g, dtype=torch.float64).softmax(-1)
     d = sample(p[:, :k].reshape(-1, V), torch.rand(n * k, generator=g, dtype=torch.float64)).view(n, k)
-    n_acc, _ = accept_draft(p, p[:, :k], d, torch.rand(n, k, generator=g, dtype=torch.float64),
-                            torch.rand(n, generator=g, dtype=torch.float64))
+    n_acc, _ = accept_draft(
+        p,
+        p[:, :k],
+        d,
+        torch.rand(n, k, generator=g, dtype=torch.float64),
+        torch.rand(n, generator=g, dtype=torch.float64),
+    )
     assert (n_acc == k).all()
 
 
@@ -111,6 +121,7 @@ def test_greedy_rule_accepts_the_matching_prefix_then_emits_the_target_argmax():
     p = torch.nn.functional.one_hot(target_argmax, V).double()[None]
     for draft, want_n, want_next in [([2, 4, 1], 3, 3), ([2, 0, 1], 1, 4), ([0, 4, 1], 0, 2)]:
         q = torch.nn.functional.one_hot(torch.tensor(draft), V).double()[None]
-        n_acc, nxt = accept_draft(p, q, torch.tensor([draft]), torch.rand(1, 3, dtype=torch.float64),
-                                  torch.rand(1, dtype=torch.float64))
+        n_acc, nxt = accept_draft(
+            p, q, torch.tensor([draft]), torch.rand(1, 3, dtype=torch.float64), torch.rand(1, dtype=torch.float64)
+        )
         assert (int(n_acc), int(nxt)) == (want_n, want_next)

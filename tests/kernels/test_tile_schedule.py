@@ -41,13 +41,18 @@ def replay(counts, block_m, block_n, n, group_m, n_programs):
 
 
 CASES = [  # counts per expert: non-power-of-two E, empty experts, one row, a huge hot expert
-    [5], [0, 0, 7], [1, 0, 1, 0, 1], [3, 3, 3], [0] * 6 + [1],
+    [5],
+    [0, 0, 7],
+    [1, 0, 1, 0, 1],
+    [3, 3, 3],
+    [0] * 6 + [1],
     [100_000, 0, 17, 129, 0, 3, 1, 64],
 ]
 
 
-@pytest.mark.parametrize("counts", CASES + [[random.Random(s).choice([0, 1, 7, 40, 300]) for _ in range(s)]
-                                            for s in (5, 16, 33)])
+@pytest.mark.parametrize(
+    "counts", CASES + [[random.Random(s).choice([0, 1, 7, 40, 300]) for _ in range(s)] for s in (5, 16, 33)]
+)
 @pytest.mark.parametrize("block_m, block_n, group_m", [(16, 64, 1), (128, 256, 8), (64, 128, 8), (16, 32, 2)])
 @pytest.mark.parametrize("n, n_programs", [(70, 3), (4096, 132), (256, 1)])
 def test_every_tile_is_computed_exactly_once(counts, block_m, block_n, group_m, n, n_programs):
@@ -80,9 +85,9 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
     must find a row for its mode and row class, and each pinned config must pass the autotuner's
     pruning and the backward epilogue's BLOCK_N rule."""
     import torch
+    from conftest import offsets_from
 
     import kernels
-    from conftest import offsets_from
     from kernels.pinned_configs import DW, ROWS
 
     seen = []
@@ -101,46 +106,77 @@ def test_every_launch_has_a_pinned_config(monkeypatch):
     experts = torch.randint(0, E, (T, 2), generator=g)
     weights = torch.rand(T, 2, generator=g)
     for act in ("gelu", "swiglu"):
-        ws = [torch.randn(E, D, F_, generator=g, requires_grad=True) for _ in range(2)] + \
-             [torch.randn(E, F_, D, generator=g, requires_grad=True)]
+        ws = [torch.randn(E, D, F_, generator=g, requires_grad=True) for _ in range(2)] + [
+            torch.randn(E, F_, D, generator=g, requires_grad=True)
+        ]
         xt = torch.randn(T, D, generator=g, requires_grad=True)
         gate = ws[1] if act == "swiglu" else None
-        kernels.routed_mlp(xt, weights, experts, ws[0], gate, ws[2], activation_name=act, backend="triton").sum().backward()
+        kernels.routed_mlp(
+            xt, weights, experts, ws[0], gate, ws[2], activation_name=act, backend="triton"
+        ).sum().backward()
         with torch.no_grad():
             kernels.routed_mlp(xt, weights, experts, ws[0], gate, ws[2], activation_name=act, backend="triton")
         for scheme in kernels.SCHEMES:
             q = [kernels.quantize(t, scheme) for t in ws]
-            kernels.quantized_mlp(xt.detach(), weights, experts, q[0], q[1] if gate is not None else None, q[2],
-                                  activation_name=act, backend="triton")
+            kernels.quantized_mlp(
+                xt.detach(),
+                weights,
+                experts,
+                q[0],
+                q[1] if gate is not None else None,
+                q[2],
+                activation_name=act,
+                backend="triton",
+            )
     assert len({k for _, k, _ in seen}) >= 20
     assert any(f"EPI={int(EPI_PARTIAL)}" in k for _, k, _ in seen)  # split-K's partial pass was looked up
     monkeypatch.setattr(configs, "INTERPRET", False)
     assert set(ROWS) == set(DW) == {80, 90}
     for arch in ROWS:  # every architecture's table has a row for every launch
-        missing = sorted(f"{'dW' if is_dw else 'rows'} {key} ({bound})" for is_dw, key, bound in set(seen)
-                         if bound not in (DW if is_dw else ROWS)[arch].get(key, {}))
+        missing = sorted(
+            f"{'dW' if is_dw else 'rows'} {key} ({bound})"
+            for is_dw, key, bound in set(seen)
+            if bound not in (DW if is_dw else ROWS)[arch].get(key, {})
+        )
         assert not missing, f"sm_{arch}: no pinned config for: " + "; ".join(missing)
         for key, by_bound in ROWS[arch].items():
             flags = {k: int(v) for k, v in (kv.split("=") for kv in key.split())}
             for bound, meta in by_bound.items():
-                assert set(meta) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EPI_SPLIT", "num_warps",
-                                     "num_stages"}, key
+                assert set(meta) == {
+                    "BLOCK_M",
+                    "BLOCK_N",
+                    "BLOCK_K",
+                    "GROUP_M",
+                    "EPI_SPLIT",
+                    "num_warps",
+                    "num_stages",
+                }, key
                 assert (meta["BLOCK_M"] <= 32) == (bound == "memory"), (key, bound, meta)
-                config = configs.config(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["num_stages"],
-                                    meta["num_warps"], meta["GROUP_M"], meta["EPI_SPLIT"])
+                config = configs.config(
+                    meta["BLOCK_M"],
+                    meta["BLOCK_N"],
+                    meta["BLOCK_K"],
+                    meta["num_stages"],
+                    meta["num_warps"],
+                    meta["GROUP_M"],
+                    meta["EPI_SPLIT"],
+                )
                 assert configs.fits(config, flags, configs.SHARED_LIMIT[arch]), (arch, key, bound, meta)
                 configs.check_block_n([config])
-        assert all(set(m) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-                   for by_bound in DW[arch].values() for m in by_bound.values())
+        assert all(
+            set(m) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
+            for by_bound in DW[arch].values()
+            for m in by_bound.values()
+        )
 
 
 def test_autotuning_is_opt_in_and_gives_the_same_bits(monkeypatch):
     """MOE_AUTOTUNE=1 runs Triton's autotuner (here over the interpreter's one config) instead of the
     pinned table: the same inputs give the same bits either way, and twice in a row."""
     import torch
+    from conftest import offsets_from
 
     import kernels
-    from conftest import offsets_from
 
     g = torch.Generator().manual_seed(1)
     x, w, offsets = torch.randn(11, 20, generator=g), torch.randn(3, 20, 12, generator=g), offsets_from([5, 0, 6])
@@ -162,10 +198,15 @@ def test_tuning_script_covers_every_pinned_row(tmp_path):
 
     from kernels.pinned_configs import ROWS
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "kernels.tuning.tune_configs", "--interpret", "--reps", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root,
-                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    root = pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernels.tuning.tune_configs", "--interpret", "--reps", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     namespace = {}
     exec((tmp_path / "tuned_configs.py").read_text(), namespace)

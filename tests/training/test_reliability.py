@@ -11,24 +11,53 @@ import time
 
 import pytest
 import torch
-
 from conftest import shrunk
+
 from moe.config import TrainConfig, load_config
 from moe.model import MoETransformer
 from moe.serving import Engine, Request, RequestError, SamplingParams, generate
 from moe.training import checkpoint, run_dir, train
 from moe.training.run_dir import RunDirError
 
-FAST = dict(batch_size=4, seq_len=16, max_steps=4, lr=1e-2, warmup_steps=1, eval_interval=2, eval_batches=1,
-            checkpoint_interval=2)
+FAST = dict(
+    batch_size=4,
+    seq_len=16,
+    max_steps=4,
+    lr=1e-2,
+    warmup_steps=1,
+    eval_interval=2,
+    eval_batches=1,
+    checkpoint_interval=2,
+)
 CLI = [sys.executable, "-m", "moe"]
-TINY_CLI = ["--set", "d_model=32", "--set", "n_layers=1", "--set", "eval_interval=2", "--set", "eval_batches=1",
-            "--batch-size", "4", "--seq-len", "16", "--time-budget", "0"]
+TINY_CLI = [
+    "--set",
+    "d_model=32",
+    "--set",
+    "n_layers=1",
+    "--set",
+    "eval_interval=2",
+    "--set",
+    "eval_batches=1",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--time-budget",
+    "0",
+]
 
 
 def run(out, resume=False, **kw):
-    return train(shrunk("tiny"), TrainConfig(**{**FAST, **kw}), out, resume=resume, progress=False, plot=False,
-                 log=lambda *_: None)
+    return train(
+        shrunk("tiny"),
+        TrainConfig(**{**FAST, **kw}),
+        out,
+        resume=resume,
+        progress=False,
+        plot=False,
+        log=lambda *_: None,
+    )
 
 
 def cli(*args, **kw):
@@ -37,9 +66,13 @@ def cli(*args, **kw):
 
 # 1. one writer at a time -------------------------------------------------------------------------
 
+
 def _hold_lock(path):
     """A live process holding the run directory's lock until killed."""
-    code = f"from moe.training import run_dir; import time; l = run_dir.lock({str(path)!r}).__enter__(); print('held', flush=True); time.sleep(600)"
+    code = (
+        f"from moe.training import run_dir; import time; l = run_dir.lock({str(path)!r}).__enter__(); "
+        "print('held', flush=True); time.sleep(600)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -61,8 +94,10 @@ def test_a_run_directory_has_one_writer_and_a_dead_holder_frees_it(tmp_path):
 
 def test_two_concurrent_cli_runs_do_not_both_write(tmp_path):
     args = ["train", "--config", "tiny", "--out", tmp_path, "--no-progress", *TINY_CLI, "--max-steps", "200"]
-    procs = [subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], results
@@ -74,6 +109,7 @@ def test_two_concurrent_cli_runs_do_not_both_write(tmp_path):
 
 
 # 2. errors before work ---------------------------------------------------------------------------
+
 
 def test_an_unwritable_out_fails_before_any_work(tmp_path):
     regular = tmp_path / "a-file"
@@ -100,10 +136,22 @@ def test_a_read_only_out_fails_before_any_work(tmp_path):
 
 # 3. signals --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_130(tmp_path, sig):
-    args = ["train", "--config", "tiny", "--out", tmp_path, "--no-progress", *TINY_CLI, "--max-steps", "100000",
-            "--set", "checkpoint_interval=100000"]
+    args = [
+        "train",
+        "--config",
+        "tiny",
+        "--out",
+        tmp_path,
+        "--no-progress",
+        *TINY_CLI,
+        "--max-steps",
+        "100000",
+        "--set",
+        "checkpoint_interval=100000",
+    ]
     proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("step 6/"):
@@ -118,6 +166,7 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_exits_130(tmp_path, 
 
 
 # 4. no crash window in publish -------------------------------------------------------------------
+
 
 class Killed(BaseException):
     pass
@@ -137,6 +186,7 @@ def _kill_at(monkeypatch, n):
             if n is not None and count["n"] == n:
                 raise Killed
             return _real(*a, **k)
+
         monkeypatch.setattr(mod, name, op)
     return count
 
@@ -186,6 +236,7 @@ def test_resume_at_the_end_saves_the_same_step_again(tmp_path):
 
 # 5. stale scratch directories --------------------------------------------------------------------
 
+
 def test_scratch_directories_of_dead_writers_are_removed_at_the_next_start(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -204,6 +255,7 @@ def test_scratch_directories_of_dead_writers_are_removed_at_the_next_start(tmp_p
 
 
 # 6. damage named ---------------------------------------------------------------------------------
+
 
 def test_damaged_checkpoint_files_are_named(tmp_path):
     run(tmp_path, max_steps=2)
@@ -253,8 +305,17 @@ def test_checksum_verification_costs_little(tmp_path):
 
 # 7. numbers and token ids ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [dict(temperature=float("nan")), dict(temperature=float("inf")),
-                                 dict(top_p=float("nan")), dict(top_k=True), dict(temperature=True)])
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=float("nan")),
+        dict(temperature=float("inf")),
+        dict(top_p=float("nan")),
+        dict(top_k=True),
+        dict(temperature=True),
+    ],
+)
 def test_sampling_settings_must_be_finite_numbers(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SamplingParams(**bad)
@@ -265,8 +326,12 @@ def test_token_ids_must_be_integers_not_bools():
     with pytest.raises(ValueError, match="not bools"):
         generate(model, [True, 5], 2)
     engine = Engine(model, n_pages=8)
-    for request in (Request([1, True], 2), Request([1, 2], 2, stop_tokens=(False,)), Request([1], True),
-                    Request([1, 2], 2, sampling={"temperature": float("nan")})):
+    for request in (
+        Request([1, True], 2),
+        Request([1, 2], 2, stop_tokens=(False,)),
+        Request([1], True),
+        Request([1, 2], 2, sampling={"temperature": float("nan")}),
+    ):
         with pytest.raises(RequestError):
             engine.submit(request)
 
@@ -283,12 +348,16 @@ def test_train_settings_must_be_finite():
 
 # 8-9. figures and serve-bench refuse zero, negative and repeated values --------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["--layout", "tp=8", "--batch-tokens", "0"], "--batch-tokens: must be > 0"),
-    (["--layout", "tp=8", "--seq-len", "0"], "--seq-len: must be > 0"),
-    (["--layout", "tp=8", "--seq-len", "-5"], "--seq-len: must be > 0"),
-    (["--layout", "tp=8,tp=4"], "tp is given twice"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layout", "tp=8", "--batch-tokens", "0"], "--batch-tokens: must be > 0"),
+        (["--layout", "tp=8", "--seq-len", "0"], "--seq-len: must be > 0"),
+        (["--layout", "tp=8", "--seq-len", "-5"], "--seq-len: must be > 0"),
+        (["--layout", "tp=8,tp=4"], "tp is given twice"),
+    ],
+)
 def test_figures_rejects_bad_values(args, message):
     r = cli("figures", "--config", "gpt4", *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -302,19 +371,32 @@ def test_serve_bench_rejects_zero(flag):
 
 # 10. --resume refuses changed training settings --------------------------------------------------
 
+
 def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
     run(tmp_path, max_steps=2)
-    with pytest.raises(ValueError, match=r"changed training settings \(max_steps 2 -> 4, lr 0.01 -> 0.001\)"
-                                         r".*--allow-changes"):
+    with pytest.raises(
+        ValueError,
+        match=r"changed training settings \(max_steps 2 -> 4, lr 0.01 -> 0.001\)"
+        r".*--allow-changes",
+    ):
         run(tmp_path, resume=True, max_steps=4, lr=1e-3)
     assert checkpoint.load_trainer_state(tmp_path)["step"] == 2  # nothing was touched
-    s = train(shrunk("tiny"), TrainConfig(**{**FAST, "max_steps": 4}), tmp_path, resume=True, allow_changes=True,
-              progress=False, plot=False, log=lambda *_: None)
+    s = train(
+        shrunk("tiny"),
+        TrainConfig(**{**FAST, "max_steps": 4}),
+        tmp_path,
+        resume=True,
+        allow_changes=True,
+        progress=False,
+        plot=False,
+        log=lambda *_: None,
+    )
     assert s["steps"] == 4
     run(tmp_path, resume=True, max_steps=4, eval_interval=1)  # how often to evaluate is not a change
 
 
 # 11. file modes ----------------------------------------------------------------------------------
+
 
 def test_every_checkpoint_file_gets_the_same_mode(tmp_path):
     run(tmp_path, max_steps=2)

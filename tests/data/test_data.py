@@ -28,7 +28,7 @@ def corpus(tmp_path):
     """24 text documents in a directory tree and a JSONL file of 8 more; returns (paths, texts)."""
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
-    texts = [TEXT[i * 4000:(i + 1) * 4000] for i in range(32)]
+    texts = [TEXT[i * 4000 : (i + 1) * 4000] for i in range(32)]
     for i, t in enumerate(texts[:24]):
         (root / ("sub" if i % 2 else "") / f"doc{i:02d}.txt").write_text(t, encoding="utf-8")
     (root / ".hidden.txt").write_text("never read")
@@ -52,6 +52,7 @@ def _docs(ds_split: TokenArray, tok) -> list[str]:
 
 # ------------------------------------------------------------------------------------- tokenizers
 
+
 def test_byte_and_bpe_tokenizers_round_trip_any_text():
     assert tokenizers.ByteTokenizer().encode("é") == [0xC3, 0xA9]
     bpe = tokenizers.train_bpe(iter([TEXT]), 512)
@@ -65,18 +66,22 @@ def test_byte_and_bpe_tokenizers_round_trip_any_text():
 
 def test_a_hugging_face_post_processor_starts_prompts_not_documents():
     """Mixtral's tokenizer.json puts <s> before a sequence: generate's prompts get it, prepared documents not."""
-    from tokenizers import Tokenizer as HFTok, processors
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import processors
 
     bpe = tokenizers.train_bpe(iter([TEXT]), 300)
     tok = HFTok.from_str(bpe.to_hf_json())
-    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bpe.eot)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bpe.eot)]
+    )
     hf = tokenizers.HFTokenizer.from_json(tok.to_str(), "hf")
     assert hf.encode_prompt("the king") == [bpe.eot] + hf.encode("the king")
     assert bpe.encode_prompt("the king") == bpe.encode("the king")
 
 
-@pytest.mark.parametrize("spec, message", [("bpe:100", "N > 257"), ("bpe:lots", "N > 257"),
-                                           ("wordpiece", "unknown tokenizer")])
+@pytest.mark.parametrize(
+    "spec, message", [("bpe:100", "N > 257"), ("bpe:lots", "N > 257"), ("wordpiece", "unknown tokenizer")]
+)
 def test_bad_tokenizer_spec(spec, message):
     with pytest.raises(ValueError, match=message):
         tokenizers.parse_spec(spec)
@@ -118,6 +123,7 @@ def test_cl100k_real_when_available():
 
 
 # ---------------------------------------------------------------------------------------- prepare
+
 
 def test_prepare_splits_by_document_into_shards(corpus, tmp_path):
     paths, texts = corpus
@@ -163,8 +169,11 @@ def test_bad_sources_stop_or_are_skipped(corpus, tmp_path):
     latin.write_bytes("line one\ncaf\xe9\n".encode("latin-1"))
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
-    for src, message in ((empty, "empty.txt: empty"), (latin, r"latin1.txt: not UTF-8 text \(line 2"),
-                         (bad_json, r"bad.jsonl:2: a JSONL record needs a \"text\" string")):
+    for src, message in (
+        (empty, "empty.txt: empty"),
+        (latin, r"latin1.txt: not UTF-8 text \(line 2"),
+        (bad_json, r"bad.jsonl:2: a JSONL record needs a \"text\" string"),
+    ):
         with pytest.raises(ValueError, match=message):
             prepare(paths + [src], "bytes", tmp_path / "out", **QUIET)
         assert not (tmp_path / "out").exists()  # nothing written: sources are checked first
@@ -226,9 +235,27 @@ def test_damaged_dataset_is_refused(corpus, tmp_path):
 
 # ------------------------------------------------------------------------- train, generate, serve
 
-TRAIN = ["--config", "tiny", "--max-steps", "3", "--time-budget", "0", "--batch-size", "2", "--seq-len", "32",
-         "--set", "n_layers=1", "--set", "d_model=32", "--set", "d_ff=32", "--set", "eval_batches=1",
-         "--no-progress"]
+TRAIN = [
+    "--config",
+    "tiny",
+    "--max-steps",
+    "3",
+    "--time-budget",
+    "0",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "32",
+    "--set",
+    "n_layers=1",
+    "--set",
+    "d_model=32",
+    "--set",
+    "d_ff=32",
+    "--set",
+    "eval_batches=1",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize("spec", ["bytes", "bpe:300", "cl100k_base"])
@@ -257,8 +284,23 @@ def test_vocab_and_tokenizer_disagreements(corpus, tmp_path, capsys):
     assert "vocab_size 256" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "bytes-run"), *TRAIN]) == 0  # the bundled corpus, bytes
     capsys.readouterr()
-    assert main(["train", "--data", str(bpe), "--out", str(tmp_path / "r2"), *TRAIN,
-                 "--init-from", str(tmp_path / "bytes-run"), "--set", "vocab_size=300"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(bpe),
+                "--out",
+                str(tmp_path / "r2"),
+                *TRAIN,
+                "--init-from",
+                str(tmp_path / "bytes-run"),
+                "--set",
+                "vocab_size=300",
+            ]
+        )
+        == 2
+    )
     assert "trained with the bytes (vocab 256) tokenizer" in capsys.readouterr().err
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("a short training text, long enough for one window of 32 tokens")
@@ -279,5 +321,21 @@ def test_serve_bench_prompts_use_the_checkpoint_tokenizer(corpus, tmp_path, caps
     assert all(len(r.prompt) == 16 and max(r.prompt) < 300 for r in requests)
     text = tok.decode(requests[0].prompt)
     assert text in bundled_split(0.05)[1].decode()  # a slice of the held-out text, in BPE tokens
-    assert main(["serve-bench", "--checkpoint", str(tmp_path / "run"), "--requests", "3", "--prompt-len", "16",
-                 "--max-new-tokens", "4", "--rate", "100"]) == 0
+    assert (
+        main(
+            [
+                "serve-bench",
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--requests",
+                "3",
+                "--prompt-len",
+                "16",
+                "--max-new-tokens",
+                "4",
+                "--rate",
+                "100",
+            ]
+        )
+        == 0
+    )

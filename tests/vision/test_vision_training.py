@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import shrunk
 from safetensors.torch import load_file
 
-from conftest import shrunk
 from moe.__main__ import main
 from moe.config import TrainConfig
 from moe.model import MoETransformer
@@ -16,10 +16,31 @@ from moe.vision.captions import CaptionDataset
 from moe.vision.transcribe import caption_loss, held_out
 
 # 16 x 208 images: the renderer's 32-character lines
-VISION = dict(channels=1, image_height=16, image_width=208, patch_size=4, d_model=32, n_layers=1, n_heads=2,
-              d_ff=64, n_latents=16, resampler_layers=1, cross_attn_every=1, image_token=0)
-FAST = dict(batch_size=8, seq_len=40, max_steps=30, lr=1e-2, min_lr=1e-3, warmup_steps=3, eval_interval=10,
-            eval_batches=2, checkpoint_interval=10)
+VISION = dict(
+    channels=1,
+    image_height=16,
+    image_width=208,
+    patch_size=4,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    d_ff=64,
+    n_latents=16,
+    resampler_layers=1,
+    cross_attn_every=1,
+    image_token=0,
+)
+FAST = dict(
+    batch_size=8,
+    seq_len=40,
+    max_steps=30,
+    lr=1e-2,
+    min_lr=1e-3,
+    warmup_steps=3,
+    eval_interval=10,
+    eval_batches=2,
+    checkpoint_interval=10,
+)
 quiet = dict(progress=False, log=lambda *_: None)
 
 
@@ -76,15 +97,20 @@ def test_a_vision_run_resumes_exactly(text_run, tmp_path):
 def test_mismatched_checkpoints_are_refused_by_name(text_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="d_model 32 in the checkpoint vs 48"):
         train(vision_cfg(d_model=48), TrainConfig(**FAST), tmp_path / "x", init_from=text_run, **quiet)
-    train(vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), tmp_path / "v", init_from=text_run, plot=False,
-          **quiet)
+    train(
+        vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), tmp_path / "v", init_from=text_run, plot=False, **quiet
+    )
     with pytest.raises(ValueError, match="holds a vision model .* does not load as a text-only model"):
         checkpoint.load_weights(MoETransformer(shrunk("tiny")), tmp_path / "v")
     line = tmp_path / "line.png"  # the CLI reads an image file and transcribes (a 10-step model: any text)
     assert main(["render", "Now is the winter of our", "--out", str(line)]) == 0
     capsys.readouterr()
-    assert main(["generate", "--checkpoint", str(tmp_path / "v"), "--image", str(line), "--greedy",
-                 "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            ["generate", "--checkpoint", str(tmp_path / "v"), "--image", str(line), "--greedy", "--max-new-tokens", "5"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("<image>")
     assert main(["generate", "--checkpoint", str(text_run), "--image", str(line)]) == 2  # a text model
     assert main(["quantize", "--checkpoint", str(tmp_path / "v"), "--dtype", "int8", "--out", str(tmp_path / "q")]) == 2
@@ -100,10 +126,15 @@ def test_the_measurement_scripts_run_end_to_end(text_run, tmp_path):
 
     run = tmp_path / "run"
     train(vision_cfg(), TrainConfig(**{**FAST, "max_steps": 10}), run, init_from=text_run, plot=False, **quiet)
-    result = bench.vision_cer.main(["--run", str(run), "--text", str(text_run), "--lines", "8",
-                                         "--out", str(tmp_path / "out")])
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"vision_stage2.json", "vision_stage2.md",
-                                                              "vision_stage2.png", "vision_grid.png"}
+    result = bench.vision_cer.main(
+        ["--run", str(run), "--text", str(text_run), "--lines", "8", "--out", str(tmp_path / "out")]
+    )
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "vision_stage2.json",
+        "vision_stage2.md",
+        "vision_stage2.png",
+        "vision_grid.png",
+    }
     assert len(result["curve"]) == 1 and result["setup"]["held_out_lines"] == 8  # one evaluation at step 10
     assert 0 <= result["final"]["cer"] and result["baselines"]["text-only model, no image"]["cer"] >= 0
     probe = bench.vision_probe.main(["--steps", "2", "--out", str(tmp_path / "probe")])
@@ -114,7 +145,7 @@ def test_the_measurement_scripts_run_end_to_end(text_run, tmp_path):
 def test_compiled_stage_two_follows_eager():
     """train --compile with a vision model: the language model's blocks through torch.compile, the
     vision path eager; the losses of a few stage-2 steps agree with eager to float32 rounding (1e-4
-    relative, as tests/test_train.py's text check)."""
+    relative, as tests/training/test_train.py's text check)."""
     from moe.training.local import LocalTrainer
 
     cfg = vision_cfg(READING)

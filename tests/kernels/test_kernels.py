@@ -2,13 +2,17 @@
 
 import pytest
 import torch
+from conftest import COUNTS, offsets_from
 
 import kernels
-from conftest import COUNTS, offsets_from
 from kernels import grouped_matmul as gm
 
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-4, rtol=1e-4),
-       torch.bfloat16: dict(atol=5e-2, rtol=5e-2), torch.float16: dict(atol=5e-3, rtol=5e-3)}
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+    torch.float16: dict(atol=5e-3, rtol=5e-3),
+}
 
 
 def reference_grads(x, w, offsets, dy):
@@ -64,14 +68,17 @@ def test_grouped_mm_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b: kernels.grouped_mm(a, b, offsets_from(counts)), (x, w))
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: (torch.randn(4, 3), torch.randn(2, 4, 5), offsets_from([2, 2])), "K"),
-    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([2, 1])), "end at 3 but x has 4"),
-    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), torch.tensor([2, 4])), "int32"),
-    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([4])), r"\[E=2\]"),
-    (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5).double(), offsets_from([2, 2])), "float64"),
-    (lambda: (torch.randn(4, 3, 1), torch.randn(2, 3, 5), offsets_from([2, 2])), r"x \[M, K\]"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: (torch.randn(4, 3), torch.randn(2, 4, 5), offsets_from([2, 2])), "K"),
+        (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([2, 1])), "end at 3 but x has 4"),
+        (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), torch.tensor([2, 4])), "int32"),
+        (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5), offsets_from([4])), r"\[E=2\]"),
+        (lambda: (torch.randn(4, 3), torch.randn(2, 3, 5).double(), offsets_from([2, 2])), "float64"),
+        (lambda: (torch.randn(4, 3, 1), torch.randn(2, 3, 5), offsets_from([2, 2])), r"x \[M, K\]"),
+    ],
+)
 def test_grouped_mm_bad_input(make, match):
     x, w, offsets = make()
     with pytest.raises(ValueError, match=match):
@@ -125,7 +132,9 @@ def test_gather_rows_and_its_gradient_match_a_loop(compiled):
     and under torch.compile (the permutation-write backward), with and without dropped assignments."""
     torch.manual_seed(0)
     T, k, D = 5, 2, 3
-    gather = torch.compile(kernels.gather_rows, backend="aot_eager", fullgraph=True) if compiled else kernels.gather_rows
+    gather = (
+        torch.compile(kernels.gather_rows, backend="aot_eager", fullgraph=True) if compiled else kernels.gather_rows
+    )
     for order in (torch.randperm(T * k), torch.tensor([7, 0, 3, 9, 4, 1])):  # all ten; six kept
         x = torch.randn(T, D, dtype=torch.float64, requires_grad=True)
         dy = torch.randn(order.numel(), D, dtype=torch.float64)
@@ -146,7 +155,12 @@ def test_kernels_import_only_torch():
 
     for f in pathlib.Path(kernels.__file__).parent.rglob("*.py"):  # the subpackages (triton/, tuning/) too
         for node in ast.walk(ast.parse(f.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             for n in names:
                 assert n.split(".")[0] in {"torch", "triton", "kernels"} | set(sys.stdlib_module_names), (f, n)

@@ -7,9 +7,9 @@ import pathlib
 
 import pytest
 import torch
+from conftest import shrunk
 from safetensors.torch import load_file, save_file
 
-from conftest import shrunk
 from moe.__main__ import main
 from moe.data import tokenizer as tokenizers
 from moe.model import MoETransformer
@@ -19,9 +19,19 @@ from moe.training.hf_mixtral import ConversionError, from_hf, to_hf
 
 transformers = pytest.importorskip("transformers")
 QUIET = dict(log=lambda *_: None)
-HF_SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
-                max_position_embeddings=128, rope_theta=10000.0)
+HF_SHAPE = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+)
 
 
 def _hf_model(**overrides):
@@ -82,16 +92,25 @@ def test_greedy_generation_matches_transformers(hf_dir, converted):
     ours = load_model(converted).eval()
     prompt = [5, 17, 42, 99, 7]
     with torch.no_grad():
-        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
-                             pad_token_id=0)[0, len(prompt):].tolist()
+        theirs = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=24, do_sample=False, min_new_tokens=24, pad_token_id=0
+        )[0, len(prompt) :].tolist()
     assert generate(ours, prompt, 24, greedy=True) == theirs
 
 
 def test_ours_to_hf_and_back_is_bit_for_bit(tmp_path):
-    cfg = shrunk("tiny", activation="swiglu", n_kv_heads=2, vocab_size=256, max_seq_len=128,
-                 rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64})
+    cfg = shrunk(
+        "tiny",
+        activation="swiglu",
+        n_kv_heads=2,
+        vocab_size=256,
+        max_seq_len=128,
+        rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64},
+    )
     model = MoETransformer(cfg).eval()
-    checkpoint.save_checkpoint(tmp_path / "ours", model, cfg, files={tokenizers.FILE: tokenizers.ByteTokenizer().to_bytes()})
+    checkpoint.save_checkpoint(
+        tmp_path / "ours", model, cfg, files={tokenizers.FILE: tokenizers.ByteTokenizer().to_bytes()}
+    )
     to_hf(tmp_path / "ours", tmp_path / "hf", **QUIET)
     hf, info = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not any(info.values()), info  # nothing missing, unexpected or mismatched
@@ -109,13 +128,46 @@ def test_ours_to_hf_and_back_is_bit_for_bit(tmp_path):
 
 
 def test_converted_model_runs_everywhere(converted, tmp_path, capsys):
-    assert main(["generate", "--checkpoint", str(converted), "--prompt", "the quick", "--max-new-tokens", "6",
-                 "--greedy", "--draft-checkpoint", str(converted), "--draft-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(converted),
+                "--prompt",
+                "the quick",
+                "--max-new-tokens",
+                "6",
+                "--greedy",
+                "--draft-checkpoint",
+                str(converted),
+                "--draft-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert out.out.startswith("the quick")
     assert "= 1.000" in out.err, out.err  # the draft is the model itself: greedy accepts every proposal
-    assert main(["serve-bench", "--checkpoint", str(converted), "--requests", "2", "--prompt-len", "8",
-                 "--max-new-tokens", "4", "--rate", "100"]) == 0
+    assert (
+        main(
+            [
+                "serve-bench",
+                "--checkpoint",
+                str(converted),
+                "--requests",
+                "2",
+                "--prompt-len",
+                "8",
+                "--max-new-tokens",
+                "4",
+                "--rate",
+                "100",
+            ]
+        )
+        == 0
+    )
     ours = load_model(converted, expert_backend="triton").eval()  # the Triton kernels (interpreter on a CPU)
     ref = load_model(converted, expert_backend="torch").eval()
     x = torch.randint(0, 300, (1, 12))
@@ -123,12 +175,29 @@ def test_converted_model_runs_everywhere(converted, tmp_path, capsys):
         torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-4, atol=1e-4)
     import bench.profile_model
 
-    report = bench.profile_model.main(["--checkpoint", str(converted), "--mode", "decode", "--batches", "1", "--reps", "1",
-                                 "--profile-steps", "1", "--context", "16", "--out", str(tmp_path / "prof")])
+    report = bench.profile_model.main(
+        [
+            "--checkpoint",
+            str(converted),
+            "--mode",
+            "decode",
+            "--batches",
+            "1",
+            "--reps",
+            "1",
+            "--profile-steps",
+            "1",
+            "--context",
+            "16",
+            "--out",
+            str(tmp_path / "prof"),
+        ]
+    )
     assert report["meta"]["shard"]["d_model"] == 64 and report["meta"]["shard"]["experts"] == 4  # its real shape
 
 
 # ------------------------------------------------------------------------------------- bad input
+
 
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     dst.mkdir()
@@ -143,14 +212,23 @@ def _edit_config(d, **changes):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(model_type="llama", architectures=["LlamaForCausalLM"]), r"\['LlamaForCausalLM'\] \(model_type 'llama'\) is not Mixtral-like"),
-    (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
-    (dict(tie_word_embeddings=True), "tied embeddings"),
-    (dict(sliding_window=32), "sliding_window 32"),
-    (dict(intermediate_size=80), r"experts\.\*\.w1\.weight \(stacked\): shape \(4, 64, 96\), the config implies \(4, 64, 80\)"),
-    (dict(vocab_size=200), r"holds \d+ tokens, more than the config's vocab_size 200"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            dict(model_type="llama", architectures=["LlamaForCausalLM"]),
+            r"\['LlamaForCausalLM'\] \(model_type 'llama'\) is not Mixtral-like",
+        ),
+        (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
+        (dict(tie_word_embeddings=True), "tied embeddings"),
+        (dict(sliding_window=32), "sliding_window 32"),
+        (
+            dict(intermediate_size=80),
+            r"experts\.\*\.w1\.weight \(stacked\): shape \(4, 64, 96\), the config implies \(4, 64, 80\)",
+        ),
+        (dict(vocab_size=200), r"holds \d+ tokens, more than the config's vocab_size 200"),
+    ],
+)
 def test_from_hf_refuses_what_does_not_map(hf_dir, tmp_path, changes, message):
     d = _copy(hf_dir, tmp_path / "hf")
     _edit_config(d, **changes)
@@ -177,11 +255,14 @@ def test_from_hf_names_missing_pieces(hf_dir, tmp_path, capsys):
         from_hf(d, tmp_path / "out2", **QUIET)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(activation="gelu"), "activation 'gelu'"),
-    (dict(activation="swiglu", capacity_factor=1.25), "capacity_factor 1.25"),
-    (dict(activation="swiglu", tie_embeddings=True), "tie_embeddings"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(activation="gelu"), "activation 'gelu'"),
+        (dict(activation="swiglu", capacity_factor=1.25), "capacity_factor 1.25"),
+        (dict(activation="swiglu", tie_embeddings=True), "tie_embeddings"),
+    ],
+)
 def test_to_hf_refuses_what_does_not_map(tmp_path, overrides, message):
     cfg = shrunk("tiny", **overrides)
     checkpoint.save_checkpoint(tmp_path / "ours", MoETransformer(cfg), cfg)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import COUNTS, DEVICE, shrunk
 
 import kernels
-from conftest import COUNTS, DEVICE, shrunk
 from kernels.quantized import dequantize, fp8_supported, quantize, quantized_mlp, quantized_mlp_reference
 from moe.__main__ import main
 from moe.config import EXPERT_QUANT, ModelConfig, TrainConfig
@@ -67,11 +67,22 @@ def test_quantized_mlp_matches_float64_reference(backend, scheme, act, counts):
     experts_TK = torch.stack([experts, (experts + 1) % E], dim=1)[torch.randperm(T, generator=g)]
     weights_TK = torch.rand(T, 2, generator=g).softmax(dim=1)
     x = torch.randn(T, D, generator=g)
-    up, down = quantize(torch.randn(E, D, F_, generator=g), scheme), quantize(torch.randn(E, F_, D, generator=g), scheme)
+    up, down = (
+        quantize(torch.randn(E, D, F_, generator=g), scheme),
+        quantize(torch.randn(E, F_, D, generator=g), scheme),
+    )
     gate = quantize(torch.randn(E, D, F_, generator=g), scheme) if act == "swiglu" else None
     to = lambda w: None if w is None else kernels.QuantizedWeight(w.q.to(DEVICE), w.scale.to(DEVICE), w.scheme)  # noqa: E731
-    got = quantized_mlp(x.to(DEVICE), weights_TK.to(DEVICE), experts_TK.to(DEVICE), to(up), to(gate), to(down),
-                        activation_name=act, backend=backend)
+    got = quantized_mlp(
+        x.to(DEVICE),
+        weights_TK.to(DEVICE),
+        experts_TK.to(DEVICE),
+        to(up),
+        to(gate),
+        to(down),
+        activation_name=act,
+        backend=backend,
+    )
     want = quantized_mlp_reference(x, weights_TK, experts_TK, up, gate, down, activation_name=act)
     scale = max(1.0, want.abs().max().item())
     assert (got.double().cpu() - want).abs().max().item() <= 2e-5 * scale
@@ -85,14 +96,29 @@ def test_fp8_needs_an_sm89_gpu():
 
 # ------------------------------------------------------------------------------------------ model
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small model trained 120 steps on the bundled corpus (about 15 s), and its directory."""
     out = tmp_path_factory.mktemp("trained")
     cfg = shrunk("tiny", d_model=64, d_ff=64, n_layers=2, max_seq_len=64)
-    train(cfg, TrainConfig(batch_size=16, seq_len=64, max_steps=120, warmup_steps=10, lr=3e-3, eval_interval=120,
-                           eval_batches=4, checkpoint_interval=120),
-          out, progress=False, plot=False, log=lambda *_: None)
+    train(
+        cfg,
+        TrainConfig(
+            batch_size=16,
+            seq_len=64,
+            max_steps=120,
+            warmup_steps=10,
+            lr=3e-3,
+            eval_interval=120,
+            eval_batches=4,
+            checkpoint_interval=120,
+        ),
+        out,
+        progress=False,
+        plot=False,
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -121,8 +147,10 @@ def test_quality_target_and_engine_exactness(trained):
     assert weight_bytes(everything) < weight_bytes(q8) < weight_bytes(model)
     assert abs(_val_loss(everything) - base) < 0.02, (base, _val_loss(everything))
     g = torch.Generator().manual_seed(0)
-    reqs = [Request(torch.randint(0, 256, (int(n),), generator=g).tolist(), 8, {"greedy": True}, seed=i)
-            for i, n in enumerate(torch.randint(3, 20, (6,), generator=g))]
+    reqs = [
+        Request(torch.randint(0, 256, (int(n),), generator=g).tolist(), 8, {"greedy": True}, seed=i)
+        for i, n in enumerate(torch.randint(3, 20, (6,), generator=g))
+    ]
     results = Engine(q8, n_pages=40, page_size=4, max_batch=6).run(reqs)
     for req, res in zip(reqs, results):
         assert res.tokens == generate(q8, req.prompt, req.max_new_tokens, greedy=True)
@@ -149,7 +177,10 @@ def test_quantize_cli_and_refusals(trained, tmp_path, capsys):
         ModelConfig(quantize_dense=True)
     with pytest.raises(ValueError, match="untied"):
         ModelConfig(expert_quant="int8", quantize_dense=True, tie_embeddings=True)
-    assert main(["quantize", "--checkpoint", str(trained), "--dtype", "int4", "--dense", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main(["quantize", "--checkpoint", str(trained), "--dtype", "int4", "--dense", "--out", str(tmp_path / "d")])
+        == 0
+    )
     assert main(["generate", "--checkpoint", str(tmp_path / "d"), "--prompt", "ROMEO.", "--max-new-tokens", "3"]) == 0
     with pytest.raises(ValueError, match="train from the unquantized"):
         train(shrunk("tiny", expert_quant="int8"), TrainConfig(max_steps=1), tmp_path / "u", progress=False)

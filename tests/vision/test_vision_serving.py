@@ -1,23 +1,36 @@
 """Image requests in the serving engine (moe/serving/engine.py) and in `generate`, its reference: the
 engine's greedy output for image requests in mixed batches equals each request alone, a
-full forward equals the cached decode, and bad image requests fail alone. float64, as tests/test_engine.py."""
+full forward equals the cached decode, and bad image requests fail alone. float64, as tests/serving/test_engine.py."""
 
 import random
 
 import pytest
 import torch
-
 from conftest import shrunk
+
 from moe.model import MoETransformer
 from moe.serving import Engine, Request, RequestError
 from moe.serving.generate import generate
 from moe.vision import VisionLanguageModel
 
-VISION = dict(channels=1, image_height=8, image_width=32, patch_size=4, d_model=16, n_layers=1, n_heads=2, d_ff=32,
-              n_latents=6, resampler_layers=1, cross_attn_every=1, image_token=0, query_offsets=16)
+VISION = dict(
+    channels=1,
+    image_height=8,
+    image_width=32,
+    patch_size=4,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    d_ff=32,
+    n_latents=6,
+    resampler_layers=1,
+    cross_attn_every=1,
+    image_token=0,
+    query_offsets=16,
+)
 
 
-# The reading path (tests/test_vision.py): its gated blocks' windows follow each token's distance from
+# The reading path (tests/vision/test_vision.py): its gated blocks' windows follow each token's distance from
 # its image through the engine's cached positions.
 READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
 
@@ -62,7 +75,7 @@ def test_generate_through_the_cache_equals_greedy_full_forwards(path):
         images = batch_images(req.images) if req.images else None
         for _ in range(req.max_new_tokens):  # the slow way: a whole forward per token
             tokens.append(int(model(torch.tensor([tokens]), images=images).logits[0, -1].argmax()))
-        assert alone(model, req) == tokens[len(req.prompt):]
+        assert alone(model, req) == tokens[len(req.prompt) :]
 
 
 @both_paths
@@ -81,8 +94,9 @@ def test_engine_serves_image_and_text_requests_in_shared_batches_exactly(path):
 def test_images_change_the_output_and_a_text_draft_still_speculates(path):
     model = vision_model(path)
     reqs = image_requests(6, seed=3)
-    swapped = [Request(r.prompt, r.max_new_tokens, r.sampling, seed=r.seed, images=[1 - im for im in r.images])
-               for r in reqs]
+    swapped = [
+        Request(r.prompt, r.max_new_tokens, r.sampling, seed=r.seed, images=[1 - im for im in r.images]) for r in reqs
+    ]
     plain = Engine(model, n_pages=40, page_size=4).run(reqs)
     assert any(a.tokens != b.tokens for a, b in zip(plain, Engine(model, n_pages=40, page_size=4).run(swapped)))
     draft = MoETransformer(shrunk("tiny", n_layers=1)).double().eval()

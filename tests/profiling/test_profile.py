@@ -11,9 +11,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import bench.profile_model
+from moe.config import load_config
 from moe.estimates import cluster as X
 from moe.estimates.arithmetic import count_params, forward_flops_per_token
-from moe.config import load_config
 from moe.profiling.breakdown import CATEGORIES, RANGES, breakdown
 from moe.profiling.steps import Steps, build_layers
 
@@ -60,7 +60,8 @@ def test_roofline_is_memory_bound_in_decode_and_compute_bound_in_prefill():
     assert X.roofline_layer(SHARD, h100, 8192, 4096.5, backward=True) == pytest.approx(3 * prefill)
     a100 = X.GPUS["A100"]
     assert X.rescale(1.0, SHARD, h100, a100, 1, 8193, 1) == pytest.approx(
-        X.roofline_layer(SHARD, a100, 1, 8193, 1) / decode)
+        X.roofline_layer(SHARD, a100, 1, 8193, 1) / decode
+    )
 
 
 def test_weight_bound_batch_is_the_ridge_point():
@@ -144,8 +145,22 @@ def test_decode_step_reads_a_full_cache():
 
 def test_profile_script_on_the_cpu(tmp_path, capsys):
     script = bench.profile_model
-    report = script.main(["--layers", "2", "--scale", "64", "--batches", "1,2", "--reps", "1", "--profile-steps", "1",
-                          "--out", str(tmp_path)])
+    report = script.main(
+        [
+            "--layers",
+            "2",
+            "--scale",
+            "64",
+            "--batches",
+            "1,2",
+            "--reps",
+            "1",
+            "--profile-steps",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "Real figures need a GPU" in out and "PREDICTED by the roofline" in out
     modes = [(p["mode"], p.get("batch")) for p in report["points"]]
@@ -161,8 +176,12 @@ def test_profile_script_on_the_cpu(tmp_path, capsys):
     assert saved["meta"]["device"].startswith("CPU") and saved["meta"]["date"] and saved["assumptions"]
     assert (tmp_path / "profile_gpt4_L2.png").stat().st_size > 0
     traces = sorted(p.name for p in tmp_path.glob("trace_*.json.gz"))
-    assert traces == ["trace_gpt4_L2_decode_128.json.gz", "trace_gpt4_L2_decode_512.json.gz",
-                      "trace_gpt4_L2_prefill.json.gz", "trace_gpt4_L2_train.json.gz"]
+    assert traces == [
+        "trace_gpt4_L2_decode_128.json.gz",
+        "trace_gpt4_L2_decode_512.json.gz",
+        "trace_gpt4_L2_prefill.json.gz",
+        "trace_gpt4_L2_train.json.gz",
+    ]
     events = json.loads(gzip.open(tmp_path / "trace_gpt4_L2_train.json.gz").read())["traceEvents"]
     assert any(e.get("name") == "moe/expert_matmuls" for e in events)
 
@@ -179,11 +198,15 @@ def test_cluster_from_measured_layer_times():
     into the cluster model unchanged for the H100 and scaled by the roofline ratio for the A100."""
     script = bench.profile_model
     h100, a100 = X.GPUS["H100"], X.GPUS["A100"]
-    points = [dict(mode="prefill", tokens=8192, batch=1, ms=40.0, ms_per_layer=20.0),
-              *(dict(mode="decode", tokens=b, context=8192, batch=b, ms=2 * ms, ms_per_layer=ms)
-                for b, ms in ((1, 0.2), (8, 0.3), (64, 0.5))),
-              dict(mode="decode", context=8192, batch=128, tokens=128, error="out of memory"),
-              dict(mode="train", tokens=8192, batch=1, ms=120.0, ms_per_layer=60.0)]
+    points = [
+        dict(mode="prefill", tokens=8192, batch=1, ms=40.0, ms_per_layer=20.0),
+        *(
+            dict(mode="decode", tokens=b, context=8192, batch=b, ms=2 * ms, ms_per_layer=ms)
+            for b, ms in ((1, 0.2), (8, 0.3), (64, 0.5))
+        ),
+        dict(mode="decode", context=8192, batch=128, tokens=128, error="out of memory"),
+        dict(mode="train", tokens=8192, batch=1, ms=120.0, ms_per_layer=60.0),
+    ]
     times = script.measured_layer_times(points)
     assert times["decode"] == {(8192, 1): 2e-4, (8192, 8): 3e-4, (8192, 64): 5e-4}
     res = script.cluster(GPT4, SHARD, times, h100, X.GPUS, 8192)
@@ -208,7 +231,23 @@ def test_decode_sweep_stops_at_the_first_out_of_memory(tmp_path, monkeypatch):
         return real_decode(self, batch, context)
 
     monkeypatch.setattr(Steps, "decode", decode)
-    report = script.main(["--mode", "decode", "--context", "16", "--scale", "64", "--batches", "1,2,4", "--reps", "1",
-                          "--profile-steps", "1", "--out", str(tmp_path)])
+    report = script.main(
+        [
+            "--mode",
+            "decode",
+            "--context",
+            "16",
+            "--scale",
+            "64",
+            "--batches",
+            "1,2,4",
+            "--reps",
+            "1",
+            "--profile-steps",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert [(p["batch"], "error" in p) for p in report["points"]] == [(1, False), (2, True)]
     assert (tmp_path / "trace_gpt4_L1_decode_16.json.gz").exists()  # the largest batch that ran, traced
