@@ -154,7 +154,11 @@ def parse_layout(text: str, **defaults) -> Layout:
     values, seen = dict(defaults), set()
     names = {f.name: f.type for f in dataclasses.fields(Layout)}
     aliases = {"mb": "microbatches", "first": "first_stage_layers"}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    if not text.strip():
+        raise ValueError("layout: empty; give key=value pairs, e.g. tp=8,pp=15,dp=208")
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ValueError(f"layout: an empty entry between commas in {text!r}")
         if "=" not in part:
             raise ValueError(f"layout: {part!r} is not key=value (e.g. tp=8,pp=15,dp=208)")
         key, value = (s.strip() for s in part.split("=", 1))

@@ -75,6 +75,8 @@ def _wing(prefix):
     [  # the README's architecture list: no entry imports one below it
         ("kernels", ("moe",)),
         ("moe.files", ("moe", "kernels")),
+        ("moe.checksums", ("moe", "kernels")),
+        ("moe.devices", ("moe", "kernels")),
         (
             "moe.estimates",
             (

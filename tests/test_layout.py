@@ -32,6 +32,8 @@ def test_parse_layout():
         ("tp=0", "tp must be a positive integer"),
         ("schedule=zb", "schedule must be one of"),
         ("sharding=zero3", "sharding must be one of"),
+        ("", "layout: empty"),
+        ("tp=2,,pp=2", "an empty entry between commas in 'tp=2,,pp=2'"),
     ]:
         with pytest.raises(ValueError, match=words):
             parse_layout(bad)

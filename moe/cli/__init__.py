@@ -33,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # each report line as it is printed, into a file or pipe too
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C outside training's checkpointing handler, or its second one
+        print(f"\naborted: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -46,9 +46,26 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed, an integer in [0, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return value
+
+
+SEED = _seed
+DEFAULT_TEMPERATURE = 0.8
+
+
 def add_sampling(parser, top_p_help: str = "nucleus sampling") -> None:
     """--temperature, --top-k, --top-p, --greedy: moe.serving.SamplingParams (checked by serving.sampling)."""
-    parser.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+    parser.add_argument(
+        "--temperature", type=float, help=f"softmax temperature (0: greedy; default {DEFAULT_TEMPERATURE})"
+    )
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help=top_p_help)
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
@@ -57,6 +74,17 @@ def add_sampling(parser, top_p_help: str = "nucleus sampling") -> None:
 def add_draft(parser, checkpoint_help: str = "speculative decoding with this draft model") -> None:
     parser.add_argument("--draft-checkpoint", help=checkpoint_help)
     parser.add_argument("--draft-tokens", type=POSITIVE_INT, default=4, help="tokens the draft proposes per step")
+
+
+def check_device(args) -> None:
+    """--device, checked against this machine before anything is read or created."""
+    if args.device is not None:
+        from moe import devices
+
+        try:
+            devices.resolve(args.device)
+        except ValueError as e:
+            raise ValueError(f"--device: {e}") from None
 
 
 def add_runtime(

@@ -34,7 +34,10 @@ def run(args) -> int:
     from moe.estimates.report import print_figures
     from moe.layout import parse_layout
 
-    layout = parse_layout(args.layout) if args.layout else None
+    try:
+        layout = parse_layout(args.layout) if args.layout is not None else None
+    except ValueError as e:
+        raise ValueError(f"--layout {args.layout!r}: {e}") from None
     cfg = load_config(args.config, **overrides(args.set))
     if args.simulate and layout is None:
         raise ValueError("--simulate needs --layout: it builds one rank of each pipeline stage of that layout")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from moe.cli import serving
-from moe.cli.common import EXIT_OK, POSITIVE_INT, add_draft, add_runtime, add_sampling
+from moe.cli.common import EXIT_OK, POSITIVE_INT, SEED, add_draft, add_runtime, add_sampling, check_device
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
     g.add_argument("--prompt", help="text to continue (default: a newline; with --image, nothing: read the image)")
     g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="tokens to generate")
     add_sampling(g, top_p_help="nucleus sampling: smallest set with this much probability")
-    g.add_argument("--seed", type=int, default=None, help="sampling seed")
+    g.add_argument("--seed", type=SEED, default=None, help="sampling seed (default: a random one)")
     add_runtime(
         g,
         expert_backend_help="auto, torch or triton (default: the checkpoint's)",
@@ -58,13 +58,19 @@ def run(args) -> int:
     from moe.serving import Engine, Request
 
     sampling = serving.sampling(args)
+    check_device(args)
     tok = serving.tokenizer(args.checkpoint, args.draft_checkpoint)
     model = serving.load(args.checkpoint, args)
     draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
     images = _images(args.image, model.cfg)
     placeholders = [model.cfg.vision.image_token] * len(images) if images else []
     text = args.prompt if args.prompt is not None else ("" if images else "\n")
-    prompt = placeholders + (tok.encode_prompt(text) if text else [])
+    try:
+        prompt = placeholders + (tok.encode_prompt(text) if text else [])
+    except UnicodeEncodeError as e:  # bytes the shell could not decode reach Python as lone surrogates
+        raise ValueError(
+            f"--prompt: not valid UTF-8 text (characters {e.start}-{e.end - 1} are undecodable bytes)"
+        ) from None
     if not prompt:
         raise ValueError("--prompt is empty: give at least one character to continue (or an --image)")
     seed = args.seed if args.seed is not None else random.randrange(2**31)

@@ -7,10 +7,12 @@ from moe.cli.common import (
     EXIT_OK,
     POSITIVE_FLOAT,
     POSITIVE_INT,
+    SEED,
     add_draft,
     add_runtime,
     add_sampling,
     add_set,
+    check_device,
     overrides,
 )
 
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
     s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
     s.add_argument("--max-batch", type=POSITIVE_INT, default=64, help="most sequences in one step")
     add_sampling(s)
-    s.add_argument("--seed", type=int, default=0, help="arrivals, prompts, random weights and request seeds")
+    s.add_argument("--seed", type=SEED, default=0, help="arrivals, prompts, random weights and request seeds")
     add_runtime(
         s, compile_help="torch.compile the model's forward; the compile time lands in the first requests' latency"
     )
@@ -39,6 +41,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import os
+    import sys
+
     import torch
 
     from moe.profiling.timing import environment
@@ -46,6 +51,9 @@ def run(args) -> int:
     from moe.training.run_dir import prepare
 
     sampling = serving.sampling(args)
+    check_device(args)
+    if args.name is not None and (not args.name or "/" in args.name or os.sep in args.name or args.name in (".", "..")):
+        raise ValueError(f"--name {args.name!r}: a file name stem without a path separator (the files go in --out)")
     if args.out:
         prepare(args.out)  # an unwritable --out fails now, not after the replay
     tok = None
@@ -69,7 +77,8 @@ def run(args) -> int:
         compile=args.compile,
     )
     requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
-    summary = replay.replay(engine, requests, args.rate, args.seed)
+    progress = lambda line: print(f"serve-bench: {line}", file=sys.stderr, flush=True)
+    summary = replay.replay(engine, requests, args.rate, args.seed, log=progress)
     if engine.compile_s is not None:
         summary["compile_s"] = round(engine.compile_s, 2)  # inside the replay: early requests waited for it
     summary["setup"] = {

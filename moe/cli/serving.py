@@ -5,18 +5,27 @@ from __future__ import annotations
 
 
 def sampling(args) -> dict:
-    """The sampling flags, checked (finite numbers in range) before any model is loaded."""
+    """The sampling flags, checked (finite numbers in range, --greedy alone) before any model is loaded."""
+    from moe.cli.common import DEFAULT_TEMPERATURE
     from moe.serving.sampling import SamplingParams
 
-    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
-    SamplingParams(**settings)
+    if args.greedy:
+        given = [f"--{k.replace('_', '-')} {v}" for k in ("temperature", "top_k", "top_p") if (v := getattr(args, k))]
+        if given:  # (None is not given; 0 and 0.0 are not either: greedy already)
+            raise ValueError(f"--greedy contradicts {', '.join(given)}: greedy always takes the most likely token")
+    temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    settings = {"temperature": temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
+    try:
+        SamplingParams(**settings)
+    except ValueError as e:
+        raise ValueError(f"sampling flags: {e}") from None
     return settings
 
 
 def device(args) -> str:
-    import torch
+    from moe import devices
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(devices.resolve(args.device))
 
 
 def load(path, args):

@@ -3,7 +3,7 @@ moe.parallel.launch.train_in_layout, which picks one process or the distributed 
 
 from __future__ import annotations
 
-from moe.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_runtime, add_set, overrides
+from moe.cli.common import EXIT_INTERRUPTED, EXIT_OK, SEED, add_runtime, add_set, check_device, overrides
 
 _TRAIN_FLAGS = ("lr", "batch_size", "seq_len", "max_steps", "time_budget_s", "seed")  # [train] fields by their names
 _LAYOUT_FLAGS = ("dp", "tp", "ep", "pp", "microbatches", "schedule", "first_stage_layers", "sharding")
@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
         type=float,
         help="seconds of training: fit max_steps to it after measuring the step time (0: off)",
     )
-    t.add_argument("--seed", type=int, help="random seed (weights, data order)")
+    t.add_argument("--seed", type=SEED, help="random seed (weights, data order)")
     add_runtime(
         t,
         device_help="cpu or cuda (default: cuda if available)",
@@ -100,6 +100,7 @@ def run(args) -> int:
     from moe.layout import load_layout
     from moe.parallel.launch import train_in_layout
 
+    check_device(args)
     model_cfg, train_cfg, data = _configs(args)
     layout = load_layout(args.config, **{k: getattr(args, k) for k in _LAYOUT_FLAGS})
     summary = train_in_layout(

@@ -16,6 +16,7 @@ shards: a training window may cross a shard boundary. The bundled corpus is the 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import pathlib
@@ -115,7 +116,8 @@ class TokenDataset:
 
     @classmethod
     def open(cls, path) -> TokenDataset:
-        """A prepared dataset directory, checked: format, tokenizer, every shard's size."""
+        """A prepared dataset directory, checked: format, tokenizer, every shard's size, sha256 and
+        token ids (one read of every shard; see check_shard)."""
         path = pathlib.Path(path)
         meta_file = path / META
         if not meta_file.is_file():
@@ -147,10 +149,32 @@ class TokenDataset:
                         f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} tokens); "
                         "the dataset is damaged: prepare it again"
                     )
+                check_shard(f, shard.get("sha256"), dtype, tok)
                 if shard["tokens"]:
                     parts.append(np.memmap(f, dtype=dtype, mode="r"))
             arrays[split] = TokenArray(parts)
         return cls(path.name, tok, arrays["train"], arrays["val"], splits["val"]["bytes"])
+
+
+def check_shard(f: pathlib.Path, sha256: str | None, dtype: np.dtype, tok: Tokenizer) -> None:
+    """One pass over a shard: its sha256 against the one dataset.json recorded (a zero-filled or
+    rewritten shard of the right size), and every token id inside the tokenizer's vocabulary; a
+    ValueError names the shard. Reads at the disk's speed, once, when the dataset is opened."""
+    h, top = hashlib.sha256(), -1
+    with open(f, "rb") as fh:
+        while chunk := fh.read(1 << 24):  # 16 MiB: whole tokens of any dtype
+            h.update(chunk)
+            top = max(top, int(np.frombuffer(chunk, dtype).max()))
+    if sha256 and h.hexdigest() != sha256:
+        raise ValueError(
+            f"{f}: sha256 differs from the one dataset.json recorded (changed or damaged after "
+            "prepare): prepare the dataset again"
+        )
+    if top >= tok.vocab_size:
+        raise ValueError(
+            f"{f}: holds token id {top}, outside the {tok.describe()} tokenizer's {tok.vocab_size} ids; "
+            "the shard does not belong to this dataset: prepare it again"
+        )
 
 
 def bundled_split(val_fraction: float) -> tuple[bytes, bytes]:

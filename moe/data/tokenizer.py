@@ -23,6 +23,8 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
+from moe import checksums
+
 FILE = "tokenizer.moe.json"
 EOT = "<|endoftext|>"
 
@@ -256,7 +258,11 @@ def from_dict(data: dict, where: str) -> Tokenizer:
 def load(directory) -> Tokenizer:
     """The tokenizer saved in a dataset or checkpoint directory (bytes if it holds none)."""
     path = pathlib.Path(directory) / FILE
-    if not path.exists():
+    if (path.parent / checksums.FILE).exists() or checksums.expected(path.parent):  # a checkpoint
+        files = checksums.recorded(path.parent)
+        if path.exists() or FILE in files:  # checked before it is parsed; one it lists must be there
+            checksums.check(path, files)
+    if not path.exists():  # (a dataset's tokenizer is checked by its fingerprint in dataset.json)
         return ByteTokenizer()
     try:
         data = json.loads(path.read_text())

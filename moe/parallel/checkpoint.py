@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from moe.checksums import MARKER, verify_all
 from moe.config import ModelConfig, TrainConfig
-from moe.training.run_dir import publish, temp_dir, verify_all
+from moe.training.run_dir import publish, temp_dir
 
 
 def save(
@@ -58,7 +59,7 @@ def save(
     dcp.save({"model": module.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=tmp)
     dist.barrier()
     if rank0:
-        config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout)}
+        config = {"model": model_cfg.to_dict(), "train": vars(train_cfg), "layout": vars(layout), **MARKER}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         torch.save(trainer_state, tmp / "trainer.pt")
         for name, content in (files or {}).items():  # e.g. the tokenizer

@@ -70,6 +70,9 @@ def train_in_layout(
     main process logs one line naming the run (and its layout) before anything is built."""
     layout = Layout() if layout is None else layout
     world = world_size() if world is None else world
+    from moe import devices
+
+    devices.resolve(kw.get("device"))  # before anything exists: no process group, no --out
     if not is_distributed(layout, out_dir, resume=resume, world=world):
         from moe.training import train
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from moe import devices
 from moe.config import ModelConfig, TrainConfig
 from moe.layout import Layout
 from moe.model import MoETransformer
@@ -55,7 +56,7 @@ def init_process_group(device: str | None = None) -> torch.device:
     """Join the torchrun world (or start a world of one), return this rank's device."""
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = devices.resolve(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

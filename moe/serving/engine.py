@@ -46,7 +46,7 @@ import torch
 
 from moe.estimates.arithmetic import kv_cache_bytes_per_token
 from moe.model import MoETransformer, Positions
-from moe.serving.request import Request, RequestError, Result, check_request
+from moe.serving.request import Request, RequestError, Result, check_request, check_seed
 from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
 from moe.vision.cross_attention import Media
 from moe.vision.images import batch_images, check_images
@@ -164,11 +164,12 @@ class Engine:
     def submit(self, request: Request, arrival: float | None = None) -> int:
         """Queue a request; return its id. A RequestError names what is wrong with a bad one."""
         try:
+            if not isinstance(request, Request):
+                raise ValueError(f"expected a moe.serving.Request, got {type(request).__name__}")
+            prompt = check_request(self.model.cfg, request.prompt, request.max_new_tokens, request.stop_tokens)
             params = SamplingParams.parse(request.sampling)
-            check_request(self.model.cfg, list(request.prompt), request.max_new_tokens, request.stop_tokens)
-            check_images(self.model.cfg, list(request.prompt), request.images)
-            if isinstance(request.seed, bool) or not isinstance(request.seed, int):
-                raise ValueError(f"seed must be an integer, got {request.seed!r}")
+            check_images(self.model.cfg, prompt, request.images)
+            check_seed(request.seed)
         except ValueError as e:
             raise RequestError(str(e)) from None
         need = self.pages_needed(request)
@@ -181,9 +182,7 @@ class Engine:
         rid, self._next_id = self._next_id, self._next_id + 1
         result = Result(t_arrival=self.clock() if arrival is None else arrival)
         self.results[rid] = result
-        self.queue.append(
-            _Row(rid, request, params, list(request.prompt), [], torch.Generator().manual_seed(request.seed), result)
-        )
+        self.queue.append(_Row(rid, request, params, prompt, [], torch.Generator().manual_seed(request.seed), result))
         return rid
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from moe.model import MoETransformer, Positions
-from moe.serving.request import check_request
+from moe.serving.request import check_request, check_seed
 from moe.serving.sampling import SamplingParams, probabilities, sample
 from moe.vision.cross_attention import Media
 from moe.vision.images import batch_images, check_images
@@ -44,8 +44,10 @@ def generate(
     """The new token ids (without the prompt), ending at the first stop token or after max_new_tokens.
     images: a vision model's images, one per placeholder in the prompt ([C, H, W] each, moe/vision/images.py)."""
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)  # validates
-    check_request(model.cfg, prompt, max_new_tokens, stop_tokens)
+    prompt = check_request(model.cfg, prompt, max_new_tokens, stop_tokens)
     check_images(model.cfg, prompt, images)
+    if seed is not None:
+        check_seed(seed)
     device = model.tok_emb.weight.device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     was_training = model.training

@@ -51,13 +51,15 @@ def make_requests(
     ]
 
 
-def replay(engine: Engine, requests: list[Request], rate: float, seed: int = 0) -> dict:
-    """Submit requests at Poisson arrival times (real time), step until all are done; the summary."""
+def replay(engine: Engine, requests: list[Request], rate: float, seed: int = 0, log=None) -> dict:
+    """Submit requests at Poisson arrival times (real time), step until all are done; the summary.
+    log(line), if given, hears how many requests have finished, about every tenth of them."""
     if rate <= 0:
         raise ValueError(f"rate must be > 0 requests per second, got {rate}")
     arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, len(requests)))
     t0 = engine.clock()
     ids, nxt = [], 0
+    every, reported = max(1, len(requests) // 10), 0
     while nxt < len(requests) or engine.has_work():
         now = engine.clock() - t0
         while nxt < len(requests) and arrivals[nxt] <= now:
@@ -65,6 +67,10 @@ def replay(engine: Engine, requests: list[Request], rate: float, seed: int = 0) 
             nxt += 1
         if engine.has_work():
             engine.step()
+            done = sum(engine.results[i].finish_reason is not None for i in ids) if log is not None else 0
+            if done // every > reported:
+                reported = done // every
+                log(f"{done}/{len(requests)} requests done at {engine.clock() - t0:.1f} s, {len(engine.steps)} steps")
         else:
             time.sleep(max(0.0, arrivals[nxt] - (engine.clock() - t0)))
     return summarize(engine, [engine.results[i] for i in ids], t0)

@@ -42,16 +42,32 @@ class Result:
         return self.token_times[0] - self.t_arrival
 
 
-def check_request(cfg, prompt: list[int], max_new_tokens: int, stop_tokens=()) -> None:
-    """The errors a request can have before it runs, shared with the serving engine."""
+def token_ids(value, what: str) -> list[int]:
+    """`value` (a list, tuple, range or bytes of ids) as a list, or a ValueError naming `what`."""
+    if not isinstance(value, (list, tuple, range, bytes)):
+        hint = " (call .tolist() on a tensor)" if hasattr(value, "tolist") else ""
+        raise ValueError(f"{what} must be a list of token ids (integers), got {type(value).__name__}{hint}")
+    return list(value)
+
+
+def check_seed(seed) -> None:
+    if not _token_id(seed) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+
+
+def check_request(cfg, prompt, max_new_tokens, stop_tokens=()) -> list[int]:
+    """The errors a request can have before it runs, shared with the serving engine; returns the
+    prompt as a list. Every wrong type or value is a ValueError naming the field."""
+    prompt = token_ids(prompt, "the prompt")
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
     if any(not _token_id(t) or not 0 <= t < cfg.vocab_size for t in prompt):
         raise ValueError(f"prompt tokens must be integers in [0, {cfg.vocab_size}) (not bools)")
     if not _token_id(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not all(_token_id(t) for t in stop_tokens):
-        raise ValueError(f"stop_tokens must be token ids (integers, not bools), got {stop_tokens!r}")
+    stop = token_ids(stop_tokens, "stop_tokens")
+    if any(not _token_id(t) or not 0 <= t < cfg.vocab_size for t in stop):
+        raise ValueError(f"stop_tokens must be token ids in [0, {cfg.vocab_size}) (integers, not bools), got {stop!r}")
     if len(prompt) > cfg.max_seq_len:
         raise ValueError(f"prompt of {len(prompt)} tokens is longer than max_seq_len {cfg.max_seq_len}")
     if len(prompt) + max_new_tokens > cfg.max_seq_len:
@@ -59,3 +75,4 @@ def check_request(cfg, prompt: list[int], max_new_tokens: int, stop_tokens=()) -
             f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
             f"{cfg.max_seq_len}; ask for at most {cfg.max_seq_len - len(prompt)} new tokens"
         )
+    return prompt

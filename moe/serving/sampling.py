@@ -44,6 +44,8 @@ class SamplingParams:
             isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1
         ):  # nan fails the range test too
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.greedy, bool):
+            raise ValueError(f"greedy must be true or false, got {self.greedy!r}")
 
     @property
     def is_greedy(self) -> bool:

@@ -20,9 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe.checksums import MARKER, DamagedFile, verify, verify_all
 from moe.config import ModelConfig, TrainConfig, from_dict
 from moe.files import make_scratch
-from moe.training.run_dir import RunDirError, is_distributed, publish, resolve, temp_dir, verify, verify_all
+from moe.training.run_dir import is_distributed, publish, resolve, temp_dir
 
 
 def build_model(cfg: ModelConfig) -> torch.nn.Module:
@@ -78,7 +79,7 @@ def save_weights(
     run_dir = pathlib.Path(run_dir)
     tmp = make_scratch(temp_dir(run_dir, step))  # creates run_dir too
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    config = {"model": model_cfg.to_dict(), "train": None if train_cfg is None else vars(train_cfg)}
+    config = {"model": model_cfg.to_dict(), "train": None if train_cfg is None else vars(train_cfg), **MARKER}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -95,7 +96,7 @@ def read_config(path) -> tuple[ModelConfig, dict | None]:
         data = json.loads(f.read_text())
         model = data["model"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f"{f}: not a readable checkpoint config ({type(e).__name__}: {e})") from None
+        raise DamagedFile(f"{f}: not a readable checkpoint config ({type(e).__name__}: {e})") from None
     return from_dict(ModelConfig, model, f"checkpoint {str(f.parent)!r}"), data.get("train")
 
 
@@ -119,7 +120,7 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     try:
         saved = load_file(str(f))
     except (SafetensorError, OSError) as e:
-        raise RunDirError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
+        raise DamagedFile(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     expected = model.state_dict()
     head = _tied_head(model)
     if head:
@@ -185,7 +186,7 @@ def load_trainer_state(path) -> dict | None:
     try:
         return torch.load(f, weights_only=True)
     except Exception as e:  # torch.load raises many kinds (pickle, zip, runtime) for a damaged file
-        raise RunDirError(
+        raise DamagedFile(
             f"{f}: not a readable trainer state ({type(e).__name__}: {e}); the checkpoint is damaged"
         ) from None
 

@@ -40,6 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from moe import checksums
 from moe.config import ModelConfig
 from moe.data import tokenizer as tokenizers
 from moe.training import checkpoint, run_dir
@@ -324,7 +325,7 @@ def to_hf(path, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
             "it with moe.save_checkpoint first"
         )
     weights_file = step_dir / "model.safetensors"
-    run_dir.verify(weights_file)
+    checksums.verify(weights_file)
     with safe_open(str(weights_file), "pt") as st:
         ours = {k: st.get_tensor(k) for k in st.keys()}
     dtype = ours["tok_emb.weight"].dtype

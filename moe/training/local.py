@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from moe import devices
 from moe.config import ModelConfig, TrainConfig
 from moe.model.init import materialize
 from moe.training import checkpoint
@@ -31,7 +32,7 @@ class LocalTrainer:
     is_main = True
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | None = None, init_from=None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = devices.resolve(device)
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         torch.manual_seed(train_cfg.seed)
         with torch.device("meta"):  # built as every layout builds it (moe/parallel/trainer.py)

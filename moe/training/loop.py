@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from moe import devices
 from moe.config import ModelConfig, TrainConfig
 from moe.data import tokenizer as tokenizers
 from moe.training import checkpoint, run_dir
@@ -103,7 +104,10 @@ class _Interrupt:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(
+                f"a second {signal.Signals(signum).name}: stopped at once, without writing a checkpoint "
+                "(the last one written is kept; continue with --resume)"
+            )
         self.requested = True
         print(
             f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort)",
@@ -179,6 +183,10 @@ def train(
     tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
+    devices.resolve(device)  # an unknown device, or one this machine lacks, before anything is created
+    check_run(
+        model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes, init_from=init_from
+    )
     with _own(out_dir):
         return _train(
             model_cfg,
@@ -197,17 +205,59 @@ def train(
         )
 
 
+def check_run(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out_dir,
+    *,
+    resume=False,
+    overwrite=False,
+    allow_changes=False,
+    init_from=None,
+) -> None:
+    """What a run asks that cannot work, refused (a ValueError naming the flags) before out_dir is touched."""
+    if resume and overwrite:
+        raise ValueError(
+            "--resume continues the run in --out and --overwrite deletes its checkpoints: give one of them"
+        )
+    if allow_changes and not resume:
+        raise ValueError("--allow-changes accepts changed settings when resuming: it needs --resume")
+    if init_from is not None and resume:
+        raise ValueError(
+            "--init-from starts a new run from a checkpoint's weights; --resume continues one: give one of them"
+        )
+    if cfg.train_language_model and model_cfg.vision is None:
+        raise ValueError(
+            f"--train-language-model (train_language_model) unfreezes a vision model's language model; "
+            f"config {model_cfg.name!r} has no [vision] table"
+        )
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(
+            f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
+            "(--set max_seq_len=...) with rope_scaling to extend a model's context"
+        )
+    _refuse_quantized("the config", model_cfg)
+    if resume:
+        run_dir.resolve(out_dir)  # a FileNotFoundError naming --out when it holds no checkpoint
+
+
 @contextlib.contextmanager
 def _own(out_dir: pathlib.Path):
     """The main process (rank 0 under torchrun) proves out_dir writable, locks it for the run and
-    removes dead writers' scratch directories; the other ranks only write their shards into it."""
+    removes dead writers' scratch directories; the other ranks only write their shards into it. A
+    run refused before it wrote anything leaves no directory it created behind."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     run_dir.prepare(out_dir)
-    with run_dir.lock(out_dir):
-        run_dir.clean_stale(out_dir)
-        yield
+    try:
+        with run_dir.lock(out_dir):
+            run_dir.clean_stale(out_dir)
+            yield
+    except BaseException:
+        run_dir.remove_if_unused(created)
+        raise
 
 
 def check_extension(model_cfg: ModelConfig, init_from) -> None:
@@ -256,18 +306,8 @@ def _train(
     dataset = task_for(model_cfg, cfg).dataset(data)
     dataset.check_seq_len(cfg.seq_len)
     check_tokenizer(model_cfg, dataset, init_from)
-    if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(
-            f"seq_len ({cfg.seq_len}) exceeds max_seq_len ({model_cfg.max_seq_len}); raise max_seq_len "
-            "(--set max_seq_len=...) with rope_scaling to extend a model's context"
-        )
-    _refuse_quantized("the config", model_cfg)
     if init_from is not None:
         _refuse_quantized(f"--init-from {init_from}", checkpoint.read_config(init_from)[0])
-        if resume:
-            raise ValueError(
-                "--init-from starts a new run from a checkpoint's weights; --resume continues one: give one of them"
-            )
         check_extension(model_cfg, init_from)
     stale = not resume and run_dir.check_fresh(out_dir, overwrite)
     if resume:

@@ -7,6 +7,7 @@ every file checksummed.
       step-0001000/           one checkpoint (moe/training/checkpoint.py, or a distributed one:
         ...                   moe/parallel/checkpoint.py)
         checksums.json        sha256 and size of every other file, checked when a file is read
+                              (moe/checksums.py; config.json records that it was written)
       summary.json, training.png
 
 Guarantees, and how each is kept:
@@ -23,24 +24,23 @@ Guarantees, and how each is kept:
   each of its filesystem operations).
 - **No litter.** `clean_stale` removes the temporary directories of writers that are gone (the
   scratch conventions of moe/files.py, which datasets share).
-- **Damage is named.** `verify` checks a file against its recorded checksum before it is parsed.
+- **Damage is named.** moe/checksums.py's `verify` checks a file against its recorded checksum
+  before it is parsed; a changed, missing or damaged record is refused by name too.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import pathlib
 import re
 import shutil
 
+from moe import checksums
 from moe.files import clean_dead, fsync_dir, scratch_name, write_atomic
 
 KEEP = 2  # step directories kept
-CHECKSUMS = "checksums.json"
 
 
 class RunDirError(ValueError):
@@ -104,6 +104,16 @@ class RunLock:
             self.fd = None
 
 
+def remove_if_unused(created: list[pathlib.Path]) -> None:
+    """Remove the directories a refused run created (deepest first), each only if nothing but its
+    lock file (and the directories removed before it) is in it."""
+    for d in created:
+        if not d.is_dir() or any(p.name != ".lock" for p in d.iterdir()):
+            return
+        (d / ".lock").unlink(missing_ok=True)
+        d.rmdir()
+
+
 def lock(run_dir) -> RunLock:
     return RunLock(run_dir)
 
@@ -116,14 +126,6 @@ def clean_stale(run_dir) -> list[pathlib.Path]:
 def temp_dir(run_dir: pathlib.Path, step: int, pid: int | None = None) -> pathlib.Path:
     """A writer's scratch directory for `step` (pid: the writing process, default this one)."""
     return run_dir / scratch_name(f".tmp-{step_name(step)}", pid)
-
-
-def sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _free_name(run_dir: pathlib.Path, name: str) -> pathlib.Path:
@@ -139,14 +141,13 @@ def publish(run_dir: pathlib.Path, tmp: pathlib.Path, step: int) -> pathlib.Path
     """Make the complete directory `tmp` the checkpoint of `step`: checksum, chmod and fsync its files,
     rename it to a free name, point `latest` at it atomically, then remove what it supersedes (an
     earlier save of the same step) and prune old steps. Returns the step directory."""
-    mode, sums = _default_mode(), {}
+    mode = _default_mode()
     for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         os.chmod(f, mode)  # every file alike (safetensors writes 0600)
-        sums[str(f.relative_to(tmp))] = {"sha256": sha256(f), "bytes": f.stat().st_size}
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1).encode())
-    os.chmod(tmp / CHECKSUMS, mode)
+    write_atomic(tmp / checksums.FILE, checksums.encode(checksums.entries(tmp)))
+    os.chmod(tmp / checksums.FILE, mode)
     final = _free_name(run_dir, step_name(step))
     os.replace(tmp, final)
     fsync_dir(run_dir)
@@ -169,54 +170,6 @@ def _step_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
         return int(step), int(n or 0)
 
     return sorted((p for p in run_dir.glob("step-*") if re.fullmatch(r"step-\d+(\.\d+)?", p.name)), key=key)
-
-
-def _recorded(step_dir: pathlib.Path) -> dict | None:
-    """The checksums a step directory recorded at save, or None for one written before checksums."""
-    sums_file = step_dir / CHECKSUMS
-    if not sums_file.exists():
-        return None
-    try:
-        return json.loads(sums_file.read_text())
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{sums_file}: unreadable ({e}); the checkpoint is damaged") from None
-
-
-def _check_file(path: pathlib.Path, sums: dict) -> None:
-    want = sums.get(path.name)
-    if want is None:
-        raise RunDirError(f"{path}: not listed in {path.parent / CHECKSUMS}; the checkpoint is damaged")
-    if not path.exists():
-        raise RunDirError(f"{path}: missing; the checkpoint is damaged")
-    size = path.stat().st_size
-    if size != want["bytes"]:
-        raise RunDirError(
-            f"{path}: {size:,} bytes where {want['bytes']:,} were written (truncated or "
-            "overwritten); the checkpoint is damaged"
-        )
-    if sha256(path) != want["sha256"]:
-        raise RunDirError(
-            f"{path}: checksum mismatch (sha256 differs from the one recorded at save); "
-            "the file was changed or damaged after it was written"
-        )
-
-
-def verify(path: pathlib.Path) -> None:
-    """Raise a RunDirError naming `path` if it differs from the checksum its step directory recorded
-    (checkpoints written before checksums existed carry none and are read unchecked)."""
-    path = pathlib.Path(path)
-    sums = _recorded(path.parent)
-    if sums is not None:
-        _check_file(path, sums)
-
-
-def verify_all(step_dir) -> None:
-    """verify() every file a step directory recorded (a distributed checkpoint: any rank may read any),
-    reading checksums.json once."""
-    step_dir = pathlib.Path(step_dir)
-    sums = _recorded(step_dir)
-    for name in sums or ():
-        _check_file(step_dir / name, sums)
 
 
 def latest(run_dir) -> pathlib.Path | None:

@@ -72,6 +72,8 @@ def batch_images(images: list[torch.Tensor]) -> torch.Tensor:
 def check_images(cfg, prompt: list[int], images) -> None:
     """A request's images against its model and prompt: one per placeholder, each [C, H, W] floats at
     the encoder's height (load_image sizes a file so). Raises a ValueError naming the problem."""
+    if images is not None and not isinstance(images, (list, tuple)):
+        raise ValueError(f"images must be a list of [C, H, W] tensors, got {type(images).__name__}")
     images = list(images or ())
     v = cfg.vision
     if v is None:

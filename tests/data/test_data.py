@@ -225,8 +225,20 @@ def test_out_is_never_half_written(corpus, tmp_path, monkeypatch):
 def test_damaged_dataset_is_refused(corpus, tmp_path):
     paths, _ = corpus
     prepare(paths, "bytes", tmp_path / "ds", shard_tokens=20_000, **QUIET)
-    shard = tmp_path / "ds" / "train-00001.bin"
-    shard.write_bytes(shard.read_bytes()[:-10])
+    shard, meta_file = tmp_path / "ds" / "train-00001.bin", tmp_path / "ds" / "dataset.json"
+    good = shard.read_bytes()
+    shard.write_bytes(bytes(len(good)))  # zero-filled, the right size
+    with pytest.raises(ValueError, match="train-00001.bin: sha256 differs from the one dataset.json recorded"):
+        TokenDataset.open(tmp_path / "ds")
+    ids = np.frombuffer(good, np.uint16).copy()
+    ids[5] = 300  # an id the byte tokenizer never makes, in a shard whose recorded sha256 matches it
+    shard.write_bytes(ids.tobytes())
+    meta = json.loads(meta_file.read_text())
+    meta["splits"]["train"]["shards"][1]["sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"train-00001.bin: holds token id 300, outside the .*256 ids"):
+        TokenDataset.open(tmp_path / "ds")
+    shard.write_bytes(good[:-10])
     with pytest.raises(ValueError, match="train-00001.bin: .* bytes, expected .*damaged"):
         TokenDataset.open(tmp_path / "ds")
     with pytest.raises(ValueError, match="not a prepared dataset"):

@@ -3,6 +3,7 @@ against a full forward. Models are float64 so batching cannot flip an argmax by 
 
 import copy
 import random
+import re
 
 import pytest
 import torch
@@ -115,21 +116,42 @@ def test_bad_requests_get_their_own_error_and_the_rest_are_served():
     model = tiny_model()  # max_seq_len 64
     engine = Engine(model, n_pages=6, page_size=8)  # 48 positions in all
     good = Request([1, 2, 3], 5, {"greedy": True})
-    bad = {
-        "longer than max_seq_len": Request([1] * 65, 1),
-        "exceeds max_seq_len": Request([1] * 40, 30),
-        "can never fit": Request([1] * 40, 20),
-        r"unknown sampling setting\(s\) \['temprature'\]": Request([1], 3, {"temprature": 0.1}),
-        "top_p": Request([1], 3, {"top_p": 2.0}),
-        "prompt tokens must be integers in": Request([1, 300], 3),
-        "prompt is empty": Request([], 3),
-        "max_new_tokens must be": Request([1], 0),
-    }
-    results = engine.run([good, *bad.values(), good])
-    for (pattern, _), res in zip(bad.items(), results[1:-1]):
-        assert isinstance(res, RequestError)
-        assert pytest.raises(RequestError, engine.submit, _).match(pattern)
+    bad = [
+        ("longer than max_seq_len", Request([1] * 65, 1)),
+        ("exceeds max_seq_len", Request([1] * 40, 30)),
+        ("can never fit", Request([1] * 40, 20)),
+        (r"unknown sampling setting\(s\) \['temprature'\]", Request([1], 3, {"temprature": 0.1})),
+        ("top_p", Request([1], 3, {"top_p": 2.0})),
+        ("prompt tokens must be integers in", Request([1, 300], 3)),
+        ("prompt is empty", Request([], 3)),
+        ("max_new_tokens must be", Request([1], 0)),
+        # a wrong type in every field: each is this request's error, not a TypeError out of run()
+        ("the prompt must be a list of token ids .*got NoneType", Request(None, 4)),
+        ("the prompt must be a list of token ids .*got int", Request(5, 4)),
+        (r"the prompt must be .*got Tensor \(call .tolist\(\)", Request(torch.tensor([1, 2]), 4)),
+        ("the prompt must be a list of token ids .*got str", Request("abc", 4)),
+        ("prompt tokens must be integers in", Request([1.0, 2.0], 4)),
+        ("max_new_tokens must be an integer", Request([1], "4")),
+        ("max_new_tokens must be an integer", Request([1], None)),
+        ("sampling settings must be a dict", Request([1], 3, "greedy")),
+        ("temperature must be a finite number", Request([1], 3, {"temperature": "hot"})),
+        ("top_k must be an integer", Request([1], 3, {"top_k": 2.5})),
+        ("greedy must be true or false", Request([1], 3, {"greedy": "yes"})),
+        ("stop_tokens must be a list of token ids", Request([1], 3, stop_tokens=7)),
+        (r"stop_tokens must be token ids in \[0, 256\)", Request([1], 3, stop_tokens=(10**6,))),
+        ("stop_tokens must be token ids", Request([1], 3, stop_tokens=[None])),
+        ("seed must be an integer", Request([1], 3, seed="0")),
+        (r"seed must be an integer in \[0, 2\*\*64\)", Request([1], 3, seed=-1)),
+        ("images must be a list", Request([1], 3, images=5)),
+        ("reads no images", Request([1], 3, images=[torch.zeros(1, 8, 8)])),
+        ("expected a moe.serving.Request, got dict", {"prompt": [1], "max_new_tokens": 3}),
+    ]
+    results = engine.run([good, *(r for _, r in bad), good])
+    for (pattern, req), res in zip(bad, results[1:-1]):
+        assert isinstance(res, RequestError) and re.search(pattern, str(res)), (pattern, res)
+        assert pytest.raises(RequestError, engine.submit, req).match(pattern)
     assert results[0].tokens == results[-1].tokens == alone(model, good)
+    assert not engine.has_work() and len(engine.free_pages) == engine.n_pages  # nothing held by the refused
 
 
 def test_engine_setup_errors():
@@ -266,6 +288,8 @@ def test_generate_cli_with_a_draft_and_serve_bench_cli(tmp_path):
     assert bench.returncode == 0, bench.stderr
     for needle in ("throughput", "time to first token", "inter-token latency", "tokens per expert"):
         assert needle in bench.stdout
+    progress = [line for line in bench.stderr.splitlines() if line.startswith("serve-bench: ")]
+    assert progress and progress[-1].startswith("serve-bench: 6/6 requests done at ")  # logged while it runs
     summary = json.loads((tmp_path / "bench" / "b.json").read_text())
     assert summary["requests"] == 6 and summary["new_tokens"] == 30
     assert (tmp_path / "bench" / "b.png").stat().st_size > 0

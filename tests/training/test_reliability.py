@@ -13,7 +13,9 @@ import pytest
 import torch
 from conftest import shrunk
 
+from moe.checksums import DamagedFile
 from moe.config import TrainConfig, load_config
+from moe.data import tokenizer as tokenizers
 from moe.model import MoETransformer
 from moe.serving import Engine, Request, RequestError, SamplingParams, generate
 from moe.training import checkpoint, run_dir, train
@@ -257,34 +259,64 @@ def test_scratch_directories_of_dead_writers_are_removed_at_the_next_start(tmp_p
 # 6. damage named ---------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*written before checksums existed")  # asserted once, below
 def test_damaged_checkpoint_files_are_named(tmp_path):
     run(tmp_path, max_steps=2)
     step_dir = run_dir.latest(tmp_path)
-    weights = step_dir / "model.safetensors"
-    good = weights.read_bytes()
+    weights, sums, tok = (step_dir / n for n in ("model.safetensors", "checksums.json", "tokenizer.moe.json"))
+    good, good_sums, good_tok = weights.read_bytes(), sums.read_bytes(), tok.read_bytes()
 
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF
     weights.write_bytes(bytes(flipped))
-    with pytest.raises(RunDirError, match=rf"{weights}: checksum mismatch"):
+    with pytest.raises(DamagedFile, match=rf"{weights}: checksum mismatch"):
         checkpoint.load_model(tmp_path)
     r = cli("generate", "--checkpoint", tmp_path, "--max-new-tokens", "2")
     assert r.returncode == 2 and "checksum mismatch" in r.stderr and "Traceback" not in r.stderr
-
     weights.write_bytes(good[: len(good) // 2])
-    with pytest.raises(RunDirError, match=rf"{weights}: .* bytes where .* were written \(truncated"):
+    with pytest.raises(DamagedFile, match=rf"{weights}: .* bytes where .* were written \(truncated"):
         checkpoint.load_model(tmp_path)
-    (step_dir / "checksums.json").unlink()  # an old checkpoint, without checksums: the parse error names it
-    with pytest.raises(RunDirError, match=rf"{weights}: not a readable safetensors file"):
+
+    # checksums.json deleted: refused by name (config.json records it was written), not read unchecked
+    sums.unlink()
+    with pytest.raises(DamagedFile, match=rf"{sums}: missing, but .*config.json records that it was written"):
         checkpoint.load_model(tmp_path)
+    # an entry of checksums.json changed: the record itself is named, not the file it describes
+    record = json.loads(good_sums)
+    record["files"]["config.json"]["sha256"] = "0" * 64
+    sums.write_text(json.dumps(record))
+    with pytest.raises(DamagedFile, match=rf"{sums}: its entries do not match its seal"):
+        checkpoint.read_config(tmp_path)
+    sums.write_bytes(good_sums)
     weights.write_bytes(good)
 
+    # the tokenizer is checked like every other file, and one the record lists must be there
+    tok.write_bytes(good_tok.replace(b"bytes", b"bytez", 1))
+    with pytest.raises(DamagedFile, match=rf"{tok}: checksum mismatch"):
+        tokenizers.load(step_dir)
+    tok.unlink()
+    with pytest.raises(DamagedFile, match=rf"{tok}: missing"):
+        tokenizers.load(step_dir)
+    tok.write_bytes(good_tok)
+    checkpoint.load_model(tmp_path)  # restored: loads
+
+    # a checkpoint written before checksums existed (no record, no marker) loads with a warning,
+    # and a file that does not parse is named
+    sums.unlink()
     config = step_dir / "config.json"
+    saved_config = json.loads(config.read_text())
+    saved_config.pop("checksums")
+    config.write_text(json.dumps(saved_config))
+    with pytest.warns(UserWarning, match="written before checksums existed"):
+        checkpoint.load_model(tmp_path)
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DamagedFile, match=rf"{weights}: not a readable safetensors file"):
+        checkpoint.load_model(tmp_path)
     config.write_text("{not json")
-    with pytest.raises(RunDirError, match=rf"{config}: not a readable checkpoint config"):
+    with pytest.raises(DamagedFile, match=rf"{config}: not a readable checkpoint config"):
         checkpoint.load_model(tmp_path)
     (step_dir / "trainer.pt").write_bytes(b"garbage")
-    with pytest.raises(RunDirError, match="trainer.pt: not a readable trainer state"):
+    with pytest.raises(DamagedFile, match="trainer.pt: not a readable trainer state"):
         checkpoint.load_trainer_state(tmp_path)
 
 
@@ -299,7 +331,7 @@ def test_checksum_verification_costs_little(tmp_path):
     """Recorded for every file and checked on load; the timing for `small` is in the README (a
     benchmark, not asserted here)."""
     run(tmp_path, max_steps=2)
-    sums = json.loads((run_dir.latest(tmp_path) / "checksums.json").read_text())
+    sums = json.loads((run_dir.latest(tmp_path) / "checksums.json").read_text())["files"]
     assert set(sums) == {"model.safetensors", "config.json", "trainer.pt", "tokenizer.moe.json"}
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import shrunk
 
+from moe import checksums
 from moe.config import TrainConfig
 from moe.model import MoETransformer
 from moe.training import TrainingError, checkpoint, train
@@ -121,6 +122,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def reseal(directory) -> None:
+    """Record a directory's checksums again, as its writer would have after a deliberate edit."""
+    (directory / checksums.FILE).write_bytes(checksums.encode(checksums.entries(directory)))
+
+
 def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
     run(tmp_path, max_steps=10)
     other = MoETransformer(shrunk("tiny", d_ff=40, n_layers=3))
@@ -131,10 +137,8 @@ def test_checkpoint_for_another_config_names_the_tensors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load_model(tmp_path / "nothing-here")
     config = tmp_path / "step-0000010" / "config.json"
-    (
-        config.parent / "checksums.json"
-    ).unlink()  # else the edit is caught as damage (tests/training/test_reliability.py)
     config.write_text(config.read_text().replace('"d_ff"', '"d_fff"'))
+    reseal(config.parent)  # else the edit is caught as damage (tests/training/test_reliability.py)
     with pytest.raises(ValueError, match="unknown ModelConfig field.*d_fff.*checkpoint"):
         checkpoint.load_model(tmp_path)
 
