@@ -1,8 +1,14 @@
 """Run by tests/parallel/test_distributed.py in each spawned process: train `steps` steps of a layout on a
-fixed random batch sequence (optionally after loading a distributed checkpoint), then save one."""
+fixed random batch sequence (optionally after loading a distributed checkpoint), then save one.
+
+The processes are spawned once per test module (`Pool`) and each case forms its own process group
+among the first `world` of them: a case costs its training, not four interpreters importing torch."""
 
 import json
 import os
+import queue
+import socket
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -58,9 +64,10 @@ def record_collectives(tally: dict) -> None:
 
         return recorded
 
-    for name in COLLECTIVES:
-        if hasattr(dist, name):
-            setattr(dist, name, wrap(name, getattr(dist, name)))
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+    for name, fn in originals.items():
+        setattr(dist, name, wrap(name, fn))
+    return lambda: [setattr(dist, name, fn) for name, fn in originals.items()]  # undo
 
 
 def run(rank, world, port, spec):
@@ -68,16 +75,26 @@ def run(rank, world, port, spec):
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
+    import moe.parallel.trainer as trainer_mod
+    from moe.parallel.trainer import close_process_group, init_process_group
+
+    device = init_process_group("cpu")
+    autocast = trainer_mod.autocast
+    if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
+        trainer_mod.autocast = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
+    try:
+        _run(rank, device, spec)
+    finally:  # the process serves the next case: leave nothing of this one behind
+        trainer_mod.autocast = autocast
+        close_process_group()
+
+
+def _run(rank, device, spec):
     from moe.config import load_config, load_train_config
     from moe.layout import Layout
     from moe.parallel import checkpoint as dist_checkpoint
-    from moe.parallel.trainer import DistributedTrainer, close_process_group, init_process_group
+    from moe.parallel.trainer import DistributedTrainer
 
-    device = init_process_group("cpu")
-    if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
-        import moe.parallel.trainer as trainer_mod
-
-        trainer_mod.autocast = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
     cfg = load_config("tiny", **{**SMALL, **spec.get("model", {})})
     train_cfg = load_train_config("tiny", **TRAIN)
     trainer = DistributedTrainer.build(cfg, train_cfg, Layout(**spec["layout"]), device)
@@ -87,17 +104,69 @@ def run(rank, world, port, spec):
     results = []
     rows = trainer.batch_rows(train_cfg.batch_size)  # as the loop does: each rank is given only its rows
     tally: dict = {}
-    if spec.get("record"):
-        record_collectives(tally)
-    for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
-        tally.clear()
-        r = trainer.step(x[rows], y[rows], train_cfg.lr)
-        results.append((r.loss, r.grad_norm, dict(tally)) if spec.get("record") else (r.loss, r.grad_norm))
-    step = done + spec["steps"]
-    dist_checkpoint.save(
-        spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout, {"step": step}, step
-    )
-    if rank == 0:
-        with open(os.path.join(spec["out"], "results.json"), "w") as f:
-            json.dump(results, f)
-    close_process_group()
+    undo = record_collectives(tally) if spec.get("record") else (lambda: None)
+    try:
+        for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
+            tally.clear()
+            r = trainer.step(x[rows], y[rows], train_cfg.lr)
+            results.append((r.loss, r.grad_norm, dict(tally)) if spec.get("record") else (r.loss, r.grad_norm))
+        step = done + spec["steps"]
+        dist_checkpoint.save(
+            spec["out"], trainer.module, trainer.optimizer, cfg, train_cfg, trainer.par.layout, {"step": step}, step
+        )
+        if rank == 0:
+            with open(os.path.join(spec["out"], "results.json"), "w") as f:
+                json.dump(results, f)
+    finally:
+        undo()
+
+
+def _serve(rank, jobs, done):
+    """A pooled process: run each (world, port, spec) it is given, report (rank, error or None)."""
+    while (job := jobs.get()) is not None:
+        try:
+            run(rank, *job)
+            done.put((rank, None))
+        except BaseException:
+            done.put((rank, traceback.format_exc()))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pool:
+    """`size` processes spawned once; run(world, spec) trains a layout on the first `world` of them."""
+
+    def __init__(self, size: int = 4, timeout: float = 300):
+        ctx = torch.multiprocessing.get_context("spawn")
+        self.jobs = [ctx.Queue() for _ in range(size)]
+        self.done, self.timeout = ctx.Queue(), timeout
+        self.procs = [ctx.Process(target=_serve, args=(r, self.jobs[r], self.done), daemon=True) for r in range(size)]
+        for p in self.procs:
+            p.start()
+
+    def run(self, world: int, spec: dict) -> None:
+        port = _port()
+        for r in range(world):
+            self.jobs[r].put((world, port, spec))
+        errors = []
+        for _ in range(world):
+            try:
+                errors.append(self.done.get(timeout=self.timeout)[1])
+            except queue.Empty:
+                self.close()  # a rank hung (its peer failed mid-collective): no later case may use them
+                raise RuntimeError(f"a distributed case did not finish in {self.timeout} s") from None
+        if any(errors):
+            self.close()
+            raise RuntimeError("\n".join(e for e in errors if e))
+
+    def close(self) -> None:
+        for q in self.jobs:
+            q.put(None)
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()

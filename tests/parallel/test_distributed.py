@@ -1,10 +1,10 @@
 """Every layout's training step equals one process's step on the whole batch (gloo, CPU processes).
 
-Each case spawns the processes of a layout (tests/parallel/dist_worker.py), trains two steps with AdamW and
-an active gradient clip, and writes a distributed checkpoint. Here, one process trains the same two
-steps on the whole batch (gradient accumulation over the same microbatches), loads that checkpoint
-(which also tests loading any layout into one process) and compares losses, gradient norms and
-every weight.
+Each case runs a layout on processes spawned once for the module (tests/parallel/dist_worker.py),
+trains two steps with AdamW and an active gradient clip, and writes a distributed checkpoint. Here,
+one process trains the same two steps on the whole batch (gradient accumulation over the same
+microbatches), loads that checkpoint (which also tests loading any layout into one process) and
+compares losses, gradient norms and every weight.
 
 Tolerances: float32 throughout; a layout changes only the order of sums (all-reduce, split
 matmuls), so losses agree to a few ulps. AdamW divides each gradient by its own running scale, so
@@ -14,14 +14,12 @@ the gradient's relative error: 1e-5 absolute at lr 1e-3 leaves a wide margin ove
 
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from dist_worker import SMALL, TRAIN, batches, run
+from dist_worker import SMALL, TRAIN, Pool, batches
 
 from moe.config import load_config, load_train_config
 from moe.layout import Layout
@@ -32,19 +30,31 @@ from moe.training.optim import make_optimizer
 TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def pool():
+    workers = Pool(4)  # the largest world below
+    yield workers
+    workers.close()
 
 
-def spawn(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False) -> list:
-    spec = dict(
-        layout=layout, out=str(out), steps=steps, load=load and str(load), model=model or {}, bf16=bf16, record=record
-    )
-    world = Layout(**layout).world_size
-    mp.spawn(run, args=(world, _port(), spec), nprocs=world)
-    return json.loads((out / "results.json").read_text())
+@pytest.fixture
+def spawn(pool):
+    """spawn(layout, out, ...): train the layout on the pool's processes; rank 0's results."""
+
+    def run(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False) -> list:
+        spec = dict(
+            layout=layout,
+            out=str(out),
+            steps=steps,
+            load=load and str(load),
+            model=model or {},
+            bf16=bf16,
+            record=record,
+        )
+        pool.run(Layout(**layout).world_size, spec)
+        return json.loads((out / "results.json").read_text())
+
+    return run
 
 
 def reference_model(cfg, train_cfg) -> MoETransformer:
@@ -106,14 +116,14 @@ LAYOUTS = {  # name: (layout, model overrides)
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_layout_step_matches_one_process(name, tmp_path):
+def test_layout_step_matches_one_process(name, tmp_path, spawn):
     layout, model = LAYOUTS[name]
     got = spawn(layout, tmp_path, model=model)
     check_against_reference(got, tmp_path, 2, layout.get("microbatches", 1), model)
 
 
 @pytest.mark.parametrize("sharding,microbatches", [("zero1", 1), ("zero1", 2), ("fsdp", 1)])
-def test_gradient_sync_bytes_per_step(sharding, microbatches, tmp_path):
+def test_gradient_sync_bytes_per_step(sharding, microbatches, tmp_path, spawn):
     """Data parallel traffic of one step, tallied by a recording layer over torch.distributed (rank 0,
     second step): "zero1" all-gathers and reduce-scatters the parameter bytes once each, 2x in all,
     with or without gradient accumulation; "fsdp" gathers twice (forward and backward), 3x. Parameter
@@ -133,7 +143,7 @@ def test_gradient_sync_bytes_per_step(sharding, microbatches, tmp_path):
         assert sum(tally.values()) <= 2 * padded + 1000
 
 
-def test_checkpoint_reshards_into_another_layout(tmp_path):
+def test_checkpoint_reshards_into_another_layout(tmp_path, spawn):
     """Step 1 in dp x ep with ZeRO-1, step 2 after loading its checkpoint (weights and AdamW state)
     into tensor x pipeline parallel: the same as two steps in one process."""
     first = tmp_path / "dp2-ep2"
@@ -200,7 +210,7 @@ def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
 
 
 @pytest.mark.parametrize("layout", [dict(ep=2), dict(pp=2, microbatches=2), dict(dp=2, sharding="fsdp")])
-def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path):
+def test_bf16_autocast_layouts_run_and_match_one_process(layout, tmp_path, spawn):
     """The paths only a GPU run takes, on gloo: bf16 autocast through the expert all-to-all, the
     pipeline's stage-to-stage sends and FSDP2's gradient reduction. Losses and weights follow one
     process under the same autocast to bf16's precision (8 bits of mantissa: the layouts round their
