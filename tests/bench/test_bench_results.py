@@ -26,6 +26,7 @@ def _tables(text: str) -> list[str]:
         ("vision_cer", "vision_stage2_flamingo"),
         ("long_context", "long_context"),
         ("vision_probe", "vision_probe"),
+        ("main_job", "main_job"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):
@@ -35,3 +36,12 @@ def test_a_committed_result_renders_from_its_json(module, name):
     committed = RESULTS / f"{name}.md"
     if committed.exists():  # written before its experiment wrote Markdown: only the JSON is committed
         assert _tables(text) == _tables(committed.read_text())
+
+
+def test_the_main_job_sample_is_what_generate_printed():
+    from bench.main_job import sample_of
+
+    out = "\n".join(
+        ["training tiny -> runs/tiny", "done: step 1000, checkpoint x", "ROMEO.", "Sir,", "", "serve-bench tiny"]
+    )
+    assert sample_of(out) == "ROMEO.\nSir,"

@@ -281,6 +281,8 @@ def test_compare_dense_script(tmp_path):
         "eval_interval=3",
         "--batch-size",
         "8",
+        "--seq-len",
+        "64",
     ]
     r = subprocess.run(args, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
