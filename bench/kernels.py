@@ -301,19 +301,7 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
             if fn is gmm_torch and torch_grouped_mm is None:
                 continue
             run = with_backward(fn, op) if shape.backward else fn
-            row = dict(
-                shape=shape.name,
-                op=op,
-                impl=name,
-                T=shape.T,
-                d=shape.d,
-                f=shape.f,
-                E=shape.E,
-                k=shape.k,
-                backward=shape.backward,
-                skewed=shape.skewed,
-                experts_touched=touched,
-            )
+            row = describe(shape, op, name, touched)
             try:
                 err = max_rel_error(run(one), want) if "dense" not in name else 0.0
             except (RuntimeError, ValueError) as e:  # e.g. an op this PyTorch lacks for these operands
@@ -340,6 +328,23 @@ def bench_shape(shape: Shape, device, dtype, reps: int, use_triton: bool, cuda: 
     return rows
 
 
+def describe(shape, op: str, impl: str, touched: int) -> dict:
+    """The columns that say what a row measured."""
+    return dict(
+        shape=shape.name,
+        op=op,
+        impl=impl,
+        T=shape.T,
+        d=shape.d,
+        f=shape.f,
+        E=shape.E,
+        k=shape.k,
+        backward=shape.backward,
+        skewed=shape.skewed,
+        experts_touched=touched,
+    )
+
+
 def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched) -> list[dict]:
     schemes = ["int8", "int4"] + (["fp8"] if cuda and fp8_supported(torch.cuda.get_device_capability()) else [])
     for s in sets:
@@ -348,19 +353,7 @@ def bench_quantized(shape, sets, one, reps, use_triton, cuda, ceilings, touched)
     for name, scheme, fn in QUANT_IMPLS:
         if scheme not in schemes or (name.startswith("triton") and not use_triton):
             continue
-        row = dict(
-            shape=shape.name,
-            op="qmlp",
-            impl=name,
-            T=shape.T,
-            d=shape.d,
-            f=shape.f,
-            E=shape.E,
-            k=shape.k,
-            backward=False,
-            skewed=shape.skewed,
-            experts_touched=touched,
-        )
+        row = describe(shape, "qmlp", name, touched)
         try:
             err = max_rel_error(fn(one), qmlp_reference(scheme)(one))
         except (RuntimeError, ValueError) as e:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,6 +40,31 @@ def shrunk(preset: str = "tiny", **overrides):
     """A real preset shrunk to test size (the tests build pieces from presets, not ad-hoc configs)."""
     small = dict(d_model=32, n_layers=2, n_heads=4, d_ff=24, max_seq_len=64, vocab_size=256)
     return load_config(preset, **{**small, **overrides})
+
+
+# A vision path at test size (configs/tiny-vision.toml's [vision] table shrunk): 8 x 32 one-channel
+# images in 4-pixel patches. READING: its reading path, 8 strips of 4 pixels, one latent per strip.
+SMALL_VISION = dict(
+    channels=1,
+    image_height=8,
+    image_width=32,
+    patch_size=4,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    d_ff=32,
+    n_latents=6,
+    resampler_layers=1,
+    cross_attn_every=1,
+    image_token=0,
+    query_offsets=8,
+)
+READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
+
+
+def moe_cli(*args, **kw) -> subprocess.CompletedProcess:
+    """`python -m moe ARGS...` in a fresh process (arguments str()-ed), its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "moe", *map(str, args)], capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import shrunk
+from conftest import moe_cli, shrunk
 
 import bench.long_context
 from moe.config import TrainConfig
@@ -222,52 +222,15 @@ def test_the_cli_extends_and_the_script_measures(tmp_path):
         "--set",
         "eval_batches=1",
     ]
-    base = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moe",
-            "train",
-            "--config",
-            "tiny",
-            "--out",
-            tmp_path / "base",
-            "--seq-len",
-            "32",
-            "--set",
-            "max_seq_len=32",
-            "--max-steps",
-            "4",
-            *small,
-        ],
-        capture_output=True,
-        text=True,
+    base = moe_cli(
+        *("train", "--config", "tiny", "--out", tmp_path / "base", "--seq-len", "32", "--set", "max_seq_len=32"),
+        *("--max-steps", "4", *small),
     )
     assert base.returncode == 0, base.stderr
-    ext = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moe",
-            "train",
-            "--config",
-            "tiny",
-            "--out",
-            tmp_path / "ext",
-            "--init-from",
-            tmp_path / "base",
-            "--seq-len",
-            "128",
-            "--set",
-            "max_seq_len=128",
-            "--set",
-            'rope_scaling={rope_type="linear", factor=4.0, original_max_position_embeddings=32}',
-            "--max-steps",
-            "2",
-            *small,
-        ],
-        capture_output=True,
-        text=True,
+    scaling = 'rope_scaling={rope_type="linear", factor=4.0, original_max_position_embeddings=32}'
+    ext = moe_cli(
+        *("train", "--config", "tiny", "--out", tmp_path / "ext", "--init-from", tmp_path / "base"),
+        *("--seq-len", "128", "--set", "max_seq_len=128", "--set", scaling, "--max-steps", "2", *small),
     )
     assert ext.returncode == 0, ext.stderr
     script = subprocess.run(

@@ -9,29 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shrunk
+from conftest import READING, SMALL_VISION, shrunk
 
 from moe.vision import GatedCrossAttention, Media, VisionLanguageModel
-
-SMALL_VISION = dict(
-    channels=1,
-    image_height=8,
-    image_width=32,
-    patch_size=4,
-    d_model=16,
-    n_layers=1,
-    n_heads=2,
-    d_ff=32,
-    n_latents=6,
-    resampler_layers=1,
-    cross_attn_every=1,
-    image_token=0,
-    query_offsets=8,
-)
-
-
-# The reading path at test size: 8 strips of 4 pixels per 8 x 32 image, one latent per strip.
-READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
 
 
 def vision_cfg(**vision):

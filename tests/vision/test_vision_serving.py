@@ -6,33 +6,14 @@ import random
 
 import pytest
 import torch
-from conftest import shrunk
+from conftest import READING, SMALL_VISION, shrunk
 
 from moe.model import MoETransformer
 from moe.serving import Engine, Request, RequestError
 from moe.serving.generate import generate
 from moe.vision import VisionLanguageModel
 
-VISION = dict(
-    channels=1,
-    image_height=8,
-    image_width=32,
-    patch_size=4,
-    d_model=16,
-    n_layers=1,
-    n_heads=2,
-    d_ff=32,
-    n_latents=6,
-    resampler_layers=1,
-    cross_attn_every=1,
-    image_token=0,
-    query_offsets=16,
-)
-
-
-# The reading path (tests/vision/test_vision.py): its gated blocks' windows follow each token's distance from
-# its image through the engine's cached positions.
-READING = dict(stem="strips", stem_channels=4, n_layers=0, n_latents=8, reading_window=True)
+VISION = {**SMALL_VISION, "query_offsets": 16}
 
 
 def vision_model(path=None):
