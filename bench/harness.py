@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from moe.files import check_plain_name
 from moe.profiling.timing import device_slug, environment
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -75,8 +76,7 @@ def write_result(
     """Write out/<name>.json (result plus its stamp under 'environment') and out/<name>.md (title, the
     stamp, which module wrote it (`by`, e.g. 'bench.compare_dense'), then `markdown`, which the caller
     generates from `result`). Returns both paths."""
-    if "/" in name or "\\" in name or name in ("", ".", ".."):
-        raise ValueError(f"result name {name!r} must be a plain file name, not a path")
+    check_plain_name(name, "result name")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env = env or result.get("environment") or stamp()

@@ -6,6 +6,7 @@
     write_atomic(path, data)  one file: written beside `path`, fsynced, renamed over it
     replace_whole(tmp, dest)  a complete scratch directory renamed to `dest`; what dest held goes after
     clean_dead(dir, glob)     the scratch of writers that are gone, removed
+    check_plain_name(n, what) a name that stays in its folder (no path separator)
 
 A writer fills a scratch path that carries its process id and renames it into place when complete,
 so a reader never sees half a result. A writer killed midway leaves its scratch behind; the next
@@ -20,6 +21,13 @@ import re
 import shutil
 
 _PID = re.compile(r"-(\d+)$")  # the writer's pid ends a scratch name
+
+
+def check_plain_name(name: str, what: str) -> None:
+    """Raise a ValueError naming `what` unless `name` is a file name alone (no directory part, not
+    '', '.' or '..'), so that what is written under it stays in the folder it was meant for."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+        raise ValueError(f"{what} {name!r}: a plain file name, without a path separator, is needed")
 
 
 def scratch_name(stem: str, pid: int | None = None) -> str:

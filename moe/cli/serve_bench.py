@@ -41,19 +41,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import os
     import sys
 
     import torch
 
+    from moe.files import check_plain_name
     from moe.profiling.timing import environment
     from moe.serving import Engine, replay
     from moe.training.run_dir import prepare
 
     sampling = serving.sampling(args)
     check_device(args)
-    if args.name is not None and (not args.name or "/" in args.name or os.sep in args.name or args.name in (".", "..")):
-        raise ValueError(f"--name {args.name!r}: a file name stem without a path separator (the files go in --out)")
+    if args.name is not None:
+        check_plain_name(args.name, "--name")  # the files go in --out
     if args.out:
         prepare(args.out)  # an unwritable --out fails now, not after the replay
     tok = None

@@ -76,9 +76,8 @@ def run(rank, world, port, spec):
     )
     torch.set_num_threads(1)
     import moe.parallel.trainer as trainer_mod
-    from moe.parallel.trainer import close_process_group, init_process_group
 
-    device = init_process_group("cpu")
+    device = trainer_mod.init_process_group("cpu")
     autocast = trainer_mod.autocast
     if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
         trainer_mod.autocast = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
@@ -86,7 +85,7 @@ def run(rank, world, port, spec):
         _run(rank, device, spec)
     finally:  # the process serves the next case: leave nothing of this one behind
         trainer_mod.autocast = autocast
-        close_process_group()
+        trainer_mod.close_process_group()
 
 
 def _run(rank, device, spec):

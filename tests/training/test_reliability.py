@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import shrunk
+from conftest import moe_cli, shrunk
 
 from moe.checksums import DamagedFile
 from moe.config import TrainConfig, load_config
@@ -60,10 +60,6 @@ def run(out, resume=False, **kw):
         plot=False,
         log=lambda *_: None,
     )
-
-
-def cli(*args, **kw):
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, **kw)
 
 
 # 1. one writer at a time -------------------------------------------------------------------------
@@ -117,10 +113,10 @@ def test_an_unwritable_out_fails_before_any_work(tmp_path):
     regular = tmp_path / "a-file"
     regular.write_text("not a directory")
     for out, why in [(regular, "exists and is not a directory"), (regular / "run", "Not a directory")]:
-        r = cli("train", "--config", "tiny", "--out", out, *TINY_CLI)
+        r = moe_cli("train", "--config", "tiny", "--out", out, *TINY_CLI)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert f"cannot write the run directory '{out}'" in r.stderr
-    r = cli("serve-bench", "--config", "tiny", "--set", "d_model=32", "--requests", "2", "--out", regular)
+    r = moe_cli("serve-bench", "--config", "tiny", "--set", "d_model=32", "--requests", "2", "--out", regular)
     assert r.returncode == 2 and "cannot write the run directory" in r.stderr
 
 
@@ -271,7 +267,7 @@ def test_damaged_checkpoint_files_are_named(tmp_path):
     weights.write_bytes(bytes(flipped))
     with pytest.raises(DamagedFile, match=rf"{weights}: checksum mismatch"):
         checkpoint.load_model(tmp_path)
-    r = cli("generate", "--checkpoint", tmp_path, "--max-new-tokens", "2")
+    r = moe_cli("generate", "--checkpoint", tmp_path, "--max-new-tokens", "2")
     assert r.returncode == 2 and "checksum mismatch" in r.stderr and "Traceback" not in r.stderr
     weights.write_bytes(good[: len(good) // 2])
     with pytest.raises(DamagedFile, match=rf"{weights}: .* bytes where .* were written \(truncated"):
@@ -369,7 +365,7 @@ def test_token_ids_must_be_integers_not_bools():
 
 
 def test_cli_rejects_nan_temperature_before_loading(tmp_path):
-    r = cli("generate", "--checkpoint", tmp_path / "none", "--temperature", "nan")
+    r = moe_cli("generate", "--checkpoint", tmp_path / "none", "--temperature", "nan")
     assert r.returncode == 2 and "temperature must be a finite number" in r.stderr
 
 
@@ -391,13 +387,13 @@ def test_train_settings_must_be_finite():
     ],
 )
 def test_figures_rejects_bad_values(args, message):
-    r = cli("figures", "--config", "gpt4", *args)
+    r = moe_cli("figures", "--config", "gpt4", *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("flag", ["--requests", "--rate", "--prompt-len", "--max-new-tokens", "--page-size"])
 def test_serve_bench_rejects_zero(flag):
-    r = cli("serve-bench", "--config", "tiny", flag, "0")
+    r = moe_cli("serve-bench", "--config", "tiny", flag, "0")
     assert r.returncode == 2 and f"{flag}: must be > 0" in r.stderr and "max() arg" not in r.stderr
 
 
