@@ -363,14 +363,15 @@ def test_a_run_resumes_with_or_without_compile(tmp_path):
     from moe.training.local import LocalTrainer
 
     cfg = shrunk("tiny")
-    run(tmp_path / "eager", cfg, max_steps=10)
-    run(tmp_path / "compiled", cfg, max_steps=10, compile=True)
+    small = dict(max_steps=10, batch_size=4)  # the step test's shapes: its compiled graphs serve
+    run(tmp_path / "eager", cfg, **small)
+    run(tmp_path / "compiled", cfg, **small, compile=True)
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, cfg.vocab_size, (4, 33), generator=gen) for _ in range(3)]
     for source in ("eager", "compiled"):
         results = {}
         for compiled in (False, True):
-            trainer = LocalTrainer(cfg, TrainConfig(**{**FAST, "compile": compiled}), "cpu")
+            trainer = LocalTrainer(cfg, TrainConfig(**{**FAST, **small, "compile": compiled}), "cpu")
             trainer.load(tmp_path / source / "step-0000010")
             for group in trainer.optimizer.param_groups:
                 assert isinstance(group["lr"], torch.Tensor) == compiled and bool(group["fused"]) != compiled
