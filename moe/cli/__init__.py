@@ -1,4 +1,4 @@
-"""Command line: python -m moe {prepare, train, render, generate, serve-bench, quantize, convert, figures} --help
+"""Command line: python -m moe {prepare, train, render, generate, serve, serve-bench, quantize, convert, figures} --help
 
 One module per command, each with add_parser(subparsers) and run(args) -> int; the flags several
 commands share are in common.py. The commands parse and call: what a Python user would need too
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moe.cli import convert, figures, generate, prepare, quantize, render, serve_bench, train
+from moe.cli import convert, figures, generate, prepare, quantize, render, serve, serve_bench, train
 from moe.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
 
-COMMANDS = (figures, prepare, train, render, generate, serve_bench, quantize, convert)  # the order --help lists
+COMMANDS = (figures, prepare, train, render, generate, serve, serve_bench, quantize, convert)  # the order --help lists
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,7 @@ class Tokenizer:
     kind: str
     vocab_size: int
     eot: int | None = None
+    chat_template: dict | None = None  # a converted checkpoint's (moe/data/chat.py); saved only when present
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -143,7 +144,8 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "tokenizer": json.loads(self.tok.to_str())}
+        chat = {"chat_template": self.chat_template} if self.chat_template is not None else {}
+        return {**super().to_dict(), "tokenizer": json.loads(self.tok.to_str()), **chat}
 
     def to_hf_json(self) -> str:
         return self.tok.to_str()
@@ -249,6 +251,11 @@ def from_dict(data: dict, where: str) -> Tokenizer:
             raise ValueError(f"{where}: not a readable Hugging Face tokenizer ({e})") from None
     else:
         raise ValueError(f"{where}: unknown tokenizer kind {kind!r} (expected bytes, bpe, hf or cl100k_base)")
+    chat = data.get("chat_template")
+    if chat is not None:
+        if not isinstance(chat, dict) or not isinstance(chat.get("template"), str):
+            raise ValueError(f"{where}: chat_template must be an object with a template string")
+        tok.chat_template = chat
     saved = data.get("vocab_size")
     if saved is not None and saved != tok.vocab_size:
         raise ValueError(f"{where}: records vocab_size {saved} but the tokenizer has {tok.vocab_size}")

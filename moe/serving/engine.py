@@ -46,7 +46,7 @@ import torch
 
 from moe.estimates.arithmetic import kv_cache_bytes_per_token
 from moe.model import MoETransformer, Positions
-from moe.serving.request import Request, RequestError, Result, check_request, check_seed
+from moe.serving.request import Request, RequestError, Result, TokenLogprob, check_logprobs, check_request, check_seed
 from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
 from moe.vision.cross_attention import Media
 from moe.vision.images import batch_images, check_images
@@ -170,6 +170,7 @@ class Engine:
             params = SamplingParams.parse(request.sampling)
             check_images(self.model.cfg, prompt, request.images)
             check_seed(request.seed)
+            check_logprobs(request.logprobs, request.prompt_logprobs)
         except ValueError as e:
             raise RequestError(str(e)) from None
         need = self.pages_needed(request)
@@ -194,6 +195,20 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.queue or self.running)
 
+    def cancel(self, rid: int, reason: str = "cancelled") -> bool:
+        """Take request `rid` out wherever it is (queued or running), its pages back in the pool at
+        once; its result keeps the tokens so far and finish_reason `reason` ("stop" where the caller
+        found a stop string). False if it had already finished (or was never submitted)."""
+        for where in (self.queue, self.running):
+            for row in where:
+                if row.id == rid:
+                    where.remove(row)
+                    self.free_pages.extend(row.pages)
+                    row.pages = []
+                    row.result.finish_reason = reason
+                    return True
+        return False
+
     def _admit(self) -> None:
         while self.queue and len(self.running) < self.max_batch:
             need = self.pages_needed(self.queue[0].request)
@@ -201,6 +216,7 @@ class Engine:
                 break  # first come, first served: later requests wait behind this one
             row = self.queue.popleft()
             row.pages = [self.free_pages.popleft() for _ in range(need)]
+            row.result.t_admitted = self.clock()
             if self.vision is not None:
                 self._encode(row)
             self.running.append(row)
@@ -234,6 +250,9 @@ class Engine:
         logits, routing = self._forward(self.model, rows, feeds, [r.n_target for r in rows])
         n_emitted = 0
         for row, k, d, q, lg in zip(rows, ks, drafts, qs, logits):
+            if row.request.prompt_logprobs and row.n_target == 0:  # its first step fed the whole prompt
+                prompt = row.request.prompt
+                row.result.prompt_logprobs = [None] + _logprobs(lg[: len(prompt) - 1], prompt[1:], row.request.logprobs)
             p = probabilities(lg[-(k + 1) :], row.params)  # the target at the k + 1 scored positions
             u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
             u = torch.rand(1, generator=row.generator, dtype=torch.float64)
@@ -244,7 +263,10 @@ class Engine:
             row.result.draft_proposed += k
             row.result.draft_accepted += n_acc
             row.result.target_forwards += 1
-            n_emitted += self._emit(row, d[:n_acc] + [int(token)])
+            taken = self._emit(row, d[:n_acc] + [int(token)])
+            if row.request.logprobs is not None:  # the target's logits at the k + 1 scored positions
+                row.result.logprobs += _logprobs(lg[-(k + 1) :][:taken], row.tokens[-taken:], row.request.logprobs)
+            n_emitted += taken
         t_end = self.clock()
         for row in rows:
             new_times = len(row.result.tokens) - len(row.result.token_times)
@@ -351,6 +373,18 @@ class Engine:
         while self.has_work():
             self.step()
         return [i if isinstance(i, RequestError) else self.results[i] for i in ids]
+
+
+def _logprobs(logits_TV: torch.Tensor, tokens: list[int], top: int | None) -> list[TokenLogprob]:
+    """Each token's log-probability under the logits that scored it, with the `top` best beside it."""
+    lp_TV = torch.log_softmax(logits_TV.double(), dim=-1)
+    best = lp_TV.topk(top, dim=-1) if top else None
+    return [
+        TokenLogprob(
+            t, float(lp_TV[i, t]), list(zip(best.indices[i].tolist(), best.values[i].tolist())) if best else []
+        )
+        for i, t in enumerate(tokens)
+    ]
 
 
 def _compiled(model: MoETransformer):

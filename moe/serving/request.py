@@ -25,17 +25,35 @@ class Request:
     stop_tokens: tuple[int, ...] = ()  # generation ends after emitting one of these
     seed: int = 0
     images: list = field(default_factory=list)  # a vision model's: one [C, H, W] image per placeholder in the prompt
+    logprobs: int | None = None  # record each new token's log-probability and the top-N (0..MAX_LOGPROBS) beside it
+    prompt_logprobs: bool = False  # ... and the prompt's (its first token has none)
+
+
+MAX_LOGPROBS = 20  # as OpenAI's API allows
+
+
+@dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (log_softmax of its logits, before temperature,
+    top-k or top-p) and the `top` most likely tokens there as (id, log-probability), best first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
 class Result:
     tokens: list[int] = field(default_factory=list)  # new tokens, without the prompt
-    finish_reason: str | None = None  # "stop" (a stop token) or "length" (max_new_tokens)
+    finish_reason: str | None = None  # "stop" (a stop token), "length" (max_new_tokens), "cancelled"
     t_arrival: float = 0.0
+    t_admitted: float | None = None  # when it left the queue for a row
     token_times: list[float] = field(default_factory=list)  # when each token was emitted
     draft_proposed: int = 0
     draft_accepted: int = 0
     target_forwards: int = 0  # steps this request took part in
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per new token, when asked for
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token, when asked
 
     @property
     def ttft(self) -> float:
@@ -53,6 +71,13 @@ def token_ids(value, what: str) -> list[int]:
 def check_seed(seed) -> None:
     if not _token_id(seed) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+
+
+def check_logprobs(logprobs, prompt_logprobs) -> None:
+    if logprobs is not None and (not _token_id(logprobs) or not 0 <= logprobs <= MAX_LOGPROBS):
+        raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or None, got {logprobs!r}")
+    if not isinstance(prompt_logprobs, bool):
+        raise ValueError(f"prompt_logprobs must be true or false, got {prompt_logprobs!r}")
 
 
 def check_request(cfg, prompt, max_new_tokens, stop_tokens=()) -> list[int]:

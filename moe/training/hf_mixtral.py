@@ -290,6 +290,14 @@ def from_hf(src, out, *, overwrite: bool = False, log=print) -> pathlib.Path:
             "weights with transformers' AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
         )
     tok = tokenizers.from_hf_file(tok_file)
+    tok_config = src / "tokenizer_config.json"
+    if tok_config.is_file():  # its chat template, where it has one, serves /v1/chat/completions
+        from moe.data import chat
+
+        try:
+            tok.chat_template = chat.from_tokenizer_config(json.loads(tok_config.read_text()))
+        except ValueError as e:
+            raise ConversionError(f"{tok_config}: not JSON ({e})") from None
     if tok.vocab_size > cfg.vocab_size:
         raise ConversionError(
             f"{tok_file} holds {tok.vocab_size} tokens, more than the config's vocab_size "

@@ -154,6 +154,56 @@ def test_bad_requests_get_their_own_error_and_the_rest_are_served():
     assert not engine.has_work() and len(engine.free_pages) == engine.n_pages  # nothing held by the refused
 
 
+def test_cancel_takes_a_request_out_wherever_it_is_and_returns_its_pages():
+    """Cancelled while running and while queued: their pages are free at once, the rest of the batch
+    still equals `generate`, and a finished or unknown id is not cancelled twice."""
+    model = tiny_model()
+    reqs = random_requests(6, seed=7, sampling={"greedy": True}, max_new=12)
+    engine = Engine(model, n_pages=40, page_size=4, max_batch=2)
+    ids = [engine.submit(r) for r in reqs]
+    engine.step()
+    engine.step()
+    running, queued = engine.running[0].id, engine.queue[-1].id
+    held = len(engine.running[0].pages)
+    free = len(engine.free_pages)
+    assert engine.cancel(running) and len(engine.free_pages) == free + held
+    assert engine.cancel(queued) and engine.results[queued].tokens == []
+    while engine.has_work():
+        engine.step()
+    for rid, req in zip(ids, reqs):
+        res = engine.results[rid]
+        if rid in (running, queued):
+            assert res.finish_reason == "cancelled" and res.tokens == alone(model, req)[: len(res.tokens)]
+        else:
+            assert res.tokens == alone(model, req)
+    assert not engine.cancel(ids[0]) and not engine.cancel(999)
+    assert len(engine.free_pages) == engine.n_pages
+
+
+@pytest.mark.parametrize("with_draft", [False, True])
+def test_logprobs_are_the_models_log_softmax_at_each_position(with_draft):
+    """Result.logprobs (and prompt_logprobs) against one plain forward over prompt + output: the
+    chosen token's log-probability and the top 3, with or without a draft proposing tokens."""
+    model = tiny_model()
+    draft = copy.deepcopy(model) if with_draft else None
+    reqs = [Request([5, 9, 2, 7], 10, {"temperature": 1.0}, seed=s, logprobs=3, prompt_logprobs=True) for s in (1, 2)]
+    for req, res in zip(reqs, Engine(model, n_pages=20, page_size=4, draft=draft).run(reqs)):
+        ids = req.prompt + res.tokens
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        entries = res.prompt_logprobs + res.logprobs
+        assert entries[0] is None and len(entries) == len(ids)
+        for i in range(1, len(ids)):
+            e = entries[i]
+            assert e.token == ids[i] and e.logprob == pytest.approx(
+                float(ref[i - 1, ids[i]]), abs=1e-5
+            )  # float32 logits
+            best = ref[i - 1].topk(3)
+            assert [t for t, _ in e.top] == best.indices.tolist()
+    with pytest.raises(RequestError, match="logprobs must be an integer"):
+        Engine(model, n_pages=20).submit(Request([1], 2, logprobs=21))
+
+
 def test_engine_setup_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="different vocabularies"):

@@ -71,6 +71,46 @@ def test_logits_and_expert_choices_match_transformers(hf_dir, converted):
         assert torch.equal(chosen, routing.experts.sort(dim=-1).values), f"layer {layer}"
 
 
+def test_the_chat_template_travels_and_renders_as_transformers_does(hf_dir, tmp_path):
+    """A tokenizer_config.json's chat_template survives conversion, and the server's chat prompt
+    (moe/serving/openai_api.py through moe/data/chat.py) is the token ids transformers'
+    apply_chat_template gives; a template's raise_exception is a 400 naming messages."""
+    import shutil
+
+    from moe.serving.openai_api import APIError, Protocol
+
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+        "{% else %}{{ raise_exception('only user and assistant roles') }}{% endif %}{% endfor %}"
+    )
+    src = tmp_path / "src"
+    shutil.copytree(hf_dir, src)
+    special = {"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>", "special": True}}
+    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, **special}))
+    step = from_hf(src, tmp_path / "ours", **QUIET)
+    tok = tokenizers.load(step)
+    assert tok.chat_template["template"] == template
+    messages = [
+        {"role": "user", "content": "the quick fox"},
+        {"role": "assistant", "content": "jumps"},
+        {"role": "user", "content": "over the dog?"},
+    ]
+    theirs = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(src / "tokenizer.json"),
+        chat_template=template,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
+    want = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    protocol = Protocol(["m"], tok, load_model(step).cfg)
+    assert protocol.chat_prompt(messages) == theirs(want, add_special_tokens=False)["input_ids"]
+    assert protocol.chat_prompt(messages)[0] == tok.eot  # the template's bos_token, as one special id
+    with pytest.raises(APIError, match="only user and assistant roles") as e:
+        protocol.chat_prompt([{"role": "system", "content": "x"}])
+    assert e.value.status == 400 and e.value.param == "messages"
+
+
 def test_a_bf16_checkpoint_stays_bf16(tmp_path):
     """A bf16 Mixtral converts to bf16 tensors on disk (no doubling), which load into float32 parameters
     with the values unchanged: the same logits as transformers' model loaded in float32."""

@@ -1,0 +1,84 @@
+"""serve: an OpenAI-compatible HTTP server over the engine (moe/serving/server.py)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+
+from moe.cli import serving
+from moe.cli.common import EXIT_OK, POSITIVE_FLOAT, POSITIVE_INT, add_draft, add_runtime, check_device
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
+    s.add_argument("--checkpoint", required=True, help="run directory (uses its latest step) or a step directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one, printed)")
+    s.add_argument(
+        "--served-model-name",
+        action="append",
+        help="the model's name in the API (default: the checkpoint's path; repeat for aliases)",
+    )
+    s.add_argument(
+        "--max-queued", type=POSITIVE_INT, default=256, help="requests waiting for a row before new ones get 429"
+    )
+    s.add_argument(
+        "--request-timeout", type=POSITIVE_FLOAT, default=600.0, help="seconds a request may take before a 504"
+    )
+    s.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get to finish on SIGTERM")
+    s.add_argument(
+        "--kv-budget-mb",
+        type=POSITIVE_FLOAT,
+        default=None,
+        help="KV cache pool size (default: room for --max-batch full sequences)",
+    )
+    s.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="rows in one step")
+    s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
+    add_draft(s)
+    add_runtime(s, compile_help="torch.compile the model's forward (the first requests compile)")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from moe.serving import Engine
+    from moe.serving.server import Settings, build_app
+
+    check_device(args)
+    tokenizer = serving.tokenizer(args.checkpoint, args.draft_checkpoint)  # refused now, before binding a port
+
+    def load(metrics):
+        model = serving.load(args.checkpoint, args)
+        draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
+        budget = None if args.kv_budget_mb is None else int(args.kv_budget_mb * 2**20)
+        engine = Engine(
+            model,
+            kv_budget_bytes=budget,
+            page_size=args.page_size,
+            max_batch=args.max_batch,
+            draft=draft,
+            draft_tokens=args.draft_tokens,
+            compile=args.compile,
+        )
+        return engine, tokenizer
+
+    names = args.served_model_name or [str(args.checkpoint)]
+    app = build_app(load, Settings(names, args.max_queued, args.request_timeout))
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=args.grace_period, lifespan="on")
+    server = uvicorn.Server(config)
+    print(f"serving {names[0]} on http://{host}:{port}/v1 (ready when GET /health is 200)", flush=True)
+    # uvicorn raises the SIGTERM it handled again once it has shut down; a handler of ours makes
+    # that a normal exit (0) after the graceful shutdown instead of death by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[sock])
+    print("server stopped", file=sys.stderr)
+    return EXIT_OK
