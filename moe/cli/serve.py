@@ -35,6 +35,12 @@ def add_parser(sub) -> None:
     )
     s.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="rows in one step")
     s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
+    s.add_argument(
+        "--max-batch-tokens",
+        type=POSITIVE_INT,
+        default=None,
+        help="tokens through one forward: longer prompts are prefilled in chunks beside the decodes",
+    )
     add_draft(s)
     add_runtime(s, compile_help="torch.compile the model's forward (the first requests compile)")
     s.set_defaults(func=run)
@@ -58,6 +64,7 @@ def run(args) -> int:
             kv_budget_bytes=budget,
             page_size=args.page_size,
             max_batch=args.max_batch,
+            max_batch_tokens=args.max_batch_tokens,
             draft=draft,
             draft_tokens=args.draft_tokens,
             compile=args.compile,

@@ -5,6 +5,9 @@ sampling  SamplingParams, inverse-CDF sampling, the speculative acceptance rule
 generate  generate(): one sequence through the contiguous KV cache (the engine's reference)
 engine    Engine: continuous batching over a paged KV cache, speculative decoding, expert counts
 replay    `serve-bench`: Poisson arrivals replayed through the engine; latency and expert batches
+threaded  the engine stepping on its own thread, for a server
+server    `serve`: the OpenAI HTTP API (FastAPI): openai_api (bodies), detokenize (text, stop
+          strings), metrics (Prometheus)
 """
 
 from moe.serving.engine import Engine, StepStats

@@ -9,17 +9,19 @@ Legend: B rows (sequences) in one step, T tokens per row, V vocab, k draft token
     engine.results[rid].tokens
 
 One step:
-  1. admit queued requests, oldest first, while a row is free and the page pool holds every page the
-     request can need (prompt + max_new_tokens - 1 positions); a request that could never fit was
-     already refused by submit, one that does not fit now waits
-  2. each row feeds the tokens its cache lacks: the whole prompt on its first step (so a prefill joins
-     the running decodes), then its last token; with a draft model a decoding row also feeds the k
-     tokens the draft proposed (the draft catches up on the tokens it has not seen, then runs k-1 more
-     one-token steps over the rows still drafting)
-  3. one target forward over all rows, padded to the longest row (padding is neither cached nor routed)
-  4. each row chooses its token(s) with its own generator: plain sampling, or the speculative
-     acceptance rule of moe/serving/sampling.py; finished rows leave at once and return their pages
-  5. record the batch size and how many tokens each expert of each layer received
+  1. schedule: every decoding row feeds its last token (and, with a draft model, the k tokens the draft
+     proposes: the draft catches up on the tokens it has not seen, then runs k-1 more one-token steps);
+     prefilling rows, oldest first, feed their prompt, or with max_batch_tokens a chunk of it that fits
+     what the step's budget leaves (chunked prefill: a long prompt never stalls the decodes); then
+     queued requests are admitted, oldest first, while a row, budget and their first chunk's pages are
+     free. Pages are taken on demand, as a row's positions are written; when the pool runs dry, the
+     newest running request is preempted: its pages freed, it waits at the front of the queue and is
+     recomputed when readmitted. A request that fits the pool alone is never refused or starved.
+  2. one target forward over the scheduled rows, padded to the longest (padding is neither cached nor routed)
+  3. each row that fed its last uncached token chooses its token(s) with its own generator: plain
+     sampling, or the speculative acceptance rule of moe/serving/sampling.py; finished rows leave at
+     once and return their pages (a prefill chunk short of the end only fills the cache)
+  4. record the batch size and how many tokens each expert of each layer received
 
 Images (a vision model, moe/vision/): a request's images are encoded once, at admission, and each
 gated block's K/V of their visual tokens is kept with the row for its whole life (they never grow).
@@ -38,6 +40,7 @@ capacity factor, drops depend on the batch; the presets are dropless.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -61,6 +64,7 @@ class StepStats:
     n_tokens: int  # tokens through the target (prompts, last tokens and draft tokens)
     n_emitted: int  # new tokens this step produced
     tokens_per_expert: list[list[int]]  # [L][E] assignments each expert received in the target
+    n_preempted: int = 0  # rows sent back to the queue for pages this step
 
 
 @dataclass
@@ -71,9 +75,10 @@ class _Row:
     request: Request
     params: SamplingParams
     tokens: list[int]
-    pages: list[int]
+    pages: list[int]  # page i holds positions [i * page_size, (i + 1) * page_size); grows as they are written
     generator: torch.Generator
     result: Result
+    image_pages: list[int] = dataclasses.field(default_factory=list)  # what its visual K/V take from the pool
     n_target: int = 0  # tokens whose K/V the target's cache holds
     n_draft: int = 0  # ... and the draft's
     prompt_media: tuple | None = (
@@ -100,11 +105,13 @@ class Engine:
         draft_tokens: int = 4,
         clock=time.perf_counter,
         compile: bool = False,
+        max_batch_tokens: int | None = None,
     ):
         """The page pool is n_pages pages, or as many as fit in kv_budget_bytes (the K/V of the target
         and of the draft, which share page ids), or, given neither, room for max_batch sequences of
-        max_seq_len positions. max_batch caps the rows in one step. compile: run the target's and the
-        draft's forwards through torch.compile (see _compiled)."""
+        max_seq_len positions. max_batch caps the rows in one step; max_batch_tokens the tokens
+        through one target forward (chunked prefill; None: whole prompts). compile: run the
+        target's and the draft's forwards through torch.compile (see _compiled)."""
         if draft is not None:
             if draft.cfg.vocab_size != model.cfg.vocab_size:
                 raise ValueError(
@@ -121,6 +128,9 @@ class Engine:
         self.vision = getattr(model.cfg, "vision", None)
         if page_size < 1 or max_batch < 1:
             raise ValueError(f"page_size and max_batch must be >= 1, got {page_size} and {max_batch}")
+        if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise ValueError(f"max_batch_tokens must be an integer >= 1 or None, got {max_batch_tokens!r}")
+        self.max_batch_tokens = max_batch_tokens
         self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
         self.page_size, self.max_batch, self.clock = page_size, max_batch, clock
         if n_pages is None and kv_budget_bytes is None:
@@ -151,15 +161,21 @@ class Engine:
         return self.page_size * (per_token(self.model) + per_token(self.draft))
 
     def pages_needed(self, request: Request) -> int:
-        """Positions the caches are written at (the prompt and every new token but the last), plus the
-        pages its images' visual K/V take (moe/estimates/vision.py counts those bytes)."""
-        text = math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.page_size)
+        """The most pages the request holds: the positions its caches are written at (the prompt and
+        every new token but the last), plus its images' visual K/V. submit refuses one that exceeds
+        the pool; the rest are taken as the sequence grows."""
+        return math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.page_size) + self._image_pages(
+            request
+        )
+
+    def _image_pages(self, request: Request) -> int:
+        """What a request's images' visual K/V take from the pool (moe/estimates/vision.py counts the bytes)."""
         if not request.images:
-            return text
+            return 0
         from moe.estimates.vision import visual_kv_bytes
 
         per_image = visual_kv_bytes(self.model.cfg, self.model.tok_emb.weight.element_size())
-        return text + math.ceil(len(request.images) * per_image / self.page_bytes())
+        return math.ceil(len(request.images) * per_image / self.page_bytes())
 
     def submit(self, request: Request, arrival: float | None = None) -> int:
         """Queue a request; return its id. A RequestError names what is wrong with a bad one."""
@@ -203,23 +219,82 @@ class Engine:
             for row in where:
                 if row.id == rid:
                     where.remove(row)
-                    self.free_pages.extend(row.pages)
-                    row.pages = []
+                    self._release(row)
                     row.result.finish_reason = reason
                     return True
         return False
 
-    def _admit(self) -> None:
-        while self.queue and len(self.running) < self.max_batch:
-            need = self.pages_needed(self.queue[0].request)
-            if need > len(self.free_pages):
+    def _release(self, row: _Row) -> None:
+        self.free_pages.extend(row.pages + row.image_pages)
+        row.pages, row.image_pages = [], []
+
+    def _k(self, row: _Row, chunk: int) -> int:
+        """Draft tokens the row is scored on this step, feeding `chunk` uncached tokens: none while
+        prefilling a prompt; after that (decoding, or recomputing after a preemption) k, less where
+        fewer tokens are left (k - 1 or fewer leaves less to draft). A recomputed row thus draws from
+        its generator exactly as it would have, had it never been preempted."""
+        if self.draft is None or row.n_new == 0 or row.n_target + chunk != len(row.tokens):
+            return 0
+        return min(self.k, row.request.max_new_tokens - row.n_new - 1)
+
+    def _take(self, row: _Row, n_tokens: int) -> bool:
+        """Give the row pages for positions up to n_tokens (exclusive), or return False if the pool lacks them."""
+        need = math.ceil(n_tokens / self.page_size) - len(row.pages)
+        if need > len(self.free_pages):
+            return False
+        row.pages += [self.free_pages.popleft() for _ in range(max(0, need))]
+        return True
+
+    def _preempt(self, row: _Row) -> None:
+        """Back to the front of the queue with its pages freed; its tokens so far are recomputed when
+        it is readmitted (its generator has drawn only for tokens it kept, so nothing changes)."""
+        self.running.remove(row)
+        self._release(row)
+        row.n_target = row.n_draft = 0
+        row.visual = row.visual_kv = None
+        row.result.preemptions += 1
+        self.queue.appendleft(row)
+
+    def _schedule(self) -> tuple[list[tuple[_Row, int]], int]:
+        """Which rows run this step and how many of their uncached tokens each feeds the target, and
+        how many rows were preempted. Decoding rows first (their last token and k drafts), then
+        prefills oldest first, each a chunk of what max_batch_tokens leaves; then queued requests
+        while a row, budget and the pages of their first chunk are free. A row's pages grow to cover
+        what it writes; when the pool runs dry, the newest running request is preempted."""
+        budget = self.max_batch_tokens if self.max_batch_tokens is not None else math.inf
+        plan, n_preempted = {}, 0
+        for row in sorted(self.running, key=lambda r: (r.n_target != len(r.tokens) - 1, r.id)):
+            uncached = len(row.tokens) - row.n_target
+            n = 1 if uncached == 1 else min(uncached, budget)  # a decode always runs
+            if n < 1 or row not in self.running:
+                continue
+            while not self._take(row, row.n_target + n + self._k(row, n)):
+                victim = max(self.running, key=lambda r: r.id)
+                self._preempt(victim)
+                plan.pop(victim.id, None)
+                n_preempted += 1
+                if victim is row:
+                    break
+            if row in self.running:
+                plan[row.id] = (row, n)
+                budget -= n + self._k(row, n)
+        while self.queue and len(self.running) < self.max_batch and budget >= 1:
+            row = self.queue[0]
+            n = min(len(row.tokens), budget)
+            images = self._image_pages(row.request)
+            if math.ceil((n + self._k(row, n)) / self.page_size) + images > len(self.free_pages):
                 break  # first come, first served: later requests wait behind this one
-            row = self.queue.popleft()
-            row.pages = [self.free_pages.popleft() for _ in range(need)]
-            row.result.t_admitted = self.clock()
+            self.queue.popleft()
+            row.image_pages = [self.free_pages.popleft() for _ in range(images)]
+            self._take(row, n + self._k(row, n))
+            if row.result.t_admitted is None:
+                row.result.t_admitted = self.clock()
             if self.vision is not None:
                 self._encode(row)
             self.running.append(row)
+            plan[row.id] = (row, n)
+            budget -= n
+        return list(plan.values()), n_preempted
 
     @torch.no_grad()
     def _encode(self, row: _Row) -> None:
@@ -233,26 +308,26 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> StepStats | None:
-        """Run one step over every running row (admitting what fits first). None when idle."""
+        """Run one step over the rows the schedule picks (admitting what fits first). None when idle."""
         t_start = self.clock()
-        self._admit()
-        rows = self.running
-        if not rows:
+        plan, n_preempted = self._schedule()
+        if not plan:
             return None
-        decoding = [r.n_target == len(r.tokens) - 1 for r in rows]
-        # Speculate only where it can pay: k - 1 or fewer tokens left leaves less to draft.
-        ks = [
-            min(self.k, r.request.max_new_tokens - r.n_new - 1) if self.draft is not None and dec else 0
-            for r, dec in zip(rows, decoding)
-        ]
+        rows = [r for r, _ in plan]
+        chunks = [r.tokens[r.n_target : r.n_target + n] for r, n in plan]
+        sampling = [r.n_target + len(c) == len(r.tokens) for r, c in zip(rows, chunks)]  # a prefill's last chunk too
+        ks = [self._k(r, len(c)) for r, c in zip(rows, chunks)]
         drafts, qs = self._propose(rows, ks)
-        feeds = [r.tokens[r.n_target :] + d for r, d in zip(rows, drafts)]
-        logits, routing = self._forward(self.model, rows, feeds, [r.n_target for r in rows])
+        feeds = [c + d for c, d in zip(chunks, drafts)]
+        starts = [r.n_target for r in rows]
+        decoding = [r.n_target == len(r.tokens) - 1 for r in rows]
+        logits, routing = self._forward(self.model, rows, feeds, starts)
         n_emitted = 0
-        for row, k, d, q, lg in zip(rows, ks, drafts, qs, logits):
-            if row.request.prompt_logprobs and row.n_target == 0:  # its first step fed the whole prompt
-                prompt = row.request.prompt
-                row.result.prompt_logprobs = [None] + _logprobs(lg[: len(prompt) - 1], prompt[1:], row.request.logprobs)
+        for row, chunk, start, samples, k, d, q, lg in zip(rows, chunks, starts, sampling, ks, drafts, qs, logits):
+            self._prompt_logprobs(row, start, lg[: len(chunk)])
+            if not samples:  # a prefill chunk short of the end: cached, nothing drawn
+                row.n_target += len(chunk)
+                continue
             p = probabilities(lg[-(k + 1) :], row.params)  # the target at the k + 1 scored positions
             u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
             u = torch.rand(1, generator=row.generator, dtype=torch.float64)
@@ -279,12 +354,24 @@ class Engine:
             sum(map(len, feeds)),
             n_emitted,
             [r.tokens_per_expert.tolist() for r in routing],
+            n_preempted,
         )
         self.steps.append(stats)
         for row in [r for r in rows if r.result.finish_reason is not None]:
             self.running.remove(row)
-            self.free_pages.extend(row.pages)
+            self._release(row)
         return stats
+
+    def _prompt_logprobs(self, row: _Row, start: int, logits_TV: torch.Tensor) -> None:
+        """Record the prompt tokens' logprobs this chunk scored (positions start.. score the next
+        tokens), the first pass over the prompt only."""
+        prompt, done = row.request.prompt, row.result.prompt_logprobs
+        if not row.request.prompt_logprobs or len(done) == len(prompt) or start + 1 != max(1, len(done)):
+            return
+        if not done:
+            done.append(None)
+        end = min(start + len(logits_TV), len(prompt) - 1)  # position end - 1 scores prompt[end]
+        done += _logprobs(logits_TV[: end - start], prompt[start + 1 : end + 1], row.request.logprobs)
 
     def _emit(self, row: _Row, tokens: list[int]) -> int:
         """Append tokens until a stop token or max_new_tokens; return how many were taken."""

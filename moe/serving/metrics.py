@@ -10,6 +10,7 @@ Names follow vLLM's where a peer has the same figure (moe_ for vllm:), so one da
     moe_kv_pages_used, moe_kv_pages_total gauges
     moe_prompt_tokens_total, moe_generation_tokens_total counters
     moe_request_success_total{finished_reason}          counter  stop, length, cancelled, error
+    moe_num_preemptions_total                           counter  requests sent back for KV pages
     moe_expert_tokens_per_step{layer, expert}           histogram  tokens each expert of each layer
                                                         received in one decode step (no prefill in it)
 Each Metrics has its own registry, so two servers in one process (the tests) do not collide.
@@ -45,6 +46,7 @@ class Metrics:
         self.prompt_tokens = Counter("moe_prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.generation_tokens = Counter("moe_generation_tokens", "tokens generated", registry=r)
         self.finished = Counter("moe_request_success", "finished requests", ["finished_reason"], registry=r)
+        self.preemptions = Counter("moe_num_preemptions", "requests preempted for KV pages", registry=r)
         self.expert_tokens = Histogram(
             "moe_expert_tokens_per_step",
             "tokens one expert of one layer received in a decode step",
@@ -64,6 +66,7 @@ class Metrics:
     def step(self, engine, stats) -> None:
         """After an engine step (on the engine thread): tokens, and the experts' batch sizes."""
         self.generation_tokens.inc(stats.n_emitted)
+        self.preemptions.inc(stats.n_preempted)
         if stats.n_prefill == 0:
             for layer, counts in enumerate(stats.tokens_per_expert):
                 for expert, n in enumerate(counts):

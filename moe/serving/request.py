@@ -52,6 +52,7 @@ class Result:
     draft_proposed: int = 0
     draft_accepted: int = 0
     target_forwards: int = 0  # steps this request took part in
+    preemptions: int = 0  # times it gave its pages back and was recomputed
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per new token, when asked for
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token, when asked
 

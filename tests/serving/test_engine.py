@@ -204,6 +204,56 @@ def test_logprobs_are_the_models_log_softmax_at_each_position(with_draft):
         Engine(model, n_pages=20).submit(Request([1], 2, logprobs=21))
 
 
+@pytest.mark.parametrize("with_draft", [False, True])
+def test_pages_on_demand_preempt_the_newest_and_keep_outputs_exact(with_draft):
+    """A pool of 12 pages of 4 positions for 12 requests that need up to 8 pages each alone: they are
+    admitted on their prompts' pages, grow a page at a time, and when the pool runs dry the newest is
+    preempted and later recomputed. Greedy and seeded outputs still equal `generate`; more rows ran at
+    once than reserving each request's worst case would have allowed; every page comes back. (With a
+    draft, sampled tokens follow the target's distribution exactly but are not `generate`'s draws:
+    those are held against the same engine with room for everything.)"""
+    model = tiny_model()
+    draft = tiny_model(n_layers=1) if with_draft else None
+    reqs = random_requests(6, seed=11, sampling={"greedy": True}, max_prompt=8, max_new=24)
+    reqs += random_requests(6, seed=12, sampling={"temperature": 1.0, "top_k": 50}, max_prompt=8, max_new=24)
+    engine = Engine(model, n_pages=12, page_size=4, max_batch=8, draft=draft, draft_tokens=2)
+    results = engine.run(reqs)
+    roomy = Engine(model, n_pages=100, page_size=4, max_batch=8, draft=draft, draft_tokens=2).run(reqs)
+    for req, res, ref in zip(reqs, results, roomy):
+        assert res.tokens == (ref.tokens if draft and "greedy" not in req.sampling else alone(model, req))
+        assert res.finish_reason == "length" and ref.preemptions == 0
+    assert sum(r.preemptions for r in results) > 0 and sum(s.n_preempted for s in engine.steps) > 0
+    worst = sorted(engine.pages_needed(r) for r in reqs)
+    at_once = max(i for i in range(len(worst) + 1) if sum(worst[:i]) <= engine.n_pages)
+    assert max(s.batch_size for s in engine.steps) > at_once  # on-demand pages ran more rows together
+    assert len(engine.free_pages) == engine.n_pages and not engine.running
+
+
+def test_chunked_prefill_keeps_outputs_and_prompt_logprobs_exact():
+    """max_batch_tokens 6: prompts of up to 30 tokens are prefilled over several steps beside the
+    running decodes, which keep decoding; outputs and prompt logprobs equal the unchunked engine's."""
+    model = tiny_model()
+    reqs = [
+        Request(list(range(3 + i, 3 + i + 4 + 6 * i)), 6, {"greedy": True}, logprobs=2, prompt_logprobs=True)
+        for i in range(5)
+    ]
+    chunked = Engine(model, n_pages=60, page_size=4, max_batch_tokens=6)
+    unchunked = Engine(model, n_pages=60, page_size=4)
+    whole = unchunked.run(reqs)
+    for req, c, w in zip(reqs, chunked.run(reqs), whole):
+        assert c.tokens == w.tokens == alone(model, req)
+        assert len(c.prompt_logprobs) == len(w.prompt_logprobs) == len(req.prompt) and c.prompt_logprobs[0] is None
+        for a, b in zip(c.prompt_logprobs[1:], w.prompt_logprobs[1:]):
+            assert a.token == b.token and a.logprob == pytest.approx(b.logprob, abs=1e-6)  # float32 logits
+    steps = chunked.steps
+    assert all(s.n_tokens <= 6 or s.n_tokens == s.batch_size for s in steps)  # the budget (decodes always run)
+    assert any(0 < s.n_prefill < s.batch_size for s in steps)  # a chunk beside decoding rows
+    assert len(steps) > len(unchunked.steps) + 5  # the long prompts took several steps each
+    assert max(s.n_tokens for s in unchunked.steps) > 30
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Engine(model, n_pages=4, max_batch_tokens=0)
+
+
 def test_engine_setup_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="different vocabularies"):

@@ -5,6 +5,7 @@ frees pages, backpressure, and SIGTERM. One server process serves the module; th
 
 import asyncio
 import json
+import random
 import re
 import signal
 import subprocess
@@ -257,6 +258,42 @@ def test_metrics_report_latency_tokens_and_expert_batches(server, client):
     assert len(sums) == len(counts) == 2 * 16 and len({c[2] for c in counts}) == 1
     per_layer = [sum(float(v) for _, layer, v in sums if layer == str(i)) for i in range(2)]
     assert per_layer[0] == per_layer[1] > 0 and per_layer[0] % 2 == 0
+
+
+def test_a_bounded_load_through_a_small_pool_loses_nothing(checkpoint, reference):
+    """200 greedy requests, 32 at a time, through a pool of 20 pages (a few requests' worth) with
+    prompts prefilled in chunks of 16 tokens: every request gets exactly its max_tokens, each of the
+    first 40 equals `generate`, requests were preempted and recomputed, and no page is left held."""
+    proc, url = start_server(
+        checkpoint, "--max-batch", 8, "--page-size", 8, "--kv-budget-mb", 0.02, "--max-batch-tokens", 16
+    )
+    try:
+        rng = random.Random(5)
+        jobs = [([rng.randrange(256) for _ in range(rng.randint(1, 30))], rng.randint(1, 40)) for _ in range(200)]
+
+        async def load():
+            gate = asyncio.Semaphore(32)
+            async with httpx.AsyncClient(timeout=120) as c:
+
+                async def one(prompt, n):
+                    async with gate:
+                        body = {"prompt": prompt, "max_tokens": n, "temperature": 0}
+                        return (await c.post(url + "/v1/completions", json=body)).json()
+
+                return await asyncio.gather(*(one(p, n) for p, n in jobs))
+
+        answers = asyncio.run(load())
+        assert len({a["id"] for a in answers}) == 200
+        for (_, n), a in zip(jobs, answers):
+            assert a["usage"]["completion_tokens"] == n and a["choices"][0]["finish_reason"] == "length", a
+        for (prompt, n), a in list(zip(jobs, answers))[:40]:
+            assert a["choices"][0]["text"] == text_of(reference(prompt, n, greedy=True))
+        text = httpx.get(url + "/metrics").text
+        assert float(re.search(r"^moe_num_preemptions_total (\S+)$", text, re.M).group(1)) > 0
+        assert float(re.search(r"^moe_kv_pages_total (\S+)$", text, re.M).group(1)) == 20
+        assert pages_used(url) == 0
+    finally:
+        assert stop(proc) == 0
 
 
 def test_a_full_queue_is_429_a_slow_request_504_and_sigterm_exits_0(checkpoint):
