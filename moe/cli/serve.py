@@ -41,6 +41,11 @@ def add_parser(sub) -> None:
         default=None,
         help="tokens through one forward: longer prompts are prefilled in chunks beside the decodes",
     )
+    s.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="do not share prompt pages between requests (sharing is off anyway with a draft or a vision model)",
+    )
     add_draft(s)
     add_runtime(s, compile_help="torch.compile the model's forward (the first requests compile)")
     s.set_defaults(func=run)
@@ -68,6 +73,7 @@ def run(args) -> int:
             draft=draft,
             draft_tokens=args.draft_tokens,
             compile=args.compile,
+            prefix_caching=not args.no_prefix_caching and draft is None and model.cfg.vision is None,
         )
         return engine, tokenizer
 

@@ -49,6 +49,7 @@ import torch
 
 from moe.estimates.arithmetic import kv_cache_bytes_per_token
 from moe.model import MoETransformer, Positions
+from moe.serving.pages import PagePool, prefix_keys
 from moe.serving.request import Request, RequestError, Result, TokenLogprob, check_logprobs, check_request, check_seed
 from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
 from moe.vision.cross_attention import Media
@@ -79,6 +80,8 @@ class _Row:
     generator: torch.Generator
     result: Result
     image_pages: list[int] = dataclasses.field(default_factory=list)  # what its visual K/V take from the pool
+    keys: list[bytes] = dataclasses.field(default_factory=list)  # its prompt's full pages (prefix caching)
+    n_registered: int = 0  # of which its pages hold (and the pool has) this many
     n_target: int = 0  # tokens whose K/V the target's cache holds
     n_draft: int = 0  # ... and the draft's
     prompt_media: tuple | None = (
@@ -106,12 +109,15 @@ class Engine:
         clock=time.perf_counter,
         compile: bool = False,
         max_batch_tokens: int | None = None,
+        prefix_caching: bool = False,
     ):
         """The page pool is n_pages pages, or as many as fit in kv_budget_bytes (the K/V of the target
         and of the draft, which share page ids), or, given neither, room for max_batch sequences of
         max_seq_len positions. max_batch caps the rows in one step; max_batch_tokens the tokens
-        through one target forward (chunked prefill; None: whole prompts). compile: run the
-        target's and the draft's forwards through torch.compile (see _compiled)."""
+        through one target forward (chunked prefill; None: whole prompts). prefix_caching: share
+        the K/V of full pages of prompt tokens between requests (moe/serving/pages.py; not with a
+        draft model or images). compile: run the target's and the draft's forwards through
+        torch.compile (see _compiled)."""
         if draft is not None:
             if draft.cfg.vocab_size != model.cfg.vocab_size:
                 raise ValueError(
@@ -131,6 +137,8 @@ class Engine:
         if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError(f"max_batch_tokens must be an integer >= 1 or None, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
+        if prefix_caching and (draft is not None or getattr(model.cfg, "vision", None) is not None):
+            raise ValueError("prefix_caching is for a text model without a draft (their caches would be shared too)")
         self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
         self.page_size, self.max_batch, self.clock = page_size, max_batch, clock
         if n_pages is None and kv_budget_bytes is None:
@@ -147,7 +155,7 @@ class Engine:
             if m is not None:
                 m.setup_paged_caches(n_pages, page_size)
         self._calls = {id(m): _compiled(m) if compile else m for m in (self.model, self.draft) if m is not None}
-        self.free_pages = collections.deque(range(n_pages))
+        self.pool = PagePool(n_pages, prefix_caching)
         self.queue: collections.deque[_Row] = collections.deque()
         self.running: list[_Row] = []
         self.results: dict[int, Result] = {}
@@ -199,7 +207,10 @@ class Engine:
         rid, self._next_id = self._next_id, self._next_id + 1
         result = Result(t_arrival=self.clock() if arrival is None else arrival)
         self.results[rid] = result
-        self.queue.append(_Row(rid, request, params, prompt, [], torch.Generator().manual_seed(request.seed), result))
+        row = _Row(rid, request, params, prompt, [], torch.Generator().manual_seed(request.seed), result)
+        if self.pool.prefix_caching and not request.prompt_logprobs:  # (cached positions have no logits)
+            row.keys = prefix_keys(prompt, self.page_size)
+        self.queue.append(row)
         return rid
 
     @property
@@ -224,9 +235,14 @@ class Engine:
                     return True
         return False
 
+    @property
+    def free_pages(self) -> collections.deque[int]:
+        """Pages no row holds and no prefix occupies."""
+        return self.pool.free
+
     def _release(self, row: _Row) -> None:
-        self.free_pages.extend(row.pages + row.image_pages)
-        row.pages, row.image_pages = [], []
+        self.pool.release(row.pages + row.image_pages)
+        row.pages, row.image_pages, row.n_registered = [], [], 0
 
     def _k(self, row: _Row, chunk: int) -> int:
         """Draft tokens the row is scored on this step, feeding `chunk` uncached tokens: none while
@@ -240,9 +256,9 @@ class Engine:
     def _take(self, row: _Row, n_tokens: int) -> bool:
         """Give the row pages for positions up to n_tokens (exclusive), or return False if the pool lacks them."""
         need = math.ceil(n_tokens / self.page_size) - len(row.pages)
-        if need > len(self.free_pages):
+        if need > self.pool.available:
             return False
-        row.pages += [self.free_pages.popleft() for _ in range(max(0, need))]
+        row.pages += self.pool.take(max(0, need))
         return True
 
     def _preempt(self, row: _Row) -> None:
@@ -280,15 +296,21 @@ class Engine:
                 budget -= n + self._k(row, n)
         while self.queue and len(self.running) < self.max_batch and budget >= 1:
             row = self.queue[0]
-            n = min(len(row.tokens), budget)
+            cached = self.pool.lookup(row.keys[: (len(row.tokens) - 1) // self.page_size])
+            start = len(cached) * self.page_size  # its last token is always computed: it gives the logits
+            n = min(len(row.tokens) - start, budget)
             images = self._image_pages(row.request)
-            if math.ceil((n + self._k(row, n)) / self.page_size) + images > len(self.free_pages):
+            new_pages = math.ceil((start + n + self._k(row, n)) / self.page_size) - len(cached) + images
+            if new_pages > self.pool.available:
+                self.pool.release(cached)
                 break  # first come, first served: later requests wait behind this one
             self.queue.popleft()
-            row.image_pages = [self.free_pages.popleft() for _ in range(images)]
-            self._take(row, n + self._k(row, n))
+            row.pages, row.n_target, row.n_registered = cached, start, len(cached)
+            row.image_pages = self.pool.take(images)
+            self._take(row, start + n + self._k(row, n))
             if row.result.t_admitted is None:
                 row.result.t_admitted = self.clock()
+                self.pool.count_lookup(len(row.keys) * self.page_size, start)
             if self.vision is not None:
                 self._encode(row)
             self.running.append(row)
@@ -357,6 +379,11 @@ class Engine:
             n_preempted,
         )
         self.steps.append(stats)
+        for row in rows:  # full pages of prompt now computed: shared from now on
+            full = min(row.n_target // self.page_size, len(row.keys))
+            for i in range(row.n_registered, full):
+                self.pool.register(row.keys[i], row.pages[i])
+            row.n_registered = max(row.n_registered, full)
         for row in [r for r in rows if r.result.finish_reason is not None]:
             self.running.remove(row)
             self._release(row)

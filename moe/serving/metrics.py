@@ -11,6 +11,8 @@ Names follow vLLM's where a peer has the same figure (moe_ for vllm:), so one da
     moe_prompt_tokens_total, moe_generation_tokens_total counters
     moe_request_success_total{finished_reason}          counter  stop, length, cancelled, error
     moe_num_preemptions_total                           counter  requests sent back for KV pages
+    moe_prefix_cache_queries_total, _hits_total         counters prompt tokens looked up / found cached
+                                                        (hit rate: hits / queries)
     moe_expert_tokens_per_step{layer, expert}           histogram  tokens each expert of each layer
                                                         received in one decode step (no prefill in it)
 Each Metrics has its own registry, so two servers in one process (the tests) do not collide.
@@ -47,6 +49,11 @@ class Metrics:
         self.generation_tokens = Counter("moe_generation_tokens", "tokens generated", registry=r)
         self.finished = Counter("moe_request_success", "finished requests", ["finished_reason"], registry=r)
         self.preemptions = Counter("moe_num_preemptions", "requests preempted for KV pages", registry=r)
+        self.prefix_queries = Counter(
+            "moe_prefix_cache_queries", "prompt tokens looked up in the prefix cache", registry=r
+        )
+        self.prefix_hits = Counter("moe_prefix_cache_hits", "prompt tokens found in the prefix cache", registry=r)
+        self._prefix_seen = (0, 0)
         self.expert_tokens = Histogram(
             "moe_expert_tokens_per_step",
             "tokens one expert of one layer received in a decode step",
@@ -61,12 +68,16 @@ class Metrics:
         self.running.set_function(lambda: len(engine.running))
         self.waiting.set_function(lambda: len(engine.queue))
         self.pages_total.set_function(lambda: engine.n_pages)
-        self.pages_used.set_function(lambda: engine.n_pages - len(engine.free_pages))
+        self.pages_used.set_function(lambda: engine.pool.held)
 
     def step(self, engine, stats) -> None:
         """After an engine step (on the engine thread): tokens, and the experts' batch sizes."""
         self.generation_tokens.inc(stats.n_emitted)
         self.preemptions.inc(stats.n_preempted)
+        pool, (queried, hit) = engine.pool, self._prefix_seen
+        self.prefix_queries.inc(pool.queried_tokens - queried)
+        self.prefix_hits.inc(pool.hit_tokens - hit)
+        self._prefix_seen = (pool.queried_tokens, pool.hit_tokens)
         if stats.n_prefill == 0:
             for layer, counts in enumerate(stats.tokens_per_expert):
                 for expert, n in enumerate(counts):

@@ -254,6 +254,30 @@ def test_chunked_prefill_keeps_outputs_and_prompt_logprobs_exact():
         Engine(model, n_pages=4, max_batch_tokens=0)
 
 
+def test_prefix_caching_shares_prompt_pages_and_keeps_outputs_exact():
+    """Requests that share a 23-token system prompt (5 full pages of 4) and repeat whole prompts:
+    the later ones find those pages cached and compute fewer tokens, outputs (greedy and seeded)
+    equal `generate`; a pool of 16 pages evicts idle prefixes least recently used and stays exact;
+    at the end no page is held."""
+    model = tiny_model()
+    system = list(range(40, 63))
+    rng = random.Random(3)
+    prompts = [system + [rng.randrange(256) for _ in range(rng.randint(1, 9))] for _ in range(8)]
+    prompts += [prompts[0], prompts[1], system[:20], system[:21]]  # repeats; a prompt of exactly 5 pages
+    reqs = [Request(p, 6, {"greedy": True} if i % 2 else {"temperature": 1.0}, seed=i) for i, p in enumerate(prompts)]
+    expected = [alone(model, req) for req in reqs]
+    for n_pages in (200, 16):
+        warm = Engine(model, n_pages=n_pages, page_size=4, max_batch=4, prefix_caching=True)
+        assert [r.tokens for r in warm.run(reqs)] == expected
+        assert warm.pool.hit_tokens >= 4 * 5 * 4 and warm.pool.hit_tokens <= warm.pool.queried_tokens
+        assert warm.pool.held == 0 and not warm.running and (warm.pool.evicted > 0) == (n_pages == 16)
+        cold = Engine(model, n_pages=n_pages, page_size=4, max_batch=4)
+        cold.run(reqs)
+        assert sum(s.n_tokens for s in warm.steps) < sum(s.n_tokens for s in cold.steps) - 80
+    with pytest.raises(ValueError, match="prefix_caching is for a text model without a draft"):
+        Engine(model, n_pages=8, draft=tiny_model(), prefix_caching=True)
+
+
 def test_engine_setup_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="different vocabularies"):

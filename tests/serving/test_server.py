@@ -179,6 +179,23 @@ def test_stop_strings_and_stop_token_ids(client, reference):
     assert out.choices[0].text == text_of(ids) and out.choices[0].finish_reason == "stop"
 
 
+def test_a_shared_system_prompt_hits_the_prefix_cache(server, client, reference):
+    """Five chat-free completions after one 40-byte system prompt (five pages of 8): from the second
+    on, its pages come from the prefix cache (/metrics counts the hits) and outputs equal `generate`."""
+
+    def counter(name):
+        return float(re.search(rf"^{name} (\S+)$", httpx.get(server + "/metrics").text, re.M).group(1))
+
+    system = "You are a careful assistant. Answer: yes"
+    hits = counter("moe_prefix_cache_hits_total")
+    for i in range(5):
+        prompt = system + f" {i}?"
+        out = client.completions.create(model=NAME, prompt=prompt, max_tokens=5, temperature=0)
+        assert out.choices[0].text == text_of(reference(prompt.encode(), 5, greedy=True))
+    assert counter("moe_prefix_cache_hits_total") - hits >= 4 * 40
+    assert counter("moe_prefix_cache_queries_total") >= counter("moe_prefix_cache_hits_total")
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
@@ -269,7 +286,7 @@ def test_a_bounded_load_through_a_small_pool_loses_nothing(checkpoint, reference
     )
     try:
         rng = random.Random(5)
-        jobs = [([rng.randrange(256) for _ in range(rng.randint(1, 30))], rng.randint(1, 40)) for _ in range(200)]
+        jobs = [([rng.randrange(256) for _ in range(rng.randint(1, 30))], rng.randint(1, 24)) for _ in range(200)]
 
         async def load():
             gate = asyncio.Semaphore(32)
@@ -298,9 +315,9 @@ def test_a_bounded_load_through_a_small_pool_loses_nothing(checkpoint, reference
 
 def test_a_full_queue_is_429_a_slow_request_504_and_sigterm_exits_0(checkpoint):
     """A server with one row, two queue places and a 0.3 s timeout. Of six 90-token requests at once
-    (each takes longer than 0.3 s on any machine) the ones past the queue get 429 and the rest 504,
-    a stream ends in a timeout error event, and every page is back. Then SIGTERM during traffic
-    exits 0 with every request answered."""
+    the ones past the queue get 429, and the last one admitted, which waits for two others' 180
+    steps, 504; a stream queued behind another request ends in a timeout error event; every page is
+    back. Then SIGTERM during traffic exits 0 with every request answered."""
     proc, url = start_server(
         checkpoint, "--max-batch", 1, "--max-queued", 2, "--request-timeout", 0.3, "--grace-period", 5
     )
@@ -313,12 +330,22 @@ def test_a_full_queue_is_429_a_slow_request_504_and_sigterm_exits_0(checkpoint):
 
         answers = asyncio.run(burst())
         codes = sorted(r.status_code for r in answers)
-        assert 429 in codes and 504 in codes and set(codes) == {429, 504}, codes
+        assert 429 in codes and 504 in codes and set(codes) <= {200, 429, 504}, codes
         for r in answers:
-            assert r.json()["error"]["type"] == ("rate_limit_error" if r.status_code == 429 else "timeout")
-        with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
-            events = [line for line in r.iter_lines() if line.startswith("data: ")]
-        assert json.loads(events[-1][6:])["error"]["type"] == "timeout"
+            if r.status_code != 200:
+                assert r.json()["error"]["type"] == ("rate_limit_error" if r.status_code == 429 else "timeout")
+
+        async def stream_behind_another():
+            async with httpx.AsyncClient(timeout=30) as c:
+                ahead = asyncio.ensure_future(c.post(url + "/v1/completions", json=body))
+                await asyncio.sleep(0.05)
+                async with c.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+                    events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+                await ahead
+                return events
+
+        events = asyncio.run(stream_behind_another())
+        assert json.loads(events[-1][6:])["error"]["type"] == "timeout", events[-3:]
         assert pages_used(url) == 0
 
         async def during():
