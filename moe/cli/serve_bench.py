@@ -18,9 +18,15 @@ from moe.cli.common import (
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("serve-bench", help="replay Poisson arrivals through the continuous-batching engine")
+    s = sub.add_parser("serve-bench", help="replay Poisson arrivals through the engine, or over HTTP (--url)")
     s.add_argument("--config", default="tiny", help="preset with random weights (ignored with --checkpoint)")
-    s.add_argument("--checkpoint", help="serve this trained model instead")
+    s.add_argument("--checkpoint", help="serve this trained model instead (with --url: only its tokenizer is read)")
+    s.add_argument(
+        "--url",
+        help="drive this OpenAI-compatible server (http://host:port) over HTTP with the same arrivals "
+        "and prompts, instead of an engine in this process",
+    )
+    s.add_argument("--model", help="with --url: the model name to send (default: none, the server's own)")
     add_draft(s)
     s.add_argument("--rate", type=POSITIVE_FLOAT, default=4.0, help="mean arrivals per second (Poisson)")
     s.add_argument("--requests", type=POSITIVE_INT, default=32, help="requests to replay")
@@ -56,6 +62,8 @@ def run(args) -> int:
         check_plain_name(args.name, "--name")  # the files go in --out
     if args.out:
         prepare(args.out)  # an unwritable --out fails now, not after the replay
+    if args.url:
+        return _over_http(args, sampling)
     tok = None
     if args.checkpoint:
         tok = serving.tokenizer(args.checkpoint, args.draft_checkpoint)
@@ -106,4 +114,36 @@ def run(args) -> int:
     if args.out:
         out = replay.write(summary, args.out, args.name or f"serve-{model.cfg.name}", header)
         print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _over_http(args, sampling: dict) -> int:
+    """--url: the arrivals sent as streamed completions; the summary printed and, with --out, written."""
+    import json
+    import pathlib
+
+    from moe.profiling.timing import environment
+    from moe.serving import http_replay, replay
+
+    if not args.url.startswith(("http://", "https://")):
+        raise ValueError(f"--url must start with http:// or https://, got {args.url!r}")
+    tok = serving.tokenizer(args.checkpoint) if args.checkpoint else None
+    requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
+    summary = http_replay.replay_http(args.url, requests, args.rate, args.seed, args.model)
+    summary["setup"] = {
+        **environment(False),
+        "rate": args.rate,
+        "prompt_len": args.prompt_len,
+        "max_new_tokens": args.max_new_tokens,
+        "sampling": sampling,
+    }
+    header = (
+        f"serve-bench --url {args.url}: {args.requests} requests at {args.rate}/s, prompt {args.prompt_len}, "
+        f"{args.max_new_tokens} new tokens"
+    )
+    http_replay.print_summary(summary, header)
+    if args.out:
+        path = pathlib.Path(args.out) / f"{args.name or 'serve-http'}.json"
+        path.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {path}")
     return EXIT_OK

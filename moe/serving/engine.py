@@ -68,7 +68,7 @@ class StepStats:
     n_preempted: int = 0  # rows sent back to the queue for pages this step
 
 
-@dataclass
+@dataclass(eq=False)  # rows are compared by identity: `row in self.running` must not compare every field
 class _Row:
     """A running request: its tokens so far and how many of them each cache holds."""
 

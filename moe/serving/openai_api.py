@@ -8,7 +8,8 @@ Supported: /v1/completions (prompt as a string, strings, token ids or lists of t
 temperature, top_p, top_k, seed, stop, stop_token_ids, n, stream, stream_options.include_usage,
 logprobs, echo) and /v1/chat/completions (messages, the same sampling fields, logprobs and
 top_logprobs). Penalties other than 0, best_of and logit_bias are refused by name rather than
-ignored. The checkpoint tokenizer's end-of-text token, where it has one, always stops generation.
+ignored. The checkpoint tokenizer's end-of-text token, where it has one, stops generation unless
+ignore_eos is true (vLLM's field, which benchmarks send).
 
 Chat prompts: the checkpoint tokenizer's chat template where it has one (a converted Hugging Face
 checkpoint), else the plain one: each message as "role: content" on its own line, then "assistant:"
@@ -163,7 +164,7 @@ class Protocol:
 
     def _stop_tokens(self, body: dict) -> tuple[int, ...]:
         ids = _token_list(body.get("stop_token_ids") or [], self.cfg.vocab_size, "stop_token_ids")
-        eot = getattr(self.tokenizer, "eot", None)
+        eot = None if _bool(body, "ignore_eos") else getattr(self.tokenizer, "eot", None)
         return tuple(ids) + ((eot,) if eot is not None and eot not in ids else ())
 
     def _max_tokens(self, body: dict, prompt_len: int, default: int | None, name: str = "max_tokens") -> int:

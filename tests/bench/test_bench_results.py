@@ -27,6 +27,7 @@ def _tables(text: str) -> list[str]:
         ("long_context", "long_context"),
         ("vision_probe", "vision_probe"),
         ("main_job", "main_job"),
+        ("vs_transformers", "vs_transformers"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):

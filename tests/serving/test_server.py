@@ -196,6 +196,26 @@ def test_a_shared_system_prompt_hits_the_prefix_cache(server, client, reference)
     assert counter("moe_prefix_cache_queries_total") >= counter("moe_prefix_cache_hits_total")
 
 
+def test_serve_bench_drives_the_server_over_http(server, tmp_path):
+    """serve-bench --url: Poisson arrivals as streamed completions; every request comes back whole
+    (the server's usage counts), latencies are measured, and the summary is written."""
+    r = subprocess.run(
+        [sys.executable, "-m", "moe", "serve-bench", "--url", server, "--model", NAME, "--requests", "12"]
+        + ["--rate", "40", "--prompt-len", "16", "--max-new-tokens", "10", "--greedy", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "serve-http.json").read_text())
+    assert summary["failed"] == 0 and summary["new_tokens"] == 12 * 10
+    assert 0 < summary["ttft_s"]["p50"] <= summary["ttft_s"]["p99"] and summary["itl_s"]["p50"] > 0
+    assert "throughput" in r.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "moe", "serve-bench", "--url", "localhost:1"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--url must start with http://" in bad.stderr
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
