@@ -4,7 +4,9 @@ A token can end inside a UTF-8 character (the byte tokenizer's do) and a stop st
 tokens, so text is released only when it is settled: not ending in an unfinished character (which
 decodes to U+FFFD) and not the start of a stop string that the next tokens could complete. The
 whole text is decoded again at each token (a tokenizer's decode of a piece is not the piece of its
-decode), which costs O(n) per token; fine at these lengths.
+decode), which costs O(n) per token; fine at these lengths. The new tokens are decoded after a few
+of the prompt's (`context`), whose text is then cut off: a SentencePiece decoder drops the leading
+space of a sequence's first token, which is not the first token of the text being continued.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ REPLACEMENT = "\ufffd"
 
 
 class TextStream:
-    def __init__(self, tokenizer, stop: list[str] = ()):
+    def __init__(self, tokenizer, stop: list[str] = (), context: list[int] = ()):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.context = list(context)
+        self._context_text = tokenizer.decode(self.context) if self.context else ""
         self.ids: list[int] = []
         self.text = ""  # the settled text so far (released)
         self.stopped = False  # a stop string was produced: text ends before it, later tokens are ignored
@@ -26,7 +30,7 @@ class TextStream:
             return ""
         self.ids.append(token)
         self.n_tokens += 1
-        full = self.tokenizer.decode(self.ids)
+        full = self._decode()
         hits = [i for s in self.stop if (i := full.find(s, max(0, len(self.text) - len(s)))) >= 0]
         if hits:
             self.stopped = True
@@ -43,7 +47,16 @@ class TextStream:
         """The text still held back, once generation has ended."""
         if self.stopped:
             return ""
-        return self._release(self.tokenizer.decode(self.ids))
+        return self._release(self._decode())
+
+    def _decode(self) -> str:
+        """The new tokens' text, read after the context (or alone, where the context's text is not a
+        prefix of the whole: a character split across the boundary)."""
+        if self.context:
+            whole = self.tokenizer.decode(self.context + self.ids)
+            if whole.startswith(self._context_text):
+                return whole[len(self._context_text) :]
+        return self.tokenizer.decode(self.ids)
 
     def _release(self, text: str) -> str:
         if len(text) <= len(self.text):

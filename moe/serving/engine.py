@@ -268,6 +268,8 @@ class Engine:
         self._release(row)
         row.n_target = row.n_draft = 0
         row.visual = row.visual_kv = None
+        if len(row.result.prompt_logprobs) < len(row.request.prompt):
+            row.result.prompt_logprobs.clear()  # recorded again from the start; its chunks will differ
         row.result.preemptions += 1
         self.queue.appendleft(row)
 
@@ -315,7 +317,7 @@ class Engine:
                 self._encode(row)
             self.running.append(row)
             plan[row.id] = (row, n)
-            budget -= n
+            budget -= n + self._k(row, n)
         return list(plan.values()), n_preempted
 
     @torch.no_grad()
@@ -505,8 +507,10 @@ def _compiled(model: MoETransformer):
     """The model's forward through torch.compile with every size symbolic from the start (dynamic=True),
     so steps of any batch, length or page count reuse the graphs once each kind of step (prefill,
     decode, speculative verify; one row or several) has been seen; and with data-dependent output
-    shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`), so
-    there is no graph break. tests/serving/test_engine.py counts the graphs a second workload adds: none; and
+    shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`). The
+    router's statistics over those tokens still break the graph once per block (torch 2.13 cannot
+    guard the mean over an unbacked row count), so each block compiles in pieces, shared by every
+    block. tests/serving/test_engine.py counts the graphs a second workload adds: none; and
     tests/vision/test_vision_serving.py the same for a vision model, whose media (visual K/V, which image each
     token sees, reading windows) come in as a keyword argument.
     call.compile_s sums the calls that compiled a graph (the compile time, with those calls' steps)."""

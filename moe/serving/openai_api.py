@@ -75,8 +75,8 @@ def _number(body: dict, name: str, default, low: float, high: float, low_open=Fa
     v = body.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise APIError(400, f"{name} must be a finite number, got {v!r}", name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or abs(v) > 1e300 or not math.isfinite(v):
+        raise APIError(400, f"{name} must be a finite number, got {str(v)[:40]}", name)
     if v < low or v > high or (low_open and v == low):
         raise APIError(400, f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {v!r}", name)
     return float(v)
@@ -133,8 +133,9 @@ def _refuse_unsupported(body: dict) -> None:
 class Protocol:
     """Parses request bodies against one served model: its names, tokenizer and context length."""
 
-    def __init__(self, names: list[str], tokenizer, cfg):
-        self.names, self.tokenizer, self.cfg = names, tokenizer, cfg
+    def __init__(self, names: list[str], tokenizer, cfg, capacity: int | None = None):
+        """capacity: the positions the engine's page pool holds, which caps a chat's default max_tokens."""
+        self.names, self.tokenizer, self.cfg, self.capacity = names, tokenizer, cfg, capacity
 
     def model(self, body: dict) -> str:
         name = body.get("model")
@@ -177,6 +178,8 @@ class Protocol:
         if v is None and name == "max_tokens" and "max_completion_tokens" in body:
             v = _integer(body, "max_completion_tokens", None, 1)
         if v is None:
+            if self.capacity is not None:  # what the pool can hold for it (positions written: prompt + new - 1)
+                room = max(1, min(room, self.capacity - prompt_len + 1))
             return min(default, room) if default is not None else room
         if v > room:
             raise APIError(

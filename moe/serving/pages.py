@@ -65,8 +65,10 @@ class PagePool:
         return out
 
     def release(self, pages: list[int]) -> None:
-        """A row lets go of its pages: registered ones go idle when no other row holds them."""
-        for page in pages:
+        """A row lets go of its pages: registered ones go idle when no other row holds them. The last
+        page first, so a prefix's deeper pages are evicted before the ones it starts with (a lookup
+        stops at the first missing page: losing the first would strand the rest)."""
+        for page in reversed(pages):
             if page in self._key_of:
                 self._refs[page] -= 1
                 if self._refs[page] == 0:

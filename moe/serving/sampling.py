@@ -73,7 +73,9 @@ def probabilities(logits_V: torch.Tensor, params: SamplingParams) -> torch.Tenso
     logits = logits_V.float()
     if params.is_greedy:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = logits / params.temperature
+    logits = (
+        logits - logits.max(-1, keepdim=True).values
+    ) / params.temperature  # <= 0: a tiny temperature cannot overflow
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -32,6 +32,12 @@ from moe.serving.openai_api import APIError, Choice, Job, LogprobText, Protocol,
 from moe.serving.request import RequestError
 from moe.serving.threaded import ThreadedEngine, Update
 
+CONTEXT = 8  # prompt tokens decoded before the new ones, so a tokenizer's first-token rules do not apply to them
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its response was ready."""
+
 
 @dataclass
 class Settings:
@@ -62,6 +68,7 @@ class _Seq:
     finish_reason: str | None = None
     done: bool = False  # its last update has come
     result: object = None  # the engine's Result, with the last update
+    offset: int = 0  # streamed logprobs: where the next token's text starts
 
 
 def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
@@ -75,7 +82,10 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
             metrics.watch(engine)
             threaded = ThreadedEngine(engine, on_step=metrics.step).start()
             state["served"] = Served(
-                threaded, tokenizer, Protocol(settings.names, tokenizer, engine.model.cfg), LogprobText(tokenizer)
+                threaded,
+                tokenizer,
+                Protocol(settings.names, tokenizer, engine.model.cfg, engine.n_pages * engine.page_size),
+                LogprobText(tokenizer),
             )
         except Exception as e:  # reported by /health and every endpoint
             state["error"] = e
@@ -162,13 +172,15 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
         return await respond(s, s.protocol.chat(await body_of(request)), request)
 
     async def respond(s: Served, job: Job, request: Request):
+        if len(job.choices) > settings.max_queued:
+            raise APIError(400, f"{len(job.choices)} choices are more than --max-queued {settings.max_queued}", "n")
         if s.threaded.n_waiting + len(job.choices) > settings.max_queued:
             raise APIError(
                 429, f"{s.threaded.n_waiting} requests are already waiting (--max-queued {settings.max_queued})"
             )
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        seqs = [_Seq(c, TextStream(s.tokenizer, c.stop)) for c in job.choices]
+        seqs = [_Seq(c, TextStream(s.tokenizer, c.stop, context=c.request.prompt[-CONTEXT:])) for c in job.choices]
         deadline = time.monotonic() + settings.request_timeout
 
         def listener_for(i: int, n_prompt: int):
@@ -192,6 +204,8 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
         try:
             async for _ in updates(s, seqs, events, deadline, request):
                 pass
+        except ClientGone:
+            return Response(status_code=499)  # nobody is listening; nginx's code for it
         except TimeoutError:
             cancel(s, seqs)
             raise APIError(
@@ -203,24 +217,34 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
 
     async def updates(s: Served, seqs: list[_Seq], events: asyncio.Queue, deadline: float, request: Request | None):
         """Each choice index whose text grew, as its updates arrive, until every choice is done.
-        TimeoutError past the deadline; returns early (after cancelling) when the client has gone."""
+        TimeoutError past the deadline; ClientGone (after cancelling) when the client has left,
+        checked at least every quarter second whether or not tokens are arriving."""
+        checked = time.monotonic()
         while not all(q.done for q in seqs):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
+            if request is not None and time.monotonic() - checked > 0.25:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    cancel(s, seqs)
+                    raise ClientGone
             try:
                 i, update = await asyncio.wait_for(events.get(), min(left, 0.25))
             except TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    cancel(s, seqs)
-                    return
                 continue
             seq, delta, lps = seqs[i], "", []
             if seq.finish_reason is None:
-                delta = "".join(seq.stream.add(t) for t in update.tokens)
-                lps = update.logprobs[: seq.stream.n_tokens - seq.tokens]  # none past a stop string
+                tokens = update.tokens
+                ended_by_token = (
+                    update.finish_reason == "stop" and tokens and tokens[-1] in seq.choice.request.stop_tokens
+                )
+                before = seq.stream.n_tokens
+                delta = "".join(seq.stream.add(t) for t in (tokens[:-1] if ended_by_token else tokens))
+                used = seq.stream.n_tokens - before + (1 if ended_by_token and not seq.stream.stopped else 0)
+                lps = update.logprobs[:used]  # none past a stop string; the stop token's own, yes
                 seq.logprobs += lps
-                seq.tokens = seq.stream.n_tokens
+                seq.tokens += used  # the stop token counts as generated, though its text is not shown
                 if seq.stream.stopped:
                     seq.finish_reason = "stop"
                     s.threaded.cancel(seq.rid, "stop")
@@ -240,11 +264,12 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
                         yield sse(chunk(job, q.choice.index, {"role": "assistant", "content": ""}))
                 for q in seqs:
                     if job.echo:
+                        q.offset = len(q.choice.echo_text)
                         yield sse(chunk(job, q.choice.index, q.choice.echo_text))
                 async for i, delta, lps in updates(s, seqs, events, deadline, None):
                     q = seqs[i]
                     if delta or lps:
-                        yield sse(chunk(job, q.choice.index, piece(job, delta), logprobs(s, job, lps)))
+                        yield sse(chunk(job, q.choice.index, piece(job, delta), logprobs(s, job, q, lps)))
                     if q.done:
                         yield sse(chunk(job, q.choice.index, piece(job, ""), None, q.finish_reason))
             except TimeoutError:
@@ -264,12 +289,14 @@ def build_app(load: Callable[[Metrics], tuple], settings: Settings) -> FastAPI:
     def piece(job: Job, text: str):
         return {"content": text} if job.kind == "chat" else text
 
-    def logprobs(s: Served, job: Job, entries: list):
+    def logprobs(s: Served, job: Job, q: _Seq, entries: list):
         if job.logprobs is None or not entries:
             return None
         if job.kind == "chat":
             return s.text.chat(entries)
-        return s.text.completion(entries, [e.token for e in entries], 0)
+        out = s.text.completion(entries, [e.token for e in entries], q.offset)
+        q.offset = out["text_offset"][-1] + len(out["tokens"][-1])
+        return out
 
     def whole(s: Served, job: Job, seqs: list[_Seq]) -> dict:
         choices = []

@@ -8,7 +8,8 @@
 The engine is touched by its own thread only: submit and cancel are commands it runs between steps,
 and they return concurrent.futures.Future objects (asyncio.wrap_future awaits one). After every step
 each watched request whose result grew is told, once, what is new (an Update); a finished request
-is told last with its finish_reason and is then forgotten (the engine keeps no result of it).
+is told last with its finish_reason and is then forgotten (the engine keeps no result of it, and
+no step statistics once on_step has had them).
 """
 
 from __future__ import annotations
@@ -95,14 +96,14 @@ class ThreadedEngine:
                 continue
             try:
                 stats = self.engine.step()
+                for rid in list(self._watched):
+                    self._tell(rid)
+                if stats is not None and self.on_step is not None:
+                    self.on_step(self.engine, stats)
+                self.engine.steps.clear()  # reported: a server that runs for days keeps no history
             except Exception as e:  # a bug: fail every request rather than leave clients waiting
                 self.error = e
                 self._fail_all()
-                continue
-            for rid in list(self._watched):
-                self._tell(rid)
-            if stats is not None and self.on_step is not None:
-                self.on_step(self.engine, stats)
         self._run_commands(block=False)
         for rid in list(self._watched):
             self.engine.cancel(rid)

@@ -254,6 +254,23 @@ def test_chunked_prefill_keeps_outputs_and_prompt_logprobs_exact():
         Engine(model, n_pages=4, max_batch_tokens=0)
 
 
+def test_prompt_logprobs_survive_a_preemption_in_the_middle_of_a_chunked_prefill():
+    """Long prompts prefilled 6 tokens a step through a pool too small for all of them: a row
+    preempted part-way through its prompt records its prompt logprobs again from the start, whole."""
+    model = tiny_model()
+    reqs = [
+        Request(list(range(5 + i, 35 + i)), 8, {"greedy": True}, logprobs=0, prompt_logprobs=True) for i in range(4)
+    ]
+    squeezed = Engine(model, n_pages=14, page_size=4, max_batch_tokens=6)
+    results = squeezed.run(reqs)
+    assert sum(r.preemptions for r in results) > 0
+    roomy = Engine(model, n_pages=100, page_size=4).run(reqs)
+    for req, res, ref in zip(reqs, results, roomy):
+        assert res.tokens == ref.tokens and len(res.prompt_logprobs) == len(req.prompt)
+        for a, b in zip(res.prompt_logprobs[1:], ref.prompt_logprobs[1:]):
+            assert a.token == b.token and a.logprob == pytest.approx(b.logprob, abs=1e-6)
+
+
 def test_prefix_caching_shares_prompt_pages_and_keeps_outputs_exact():
     """Requests that share a 23-token system prompt (5 full pages of 4) and repeat whole prompts:
     the later ones find those pages cached and compute fewer tokens, outputs (greedy and seeded)

@@ -125,3 +125,9 @@ def test_greedy_rule_accepts_the_matching_prefix_then_emits_the_target_argmax():
             p, q, torch.tensor([draft]), torch.rand(1, 3, dtype=torch.float64), torch.rand(1, dtype=torch.float64)
         )
         assert (int(n_acc), int(nxt)) == (want_n, want_next)
+
+
+def test_a_tiny_temperature_is_the_argmax_not_nan():
+    logits = torch.tensor([1.0, 3.0, 2.0, -50.0])
+    p = probabilities(logits, SamplingParams(temperature=1e-40))
+    assert torch.isfinite(p).all() and p.argmax() == 1 and float(p[1]) == 1.0
