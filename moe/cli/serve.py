@@ -27,12 +27,7 @@ def add_parser(sub) -> None:
         "--request-timeout", type=POSITIVE_FLOAT, default=600.0, help="seconds a request may take before a 504"
     )
     s.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get to finish on SIGTERM")
-    s.add_argument(
-        "--kv-budget-mb",
-        type=POSITIVE_FLOAT,
-        default=None,
-        help="KV cache pool size (default: room for --max-batch full sequences)",
-    )
+    s.add_argument("--kv-budget-mb", type=POSITIVE_FLOAT, help="KV pool (default: --max-batch full sequences)")
     s.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="rows in one step")
     s.add_argument("--page-size", type=POSITIVE_INT, default=16, help="positions per KV page")
     s.add_argument(

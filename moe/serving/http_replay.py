@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from moe.serving.replay import percentiles
+from moe.serving.replay import percentiles, print_latencies
 from moe.serving.request import Request
 
 
@@ -113,13 +113,11 @@ def replay_http(
 
 
 def print_summary(s: dict, header: str) -> None:
-    ms = lambda d: " ".join(f"{k} {1e3 * v:.1f}" if v is not None else f"{k} -" for k, v in d.items())
     print(header)
     print(
         f"requests {s['requests']} ({s['failed']} failed), new tokens {s['new_tokens']}, {s['wall_s']:.1f} s, "
         f"throughput {s['throughput_tok_s']:.1f} tokens/s"
     )
-    print(f"time to first token (ms): {ms(s['ttft_s'])}")
-    print(f"inter-token latency (ms): {ms(s['itl_s'])}")
+    print_latencies(s)
     for e in s["errors"]:
         print(f"error: {e}")

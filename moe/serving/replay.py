@@ -124,15 +124,20 @@ def summarize(engine: Engine, results, t0: float) -> dict:
     }
 
 
-def print_summary(s: dict, header: str) -> None:
+def print_latencies(s: dict) -> None:
+    """The TTFT and ITL percentiles of a summary, in milliseconds (also serve-bench --url's)."""
     ms = lambda d: " ".join(f"{k} {1e3 * v:.1f}" if v is not None else f"{k} -" for k, v in d.items())
+    print(f"time to first token (ms): {ms(s['ttft_s'])}")
+    print(f"inter-token latency (ms): {ms(s['itl_s'])}")
+
+
+def print_summary(s: dict, header: str) -> None:
     print(header)
     print(
         f"requests {s['requests']}, new tokens {s['new_tokens']}, {s['wall_s']:.1f} s, "
         f"throughput {s['throughput_tok_s']:.1f} tokens/s, {s['steps']} steps, mean batch {s['mean_batch']:.2f}"
     )
-    print(f"time to first token (ms): {ms(s['ttft_s'])}")
-    print(f"inter-token latency (ms): {ms(s['itl_s'])}")
+    print_latencies(s)
     if s["draft_acceptance"] is not None:
         print(
             f"draft acceptance {s['draft_acceptance']:.3f}, "
