@@ -137,7 +137,7 @@ class Engine:
         if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError(f"max_batch_tokens must be an integer >= 1 or None, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
-        if prefix_caching and (draft is not None or getattr(model.cfg, "vision", None) is not None):
+        if prefix_caching and (draft is not None or self.vision is not None):
             raise ValueError("prefix_caching is for a text model without a draft (their caches would be shared too)")
         self.model, self.draft, self.k = model.eval(), None if draft is None else draft.eval(), draft_tokens
         self.page_size, self.max_batch, self.clock = page_size, max_batch, clock
@@ -286,7 +286,8 @@ class Engine:
             n = 1 if uncached == 1 else min(uncached, budget)  # a decode always runs
             if n < 1 or row not in self.running:
                 continue
-            while not self._take(row, row.n_target + n + self._k(row, n)):
+            need = n + self._k(row, n)  # tokens it writes: its chunk and its draft tokens
+            while not self._take(row, row.n_target + need):
                 victim = max(self.running, key=lambda r: r.id)
                 self._preempt(victim)
                 plan.pop(victim.id, None)
@@ -295,21 +296,21 @@ class Engine:
                     break
             if row in self.running:
                 plan[row.id] = (row, n)
-                budget -= n + self._k(row, n)
+                budget -= need
         while self.queue and len(self.running) < self.max_batch and budget >= 1:
             row = self.queue[0]
             cached = self.pool.lookup(row.keys[: (len(row.tokens) - 1) // self.page_size])
             start = len(cached) * self.page_size  # its last token is always computed: it gives the logits
             n = min(len(row.tokens) - start, budget)
+            need = n + self._k(row, n)  # (a draft means no prefix caching: start is 0 wherever k > 0)
             images = self._image_pages(row.request)
-            new_pages = math.ceil((start + n + self._k(row, n)) / self.page_size) - len(cached) + images
-            if new_pages > self.pool.available:
+            if math.ceil((start + need) / self.page_size) - len(cached) + images > self.pool.available:
                 self.pool.release(cached)
                 break  # first come, first served: later requests wait behind this one
             self.queue.popleft()
             row.pages, row.n_target, row.n_registered = cached, start, len(cached)
             row.image_pages = self.pool.take(images)
-            self._take(row, start + n + self._k(row, n))
+            self._take(row, start + need)
             if row.result.t_admitted is None:
                 row.result.t_admitted = self.clock()
                 self.pool.count_lookup(len(row.keys) * self.page_size, start)
@@ -317,7 +318,7 @@ class Engine:
                 self._encode(row)
             self.running.append(row)
             plan[row.id] = (row, n)
-            budget -= n + self._k(row, n)
+            budget -= need
         return list(plan.values()), n_preempted
 
     @torch.no_grad()
@@ -381,7 +382,7 @@ class Engine:
             n_preempted,
         )
         self.steps.append(stats)
-        for row in rows:  # full pages of prompt now computed: shared from now on
+        for row in rows if self.pool.prefix_caching else []:  # full prompt pages now computed: shared from now on
             full = min(row.n_target // self.page_size, len(row.keys))
             for i in range(row.n_registered, full):
                 self.pool.register(row.keys[i], row.pages[i])
