@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function
 
 from kernels.grouped_matmul import apply_grouped_mm, check_grouped_mm_args, check_offsets, resolve_backend
 from kernels.permute import combine, gather_rows, sort_by_expert
+from kernels.ranges import profiler_range
 
 ACTIVATIONS = ("gelu", "swiglu")
 
@@ -100,11 +100,11 @@ def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_d
 
 
 def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name):
-    with record_function("moe/permutation"):
+    with profiler_range("moe/permutation"):
         x_MD = gather_rows(x_TD, order_M, weights_TK.shape[1])
-    with record_function("moe/expert_matmuls"):
+    with profiler_range("moe/expert_matmuls"):
         y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch")
-    with record_function("moe/combine"):
+    with profiler_range("moe/combine"):
         return combine(y_MD, order_M, weights_TK)
 
 
@@ -125,7 +125,7 @@ def routed_mlp(
     assignment was dropped for capacity). Sorts the assignments, then runs the same MLP; no device
     sync on the way (the offsets are made here, so they need no check)."""
     experts_A = experts_TK.reshape(-1) if keep_TK is None else experts_TK.masked_fill(~keep_TK, -1).reshape(-1)
-    with record_function("moe/permutation"):
+    with profiler_range("moe/permutation"):
         order_M, offsets_E = sort_by_expert(experts_A, w_up.shape[0], has_dropped=keep_TK is not None)
     _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
     return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
@@ -140,5 +140,5 @@ def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down,
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x_TD, weights_TK, w_up, w_gate, w_down)
     )
-    with record_function("moe/expert_matmuls"):
+    with profiler_range("moe/expert_matmuls"):
         return ops.expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, save)[0]

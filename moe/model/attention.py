@@ -21,9 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
-from torch.profiler import record_function
 
+from kernels.ranges import profiler_range
 from moe.config import ModelConfig
 from moe.model.kv_cache import KVCache, PagedKVCache
 from moe.model.positions import Positions
@@ -46,13 +45,14 @@ class Attention(nn.Module):
         chunk's K/V into the cache at their positions and attend over what the cache returns
         (moe/model/positions.py). rope: the (cos, sin) tables at these positions, [T, d/2] or
         [B, T, d/2] per row."""
-        with record_function("moe/attention"):
+        with profiler_range("moe/attention"):
             return self._forward(x_BTD, rope, positions or Positions.causal(x_BTD.shape[1], x_BTD.device))
 
     def _forward(self, x_BTD, rope, positions: Positions):
-        q = rearrange(self.wq(x_BTD), "b t (h d) -> b h t d", d=self.head_dim)
-        k = rearrange(self.wk(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
-        v = rearrange(self.wv(x_BTD), "b t (g d) -> b g t d", d=self.head_dim)
+        B, T, _ = x_BTD.shape
+        q = self.wq(x_BTD).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, d] (H / tp a rank)
+        k = self.wk(x_BTD).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, G, T, d]
+        v = self.wv(x_BTD).view(B, T, -1, self.head_dim).transpose(1, 2)
         cos, sin = rope
         if cos.dim() == 3:  # per-row positions: broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
@@ -62,7 +62,7 @@ class Attention(nn.Module):
         else:
             k, v, mask = self.kv_cache.update(k, v, positions)
             y = attend_cached(q, k.to(q.dtype), v.to(q.dtype), mask)
-        return self.wo(rearrange(y, "b h t d -> b t (h d)"))
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 def attend_cached(q_BHTd, k_BGSd, v_BGSd, mask):
@@ -75,7 +75,7 @@ def attend_cached(q_BHTd, k_BGSd, v_BGSd, mask):
     G = k_BGSd.shape[1]
     r = H // G
     q_BGRd = q_BHTd.reshape(B, G, r * T, d)  # heads (g r) are consecutive, so this is a view: R = r*T
-    if mask is not None:
+    if mask is not None and T > 1:  # (one query row broadcasts over the r*T as it is)
         mask = mask.repeat(r, 1) if mask.dim() == 2 else mask.repeat(1, 1, r, 1)  # row i*T + t is mask[t]
     y_BGRd = F.scaled_dot_product_attention(q_BGRd, k_BGSd, v_BGSd, attn_mask=mask)
     return y_BGRd.reshape(B, H, T, d)

@@ -14,8 +14,8 @@ PagedKVCache [N, G, page, d]: a pool of fixed-size pages. A sequence owns a list
 block table): position p lives at page table[p // page], slot p % page. Rows of one step are
 different sequences at different positions, with different numbers of new tokens, padded to T
 with position -1 (nothing written, output ignored). Pages are handed out by the serving engine
-(moe/serving/engine.py), which reserves every page a request can need when it admits it, so the memory
-budget is counted in pages, a short request holds few, and nothing is ever preempted.
+(moe/serving/engine.py) as a sequence grows, so the memory budget is counted in pages and a short
+request holds few.
 
     pool   [page 0][page 1][page 2][page 3][page 4] ...
     seq a  table [3, 0]     positions 0-15 in page 3, 16-31 in page 0
@@ -63,18 +63,19 @@ class PagedKVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, k_BGTd, v_BGTd, positions: Positions):
-        """Write the valid tokens into their pages; return each row's K, V [B, G, P * page, d] read
-        through its block table, and the mask [B, 1, T, P * page]."""
-        valid_BT, pos_BT, pages_BP = positions.valid_BT, positions.pos, positions.pages_BP
-        row_N = valid_BT.nonzero()[:, 0]
-        pos_N = pos_BT[valid_BT]
-        page_N, slot_N = pages_BP[row_N, pos_N // self.page_size], pos_N % self.page_size
-        self.k[page_N, :, slot_N] = k_BGTd.transpose(1, 2)[valid_BT].to(self.k.dtype)  # [N, G, d]
-        self.v[page_N, :, slot_N] = v_BGTd.transpose(1, 2)[valid_BT].to(self.v.dtype)
-        B, P = pages_BP.shape
-        G, d = self.k.shape[1], self.k.shape[3]
-        k_BGSd = self.k[pages_BP].transpose(1, 2).reshape(B, G, P * self.page_size, d)  # [B, P, G, page, d] -> ...
-        v_BGSd = self.v[pages_BP].transpose(1, 2).reshape(B, G, P * self.page_size, d)
-        # Padding rows look at position 0 (finite softmax, output discarded).
-        mask_BTS = torch.arange(P * self.page_size, device=pos_BT.device) <= pos_BT.clamp(min=0)[..., None]
-        return k_BGSd, v_BGSd, mask_BTS[:, None]
+        """Write the real tokens into their pages (positions.page_N, slot_N); return each row's K, V
+        [B, G, P * page, d] read through its block table, and the mask [B, 1, T, P * page]."""
+        B, G, T, d = k_BGTd.shape
+        valid_BT, page_N, slot_N = positions.valid_BT, positions.page_N, positions.slot_N
+        for cache, new_BGTd in ((self.k, k_BGTd), (self.v, v_BGTd)):
+            new_BTGd = new_BGTd.transpose(1, 2)
+            new_NGd = new_BTGd.reshape(B * T, G, d) if valid_BT is None else new_BTGd[valid_BT]
+            cache[page_N, :, slot_N] = new_NGd.to(cache.dtype)
+        return self._read(self.k, positions.pages_BP), self._read(self.v, positions.pages_BP), positions.mask_B1TS
+
+    def _read(self, cache_NGpd: torch.Tensor, pages_BP: torch.Tensor) -> torch.Tensor:
+        """[B, G, P * page, d]: each row's pages in block-table order (index_select: on the CPU 5x
+        faster than indexing with the [B, P] table itself)."""
+        (B, P), (_, G, page, d) = pages_BP.shape, cache_NGpd.shape
+        pages_BPGpd = cache_NGpd.index_select(0, pages_BP.reshape(-1)).view(B, P, G, page, d)
+        return pages_BPGpd.transpose(1, 2).reshape(B, G, P * page, d)

@@ -28,9 +28,9 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.profiler import record_function
 
 from kernels.expert_mlp import activation
+from kernels.ranges import profiler_range
 from moe.config import ModelConfig
 from moe.model.experts import LocalExperts
 from moe.model.quantized import QuantizedParam
@@ -77,7 +77,7 @@ class MoELayer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         """x [..., D] -> (y [..., D], the routing of its T = x[..., 0].numel() tokens)."""
         x_TD = x.reshape(-1, x.shape[-1])
-        with record_function("moe/router"):
+        with profiler_range("moe/router"):
             r = self.router(x_TD)
         if self.cfg.expert_quant != "none":
             (x_TD,) = in_autocast_dtype(x_TD)

@@ -10,10 +10,14 @@ One small type for the three ways a forward pass places its tokens; the model ch
     Positions.at(pos_T)        a contiguous KVCache (moe/model/kv_cache.py): every row writes its
                                K/V at positions pos_T and reads positions 0..length-1
                                (prefill: arange(n); decode: [n])
-    Positions.paged(pos_BT, pages_BP)
-                               a PagedKVCache: row b is its own sequence, token t at position
-                               pos[b, t] (-1: padding, neither cached nor routed), its pages listed
-                               in pages[b] (the first P entries of its block table)
+    Positions.paged(pos_BT, pages_BP, page_size)
+                               a PagedKVCache of page_size positions a page: row b is its own
+                               sequence, token t at position pos[b, t] (-1: padding, neither cached
+                               nor routed), its pages listed in pages[b] (the first P entries of its
+                               block table)
+
+A paged batch is placed once for all layers: which tokens are real, the page and slot each writes,
+and the mask of what each reads are computed here, not again in every layer's cache.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ class Positions:
     length: int  # max(pos) + 1: the positions attention spans (a contiguous cache reads 0 .. length - 1)
     cached: bool = False  # write and read a KV cache
     pages_BP: torch.Tensor | None = None  # paged cache: each row's pages
+    page_size: int = 0  # ... of this many positions
+    valid_BT: torch.Tensor | None = None  # bool: the real tokens of a padded batch; None when all are
+    page_N: torch.Tensor | None = None  # each real token's page (N real tokens, in row-major order) ...
+    slot_N: torch.Tensor | None = None  # ... and slot in it
+    mask_B1TS: torch.Tensor | None = None  # bool: which of the P * page_size positions each token reads
 
     @classmethod
     def causal(cls, T: int, device=None) -> Positions:
@@ -41,22 +50,36 @@ class Positions:
         return cls(pos_T, int(pos_T.max()) + 1, cached=True)  # the one device sync of a cached step
 
     @classmethod
-    def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor) -> Positions:
-        if pos_BT.dim() != 2 or pages_BP.dim() != 2 or pages_BP.shape[0] != pos_BT.shape[0]:
+    def paged(cls, pos_BT: torch.Tensor, pages_BP: torch.Tensor, page_size: int) -> Positions:
+        if pos_BT.dim() != 2 or pages_BP.dim() != 2 or pages_BP.shape[0] != pos_BT.shape[0] or not pos_BT.numel():
             raise ValueError(
-                f"paged positions need pos [B, T] and pages [B, P], got {tuple(pos_BT.shape)} "
+                f"paged positions need pos [B, T] and pages [B, P], B and T >= 1, got {tuple(pos_BT.shape)} "
                 f"and {tuple(pages_BP.shape)}"
             )
-        return cls(pos_BT, int(pos_BT.max()) + 1 if pos_BT.numel() else 0, cached=True, pages_BP=pages_BP)
+        lo, hi = (int(v) for v in pos_BT.aminmax())  # the one device sync of a paged step
+        valid_BT = None if lo >= 0 else pos_BT >= 0
+        row_N = torch.arange(pos_BT.shape[0], device=pos_BT.device).repeat_interleave(pos_BT.shape[1])
+        pos_N = pos_BT.reshape(-1)
+        if valid_BT is not None:
+            row_N, pos_N = row_N[valid_BT.reshape(-1)], pos_N[valid_BT.reshape(-1)]
+        if hi >= pages_BP.shape[1] * page_size:
+            raise ValueError(f"position {hi} is past the {pages_BP.shape[1]} pages of {page_size} given each row")
+        S = torch.arange(pages_BP.shape[1] * page_size, device=pos_BT.device)
+        return cls(
+            pos_BT,
+            hi + 1,
+            cached=True,
+            pages_BP=pages_BP,
+            page_size=page_size,
+            valid_BT=valid_BT,
+            page_N=pages_BP[row_N, pos_N // page_size],
+            slot_N=pos_N % page_size,
+            mask_B1TS=(S <= pos_BT.clamp(min=0)[..., None])[:, None],  # padding looks at position 0
+        )
 
     @property
     def paged_rows(self) -> bool:
         return self.pages_BP is not None
-
-    @property
-    def valid_BT(self) -> torch.Tensor | None:
-        """Which tokens are real (paged batches pad rows to the longest); None when all are."""
-        return self.pos >= 0 if self.paged_rows else None
 
     def check(self, B: int, T: int, max_seq_len: int, cache=None) -> None:
         """Raise a ValueError naming what does not fit: a batch of B rows of T tokens, a model of
@@ -84,6 +107,8 @@ class Positions:
                 f"{'paged' if self.paged_rows else 'contiguous'} positions given, but the model's "
                 f"cache is {type(cache).__name__}"
             )
+        if self.paged_rows and self.page_size != cache.page_size:
+            raise ValueError(f"positions placed in pages of {self.page_size}, but the cache's hold {cache.page_size}")
         if not self.paged_rows and self.length > cache.max_len:
             raise ValueError(f"position {self.length - 1} is past the KV cache's {cache.max_len} positions")
 

@@ -75,9 +75,26 @@ class RouterOutput:
     keep: torch.Tensor | None  # bool [T, k], or None when dropless
     tokens_per_expert: torch.Tensor  # int64 [E]: assignments each expert computes (after drops)
     n_dropped: torch.Tensor  # int64 scalar
-    balance_loss: torch.Tensor  # L_balance (unscaled)
-    z_loss: torch.Tensor  # L_z (unscaled)
-    aux_loss: torch.Tensor  # balance_coef * L_balance + z_coef * L_z: add this to the training loss
+    f_E: torch.Tensor  # float32 [E]: each expert's share of the assignments (of every rank's, data parallel)
+    balance_coef: float = 0.0
+    z_coef: float = 0.0
+
+    # The losses are computed when read (training reads them; serving never does, and skips their ops).
+
+    @property
+    def balance_loss(self) -> torch.Tensor:
+        """L_balance (unscaled)."""
+        return self.f_E.numel() * (self.f_E * self.logits.softmax(dim=-1).mean(dim=0)).sum()
+
+    @property
+    def z_loss(self) -> torch.Tensor:
+        """L_z (unscaled)."""
+        return torch.logsumexp(self.logits, dim=-1).pow(2).mean()
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """balance_coef * L_balance + z_coef * L_z: add this to the training loss."""
+        return self.balance_coef * self.balance_loss + self.z_coef * self.z_loss
 
 
 class TopKRouter(nn.Module):
@@ -116,16 +133,11 @@ class TopKRouter(nn.Module):
 
         T, E = logits_TE.shape
         counts_E = count_per_expert(experts_TK, E)
-        all_counts_E, pending = counts_E, None
-        if self.count_group is not None:  # started now, awaited only where f needs it
+        all_counts_E = counts_E
+        if self.count_group is not None:
             all_counts_E = counts_E.clone()
-            pending = dist.all_reduce(all_counts_E, group=self.count_group, async_op=True)
-        P_E = logits_TE.softmax(dim=-1).mean(dim=0)
-        z = torch.logsumexp(logits_TE, dim=-1).pow(2).mean()
-        if pending is not None:
-            pending.wait()
+            dist.all_reduce(all_counts_E, group=self.count_group)
         f_E = all_counts_E.float() / all_counts_E.sum().clamp(min=1)  # = counts / (T * k) in one process
-        balance = E * (f_E * P_E).sum()
 
         keep_TK, capacity = None, self.capacity(T)
         n_dropped = counts_E.new_zeros(())
@@ -141,7 +153,7 @@ class TopKRouter(nn.Module):
             keep=keep_TK,
             tokens_per_expert=counts_E,
             n_dropped=n_dropped,
-            balance_loss=balance,
-            z_loss=z,
-            aux_loss=self.balance_coef * balance + self.z_coef * z,
+            f_E=f_E,
+            balance_coef=self.balance_coef,
+            z_coef=self.z_coef,
         )

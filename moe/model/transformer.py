@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.profiler import record_function
 
+from kernels.ranges import profiler_range
 from moe.config import ModelConfig
 from moe.model.attention import Attention
 from moe.model.init import init_weights
@@ -32,9 +32,13 @@ IGNORE_INDEX = -100  # a target that the loss skips (padding after a captioned e
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, T, V]
-    aux_loss: torch.Tensor  # summed router losses of all layers (coefficients applied)
     routing: list[RouterOutput]  # one per layer
     loss: torch.Tensor | None = None  # cross-entropy in nats per token, when targets were given
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """The summed router losses of all layers (coefficients applied), computed when read."""
+        return torch.stack([r.aux_loss for r in self.routing]).sum()
 
 
 class Block(nn.Module):
@@ -49,10 +53,10 @@ class Block(nn.Module):
         """rope: the (cos, sin) tables at the tokens' positions; positions: see moe/model/positions.py
         (None: positions 0..T-1, no cache)."""
         positions = positions or Positions.causal(x_BTD.shape[1], x_BTD.device)
-        with record_function("moe/norm"):
+        with profiler_range("moe/norm"):
             h_BTD = self.attn_norm(x_BTD)
         x_BTD = x_BTD + self.attn(h_BTD, rope, positions)
-        with record_function("moe/norm"):
+        with profiler_range("moe/norm"):
             h_BTD = self.mlp_norm(x_BTD)
         valid_BT = positions.valid_BT
         if valid_BT is not None:  # a paged batch: route only the real tokens, not the padding
@@ -116,7 +120,7 @@ class MoETransformer(nn.Module):
     ) -> ModelOutput:
         """idx [B, T] token ids. positions (moe/model/positions.py): None for positions 0..T-1 and no
         cache; Positions.at(pos_T) to write and read the contiguous KV cache (prefill: arange(T);
-        decode: [n]); Positions.paged(pos_BT, pages_BP), each row its own sequence at its own
+        decode: [n]); Positions.paged(pos_BT, pages_BP, page_size), each row its own sequence at its own
         positions in the paged cache (padding tokens give garbage logits and are not routed).
         targets [B, T]: also return the cross-entropy. before_block(i, x_BTD) -> x_BTD: run on the
         residual stream before block i (the vision path's gated cross-attention, moe/vision/model.py)."""
@@ -133,14 +137,13 @@ class MoETransformer(nn.Module):
             x_BTD, r = block(x_BTD, rope, positions)
             routing.append(r)
         logits = self.lm_head(self.norm(x_BTD))
-        aux = torch.stack([r.aux_loss for r in routing]).sum()
         loss = None
         if targets is not None:
             self._check_tokens(targets, "targets", ignore=IGNORE_INDEX)
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
             )
-        return ModelOutput(logits=logits, aux_loss=aux, routing=routing, loss=loss)
+        return ModelOutput(logits=logits, routing=routing, loss=loss)
 
     def _check_tokens(self, ids: torch.Tensor, what: str, ignore: int | None = None) -> None:
         """ids [B, T] must be token ids; `ignore`: a value also allowed (a target the loss skips)."""

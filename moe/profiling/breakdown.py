@@ -30,12 +30,15 @@ def breakdown(events, cuda: bool, steps: int = 1, backward_only: bool = False) -
     """Milliseconds per step in each category: the device (kernel) time on a GPU, the CPU time of
     the ops on a CPU, each event's own time (children excluded), so the categories add up.
     backward_only: count only the work of autograd nodes."""
-    forward_range = {}  # autograd sequence number -> range of the forward op that made the node
+    # autograd sequence number -> range of the forward op that made the node. Ops that make no node
+    # report the number the next one will take, so the op that made node n is the last forward event
+    # numbered n (the ones before it may sit in an earlier range).
+    forward_range = {}
     for e in events:
         if e.sequence_nr >= 0 and not e.name.startswith(_BACKWARD):
             r = _range_of(e)
             if r is not None and not r.startswith("seq:"):
-                forward_range.setdefault(e.sequence_nr, r)
+                forward_range[e.sequence_nr] = r
     totals = defaultdict(float)
     for e in events:
         us = e.self_device_time_total if cuda else e.self_cpu_time_total

@@ -347,17 +347,24 @@ class Engine:
         starts = [r.n_target for r in rows]
         decoding = [r.n_target == len(r.tokens) - 1 for r in rows]
         logits, routing = self._forward(self.model, rows, feeds, starts)
+        plain = [b for b, (samples, k) in enumerate(zip(sampling, ks)) if samples and k == 0]
+        chosen = dict(zip(plain, _choose([rows[b] for b in plain], [logits[b][-1] for b in plain])))
         n_emitted = 0
-        for row, chunk, start, samples, k, d, q, lg in zip(rows, chunks, starts, sampling, ks, drafts, qs, logits):
+        for b, (row, chunk, start, samples, k, d, q, lg) in enumerate(
+            zip(rows, chunks, starts, sampling, ks, drafts, qs, logits)
+        ):
             self._prompt_logprobs(row, start, lg[: len(chunk)])
             if not samples:  # a prefill chunk short of the end: cached, nothing drawn
                 row.n_target += len(chunk)
                 continue
-            p = probabilities(lg[-(k + 1) :], row.params)  # the target at the k + 1 scored positions
-            u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
-            u = torch.rand(1, generator=row.generator, dtype=torch.float64)
-            n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long), u_k[None], u)
-            n_acc = int(n_acc)
+            if b in chosen:  # nothing drafted: the token chosen with the others of its settings
+                n_acc, token = 0, chosen[b]
+            else:
+                p = probabilities(lg[-(k + 1) :], row.params)  # the target at the k + 1 scored positions
+                u_k = torch.rand(k, generator=row.generator, dtype=torch.float64)
+                u = torch.rand(1, generator=row.generator, dtype=torch.float64)
+                n_acc, token = accept_draft(p[None], q[None], torch.tensor([d], dtype=torch.long), u_k[None], u)
+                n_acc = int(n_acc)
             row.n_target = len(row.tokens) + n_acc  # the cache keeps what was fed up to the last accepted draft
             row.n_draft = min(row.n_draft, row.n_target)
             row.result.draft_proposed += k
@@ -435,18 +442,15 @@ class Engine:
         """One forward of `model` over rows, row b feeding feeds[b] at positions starts[b]... in its
         pages. Returns each row's logits [len(feed), V] (float32, CPU) and the routing."""
         device = model.tok_emb.weight.device
-        B, T = len(rows), max(map(len, feeds))
+        T = max(map(len, feeds))
         P = math.ceil(max(s + len(f) for s, f in zip(starts, feeds)) / self.page_size)
-        idx = torch.zeros(B, T, dtype=torch.long)
-        pos = torch.full((B, T), -1, dtype=torch.long)
-        pages = torch.zeros(B, P, dtype=torch.long)
-        for b, (row, f, s) in enumerate(zip(rows, feeds, starts)):
-            idx[b, : len(f)] = torch.tensor(f, dtype=torch.long)
-            pos[b, : len(f)] = torch.arange(s, s + len(f))
-            n = min(P, len(row.pages))
-            pages[b, :n] = torch.tensor(row.pages[:n], dtype=torch.long)
+        idx = torch.tensor([f + [0] * (T - len(f)) for f in feeds])
+        pos = torch.tensor([list(range(s, s + len(f))) + [-1] * (T - len(f)) for s, f in zip(starts, feeds)])
+        pages = torch.tensor([r.pages[:P] + [0] * (P - len(r.pages[:P])) for r in rows])
         extra = {"media": self._media(rows, pos, device)} if model is self.model and self.vision is not None else {}
-        out = self._calls[id(model)](idx.to(device), Positions.paged(pos.to(device), pages.to(device)), **extra)
+        out = self._calls[id(model)](
+            idx.to(device), Positions.paged(pos.to(device), pages.to(device), self.page_size), **extra
+        )
         logits = out.logits.float().cpu()
         return [logits[b, : len(f)] for b, f in enumerate(feeds)], out.routing
 
@@ -490,6 +494,27 @@ class Engine:
         while self.has_work():
             self.step()
         return [i if isinstance(i, RequestError) else self.results[i] for i in ids]
+
+
+def _choose(rows: list[_Row], logits: list[torch.Tensor]) -> list[int]:
+    """The next token of each row that drafted nothing, from its logits [V] at its last position:
+    the rows of one sampling setting at once. A greedy row takes the argmax (ties to the lower id,
+    as `probabilities` and `sample` would choose); any other row one uniform from its own generator,
+    as accept_draft with k = 0 would, so a row draws the same whatever shares its step."""
+    chosen = [0] * len(rows)
+    groups = collections.defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[row.params].append(i)
+    for params, members in groups.items():
+        logits_BV = torch.stack([logits[i] for i in members])
+        if params.is_greedy:
+            tokens = logits_BV.argmax(-1)
+        else:
+            u_B = torch.cat([torch.rand(1, generator=rows[i].generator, dtype=torch.float64) for i in members])
+            tokens = sample(probabilities(logits_BV, params), u_B)
+        for i, t in zip(members, tokens.tolist()):
+            chosen[i] = t
+    return chosen
 
 
 def _logprobs(logits_TV: torch.Tensor, tokens: list[int], top: int | None) -> list[TokenLogprob]:

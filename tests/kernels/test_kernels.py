@@ -61,6 +61,28 @@ def test_both_torch_paths_match(monkeypatch, path):
     torch.testing.assert_close(w.grad.double(), dw_ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize(
+    "counts, padded",
+    [
+        ([4] * 16, True),  # a decode step: a few rows for every expert
+        ([12] + [4] * 13 + [0] * 2, True),  # uneven, padding under 4x
+        ([64] + [0] * 15, False),  # padding 16x: grouped_mm
+        ([1] * 16, False),  # a row an expert
+        ([64] * 16, False),  # many rows
+    ],
+)
+def test_few_rows_on_the_cpu_take_the_padded_matmul(counts, padded):
+    """The serving shortcut: which path the rows take, and the same products as the reference
+    either way (the forward without autograd, as serving calls it)."""
+    x, w = torch.randn(sum(counts), 16), torch.randn(len(counts), 16, 8)
+    offsets = offsets_from(counts)
+    assert gm._few_rows_on_cpu(x, offsets) == padded
+    with torch.no_grad():
+        y = kernels.grouped_mm(x, w, offsets)
+    y_ref = kernels.grouped_mm_reference(x.double(), w.double(), offsets)
+    torch.testing.assert_close(y.double(), y_ref, **TOL[torch.float32])
+
+
 def test_grouped_mm_gradcheck():
     counts = [2, 0, 3]
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

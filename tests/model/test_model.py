@@ -78,6 +78,14 @@ def test_bad_tokens_and_lengths():
     model.setup_caches(1, 8)
     with pytest.raises(ValueError, match="past the KV cache"):
         model(torch.zeros(1, 1, dtype=torch.long), Positions.at(torch.tensor([8])))
+    model.setup_paged_caches(n_pages=4, page_size=4)
+    one = torch.zeros(1, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="past the 2 pages of 4"):
+        model(one, Positions.paged(torch.tensor([[8]]), torch.tensor([[0, 1]]), 4))
+    with pytest.raises(ValueError, match="pages of 8, but the cache's hold 4"):
+        model(one, Positions.paged(torch.tensor([[3]]), torch.tensor([[0]]), 8))
+    with pytest.raises(ValueError, match="B and T >= 1"):
+        Positions.paged(torch.zeros(1, 0, dtype=torch.long), torch.tensor([[0]]), 4)
 
 
 def test_greedy_generate_equals_argmax_of_full_forward():

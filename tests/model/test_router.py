@@ -98,36 +98,31 @@ def test_aux_losses_match_formulas():
     assert out.tokens_per_expert.tolist() == [(e_ref == i).sum().item() for i in range(8)]
 
 
-def test_data_parallel_counts_are_reduced_asynchronously(monkeypatch):
-    """With a count group the router starts the counts' all-reduce without blocking and waits only
-    before the balance loss needs f: here a stand-in group of two ranks routing the same tokens
-    (the reduce doubles the counts) gives the one-process balance loss, which it could not if f were
-    read before the wait."""
+def test_data_parallel_balance_takes_f_from_every_ranks_counts(monkeypatch):
+    """With a count group the router all-reduces its expert counts and takes f from the sum, while
+    P (and the reported counts) stay local: here a stand-in group whose other rank routed other
+    tokens, against the formula over both ranks' counts and this rank's P."""
     import moe.model.router as router_mod
 
-    events = []
+    r = _router()
+    x, x_other = torch.randn(40, 16), torch.randn(24, 16)
+    calls = []
 
-    class Pending:  # until wait() the buffer holds nothing usable (zeros), as an unfinished reduce may
-        def __init__(self, t):
-            self.t, self.total = t, 2 * t  # the other rank's identical counts, summed
-            t.zero_()
+    alone, other = r(x), r(x_other)
 
-        def wait(self):
-            self.t.copy_(self.total)
-            events.append("wait")
-
-    def all_reduce(t, group=None, async_op=False):
-        events.append(("start", async_op, group))
-        return Pending(t)
+    def all_reduce(t, group=None):
+        calls.append(group)
+        t += other.tokens_per_expert
 
     monkeypatch.setattr(router_mod.dist, "all_reduce", all_reduce)
-    r = _router()
-    x = torch.randn(40, 16)
-    alone = r(x)
     r.count_group = "data group"
     together = r(x)
-    assert events == [("start", True, "data group"), "wait"]
-    torch.testing.assert_close(together.balance_loss, alone.balance_loss)
+    assert calls == ["data group"]
+    counts = (alone.tokens_per_expert + other.tokens_per_expert).double()
+    f = counts / counts.sum()
+    balance = 8 * (f * (x.double() @ r.gate.weight.double().T).softmax(-1).mean(0)).sum()
+    torch.testing.assert_close(together.balance_loss.double(), balance, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(together.balance_loss, alone.balance_loss)  # the other rank's counts mattered
     assert torch.equal(together.tokens_per_expert, alone.tokens_per_expert)  # the local counts are reported
 
 

@@ -51,7 +51,7 @@ def test_paged_cache_rows_at_different_positions_equal_full_forwards():
         pos = torch.full((3, max(T, 1)), -1)
         for b, (s, l, h) in enumerate(zip(seqs, lo, hi)):
             idx[b, : h - l], pos[b, : h - l] = s[l:h], torch.arange(l, h)
-        out = model(idx, Positions.paged(pos, tables))
+        out = model(idx, Positions.paged(pos, tables, 4))
         for b, (l, h) in enumerate(zip(lo, hi)):
             got[b].append(out.logits[b, : h - l])
         # the routing saw only real tokens
