@@ -27,6 +27,15 @@ def add_parser(sub) -> None:
         "and prompts, instead of an engine in this process",
     )
     s.add_argument("--model", help="with --url: the model name to send (default: none, the server's own)")
+    s.add_argument(
+        "--text-prompts",
+        action="store_true",
+        help="with --url: send prompts as text (the checkpoint's tokenizer decodes them), for servers "
+        "that take only strings (transformers serve)",
+    )
+    s.add_argument(
+        "--no-ignore-eos", action="store_true", help="with --url: leave ignore_eos out (servers that refuse it)"
+    )
     add_draft(s)
     s.add_argument("--rate", type=POSITIVE_FLOAT, default=4.0, help="mean arrivals per second (Poisson)")
     s.add_argument("--requests", type=POSITIVE_INT, default=32, help="requests to replay")
@@ -129,7 +138,12 @@ def _over_http(args, sampling: dict) -> int:
         raise ValueError(f"--url must start with http:// or https://, got {args.url!r}")
     tok = serving.tokenizer(args.checkpoint) if args.checkpoint else None
     requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
-    summary = http_replay.replay_http(args.url, requests, args.rate, args.seed, args.model)
+    from moe.data.tokenizer import ByteTokenizer
+
+    text = (tok or ByteTokenizer()).decode if args.text_prompts else None
+    summary = http_replay.replay_http(
+        args.url, requests, args.rate, args.seed, args.model, text=text, ignore_eos=not args.no_ignore_eos
+    )
     summary["setup"] = {
         **environment(False),
         "rate": args.rate,

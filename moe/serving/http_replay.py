@@ -1,9 +1,12 @@
 """serve-bench --url: the same Poisson arrivals and prompts as moe/serving/replay.py, sent to any
 OpenAI-compatible server (ours, vLLM, SGLang, llama.cpp, ...) as streamed /v1/completions.
 
-Each request is sent at its arrival time with its prompt as token ids, max_tokens, ignore_eos (so
-every request generates its full length where the server honours it) and the sampling settings;
-the stream is read as it comes. Measured on this side of the wire:
+Each request is sent at its arrival time with its prompt as token ids (or as text, for servers
+that take only strings, such as `transformers serve`), max_tokens, ignore_eos (so every request
+generates its full length where the server honours it; left out for servers that refuse unknown
+fields) and the sampling settings; the stream is read as it comes. The prompt tokens the server
+counted come back in the summary: the same as ours where it tokenized the text as we do.
+Measured on this side of the wire:
   TTFT        first text chunk's arrival - the request's arrival time
   ITL         (last chunk - first chunk) / (completion tokens - 1), one value per request (a chunk
               may carry several tokens, so per-chunk gaps would not be per-token latencies)
@@ -23,26 +26,24 @@ from moe.serving.replay import percentiles, print_latencies
 from moe.serving.request import Request
 
 
-async def _one(client, url: str, model: str | None, request: Request, arrival: float, t0: float) -> dict:
+async def _one(client, url: str, request: Request, arrival: float, t0: float, fields: dict, text) -> dict:
     await asyncio.sleep(max(0.0, t0 + arrival - time.perf_counter()))
     sent = time.perf_counter()
     sampling = dict(request.sampling or {})
     body = {
-        "prompt": list(request.prompt),
+        "prompt": list(request.prompt) if text is None else text(list(request.prompt)),
         "max_tokens": request.max_new_tokens,
         "temperature": 0.0 if sampling.get("greedy") else sampling.get("temperature", 1.0),
         "seed": request.seed,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,
+        **fields,
     }
     for key in ("top_p", "top_k"):
         if sampling.get(key) is not None:
             body[key] = sampling[key]
-    if model is not None:
-        body["model"] = model
     first = last = None
-    tokens, error = None, None
+    tokens, prompt_tokens, error = None, None, None
     try:
         async with client.stream("POST", url.rstrip("/") + "/v1/completions", json=body) as r:
             if r.status_code != 200:
@@ -55,7 +56,7 @@ async def _one(client, url: str, model: str | None, request: Request, arrival: f
                     error = str(chunk["error"].get("message"))
                     break
                 if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                    tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"].get("prompt_tokens")
                 if any(c.get("text") for c in chunk.get("choices") or []):
                     now = time.perf_counter()
                     first = first or now
@@ -70,28 +71,41 @@ async def _one(client, url: str, model: str | None, request: Request, arrival: f
         "ttft": first - (t0 + arrival),
         "end": last,
         "tokens": tokens,
+        "prompt_tokens": prompt_tokens,
         "itl": (last - first) / (tokens - 1) if tokens and tokens > 1 else None,
     }
 
 
-async def _replay(url, model, requests, arrivals, concurrency_limit) -> tuple[list[dict], float]:
+async def _replay(url, requests, arrivals, concurrency_limit, fields, text) -> tuple[list[dict], float]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency_limit, max_keepalive_connections=concurrency_limit)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         t0 = time.perf_counter()
-        out = await asyncio.gather(*(_one(client, url, model, r, a, t0) for r, a in zip(requests, arrivals)))
+        out = await asyncio.gather(*(_one(client, url, r, a, t0, fields, text) for r, a in zip(requests, arrivals)))
     return out, t0
 
 
 def replay_http(
-    url: str, requests: list[Request], rate: float, seed: int = 0, model: str | None = None, connections: int = 256
+    url: str,
+    requests: list[Request],
+    rate: float,
+    seed: int = 0,
+    model: str | None = None,
+    connections: int = 256,
+    text=None,
+    ignore_eos: bool = True,
 ) -> dict:
-    """Send requests at Poisson arrival times (the same as replay's for the same seed); the summary."""
+    """Send requests at Poisson arrival times (the same as replay's for the same seed); the summary.
+    text(ids) -> str: send each prompt as this text instead of its token ids; ignore_eos=False
+    leaves that field out."""
     if rate <= 0:
         raise ValueError(f"rate must be > 0 requests per second, got {rate}")
     arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, len(requests)))
-    results, _ = asyncio.run(_replay(url, model, requests, arrivals, connections))
+    fields = {"ignore_eos": True} if ignore_eos else {}
+    if model is not None:
+        fields["model"] = model
+    results, _ = asyncio.run(_replay(url, requests, arrivals, connections, fields, text))
     ok = [r for r in results if "error" not in r]
     failed = [r["error"] for r in results if "error" in r]
     if not ok:
@@ -104,6 +118,7 @@ def replay_http(
         "failed": len(failed),
         "errors": sorted(set(failed))[:5],
         "new_tokens": n_tokens,
+        "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in ok),  # as the server counted them
         "wall_s": wall,
         "throughput_tok_s": n_tokens / wall,
         "ttft_s": percentiles([r["ttft"] for r in ok]),

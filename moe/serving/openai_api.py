@@ -121,9 +121,10 @@ def _token_list(v, vocab: int, name: str) -> list[int]:
 
 
 def _refuse_unsupported(body: dict) -> None:
-    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
-        if body.get(name) not in (None, 0, 0.0, 1.0 if name == "repetition_penalty" else 0):
-            raise APIError(400, f"{name} is not supported (only its neutral value)", name)
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1)):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or value != neutral):
+            raise APIError(400, f"{name} is not supported (only its neutral value, {neutral})", name)
     if body.get("best_of") not in (None, 1) or body.get("logit_bias"):
         raise APIError(
             400, "best_of and logit_bias are not supported", "best_of" if "best_of" in body else "logit_bias"

@@ -220,6 +220,18 @@ def test_serve_bench_drives_the_server_over_http(server, tmp_path):
     assert summary["failed"] == 0 and summary["new_tokens"] == 12 * 10
     assert 0 < summary["ttft_s"]["p50"] <= summary["ttft_s"]["p99"] and summary["itl_s"]["p50"] > 0
     assert "throughput" in r.stdout
+    # As text, for servers that take only strings, and without ignore_eos: the server counts the
+    # same prompt tokens, so the load is the same.
+    r = subprocess.run(
+        [sys.executable, "-m", "moe", "serve-bench", "--url", server, "--requests", "6", "--rate", "40"]
+        + ["--prompt-len", "16", "--max-new-tokens", "5", "--greedy", "--text-prompts", "--no-ignore-eos"]
+        + ["--out", str(tmp_path), "--name", "text"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "text.json").read_text())
+    assert summary["failed"] == 0 and summary["prompt_tokens"] == 6 * 16 and summary["new_tokens"] == 6 * 5
     bad = subprocess.run(
         [sys.executable, "-m", "moe", "serve-bench", "--url", "localhost:1"], capture_output=True, text=True
     )
@@ -243,6 +255,7 @@ def test_serve_bench_drives_the_server_over_http(server, tmp_path):
         ({"prompt": "x", "stop": 3}, "stop"),
         ({"prompt": "x", "stop_token_ids": [999]}, "stop_token_ids"),
         ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),  # neutral is 1, not 0
         ({"prompt": "x", "temperature": 10**400}, "temperature"),  # past float: not an OverflowError
         ({"prompt": "x", "n": 65}, "n"),
     ],
@@ -265,6 +278,8 @@ def test_malformed_bodies_unknown_models_and_nonfinite_numbers(server):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = httpx.get(server + "/v1/nothing")
     assert r.status_code == 404 and "error" in r.json()
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}  # what clients send
+    assert httpx.post(server + "/v1/completions", json={"prompt": "x", "max_tokens": 1, **neutral}).status_code == 200
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_pages(server):
