@@ -79,9 +79,13 @@ def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
 
 
-def pages_used(url) -> float:
+def gauge(url, name) -> float:
     text = httpx.get(url + "/metrics").text
-    return float(re.search(r"^moe_kv_pages_used (\S+)$", text, re.M).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def pages_used(url) -> float:
+    return gauge(url, "moe_kv_pages_used")
 
 
 def settled_pages(url, within=10.0) -> float:
@@ -90,6 +94,14 @@ def settled_pages(url, within=10.0) -> float:
     while (used := pages_used(url)) and time.time() < deadline:
         time.sleep(0.05)
     return used
+
+
+def settled_queue(url, within=10.0) -> float:
+    """Requests waiting once cancellations have reached the engine."""
+    deadline = time.time() + within
+    while (waiting := gauge(url, "moe_num_requests_waiting")) and time.time() < deadline:
+        time.sleep(0.05)
+    return waiting
 
 
 def text_of(ids):
@@ -384,7 +396,9 @@ def test_a_full_queue_is_429_a_slow_request_504_and_sigterm_exits_0(slow_checkpo
         assert 429 in codes and set(codes) == {429, 504}, codes
         for r in answers:
             assert r.json()["error"]["type"] == ("rate_limit_error" if r.status_code == 429 else "timeout")
+        assert settled_queue(url) == 0  # the timed-out ones' cancellations have run: the stream is not a 429
         with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200
             events = [line for line in r.iter_lines() if line.startswith("data: ")]
         assert json.loads(events[-1][6:])["error"]["type"] == "timeout", events[-3:]
         assert settled_pages(url) == 0
