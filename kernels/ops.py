@@ -23,7 +23,7 @@ import torch
 
 
 def _sum_over_k(rows_AD: torch.Tensor, T: int, k: int) -> torch.Tensor:
-    return rows_AD.view(T, k, -1).sum(dim=1) if k > 1 else rows_AD
+    return rows_AD.view(T, k, rows_AD.shape[-1]).sum(dim=1) if k > 1 else rows_AD
 
 
 # --- the grouped GEMM ---------------------------------------------------------------------------

@@ -70,3 +70,14 @@ def moe_cli(*args, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def pool():
+    """Four gloo processes spawned once per test process (tests/parallel/dist_worker.py), shared by
+    the training and the serving layouts' cases."""
+    from dist_worker import Pool  # (tests/parallel, on the path of the modules that use it)
+
+    workers = Pool(4)  # the largest world of any case
+    yield workers
+    workers.close()

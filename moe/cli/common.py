@@ -94,3 +94,19 @@ def add_runtime(
     parser.add_argument("--device", help=device_help)
     parser.add_argument("--expert-backend", choices=EXPERT_BACKENDS, help=expert_backend_help)
     parser.add_argument("--compile", action="store_true", help=compile_help)
+
+
+def add_serving_layout(parser) -> None:
+    """--tp, --pp, --ep, --microbatches: one engine over torchrun's processes (moe/parallel/serving.py)."""
+    par = parser.add_argument_group(
+        "layout (launch with torchrun --nproc-per-node tp x pp x ep; rank 0 serves, the others compute)"
+    )
+    par.add_argument("--tp", type=POSITIVE_INT, default=1, help="tensor parallel: split query heads and expert d_ff")
+    par.add_argument("--pp", type=POSITIVE_INT, default=1, help="pipeline parallel: split the layers into stages")
+    par.add_argument("--ep", type=POSITIVE_INT, default=1, help="expert parallel: split the experts and the rows")
+    par.add_argument(
+        "--microbatches", type=POSITIVE_INT, default=None, help="pipeline microbatches per step (default: pp)"
+    )
+    par.add_argument(
+        "--dist-timeout", type=POSITIVE_FLOAT, default=60.0, help="seconds a rank waits for a peer before failing"
+    )

@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 
 from moe.cli import serving
-from moe.cli.common import EXIT_OK, POSITIVE_INT, SEED, add_draft, add_runtime, add_sampling, check_device
+from moe.cli.common import (
+    EXIT_OK,
+    POSITIVE_INT,
+    SEED,
+    add_draft,
+    add_runtime,
+    add_sampling,
+    add_serving_layout,
+    check_device,
+)
 
 
 def add_parser(sub) -> None:
@@ -33,6 +42,7 @@ def add_parser(sub) -> None:
         checkpoint_help="speculative decoding with this draft model (same vocabulary); also reports its "
         "acceptance and tokens per target forward (speedups: python -m bench.serving)",
     )
+    add_serving_layout(g)
     g.set_defaults(func=run)
 
 
@@ -55,36 +65,45 @@ def run(args) -> int:
     import random
     import time
 
-    from moe.serving import Engine, Request
+    from moe.serving import Request
 
     sampling = serving.sampling(args)
     check_device(args)
+    if serving.distributed(args):
+        serving.check_layout_flags(args)
     tok = serving.tokenizer(args.checkpoint, args.draft_checkpoint)
-    model = serving.load(args.checkpoint, args)
-    draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    images = _images(args.image, model.cfg)
-    placeholders = [model.cfg.vision.image_token] * len(images) if images else []
-    text = args.prompt if args.prompt is not None else ("" if images else "\n")
-    try:
-        prompt = placeholders + (tok.encode_prompt(text) if text else [])
-    except UnicodeEncodeError as e:  # bytes the shell could not decode reach Python as lone surrogates
-        raise ValueError(
-            f"--prompt: not valid UTF-8 text (characters {e.start}-{e.end - 1} are undecodable bytes)"
-        ) from None
-    if not prompt:
-        raise ValueError("--prompt is empty: give at least one character to continue (or an --image)")
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed, images=images)
-    engine = Engine(
-        model,
-        max_batch=1,
-        draft=draft,
-        draft_tokens=args.draft_tokens,  # pages for one full sequence
+    draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint and serving.is_main() else None
+    engine = serving.engine(
+        args,
+        draft,
+        max_batch=1,  # pages for one full sequence
+        draft_tokens=args.draft_tokens,
         compile=args.compile,
     )
-    t = time.perf_counter()
-    result = engine.run([request])[0]
-    seconds = time.perf_counter() - t
+    if engine is None:  # another rank's part is done
+        serving.finish(args)
+        return EXIT_OK
+    cfg = engine.model.cfg
+    images = _images(args.image, cfg)
+    placeholders = [cfg.vision.image_token] * len(images) if images else []
+    text = args.prompt if args.prompt is not None else ("" if images else "\n")
+    try:
+        try:
+            prompt = placeholders + (tok.encode_prompt(text) if text else [])
+        except UnicodeEncodeError as e:  # bytes the shell could not decode reach Python as lone surrogates
+            raise ValueError(
+                f"--prompt: not valid UTF-8 text (characters {e.start}-{e.end - 1} are undecodable bytes)"
+            ) from None
+        if not prompt:
+            raise ValueError("--prompt is empty: give at least one character to continue (or an --image)")
+        seed = args.seed if args.seed is not None else random.randrange(2**31)
+        request = Request(prompt, args.max_new_tokens, sampling=sampling, seed=seed, images=images)
+        t = time.perf_counter()
+        result = engine.run([request])[0]
+        seconds = time.perf_counter() - t
+    finally:
+        engine.close()
+        serving.finish(args)
     if isinstance(result, Exception):
         raise result
     print("<image>" * len(images) + tok.decode(prompt[len(images) :] + result.tokens))

@@ -7,7 +7,15 @@ import socket
 import sys
 
 from moe.cli import serving
-from moe.cli.common import EXIT_OK, POSITIVE_FLOAT, POSITIVE_INT, add_draft, add_runtime, check_device
+from moe.cli.common import (
+    EXIT_OK,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    add_draft,
+    add_runtime,
+    add_serving_layout,
+    check_device,
+)
 
 
 def add_parser(sub) -> None:
@@ -43,34 +51,40 @@ def add_parser(sub) -> None:
     )
     add_draft(s)
     add_runtime(s, compile_help="torch.compile the model's forward (the first requests compile)")
+    add_serving_layout(s)
     s.set_defaults(func=run)
 
 
 def run(args) -> int:
     import uvicorn
 
-    from moe.serving import Engine
     from moe.serving.server import Settings, build_app
 
     check_device(args)
+    if serving.distributed(args):
+        serving.check_layout_flags(args)
     tokenizer = serving.tokenizer(args.checkpoint, args.draft_checkpoint)  # refused now, before binding a port
+    from moe.training.checkpoint import read_config
+
+    cfg, _ = read_config(args.checkpoint)
+    budget = None if args.kv_budget_mb is None else int(args.kv_budget_mb * 2**20)
+    settings = dict(
+        kv_budget_bytes=budget,
+        page_size=args.page_size,
+        max_batch=args.max_batch,
+        max_batch_tokens=args.max_batch_tokens,
+        draft_tokens=args.draft_tokens,
+        compile=args.compile,
+        prefix_caching=not args.no_prefix_caching and not args.draft_checkpoint and cfg.vision is None and args.ep == 1,
+    )
+    if not serving.is_main():  # another rank: compute its part of every step until rank 0 stops
+        serving.engine(args, None, **settings)
+        serving.finish(args)
+        return EXIT_OK
 
     def load(metrics):
-        model = serving.load(args.checkpoint, args)
         draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-        budget = None if args.kv_budget_mb is None else int(args.kv_budget_mb * 2**20)
-        engine = Engine(
-            model,
-            kv_budget_bytes=budget,
-            page_size=args.page_size,
-            max_batch=args.max_batch,
-            max_batch_tokens=args.max_batch_tokens,
-            draft=draft,
-            draft_tokens=args.draft_tokens,
-            compile=args.compile,
-            prefix_caching=not args.no_prefix_caching and draft is None and model.cfg.vision is None,
-        )
-        return engine, tokenizer
+        return serving.engine(args, draft, **settings), tokenizer
 
     names = args.served_model_name or [str(args.checkpoint)]
     app = build_app(load, Settings(names, args.max_queued, args.request_timeout))
@@ -80,6 +94,7 @@ def run(args) -> int:
         sock.bind((args.host, args.port))
     except OSError as e:
         raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+    sock.listen(2048)  # clients that connect once the address is printed queue until uvicorn accepts
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=args.grace_period, lifespan="on")
     server = uvicorn.Server(config)
@@ -88,5 +103,6 @@ def run(args) -> int:
     # that a normal exit (0) after the graceful shutdown instead of death by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
+    serving.finish(args)
     print("server stopped", file=sys.stderr)
     return EXIT_OK

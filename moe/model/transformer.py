@@ -66,6 +66,13 @@ class Block(nn.Module):
         return x_BTD + y_BTD, routing
 
 
+def install_paged_caches(blocks, cfg: ModelConfig, n_pages: int, page_size: int, dtype: torch.dtype) -> None:
+    """A pool of n_pages pages of page_size positions in each block, on the block's device."""
+    for block in blocks:
+        device = block.attn_norm.weight.device
+        block.attn.kv_cache = PagedKVCache(n_pages, page_size, cfg.n_kv_heads, cfg.head_dim, dtype, device)
+
+
 class MoETransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -100,12 +107,7 @@ class MoETransformer(nn.Module):
 
     def setup_paged_caches(self, n_pages: int, page_size: int, dtype: torch.dtype | None = None) -> None:
         """A pool of n_pages pages of page_size positions in every layer, for the serving engine."""
-        dtype = dtype or self.tok_emb.weight.dtype
-        device = self.tok_emb.weight.device
-        for block in self.blocks:
-            block.attn.kv_cache = PagedKVCache(
-                n_pages, page_size, self.cfg.n_kv_heads, self.cfg.head_dim, dtype, device
-            )
+        install_paged_caches(self.blocks, self.cfg, n_pages, page_size, dtype or self.tok_emb.weight.dtype)
 
     def clear_caches(self) -> None:
         for block in self.blocks:

@@ -28,9 +28,11 @@ import shutil
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor
 
 from moe.checksums import MARKER, verify_all
 from moe.config import ModelConfig, TrainConfig
+from moe.training import checkpoint, run_dir
 from moe.training.run_dir import publish, temp_dir
 
 
@@ -84,3 +86,34 @@ def load(step_dir, module, optimizer=None) -> dict:
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
     return torch.load(step_dir / "trainer.pt", weights_only=True)
+
+
+@torch.no_grad()
+def load_shards(module, full_model, path) -> None:
+    """This rank's shards of a checkpoint's weights into `module` (allocated, perhaps parallelized):
+    a distributed checkpoint through DCP, which reads only the chunks that overlap them (every rank
+    calls this together); a single-process one by slices of its safetensors file, so no rank reads
+    a tensor it does not hold. `full_model` (on meta) gives the names and shapes the file must have."""
+    step_dir = run_dir.resolve(path)
+    if run_dir.is_distributed(step_dir):
+        load(step_dir, module)
+        return
+    weights = checkpoint.open_weights(step_dir, full_model)
+    for name, p in module.named_parameters():
+        local = p.to_local() if isinstance(p, DTensor) else p
+        local.copy_(weights.get_slice(name)[_local_slices(p)])
+
+
+def _local_slices(p: torch.Tensor) -> tuple[slice, ...]:
+    """Which part of the global tensor this rank's shard of `p` is (each Shard placement cuts its
+    dim into equal chunks, the layout's checks having made them divide; a replicated tensor: all)."""
+    bounds = [(0, n) for n in p.shape]
+    if isinstance(p, DTensor):
+        coordinate = p.device_mesh.get_coordinate()
+        for mesh_dim, placement in enumerate(p.placements):
+            if placement.is_shard():
+                start, stop = bounds[placement.dim]
+                size = (stop - start) // p.device_mesh.size(mesh_dim)
+                start += coordinate[mesh_dim] * size
+                bounds[placement.dim] = (start, start + size)
+    return tuple(slice(a, b) for a, b in bounds)

@@ -98,8 +98,19 @@ def _is_expert(name: str) -> bool:
 def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
     """Split the blocks of `module` (the model, or this rank's pipeline Stage) over tp and ep, tell
     the routers to count tokens over the data group, and wrap in FSDP2 if the layout says so."""
+    blocks = shard_blocks(module, par)
+    if par.layout.data_shards > 1:
+        for block in blocks:
+            block.moe.router.count_group = par.groups["data"]
+        _fully_shard(module, blocks, par)
+    return module
+
+
+def shard_blocks(module: nn.Module, par: Parallel) -> list[nn.Module]:
+    """Split the attention heads and the experts of `module`'s blocks over tp and ep, in place (the
+    split training and serving share); return the blocks."""
     lay = par.layout
-    blocks = module.blocks.values() if isinstance(module.blocks, nn.ModuleDict) else module.blocks
+    blocks = list(module.blocks.values() if isinstance(module.blocks, nn.ModuleDict) else module.blocks)
     tp_mesh, expert_mesh = par.dense_mesh["tp"], par.mesh["ep", "tp"]
     for block in blocks:
         if lay.tp > 1:
@@ -127,11 +138,7 @@ def parallelize(module: nn.Module, par: Parallel) -> nn.Module:
                 par.groups["tp"],
                 lay.tp,
             )
-        if lay.data_shards > 1:
-            moe.router.count_group = par.groups["data"]
-    if lay.data_shards > 1:
-        _fully_shard(module, blocks, par)
-    return module
+    return blocks
 
 
 def _fully_shard(module, blocks, par: Parallel) -> None:

@@ -21,6 +21,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from moe.layout import Layout, stage_layers
 from moe.model import MoETransformer, Positions
+from moe.model.transformer import install_paged_caches
 
 
 class _WithAuxLoss(torch.autograd.Function):
@@ -55,14 +56,27 @@ class Stage(nn.Module):
         self.cfg = model.cfg
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x_BTD, _ = self.body(h)
+        return self.lm_head(self.norm(x_BTD)) if self.last else x_BTD
+
+    def body(self, h: torch.Tensor, positions: Positions | None = None):
+        """The embedding (first stage) and the blocks: (hidden [B, T, D], each block's routing).
+        positions: None for 0..T-1 uncached (training), or a paged batch (serving)."""
         x_BTD = self.tok_emb(h) if self.first else h
-        positions = Positions.causal(x_BTD.shape[1], x_BTD.device)
+        positions = positions or Positions.causal(x_BTD.shape[1], x_BTD.device)
         rope = positions.rope(*self.rotary.tables(positions.length))
+        routings = []
         for block in self.blocks.values():
             x_BTD, routing = block(x_BTD, rope, positions)
             if torch.is_grad_enabled():
                 x_BTD = with_aux_loss(x_BTD, routing.aux_loss)
-        return self.lm_head(self.norm(x_BTD)) if self.last else x_BTD
+            routings.append(routing)
+        return x_BTD, routings
+
+    def setup_paged_caches(self, n_pages: int, page_size: int, dtype: torch.dtype | None = None) -> None:
+        """The serving engine's page pool in this stage's blocks (see MoETransformer's)."""
+        dtype = dtype or next(self.parameters()).dtype
+        install_paged_caches(self.blocks.values(), self.cfg, n_pages, page_size, dtype)
 
 
 def cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:

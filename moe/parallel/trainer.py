@@ -30,6 +30,7 @@ not repeat on resume); expert counts are reported with pp = 1 only. Checkpoints 
 
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 import os
@@ -43,17 +44,18 @@ from moe import devices
 from moe.config import ModelConfig, TrainConfig
 from moe.layout import Layout
 from moe.model import MoETransformer
-from moe.model.init import copy_shard, materialize
+from moe.model.init import materialize
 from moe.parallel import checkpoint as dist_checkpoint
 from moe.parallel.parallelize import Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize, sync_gradients
 from moe.parallel.zero import ShardedAdamW
-from moe.training import checkpoint, loop, run_dir
+from moe.training import loop, run_dir
 from moe.training.local import autocast
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 
 
-def init_process_group(device: str | None = None) -> torch.device:
-    """Join the torchrun world (or start a world of one), return this rank's device."""
+def init_process_group(device: str | None = None, timeout: datetime.timedelta | None = None) -> torch.device:
+    """Join the torchrun world (or start a world of one), return this rank's device. timeout: how
+    long a collective waits for its peers (None: torch's default, 10 minutes for gloo and nccl)."""
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = devices.resolve(device)
@@ -62,9 +64,9 @@ def init_process_group(device: str | None = None) -> torch.device:
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if "WORLD_SIZE" in os.environ:  # launched by torchrun
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
         else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return device
 
 
@@ -112,7 +114,7 @@ class DistributedTrainer:
         parallelize(module, par)
         materialize(module, model_cfg, device, train_cfg.seed)  # the same full tensors as one process
         if init_from is not None:
-            _load_shards(module, model, init_from)
+            dist_checkpoint.load_shards(module, model, init_from)
         if layout.pp > 1:
             schedule = build_schedule(module, layout, par.rank["pp"], par.groups["pp"], device)
         return cls(par, module, ShardedAdamW(module, train_cfg), schedule, model_cfg, train_cfg)
@@ -252,18 +254,6 @@ class DistributedTrainer:
 
     def describe(self) -> dict:
         return {"device": self.par.device.type, "layout": vars(self.par.layout), "world_size": dist.get_world_size()}
-
-
-def _load_shards(module: torch.nn.Module, full_model: MoETransformer, init_from) -> None:
-    """This rank's shards of a checkpoint's weights: a distributed one through DCP (which reads only
-    the overlapping chunks), a single-process one read whole on the host and cut here."""
-    step_dir = run_dir.resolve(init_from)
-    if run_dir.is_distributed(step_dir):
-        dist_checkpoint.load(step_dir, module)
-        return
-    saved = checkpoint.read_weights(step_dir, full_model)  # full_model: on meta, for its names and shapes
-    for name, p in module.named_parameters():
-        copy_shard(p, saved[name])
 
 
 def train_distributed(

@@ -442,17 +442,29 @@ class Engine:
         """One forward of `model` over rows, row b feeding feeds[b] at positions starts[b]... in its
         pages. Returns each row's logits [len(feed), V] (float32, CPU) and the routing."""
         device = model.tok_emb.weight.device
-        T = max(map(len, feeds))
-        P = math.ceil(max(s + len(f) for s, f in zip(starts, feeds)) / self.page_size)
-        idx = torch.tensor([f + [0] * (T - len(f)) for f in feeds])
-        pos = torch.tensor([list(range(s, s + len(f))) + [-1] * (T - len(f)) for s, f in zip(starts, feeds)])
-        pages = torch.tensor([r.pages[:P] + [0] * (P - len(r.pages[:P])) for r in rows])
+        idx, pos, pages = self._padded(rows, feeds, starts)
         extra = {"media": self._media(rows, pos, device)} if model is self.model and self.vision is not None else {}
         out = self._calls[id(model)](
             idx.to(device), Positions.paged(pos.to(device), pages.to(device), self.page_size), **extra
         )
         logits = out.logits.float().cpu()
         return [logits[b, : len(f)] for b, f in enumerate(feeds)], out.routing
+
+    def _padded(self, rows: list[_Row], feeds: list[list[int]], starts: list[int]):
+        """The batch as tensors: token ids [B, T] and positions [B, T] (padding: 0 and -1), and the
+        pages [B, P] that cover the longest row."""
+        T = max(map(len, feeds))
+        P = math.ceil(max(s + len(f) for s, f in zip(starts, feeds)) / self.page_size)
+        idx = torch.tensor([f + [0] * (T - len(f)) for f in feeds])
+        pos = torch.tensor([list(range(s, s + len(f))) + [-1] * (T - len(f)) for s, f in zip(starts, feeds)])
+        pages = torch.tensor([r.pages[:P] + [0] * (P - len(r.pages[:P])) for r in rows])
+        return idx, pos, pages
+
+    def idle(self) -> None:
+        """Called by a caller's loop while there is no work (a distributed engine keeps its ranks alive)."""
+
+    def close(self) -> None:
+        """Called once when the caller is done with the engine (a distributed engine stops its ranks)."""
 
     def _media(self, rows: list[_Row], pos_BT: torch.Tensor, device) -> Media:
         """The rows' images (padded to the most any row has) and which one each fed token sees."""

@@ -93,6 +93,7 @@ class ThreadedEngine:
         while not self._closing.is_set():
             self._run_commands(block=not self.engine.has_work())
             if self._closing.is_set() or not self.engine.has_work():
+                self.engine.idle()
                 continue
             try:
                 stats = self.engine.step()
@@ -108,6 +109,7 @@ class ThreadedEngine:
         for rid in list(self._watched):
             self.engine.cancel(rid)
             self._tell(rid)
+        self.engine.close()
 
     def _run_commands(self, block: bool) -> None:
         try:

@@ -17,7 +17,7 @@ import pathlib
 import warnings
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from moe.checksums import MARKER, DamagedFile, verify, verify_all
@@ -115,10 +115,19 @@ def load_weights(model: torch.nn.Module, path) -> pathlib.Path:
 def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The full tensors of a single-process checkpoint, checked against `model`'s names and shapes
     (`model` may live on the meta device: only its shapes are read)."""
+    weights = open_weights(step_dir, model)
+    return {k: weights.get_tensor(k) for k in weights.keys()}
+
+
+def open_weights(step_dir: pathlib.Path, model: torch.nn.Module):
+    """A single-process checkpoint's weights opened for reading whole tensors or slices of them
+    (safetensors' safe_open: get_tensor, get_slice), once their names and shapes, read from the
+    file's header, have been checked against `model`'s."""
     f = step_dir / "model.safetensors"
     verify(f)
     try:
-        saved = load_file(str(f))
+        weights = safe_open(str(f), framework="pt")
+        saved = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
     except (SafetensorError, OSError) as e:
         raise DamagedFile(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
     expected = model.state_dict()
@@ -126,16 +135,16 @@ def read_weights(step_dir: pathlib.Path, model: torch.nn.Module) -> dict[str, to
     if head:
         expected.pop(head)
     problems = [
-        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        f"{k}: checkpoint {saved[k]} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in saved and saved[k].shape != v.shape
+        if k in saved and saved[k] != tuple(v.shape)
     ]
     problems += [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in saved]
-    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in saved.items() if k not in expected]
+    problems += [f"unexpected {k} {v}" for k, v in saved.items() if k not in expected]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"checkpoint {str(step_dir)!r} does not fit this model ({len(problems)} tensor(s)): {shown}")
-    return saved
+    return weights
 
 
 # Fields a text checkpoint may differ in from the language model of the vision config it starts

@@ -4,6 +4,7 @@ fixed random batch sequence (optionally after loading a distributed checkpoint),
 The processes are spawned once per test module (`Pool`) and each case forms its own process group
 among the first `world` of them: a case costs its training, not four interpreters importing torch."""
 
+import datetime
 import json
 import os
 import queue
@@ -77,12 +78,18 @@ def run(rank, world, port, spec):
     torch.set_num_threads(1)
     import moe.parallel.trainer as trainer_mod
 
-    device = trainer_mod.init_process_group("cpu")
+    # A peer that fails mid-collective makes the others raise within 2 minutes, not the default 10.
+    device = trainer_mod.init_process_group("cpu", datetime.timedelta(seconds=120))
     autocast = trainer_mod.autocast
     if spec.get("bf16"):  # what a GPU run does (bf16 autocast), on the CPU: the dtypes NCCL would carry
         trainer_mod.autocast = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
     try:
-        _run(rank, device, spec)
+        if spec.get("task") == "serve":
+            import serve_worker
+
+            serve_worker.serve(rank, spec)
+        else:
+            _run(rank, device, spec)
     finally:  # the process serves the next case: leave nothing of this one behind
         trainer_mod.autocast = autocast
         trainer_mod.close_process_group()

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from dist_worker import SMALL, TRAIN, Pool, batches
+from dist_worker import SMALL, TRAIN, batches
 
 from moe.config import load_config, load_train_config
 from moe.layout import Layout
@@ -28,13 +28,6 @@ from moe.training import checkpoint
 from moe.training.optim import make_optimizer
 
 TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
-
-
-@pytest.fixture(scope="module")
-def pool():
-    workers = Pool(4)  # the largest world below
-    yield workers
-    workers.close()
 
 
 @pytest.fixture
