@@ -11,6 +11,7 @@ from moe.cli.common import (
     add_draft,
     add_runtime,
     add_sampling,
+    add_serving_layout,
     add_set,
     check_device,
     overrides,
@@ -52,17 +53,15 @@ def add_parser(sub) -> None:
     s.add_argument("--out", help="write <name>.json and <name>.png (per-expert batch sizes over steps) here")
     s.add_argument("--name", help="file name stem (default serve-<config>)")
     add_set(s)
+    add_serving_layout(s)
     s.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import sys
-
     import torch
 
     from moe.files import check_plain_name
-    from moe.profiling.timing import environment
-    from moe.serving import Engine, replay
+    from moe.serving import Engine
     from moe.training.run_dir import prepare
 
     sampling = serving.sampling(args)
@@ -73,6 +72,15 @@ def run(args) -> int:
         prepare(args.out)  # an unwritable --out fails now, not after the replay
     if args.url:
         return _over_http(args, sampling)
+    settings = dict(
+        kv_budget_bytes=int(args.kv_budget_mb * 2**20),
+        page_size=args.page_size,
+        max_batch=args.max_batch,
+        draft_tokens=args.draft_tokens,
+        compile=args.compile,
+    )
+    if serving.distributed(args):
+        return _across_ranks(args, sampling, settings)
     tok = None
     if args.checkpoint:
         tok = serving.tokenizer(args.checkpoint, args.draft_checkpoint)
@@ -84,23 +92,54 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         model = MoETransformer(load_config(args.config, **overrides(args.set))).to(serving.device(args))
     draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint else None
-    engine = Engine(
-        model,
-        kv_budget_bytes=int(args.kv_budget_mb * 2**20),
-        page_size=args.page_size,
-        max_batch=args.max_batch,
-        draft=draft,
-        draft_tokens=args.draft_tokens,
-        compile=args.compile,
-    )
+    return _report(args, sampling, Engine(model, draft=draft, **settings), tok)
+
+
+def _across_ranks(args, sampling: dict, settings: dict) -> int:
+    """--tp/--pp/--ep under torchrun: rank 0 replays through the DistributedEngine, the others compute."""
+    if not args.checkpoint:
+        raise ValueError("--tp/--pp/--ep need --checkpoint: every rank reads its own slices of one")
+    serving.check_layout_flags(args)
+    tok = serving.tokenizer(args.checkpoint, args.draft_checkpoint)
+    draft = serving.load(args.draft_checkpoint, args) if args.draft_checkpoint and serving.is_main() else None
+    engine = serving.engine(args, draft, **settings)
+    try:
+        if engine is not None:
+            _report(args, sampling, engine, tok)
+    finally:
+        if engine is not None:
+            engine.close()
+        serving.finish(args)
+    return EXIT_OK
+
+
+def _report(args, sampling: dict, engine, tok) -> int:
+    """Replay the arrivals through `engine`; print the summary and, with --out, write it."""
+    import sys
+
+    import torch
+
+    from moe.profiling.timing import environment
+    from moe.serving import replay
+
+    model, draft = engine.model, engine.draft
     requests = replay.make_requests(args.requests, args.prompt_len, args.max_new_tokens, sampling, args.seed, tok)
     progress = lambda line: print(f"serve-bench: {line}", file=sys.stderr, flush=True)
     summary = replay.replay(engine, requests, args.rate, args.seed, log=progress)
+    layout = f"tp={args.tp},pp={args.pp},ep={args.ep}"
+    if hasattr(engine, "rank_report"):  # across ranks: where their time went
+        summary["ranks"] = {
+            "layout": layout,
+            "microbatches": engine.microbatches,
+            "target_forward_s": round(engine.target_s, 3),
+            "per_rank": engine.rank_report(),
+        }
     if engine.compile_s is not None:
         summary["compile_s"] = round(engine.compile_s, 2)  # inside the replay: early requests waited for it
     summary["setup"] = {
         **environment(torch.cuda.is_available()),
         "config": model.cfg.name,
+        "layout": layout,
         "checkpoint": args.checkpoint,
         "draft": args.draft_checkpoint,
         "draft_tokens": args.draft_tokens if draft else None,

@@ -10,12 +10,53 @@ torch.distributed.nn.functional.all_reduce is not `reduce_from_group`: its backw
 gradient as well, which is right when every rank has its own loss and wrong here (tp times too big).
 
 Expert parallelism needs all-to-all with uneven splits; its backward is the same exchange reversed.
+
+TRAFFIC counts, per process, the seconds spent inside each of these exchanges and the bytes this
+rank sends in them (an all-reduce as a ring sends 2 (n-1)/n of the tensor; an all-to-all sends
+the rows bound for the other ranks), for the serving engine's per-rank report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
+
+
+@dataclass
+class Traffic:
+    calls: int = 0
+    seconds: float = 0.0
+    bytes_sent: int = 0
+
+
+TRAFFIC: defaultdict[str, Traffic] = defaultdict(Traffic)  # exchange name -> totals in this process
+
+
+@contextlib.contextmanager
+def counted(name: str, bytes_sent: int):
+    t = time.perf_counter()
+    yield
+    entry = TRAFFIC[name]
+    entry.calls, entry.seconds, entry.bytes_sent = (
+        entry.calls + 1,
+        entry.seconds + time.perf_counter() - t,
+        entry.bytes_sent + bytes_sent,
+    )
+
+
+def _ring_bytes(x: torch.Tensor, group) -> int:
+    n = dist.get_world_size(group)
+    return 2 * (n - 1) * x.numel() * x.element_size() // n
+
+
+def _rows_out_bytes(x: torch.Tensor, in_splits: list[int], group) -> int:
+    own = in_splits[dist.get_rank(group)]
+    return (sum(in_splits) - own) * (x[:1].numel() * x.element_size())
 
 
 class _CopyToGroup(torch.autograd.Function):
@@ -27,7 +68,8 @@ class _CopyToGroup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
-        dist.all_reduce(grad, group=ctx.group)
+        with counted("all_reduce", _ring_bytes(grad, ctx.group)):
+            dist.all_reduce(grad, group=ctx.group)
         return grad, None
 
 
@@ -35,7 +77,8 @@ class _ReduceFromGroup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         x = x.contiguous().clone()
-        dist.all_reduce(x, group=group)
+        with counted("all_reduce", _ring_bytes(x, group)):
+            dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
@@ -48,13 +91,15 @@ class _AllToAll(torch.autograd.Function):
     def forward(ctx, x, out_splits, in_splits, group):
         ctx.group, ctx.out_splits, ctx.in_splits = group, out_splits, in_splits
         out = x.new_empty(sum(out_splits), *x.shape[1:])
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        with counted("all_to_all", _rows_out_bytes(x, in_splits, group)):
+            dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         back = grad.new_empty(sum(ctx.in_splits), *grad.shape[1:])
-        dist.all_to_all_single(back, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
+        with counted("all_to_all", _rows_out_bytes(grad, ctx.out_splits, ctx.group)):
+            dist.all_to_all_single(back, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
         return back, None, None, None
 
 

@@ -58,6 +58,8 @@ class ParallelExperts:
 
         if self.ep == 1:
             y_AD = kernels.sorted_mlp(x_AD, offsets_E, w_up, w_gate, w_down, **mlp)
+            # Reduced before the combine, so it carries T * k rows, not T: after it, each tp rank's
+            # gradient of the routing weights would see only its d_ff slice of the outputs.
             if self.tp > 1:
                 y_AD = reduce_from_group(y_AD, self.tp_group)
             return kernels.combine(y_AD, order_A, r.weights)

@@ -64,6 +64,7 @@ from moe.layout import Layout, stage_layers
 from moe.model import MoETransformer, Positions
 from moe.model.rope import Rotary
 from moe.parallel.checkpoint import load_shards
+from moe.parallel.collectives import TRAFFIC
 from moe.parallel.parallelize import Parallel, init_parallel, shard_blocks
 from moe.parallel.pipeline import Stage, build_stage
 from moe.serving.engine import Engine
@@ -193,6 +194,11 @@ def run_plan(shard: Shard, plan: Plan) -> dict[tuple[int, int], torch.Tensor]:
     sends, out = [], {}  # (work, tensor): a tensor isend reads must outlive the wait
     page_size = next(iter(stage.blocks.values())).attn.kv_cache.page_size
     counts_LE = torch.zeros(shard.cfg.n_layers, shard.cfg.n_experts, dtype=torch.long)
+    # this rank's seconds computing, inside the layers' collectives and waiting for its stage's
+    # input, and the bytes it sent: the per-rank report (DistributedEngine.rank_report)
+    compute_s = wait_s = 0.0
+    before = _traffic()
+    sent = 0
     for j in range(plan.microbatches):
         rows = plan.rows(ep, j)
         idx, pos, pages = _microbatch(plan, rows)
@@ -201,20 +207,28 @@ def run_plan(shard: Shard, plan: Plan) -> dict[tuple[int, int], torch.Tensor]:
             h = idx.to(device)
         else:
             h = torch.empty(*idx.shape, shard.cfg.d_model, dtype=shard.dtype, device=device)
+            t = time.perf_counter()
             dist.recv(h, src=shard.rank_of(pp - 1, ep, tp))
+            wait_s += time.perf_counter() - t
+        t = time.perf_counter()
         x_BTD, routing = stage.body(h, positions)
+        compute_s += time.perf_counter() - t
         for layer, r in zip(stage.blocks, routing):
             counts_LE[int(layer)] += r.tokens_per_expert.cpu()
         if not stage.last:
             x_BTD = x_BTD.contiguous()
             sends.append((dist.isend(x_BTD, dst=shard.rank_of(pp + 1, ep, tp)), x_BTD))
+            sent += x_BTD.numel() * x_BTD.element_size()
         elif tp == 0 and len(rows) and int(plan.n_B[rows].sum()):
             x_ND = x_BTD.reshape(-1, x_BTD.shape[-1])[_wanted(plan, rows, x_BTD.shape[1])]
+            t = time.perf_counter()
             logits = stage.lm_head(stage.norm(x_ND)).contiguous()
+            compute_s += time.perf_counter() - t
             if rank == 0:
                 out[(0, j)] = logits
             else:
                 sends.append((dist.isend(logits, dst=0), logits))
+                sent += logits.numel() * logits.element_size()
     if rank == 0:
         for e in range(lay.ep):
             for j in range(plan.microbatches):
@@ -222,14 +236,25 @@ def run_plan(shard: Shard, plan: Plan) -> dict[tuple[int, int], torch.Tensor]:
                 src = shard.rank_of(lay.pp - 1, e, 0)
                 if n and src != 0:
                     out[(e, j)] = torch.empty(n, shard.cfg.vocab_size, dtype=shard.dtype, device=device)
+                    t = time.perf_counter()
                     dist.recv(out[(e, j)], src=src)
+                    wait_s += time.perf_counter() - t
     for work, _ in sends:
         work.wait()
     if tp != 0:
         counts_LE.zero_()  # the tp ranks of a stage route the same tokens: count them once
+    collective_s, collective_bytes = (a - b for a, b in zip(_traffic(), before))
+    report_R4 = torch.zeros(dist.get_world_size(), 4, dtype=torch.float64)
+    report_R4[rank] = torch.tensor([compute_s - collective_s, collective_s, wait_s, sent + collective_bytes])
     dist.reduce(counts_LE, dst=0)
-    out["counts"] = counts_LE
+    dist.reduce(report_R4, dst=0)
+    out["counts"], out["report"] = counts_LE, report_R4
     return out
+
+
+def _traffic() -> tuple[float, int]:
+    """Seconds and bytes sent so far in the model's collectives (tp all-reduces, ep all-to-alls)."""
+    return sum(t.seconds for t in TRAFFIC.values()), sum(t.bytes_sent for t in TRAFFIC.values())
 
 
 def _microbatch(plan: Plan, rows: torch.Tensor):
@@ -344,9 +369,32 @@ class DistributedEngine(Engine):
         self._group: dict[int, int] = {}  # row id -> its ep group
         self._keepalive_s = keepalive_s or shard.timeout_s / 4
         self._last_plan: float | None = None  # when rank 0 last broadcast; None once stopped
+        self.target_s = 0.0  # rank 0's wall time in target forwards, plan broadcast included
+        self.target_steps = 0
+        self.report_R4 = torch.zeros(dist.get_world_size(), 4, dtype=torch.float64)  # summed run_plan reports
         super().__init__(shard.stage, **kw)
         dist.broadcast(torch.tensor([POOL, self.n_pages, self.page_size, 0, 0]), src=0)  # every rank's pool
         self._last_plan = self.clock()
+
+    def rank_report(self) -> list[dict]:
+        """Per rank, over the target forwards so far: the share of their wall time (on rank 0) it
+        spent computing, inside the MoE layers' collectives (tp all-reduce, ep all-to-all; waiting
+        for slower peers included; attention's tp all-reduce, DTensor's, is counted as compute)
+        and waiting for its pipeline stage's input (rank 0: and for the last stage's logits); the
+        rest is idle (waiting for rank 0's plan, sends, the step's reduce). And the bytes it sent
+        per step in those collectives and its pipeline sends."""
+        wall, steps = max(self.target_s, 1e-9), max(self.target_steps, 1)
+        return [
+            {
+                "rank": r,
+                "compute": round(c / wall, 3),
+                "collectives": round(x / wall, 3),
+                "pipeline_wait": round(w / wall, 3),
+                "idle": round(1 - (c + x + w) / wall, 3),
+                "bytes_sent_per_step": round(b / steps),
+            }
+            for r, (c, x, w, b) in enumerate(self.report_R4.tolist())
+        ]
 
     def page_bytes(self) -> int:
         draft = (
@@ -386,9 +434,13 @@ class DistributedEngine(Engine):
             for b, j in zip(members, split_microbatches([len(feeds[b]) for b in members], m)):
                 micro[b] = j
         plan = Plan(idx, pos, pages, torch.tensor(groups), torch.tensor(micro), torch.tensor(n_B), m)
+        t = time.perf_counter()
         with fatal(self.shard, "a step"):
             broadcast_plan(STEP, plan)
             out = run_plan(self.shard, plan)
+        self.target_s += time.perf_counter() - t
+        self.target_steps += 1
+        self.report_R4 += out["report"]
         self._last_plan = self.clock()
         logits, taken = [], collections.Counter()
         V = self.model.cfg.vocab_size

@@ -28,6 +28,7 @@ def _tables(text: str) -> list[str]:
         ("vision_probe", "vision_probe"),
         ("main_job", "main_job"),
         ("vs_transformers", "vs_transformers"),
+        ("serve_layouts", "serve_layouts"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):
