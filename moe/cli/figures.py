@@ -53,6 +53,19 @@ def _print_simulation(cfg, layout) -> None:
     from moe.estimates.units import format_table
     from moe.parallel.simulate import simulation_rows
 
+    if layout.dp == 1 and cfg.vision is None:  # a serving layout: what the engine's ranks would hold
+        from moe.parallel.simulate import serving_rows
+
+        rows, seconds = serving_rows(cfg, layout)
+        print(f"\nsimulated serving ranks ({seconds:.1f} s): bf16 weights and K/V pool as moe/parallel/serving.py")
+        print("splits them; sequences whose K/V fits in 90% of a GPU (the arithmetic's pp x b in brackets)")
+        print(
+            format_table(
+                rows,
+                ("stage", "layers", "weights", "vs arith", "params per stage", "K/V per position")
+                + tuple(f"{g} {c // 1024}k" for g in ("A100-40", "H100-80") for c in (8192, 32768)),
+            )
+        )
     rows, seconds = simulation_rows(cfg, layout)
     print(
         f"\nsimulated: the first rank of each pipeline stage, built on the meta device in a fake world of "

@@ -149,3 +149,89 @@ def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], floa
 
 def _diff(measured: float, arithmetic: float) -> str:
     return f"{(measured / arithmetic - 1):+.2%}" if arithmetic else "-"
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatedServingRank:
+    stage: int
+    rank: int
+    layers: int
+    weight_bytes: int  # bf16, read off its tp / ep shards as the serving engine splits them
+    kv_bytes_per_position: int  # bf16, read off the paged K/V pool it would allocate
+
+
+def simulate_serving(cfg: ModelConfig, layout: Layout) -> list[SimulatedServingRank]:
+    """The first rank of every pipeline stage of a serving layout (moe/parallel/serving.py), built
+    on the meta device in a fake world as `load_shard` builds it: its weights and one page of K/V."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from moe.model.transformer import install_paged_caches
+    from moe.parallel.parallelize import shard_blocks
+    from moe.parallel.serving import check_layout
+
+    check_layout(cfg, layout, layout.world_size)
+    if dist.is_initialized():
+        raise RuntimeError("simulate_serving() needs a process without a process group: it creates fake ones")
+    per_stage, out = layout.world_size // layout.pp, []
+    for stage in range(layout.pp):
+        rank = stage * per_stage
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
+        try:
+            par = init_parallel(layout, torch.device("cpu"))
+            with torch.device("meta"):
+                model = MoETransformer(cfg)
+            module = build_stage(model, layout, stage) if layout.pp > 1 else model
+            blocks = shard_blocks(module, par)
+            weights = sum(_local(p).numel() for p in module.parameters()) * 2
+            install_paged_caches(blocks, cfg, 1, 1, torch.bfloat16)
+            kv = sum(b.attn.kv_cache.k.nbytes + b.attn.kv_cache.v.nbytes for b in blocks)
+            out.append(SimulatedServingRank(stage, rank, len(blocks), weights, kv))
+        finally:
+            dist.destroy_process_group()
+    return out
+
+
+def serving_rows(cfg: ModelConfig, layout: Layout, contexts=(8192, 32768)) -> tuple[list[tuple], float]:
+    """Per distinct stage: weights and K/V per rank, and the sequences whose K/V fits beside the
+    weights in 90% of each GPU at each context, against moe/estimates/cluster.py's arithmetic
+    (pp microbatches of max_microbatch sequences); and the seconds taken."""
+    from moe.estimates.cluster import GPUS, inference_weights_bytes, max_microbatch
+
+    start = time.perf_counter()
+    ranks = simulate_serving(cfg, layout)
+    seconds = time.perf_counter() - start
+    tp, pp = layout.tp, layout.pp
+    rows, seen = [], set()
+    heaviest = max((r.weight_bytes, r.kv_bytes_per_position) for r in ranks)  # what the arithmetic counts
+    for r in ranks:
+        key = (r.layers, r.weight_bytes, r.kv_bytes_per_position)
+        if key in seen:
+            continue
+        seen.add(key)
+        fits = []
+        for gpu in (GPUS["A100"], GPUS["H100"]):
+            for c in contexts:
+                users = max(0, int((0.9 * gpu.memory_gb * 1e9 - r.weight_bytes) // (r.kv_bytes_per_position * c)))
+                want = (
+                    pp * max_microbatch(cfg, gpu, tp, pp, c)
+                    if (r.weight_bytes, r.kv_bytes_per_position) == heaviest
+                    else None
+                )
+                fits.append(f"{users:,}" + (f" ({want:,})" if want is not None else ""))
+        rows.append(
+            (
+                f"{r.stage} (rank {r.rank:,})",
+                str(r.layers),
+                binary_bytes(r.weight_bytes),
+                _diff(r.weight_bytes, inference_weights_bytes(cfg, tp, pp))
+                if (r.weight_bytes, r.kv_bytes_per_position) == heaviest
+                else "-",
+                si(r.weight_bytes / 2 * tp * layout.ep),
+                f"{r.kv_bytes_per_position / 2**10:.3g} KiB",
+                *fits,
+            )
+        )
+    return rows, seconds

@@ -41,3 +41,23 @@ def test_simulation_shows_what_fsdp2_cannot_split_evenly():
 def test_simulate_refuses_a_layout_that_does_not_fit():
     with pytest.raises(ValueError, match="tp=8 must divide n_heads=84"):
         simulate(load_config("gpt4"), parse_layout("tp=8,pp=15,dp=192"))
+
+
+def test_a_simulated_serving_rank_holds_what_the_inference_arithmetic_says():
+    """tp=8,pp=16 as the serving engine splits it: the heaviest stage's bf16 weights equal the
+    arithmetic's, its K/V pool per position is a stage's layers x the one replicated K/V head, and
+    the sequences that fit at 8k and 32k are what 90% of each GPU leaves, at least the arithmetic's
+    pp x max_microbatch (which rounds each microbatch down)."""
+    from moe.estimates.cluster import GPUS, inference_weights_bytes, kv_bytes_per_sequence, max_microbatch
+    from moe.parallel.simulate import simulate_serving
+
+    cfg, lay = load_config("gpt4", **NARROW), parse_layout("tp=8,pp=16")
+    ranks = simulate_serving(cfg, lay)
+    heavy = max(ranks, key=lambda r: (r.weight_bytes, r.kv_bytes_per_position))
+    assert heavy.weight_bytes == pytest.approx(inference_weights_bytes(cfg, 8, 16), rel=1e-9)
+    assert heavy.kv_bytes_per_position == heavy.layers * 2 * cfg.head_dim * 2  # K and V, one head, bf16
+    for gpu in GPUS.values():
+        for ctx in (8192, 32768):
+            users = (0.9 * gpu.memory_gb * 1e9 - heavy.weight_bytes) // (heavy.kv_bytes_per_position * ctx)
+            assert users == (0.9 * gpu.memory_gb * 1e9 - heavy.weight_bytes) // kv_bytes_per_sequence(cfg, 8, 16, ctx)
+            assert users >= 16 * max_microbatch(cfg, gpu, 8, 16, ctx)
