@@ -75,46 +75,32 @@ def _counts(t: torch.Tensor) -> tuple[int, int]:
 
 def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
     """Build the first rank of every pipeline stage of `layout` on the meta device and count."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     layout.check(cfg)
-    if dist.is_initialized():
-        raise RuntimeError("simulate() needs a process without a process group: it creates fake ones")
-    per_stage = layout.world_size // layout.pp
     out = []
-    for stage in range(layout.pp):
-        rank = stage * per_stage
-        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
-        try:
-            par = init_parallel(layout, torch.device("cpu"))
-            with torch.device("meta"):
-                model = MoETransformer(cfg)
-            module = build_stage(model, layout, stage) if layout.pp > 1 else model
-            parallelize(module, par)  # on meta: shards decided, nothing allocated
-            state = ShardedAdamW(module, TrainConfig()).state_template()
-            optimizer_bytes = sum(
-                _local(t).numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step"
+    for stage, rank, par, module in _stage_ranks(cfg, layout):
+        parallelize(module, par)  # on meta: shards decided, nothing allocated
+        state = ShardedAdamW(module, TrainConfig()).state_template()
+        optimizer_bytes = sum(
+            _local(t).numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step"
+        )
+        gathered = sharded = 0
+        for p in module.parameters():
+            g, s = _counts(p)
+            gathered, sharded = gathered + g, sharded + s
+        blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
+        per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
+        out.append(
+            SimulatedRank(
+                stage,
+                rank,
+                len(blocks),
+                gathered,
+                sharded,
+                gathered - sum(per_block),
+                max(per_block),
+                optimizer_bytes,
             )
-            gathered = sharded = 0
-            for p in module.parameters():
-                g, s = _counts(p)
-                gathered, sharded = gathered + g, sharded + s
-            blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
-            per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
-            out.append(
-                SimulatedRank(
-                    stage,
-                    rank,
-                    len(blocks),
-                    gathered,
-                    sharded,
-                    gathered - sum(per_block),
-                    max(per_block),
-                    optimizer_bytes,
-                )
-            )
-        finally:
-            dist.destroy_process_group()
+        )
     return out
 
 
@@ -166,32 +152,38 @@ class SimulatedServingRank:
 def simulate_serving(cfg: ModelConfig, layout: Layout) -> list[SimulatedServingRank]:
     """The first rank of every pipeline stage of a serving layout (moe/parallel/serving.py), built
     on the meta device in a fake world as `load_shard` builds it: its weights and one page of K/V."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     from moe.model.transformer import install_paged_caches
     from moe.parallel.parallelize import shard_blocks
     from moe.parallel.serving import check_layout
 
     check_layout(cfg, layout, layout.world_size)
+    out = []
+    for stage, rank, par, module in _stage_ranks(cfg, layout):
+        blocks = shard_blocks(module, par)
+        weights = sum(_local(p).numel() for p in module.parameters()) * 2
+        install_paged_caches(blocks, cfg, 1, 1, torch.bfloat16)
+        kv = sum(b.attn.kv_cache.k.nbytes + b.attn.kv_cache.v.nbytes for b in blocks)
+        out.append(SimulatedServingRank(stage, rank, len(blocks), weights, kv))
+    return out
+
+
+def _stage_ranks(cfg: ModelConfig, layout: Layout):
+    """(stage, rank, Parallel, its unsplit stage on meta) for the first rank of every pipeline
+    stage, each inside a fake process group of the layout's world that closes after it."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
     if dist.is_initialized():
-        raise RuntimeError("simulate_serving() needs a process without a process group: it creates fake ones")
-    per_stage, out = layout.world_size // layout.pp, []
+        raise RuntimeError("a simulation needs a process without a process group: it creates fake ones")
     for stage in range(layout.pp):
-        rank = stage * per_stage
+        rank = stage * (layout.world_size // layout.pp)
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
         try:
             par = init_parallel(layout, torch.device("cpu"))
             with torch.device("meta"):
                 model = MoETransformer(cfg)
-            module = build_stage(model, layout, stage) if layout.pp > 1 else model
-            blocks = shard_blocks(module, par)
-            weights = sum(_local(p).numel() for p in module.parameters()) * 2
-            install_paged_caches(blocks, cfg, 1, 1, torch.bfloat16)
-            kv = sum(b.attn.kv_cache.k.nbytes + b.attn.kv_cache.v.nbytes for b in blocks)
-            out.append(SimulatedServingRank(stage, rank, len(blocks), weights, kv))
+            yield stage, rank, par, (build_stage(model, layout, stage) if layout.pp > 1 else model)
         finally:
             dist.destroy_process_group()
-    return out
 
 
 def serving_rows(cfg: ModelConfig, layout: Layout, contexts=(8192, 32768)) -> tuple[list[tuple], float]:
