@@ -15,9 +15,10 @@ import torch
 
 
 def median_ms(fn, sets, reps: int, cuda: bool) -> float:
-    """Median milliseconds of fn(sets[i % len(sets)]) over reps calls, after 3 warm-up calls.
-    Cycling through input sets that together exceed the L2 cache keeps repeats honest."""
-    for i in range(3):
+    """Median milliseconds of fn(sets[i % len(sets)]) over reps calls, after warm-up calls (3 on a GPU,
+    where the first calls also pick configs and fill caches; 1 on a CPU). Cycling through input sets
+    that together exceed the L2 cache keeps repeats honest."""
+    for i in range(3 if cuda else 1):
         fn(sets[i % len(sets)])
     if cuda:
         torch.cuda.synchronize()

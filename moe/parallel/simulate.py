@@ -18,7 +18,7 @@ the embedding / head and two blocks (one computing, one prefetched) with "fsdp".
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from moe.config import ModelConfig, TrainConfig
 from moe.estimates.layout_memory import stage_memory
 from moe.estimates.units import binary_bytes, si
-from moe.layout import Layout
+from moe.layout import Layout, stage_layers
 from moe.model import MoETransformer
 from moe.parallel.parallelize import init_parallel, parallelize
 from moe.parallel.pipeline import build_stage
@@ -76,7 +76,7 @@ def _counts(t: torch.Tensor) -> tuple[int, int]:
 def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
     """Build the first rank of every pipeline stage of `layout` on the meta device and count."""
     layout.check(cfg)
-    out = []
+    measured = {}
     for stage, rank, par, module in _stage_ranks(cfg, layout):
         parallelize(module, par)  # on meta: shards decided, nothing allocated
         state = ShardedAdamW(module, TrainConfig()).state_template()
@@ -89,19 +89,10 @@ def simulate(cfg: ModelConfig, layout: Layout) -> list[SimulatedRank]:
             gathered, sharded = gathered + g, sharded + s
         blocks = list(module.blocks.values() if isinstance(module.blocks, torch.nn.ModuleDict) else module.blocks)
         per_block = [sum(_counts(p)[0] for p in b.parameters()) for b in blocks]
-        out.append(
-            SimulatedRank(
-                stage,
-                rank,
-                len(blocks),
-                gathered,
-                sharded,
-                gathered - sum(per_block),
-                max(per_block),
-                optimizer_bytes,
-            )
+        measured[stage] = SimulatedRank(
+            stage, rank, len(blocks), gathered, sharded, gathered - sum(per_block), max(per_block), optimizer_bytes
         )
-    return out
+    return _every_stage(measured, cfg, layout)
 
 
 def simulation_rows(cfg: ModelConfig, layout: Layout) -> tuple[list[tuple], float]:
@@ -157,24 +148,42 @@ def simulate_serving(cfg: ModelConfig, layout: Layout) -> list[SimulatedServingR
     from moe.parallel.serving import check_layout
 
     check_layout(cfg, layout, layout.world_size)
-    out = []
+    measured = {}
     for stage, rank, par, module in _stage_ranks(cfg, layout):
         blocks = shard_blocks(module, par)
         weights = sum(_local(p).numel() for p in module.parameters()) * 2
         install_paged_caches(blocks, cfg, 1, 1, torch.bfloat16)
         kv = sum(b.attn.kv_cache.k.nbytes + b.attn.kv_cache.v.nbytes for b in blocks)
-        out.append(SimulatedServingRank(stage, rank, len(blocks), weights, kv))
-    return out
+        measured[stage] = SimulatedServingRank(stage, rank, len(blocks), weights, kv)
+    return _every_stage(measured, cfg, layout)
+
+
+def _representatives(cfg: ModelConfig, layout: Layout) -> list[int]:
+    """For each pipeline stage, the first stage built the same: as many layers, and the embedding
+    (first stage) or the head (last) or neither. Every block of a model is built alike, so two such
+    stages hold the same shapes, and only one of them needs building (gpt4 at pp=15: 3 of 15)."""
+    kinds = [
+        (len(r), s == 0, s == layout.pp - 1)
+        for s, r in enumerate(stage_layers(cfg.n_layers, layout.pp, layout.first_stage_layers))
+    ]
+    return [kinds.index(k) for k in kinds]
+
+
+def _every_stage(measured: dict, cfg: ModelConfig, layout: Layout) -> list:
+    """The measured representatives, one per pipeline stage, each under its own stage and rank."""
+    step = layout.world_size // layout.pp
+    return [replace(measured[r], stage=s, rank=s * step) for s, r in enumerate(_representatives(cfg, layout))]
 
 
 def _stage_ranks(cfg: ModelConfig, layout: Layout):
-    """(stage, rank, Parallel, its unsplit stage on meta) for the first rank of every pipeline
-    stage, each inside a fake process group of the layout's world that closes after it."""
+    """(stage, rank, Parallel, its unsplit stage on meta) for the first rank of every distinct
+    pipeline stage (see _representatives), each inside a fake process group of the layout's world
+    that closes after it."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
         raise RuntimeError("a simulation needs a process without a process group: it creates fake ones")
-    for stage in range(layout.pp):
+    for stage in sorted(set(_representatives(cfg, layout))):
         rank = stage * (layout.world_size // layout.pp)
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
         try:

@@ -548,9 +548,10 @@ def _compiled(model: MoETransformer):
     shapes traced (the padded batch keeps only its real tokens for the MoE layers, `h[valid]`). The
     router's statistics over those tokens still break the graph once per block (torch 2.13 cannot
     guard the mean over an unbacked row count), so each block compiles in pieces, shared by every
-    block. tests/serving/test_engine.py counts the graphs a second workload adds: none; and
-    tests/vision/test_vision_serving.py the same for a vision model, whose media (visual K/V, which image each
-    token sees, reading windows) come in as a keyword argument.
+    block. tests/serving/test_engine.py counts the graphs a second workload adds: none. A vision
+    model's media (visual K/V, which image each token sees, reading windows) come in as a keyword
+    argument; their sizes still get specialised (one image or several, and coincidences such as the
+    visual width equal to 8 x the image count), so new image counts and widths can add graphs.
     call.compile_s sums the calls that compiled a graph (the compile time, with those calls' steps)."""
     from torch._dynamo.utils import counters
 

