@@ -429,6 +429,7 @@ def load_config(name_or_path: str | pathlib.Path, **overrides) -> ModelConfig:
     data, stem = _read_toml(name_or_path)
     data.pop("train", None)
     data.pop("parallel", None)  # moe.layout.load_layout reads it
+    data.pop("data", None)  # [[data]]: a mixture's sources, which `train` reads (moe/data/mixture.py)
     values = {"name": stem, **data, **overrides}
     return from_dict(ModelConfig, values, f"config {str(name_or_path)!r}")
 

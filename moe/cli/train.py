@@ -14,11 +14,22 @@ def add_parser(sub) -> None:
     t.add_argument("--config", default="tiny", help="preset name or .toml path")
     t.add_argument(
         "--data",
-        help="a dataset written by `prepare` (default: the bundled corpus, byte-level); "
-        "vocab_size follows its tokenizer",
+        action="append",
+        metavar="[NAME=]PATH[:epochs=N|:weight=W]",
+        help="a dataset written by `prepare` (default: the bundled corpus, byte-level; vocab_size follows "
+        "its tokenizer); repeat NAME=PATH:epochs=N (or :weight=W) to train on a mixture of them (the "
+        "config's [[data]] tables give the same)",
     )
     t.add_argument("--out", help="run directory for checkpoints and plots (default runs/<config name>)")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=["auto"],
+        help="continue exactly from the latest checkpoint in --out; `--resume auto`: continue if there is "
+        "one, else start afresh (for torchrun --max-restarts, which reruns the same command after a failure)",
+    )
     t.add_argument(
         "--overwrite", action="store_true", help="start afresh even if --out holds checkpoints (deletes them)"
     )
@@ -45,6 +56,13 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", dest="batch_size", type=int, help="sequences per step")
     t.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
     t.add_argument("--max-steps", dest="max_steps", type=int, help="steps to train (the end of the cosine schedule)")
+    t.add_argument(
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        help="tokens to train: max_steps = this / (batch size x seq len) (default for a mixture given in "
+        "epochs: the tokens those epochs hold)",
+    )
     t.add_argument(
         "--time-budget",
         dest="time_budget_s",
@@ -135,13 +153,64 @@ def _configs(args):
     if args.train_language_model:
         train_over["train_language_model"] = True
     train_cfg = load_train_config(args.config, **train_over)
-    data = None
-    if args.data is not None:
-        from moe.data import open_data
-
-        data = open_data(args.data, train_cfg.val_fraction)  # opened once: the loop takes it as it is
+    data = _open_data(args.data, args.config, train_cfg)  # opened once: the loop takes it as it is
+    if data is not None:
         model_over.setdefault("vocab_size", data.tokenizer.vocab_size)  # follows the data unless --set (checked)
+    train_cfg = _run_length(train_cfg, data, args.max_tokens, steps_given="max_steps" in train_over)
     model_cfg = load_config(args.config, **model_over)
     if args.dense:
         model_cfg = model_cfg.dense_twin()
     return model_cfg, train_cfg, data
+
+
+def _open_data(flags: list[str] | None, config: str, train_cfg):
+    """--data as given (else the config's [[data]] tables): None (the bundled corpus), one prepared
+    dataset, or a Mixture of named sources (moe/data/mixture.py)."""
+    from moe.config import read_table
+    from moe.data import open_data
+    from moe.data.mixture import Mixture, parse_source, source_from_dict
+
+    if not flags:
+        tables = read_table(config, "data") or []
+        if not tables:
+            return None
+        return Mixture.open([source_from_dict(t, f"[[data]] of {config!r}") for t in tables], train_cfg.seed)
+    sources = [parse_source(f) for f in flags]
+    if len(flags) == 1 and sources[0] is None:
+        return open_data(flags[0], train_cfg.val_fraction)
+    plain = [f for f, s in zip(flags, sources) if s is None]
+    if plain:
+        raise ValueError(
+            f"--data {plain[0]}: with several --data, give each as NAME=PATH:epochs=N or NAME=PATH:weight=W"
+        )
+    return Mixture.open(sources, train_cfg.seed)
+
+
+def _run_length(train_cfg, data, max_tokens: int | None, steps_given: bool):
+    """max_steps from --max-tokens, or from a mixture's epochs when neither length flag is given."""
+    import dataclasses
+    import os
+
+    from moe.data.mixture import Mixture
+
+    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    if max_tokens is not None:
+        if steps_given:
+            raise ValueError("--max-steps and --max-tokens both give the run's length: give one of them")
+        if max_tokens < tokens_per_step:
+            raise ValueError(f"--max-tokens {max_tokens} is less than one step ({tokens_per_step} tokens)")
+        return dataclasses.replace(train_cfg, max_steps=max_tokens // tokens_per_step)
+    if not steps_given and isinstance(data, Mixture):
+        data.check_seq_len(train_cfg.seq_len)
+        rows = data.epoch_rows()
+        if rows is not None:
+            if rows < train_cfg.batch_size:
+                raise ValueError(f"--data: the sources' epochs hold {rows} rows, less than one batch")
+            steps, left = divmod(rows, train_cfg.batch_size)
+            if os.environ.get("RANK", "0") == "0":
+                print(
+                    f"max_steps = {steps}: the sources' epochs hold {rows:,} rows of {train_cfg.seq_len} tokens"
+                    + (f" (the last {left} are not drawn: not a whole batch)" if left else "")
+                )
+            return dataclasses.replace(train_cfg, max_steps=steps)
+    return train_cfg

@@ -74,8 +74,25 @@ def get_batch(data: TokenArray, batch_size: int, seq_len: int, generator: torch.
     return windows[:, :-1], windows[:, 1:]
 
 
+class SingleSource:
+    """The Dataset protocol's mixture calls (moe/data/mixture.py) for a dataset that is one source:
+    validation is its own, and where it stands lives in the loop's generator."""
+
+    def eval_sets(self, batch_size: int, seq_len: int, generator: torch.Generator, rows, n: int) -> dict:
+        return {self.name: (1.0, [self.batch("val", batch_size, seq_len, generator, rows) for _ in range(n)])}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+    def progress(self) -> dict:
+        return {}
+
+
 @dataclass
-class TokenDataset:
+class TokenDataset(SingleSource):
     name: str
     tokenizer: Tokenizer
     train: TokenArray

@@ -61,18 +61,24 @@ def train_in_layout(
     layout: Layout | None = None,
     *,
     world: int | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     log=print,
     **kw,
 ) -> dict:
     """Train in one process or in `layout` under torchrun, whichever the run needs, and return the
     summary. The keywords are moe.training.train's; `world` defaults to torchrun's WORLD_SIZE. The
-    main process logs one line naming the run (and its layout) before anything is built."""
+    main process logs one line naming the run (and its layout) before anything is built. resume="auto":
+    continue from --out's latest checkpoint when it has one, else start afresh."""
     layout = Layout() if layout is None else layout
     world = world_size() if world is None else world
     from moe import devices
 
     devices.resolve(kw.get("device"))  # before anything exists: no process group, no --out
+    from moe.training.run_dir import resolve_resume
+
+    if resume == "auto" and not resolve_resume(resume, out_dir):  # nothing to continue from: a fresh run
+        resume, kw = False, {**kw, "allow_changes": False}
+    resume = resolve_resume(resume, out_dir)
     if not is_distributed(layout, out_dir, resume=resume, world=world):
         from moe.training import train
 

@@ -64,10 +64,32 @@ def init_process_group(device: str | None = None, timeout: datetime.timedelta | 
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if "WORLD_SIZE" in os.environ:  # launched by torchrun
-            dist.init_process_group(backend, timeout=timeout)
+            dist.init_process_group(backend, timeout=timeout, **_attempt_store(timeout))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return device
+
+
+def _attempt_store(timeout: datetime.timedelta | None) -> dict:
+    """init_process_group's store after torchrun --max-restarts restarted the workers: torchrun's
+    own store, under a key prefix of this attempt. The launcher keeps one store for every attempt
+    (it shares its rendezvous store by default), so without a prefix a restarted rank can read the
+    address a dead rank of the last attempt left there and fail to connect (seen with gloo).
+    TORCHELASTIC_RESTART_COUNT is the same on every rank of one launcher. {} on a first attempt."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timeout or datetime.timedelta(minutes=10),
+    )
+    return dict(
+        store=dist.PrefixStore(f"moe/attempt-{restart}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
 
 
 def close_process_group() -> None:

@@ -61,6 +61,7 @@ class History:
     # what a captioning task's evaluation adds (Task.eval_extras, moe/training/task.py):
     gates: list = field(default_factory=list)  # (tanh attn, tanh mlp) per gated cross-attention block
     cer: list = field(default_factory=list)  # character error rate on held-out rendered lines
+    val_by_source: list = field(default_factory=list)  # a mixture's: {source: val loss} per evaluation
 
     def add(
         self,
@@ -71,8 +72,11 @@ class History:
         val_loss: float,
         gates: list | None = None,
         cer: float | None = None,
+        val_by_source: dict | None = None,
     ) -> None:
         """One evaluation point (gates and cer: where the trainer's eval_extras gives them)."""
+        if val_by_source is not None:
+            self.val_by_source.append(val_by_source)
         if gates is not None:
             self.gates.append(gates)
         if cer is not None:
@@ -159,7 +163,7 @@ def train(
     cfg: TrainConfig,
     out_dir,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     allow_changes: bool = False,
     init_from=None,
@@ -174,7 +178,8 @@ def train(
 
     Before anything is built, the main process makes sure out_dir is a writable directory, locks it for
     the whole run (moe/training/run_dir.py) and removes dead writers' scratch directories. A fresh run
-    refuses an out_dir that already holds checkpoints unless overwrite=True; a resumed one refuses
+    refuses an out_dir that already holds checkpoints unless overwrite=True (resume="auto" continues
+    from them when there are some, else starts afresh: a job that restarts itself); a resumed one refuses
     changed training settings (they break "continues as if never stopped") unless allow_changes=True.
     init_from: a fresh run that starts from a checkpoint's weights (e.g. to extend its context: see
     check_extension); new optimizer, step 0, this run's schedule.
@@ -183,6 +188,9 @@ def train(
     tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
+    if resume == "auto" and not run_dir.resolve_resume(resume, out_dir):  # nothing to continue from
+        resume, allow_changes = False, False
+    resume = run_dir.resolve_resume(resume, out_dir)
     devices.resolve(device)  # an unknown device, or one this machine lacks, before anything is created
     check_run(
         model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes, init_from=init_from
@@ -330,7 +338,7 @@ def _train(
     per_token = dataset.tokenizer.kind != "bytes"  # then also log bits per byte (bytes: nats/token = nats/byte)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
     rows = trainer.batch_rows(cfg.batch_size)  # this process's rows of every global batch (None: all)
-    eval_batches = [dataset.batch("val", cfg.batch_size, cfg.seq_len, eval_gen, rows) for _ in range(cfg.eval_batches)]
+    eval_sets = dataset.eval_sets(cfg.batch_size, cfg.seq_len, eval_gen, rows, cfg.eval_batches)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
@@ -343,6 +351,7 @@ def _train(
             say(f"warning: resuming with a different model config; differing fields (saved, now): {diff}")
         state, note = trainer.load(step_dir)
         data_gen.set_state(state["data_rng"])
+        dataset.load_state(state.get("data_state", {}))
         step, train_time, hist = state["step"], state["train_time_s"], History(**state["history"])
         if cfg.time_budget_s and step > FIRST_FIT[1]:  # keep the schedule fitted so far; else obey max_steps
             max_steps = state.get("max_steps", max_steps)
@@ -365,6 +374,7 @@ def _train(
             max_steps=max_steps,
             history=vars(hist),
             data_rng=data_gen.get_state(),
+            data_state=dataset.state(),
             expert_tokens=expert_tokens,
         )
         return trainer.save(out_dir, state, step, tokenizer_file)
@@ -421,8 +431,11 @@ def _train(
             bar.update(1)
 
             if step % cfg.eval_interval == 0 or step == max_steps:
-                val = trainer.evaluate(eval_batches)
+                by_source = {name: trainer.evaluate(batches) for name, (_, batches) in eval_sets.items()}
+                val = sum(weight * by_source[name] for name, (weight, _) in eval_sets.items())
                 extras = trainer.eval_extras()
+                if len(eval_sets) > 1:
+                    extras["val_by_source"] = by_source
                 hist.add(step, step * tokens_per_step, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
                 msg = (
@@ -432,6 +445,7 @@ def _train(
                     + (f"CER {extras['cer']:.3f}  " if "cer" in extras else "")
                     + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
                     + (f"  load max/mean {balance:.2f}" if balance is not None else "")
+                    + _sources_line(by_source if len(eval_sets) > 1 else {}, dataset.progress())
                 )
                 bar.write(msg) if show_bar else say(msg)
             if step % cfg.checkpoint_interval == 0 or step == max_steps:
@@ -452,6 +466,7 @@ def _train(
         "final_val_loss": hist.val_loss[-1] if hist.val_loss else None,
         "final_val_bits_per_byte": dataset.bits_per_byte(hist.val_loss[-1]) if hist.val_loss else None,
         "data": dataset.name,
+        **({"sources": _sources_summary(hist, dataset.progress())} if dataset.progress() else {}),
         "tokenizer": dataset.tokenizer.describe(),
         "interrupted": interrupted,
         "checkpoint": str(saved),
@@ -469,3 +484,17 @@ def _train(
             plot_training(summary, out_dir / "training.png")
     say(f"{'interrupted' if interrupted else 'done'}: step {step}, checkpoint {saved}")
     return summary
+
+
+def _sources_line(val_by_source: dict, progress: dict) -> str:
+    """A mixture's part of an evaluation's log line: each source's validation loss and epochs drawn."""
+    return "".join(
+        f"\n    {name}: val {val_by_source[name]:.4f}  {p['tokens']:,} tokens  {p['epochs']:.3f} epochs"
+        for name, p in progress.items()
+    )
+
+
+def _sources_summary(hist: History, progress: dict) -> dict:
+    """summary.json's "sources": per source, tokens and epochs drawn, and the last validation loss."""
+    last = hist.val_by_source[-1] if hist.val_by_source else {}
+    return {name: {**p, "final_val_loss": last.get(name)} for name, p in progress.items()}

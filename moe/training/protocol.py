@@ -53,6 +53,20 @@ class Dataset(Protocol):
     def bits_per_byte(self, nats_per_token: float) -> float:
         """A validation loss in bits per byte of text."""
 
+    def eval_sets(self, batch_size: int, seq_len: int, generator: torch.Generator, rows, n: int) -> dict:
+        """{source name: (weight, n validation batches)}: one source, or each of a mixture's
+        (moe/data/mixture.py); the overall validation loss is the weighted mean."""
+
+    def state(self) -> dict:
+        """Where the training draws stand beyond the loop's generator (a mixture's rows per source),
+        saved in every checkpoint; {} when the generator holds it all."""
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint's state()."""
+
+    def progress(self) -> dict:
+        """Per source of a mixture: {name: {tokens, epochs}} drawn so far; {} for one source."""
+
 
 class Task(Protocol):
     def dataset(self, data) -> Dataset:

@@ -13,6 +13,7 @@ import torch
 
 from moe.config import ModelConfig, TrainConfig
 from moe.data import TokenDataset, open_data
+from moe.data.mixture import Mixture
 from moe.training.protocol import Task
 
 
@@ -21,8 +22,9 @@ class TextTask:
         self.val_fraction = val_fraction
 
     def dataset(self, data) -> TokenDataset:
-        """`data` opened (moe/data/dataset.py): a prepared directory, or None for the bundled corpus."""
-        return data if isinstance(data, TokenDataset) else open_data(data, self.val_fraction)
+        """`data` opened (moe/data/dataset.py): a prepared directory, or None for the bundled corpus;
+        a TokenDataset or a Mixture (moe/data/mixture.py) as it is."""
+        return data if isinstance(data, (TokenDataset, Mixture)) else open_data(data, self.val_fraction)
 
     def setup(self, model: torch.nn.Module) -> None:
         pass  # every parameter learns

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from moe.config import VisionConfig
-from moe.data.dataset import BUNDLED, bundled_split
+from moe.data.dataset import BUNDLED, SingleSource, bundled_split
 from moe.data.tokenizer import ByteTokenizer
 from moe.model.transformer import IGNORE_INDEX as IGNORE
 from moe.vision.images import batch_images, to_tensor
@@ -27,7 +27,7 @@ from moe.vision.render import MAX_CHARS, corpus_lines, render_line
 
 
 @dataclass
-class CaptionDataset:
+class CaptionDataset(SingleSource):
     name: str
     tokenizer: ByteTokenizer
     vision: VisionConfig

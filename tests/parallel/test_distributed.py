@@ -13,6 +13,7 @@ the gradient's relative error: 1e-5 absolute at lr 1e-3 leaves a wide margin ove
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -200,6 +201,49 @@ def test_torchrun_cli_trains_resumes_in_another_layout_and_generates(tmp_path):
     )
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("To")
+
+
+def _worker(launcher: int, local_rank: int) -> int | None:
+    """The pid of torchrun's worker of that local rank, among the launcher's children."""
+    for child in pathlib.Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            env = pathlib.Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in env:
+            return int(child)
+    return None
+
+
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_as_an_unbroken_one(tmp_path):
+    """`train --resume auto` under torchrun --max-restarts: SIGKILL one rank of a dp=2 run after its
+    first checkpoint; torchrun restarts both ranks, which continue from the latest checkpoint, and the
+    final weights equal those of the same run never interrupted (a fixed schedule: bit for bit)."""
+    import signal
+    import time
+
+    small = [f"--set={k}={v}" for k, v in {**SMALL, "eval_interval": 10, "eval_batches": 1}.items()]
+    common = ["-m", "moe", "train", "--config", "tiny", "--dp", "2", "--batch-size", "4", "--seq-len", "16"]
+    common += ["--max-steps", "60", "--set=checkpoint_interval=5", "--resume", "auto", "--no-progress", *small]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    torchrun += ["--max-restarts", "1", "--monitor-interval", "0.1"]
+    straight = subprocess.run(torchrun + common + ["--out", str(tmp_path / "straight")], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "resumed" not in straight.stdout  # --resume auto with nothing to resume: a fresh run
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun + common + ["--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "step-0000005").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    victim = _worker(proc.pid, 1)
+    assert victim is not None, "no rank 1 to kill"
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert b"resumed from" in out and b"step 60/60" in out, out.decode()[-2000:]
+    a = checkpoint.load_model(tmp_path / "straight").state_dict()
+    b = checkpoint.load_model(run).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("layout", [dict(ep=2), dict(pp=2, microbatches=2), dict(dp=2, sharding="fsdp")])
