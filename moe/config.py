@@ -341,6 +341,13 @@ class TrainConfig:
     # A vision model (a [vision] table): also train its language model. False: Flamingo's stage 2, the
     # language model frozen and only the vision path learning.
     train_language_model: bool = False
+    # Megatron's batch-size ramp, counted in tokens: start at ramp_start_batch sequences, add
+    # ramp_increment every ramp_tokens / ((batch_size - start) / increment) tokens until batch_size.
+    # 0: no ramp. With a ramp the run and its learning-rate schedule are counted in tokens: it ends
+    # after max_steps x batch_size x seq_len tokens, warms up over warmup_steps full batches' worth.
+    ramp_start_batch: int = 0
+    ramp_increment: int = 0
+    ramp_tokens: int = 0
 
     def __post_init__(self) -> None:
         for flag in ("compile", "train_language_model"):
@@ -356,6 +363,9 @@ class TrainConfig:
             "eval_batches",
             "checkpoint_interval",
             "seed",
+            "ramp_start_batch",
+            "ramp_increment",
+            "ramp_tokens",
         )
         _positive(
             self, "batch_size", "seq_len", "max_steps", "lr", "eval_interval", "eval_batches", "checkpoint_interval"
@@ -368,6 +378,48 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.ramp_start_batch or self.ramp_increment or self.ramp_tokens:
+            self._check_ramp()
+
+    def _check_ramp(self) -> None:
+        start, inc, tokens = self.ramp_start_batch, self.ramp_increment, self.ramp_tokens
+        ramp = f"the batch-size ramp (start {start}, increment {inc}, over {tokens} tokens)"
+        if not (0 < start < self.batch_size and inc > 0 and tokens > 0):
+            raise ValueError(
+                f"{ramp}: needs 0 < start < batch_size ({self.batch_size}), a positive increment and token count"
+            )
+        if (self.batch_size - start) % inc:
+            raise ValueError(f"{ramp}: batch_size {self.batch_size} - start must be a multiple of the increment")
+        if self.time_budget_s:
+            raise ValueError(f"{ramp} counts the run in tokens; a time budget fits steps: give one of them")
+
+    @property
+    def ramp(self) -> bool:
+        return self.ramp_start_batch > 0
+
+    def batch_size_at(self, tokens: int) -> int:
+        """Sequences in the batch of the step that starts after `tokens` tokens (Megatron's ramp)."""
+        if not self.ramp:
+            return self.batch_size
+        increments = (self.batch_size - self.ramp_start_batch) // self.ramp_increment
+        done = tokens * increments // self.ramp_tokens  # increments reached: tokens / (ramp_tokens / increments)
+        return min(self.batch_size, self.ramp_start_batch + done * self.ramp_increment)
+
+    def batch_sizes(self) -> list[int]:
+        """Every batch size the run steps at (the ramp's, then batch_size)."""
+        start = self.ramp_start_batch if self.ramp else self.batch_size
+        return list(range(start, self.batch_size + 1, self.ramp_increment or 1))
+
+    def run_steps(self) -> int:
+        """The run's steps: max_steps, or with a ramp the steps that first reach
+        max_steps x batch_size x seq_len tokens."""
+        if not self.ramp:
+            return self.max_steps
+        steps = tokens = 0
+        while tokens < self.max_steps * self.batch_size * self.seq_len:
+            tokens += self.batch_size_at(tokens) * self.seq_len
+            steps += 1
+        return steps
 
 
 def preset_names() -> list[str]:

@@ -55,6 +55,14 @@ def add_parser(sub) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="sequences per step")
     t.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
+    t.add_argument(
+        "--batch-size-ramp",
+        dest="batch_size_ramp",
+        type=_ramp,
+        metavar="START,INCREMENT,OVER_TOKENS",
+        help="Megatron's ramp: start at START sequences, add INCREMENT in even steps over OVER_TOKENS tokens "
+        "up to --batch-size; the run and its learning-rate schedule are then counted in tokens",
+    )
     t.add_argument("--max-steps", dest="max_steps", type=int, help="steps to train (the end of the cosine schedule)")
     t.add_argument(
         "--max-tokens",
@@ -146,6 +154,8 @@ def _configs(args):
     for flag in _TRAIN_FLAGS:
         if getattr(args, flag) is not None:
             train_over[flag] = getattr(args, flag)
+    if args.batch_size_ramp:
+        train_over.update(zip(("ramp_start_batch", "ramp_increment", "ramp_tokens"), args.batch_size_ramp))
     if args.expert_backend:
         model_over["expert_backend"] = args.expert_backend
     if args.compile:
@@ -214,3 +224,13 @@ def _run_length(train_cfg, data, max_tokens: int | None, steps_given: bool):
                 )
             return dataclasses.replace(train_cfg, max_steps=steps)
     return train_cfg
+
+
+def _ramp(text: str) -> tuple[int, int, int]:
+    import argparse
+
+    try:
+        start, increment, tokens = (int(float(v)) if "e" in v.lower() else int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give START,INCREMENT,OVER_TOKENS, three integers") from None
+    return start, increment, tokens

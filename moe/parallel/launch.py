@@ -43,8 +43,14 @@ def check_distributed(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: La
             f"config {model_cfg.name!r} has a vision path, which trains in one process: give no "
             "parallel layout and no torchrun"
         )
+    if train_cfg.ramp and layout.pp > 1:
+        raise ValueError(
+            "a batch-size ramp changes the microbatches' shapes, which a pipeline schedule fixes when it is "
+            "built: ramp with dp, ep and tp (more rows per rank), not pp"
+        )
     try:
-        layout.check(model_cfg, world, train_cfg.batch_size)
+        for batch_size in train_cfg.batch_sizes():  # the ramp's too: each must split evenly
+            layout.check(model_cfg, world, batch_size)
     except ValueError as e:
         hint = (
             f"; launch it with torchrun --nproc-per-node {layout.world_size} -m moe train ..."

@@ -338,9 +338,10 @@ def _train(
     per_token = dataset.tokenizer.kind != "bytes"  # then also log bits per byte (bytes: nats/token = nats/byte)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation windows every time
     rows = trainer.batch_rows(cfg.batch_size)  # this process's rows of every global batch (None: all)
+    rows_at = {b: trainer.batch_rows(b) for b in cfg.batch_sizes()}  # the same, for each size of a ramp
     eval_sets = dataset.eval_sets(cfg.batch_size, cfg.seq_len, eval_gen, rows, cfg.eval_batches)
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    hist, step, train_time, max_steps = History(), 0, 0.0, cfg.max_steps
+    hist, step, tokens, train_time, max_steps = History(), 0, 0, 0.0, cfg.run_steps()
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
 
     if resume:
@@ -353,6 +354,7 @@ def _train(
         data_gen.set_state(state["data_rng"])
         dataset.load_state(state.get("data_state", {}))
         step, train_time, hist = state["step"], state["train_time_s"], History(**state["history"])
+        tokens = state.get("tokens", step * cfg.batch_size * cfg.seq_len)  # checkpoints before ramps: fixed batches
         if cfg.time_budget_s and step > FIRST_FIT[1]:  # keep the schedule fitted so far; else obey max_steps
             max_steps = state.get("max_steps", max_steps)
         # distributed checkpoints written before the loops were one kept neither of these
@@ -372,6 +374,7 @@ def _train(
             step=step,
             train_time_s=train_time,
             max_steps=max_steps,
+            tokens=tokens,
             history=vars(hist),
             data_rng=data_gen.get_state(),
             data_state=dataset.state(),
@@ -394,15 +397,18 @@ def _train(
         while step < max_steps:
             budget.before_step(step, train_time)
             t0 = _clock()
-            x, y = dataset.batch("train", cfg.batch_size, cfg.seq_len, data_gen, rows)
+            batch = cfg.batch_size_at(tokens)
+            x, y = dataset.batch("train", batch, cfg.seq_len, data_gen, rows_at[batch])
+            # with a ramp the schedule runs over tokens, in full batches' worth (a smaller batch moves it less)
+            at = (tokens / tokens_per_step, cfg.max_steps) if cfg.ramp else (step, max_steps)
             try:
-                result = trainer.step(x, y, lr_at(step, cfg, max_steps))
+                result = trainer.step(x, y, lr_at(at[0], cfg, at[1]))
             except NonFiniteLoss as e:
                 bar.close()
                 raise TrainingError(
                     f"loss became {e.loss} at step {step}; stopped without saving. Last good checkpoint: {last_good()}"
                 ) from None
-            step += 1
+            step, tokens = step + 1, tokens + batch * cfg.seq_len
             dt = _clock() - t0
             train_time += dt
             if trainer.compile_s is not None and not compile_said:
@@ -424,7 +430,7 @@ def _train(
                     )
                 max_steps = bar.total = fitted
 
-            postfix = dict(loss=f"{result.loss:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+            postfix = dict(loss=f"{result.loss:.3f}", tok_s=f"{batch * cfg.seq_len / dt:,.0f}")
             if balance is not None:
                 postfix["load_max_mean"] = f"{balance:.2f}"
             bar.set_postfix(postfix)
@@ -436,14 +442,15 @@ def _train(
                 extras = trainer.eval_extras()
                 if len(eval_sets) > 1:
                     extras["val_by_source"] = by_source
-                hist.add(step, step * tokens_per_step, train_time, running / n_running, val, **extras)
+                hist.add(step, tokens, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
                 msg = (
                     f"step {step}/{max_steps}  train {hist.train_loss[-1]:.4f}  val {val:.4f}  "
                     + (f"({dataset.bits_per_byte(val):.3f} bits/byte)  " if per_token else "")
                     + (f"grad norm {norm:.3f}  " if norm is not None else "")
                     + (f"CER {extras['cer']:.3f}  " if "cer" in extras else "")
-                    + f"{train_time:.0f}s  {step * tokens_per_step / train_time:,.0f} tok/s"
+                    + (f"batch {batch}  " if cfg.ramp else "")
+                    + f"{train_time:.0f}s  {tokens / train_time:,.0f} tok/s"
                     + (f"  load max/mean {balance:.2f}" if balance is not None else "")
                     + _sources_line(by_source if len(eval_sets) > 1 else {}, dataset.progress())
                 )
@@ -460,9 +467,9 @@ def _train(
         "config": model_cfg.name,
         "steps": step,
         "max_steps": max_steps,
-        "tokens": step * tokens_per_step,
+        "tokens": tokens,
         "train_time_s": round(train_time, 2),
-        "tokens_per_s": round(step * tokens_per_step / max(train_time, 1e-9)),
+        "tokens_per_s": round(tokens / max(train_time, 1e-9)),
         "final_val_loss": hist.val_loss[-1] if hist.val_loss else None,
         "final_val_bits_per_byte": dataset.bits_per_byte(hist.val_loss[-1]) if hist.val_loss else None,
         "data": dataset.name,

@@ -108,13 +108,14 @@ def _run(rank, device, spec):
     if spec.get("load"):
         done = dist_checkpoint.load(spec["load"], trainer.module, trainer.optimizer)["step"]
     results = []
-    rows = trainer.batch_rows(train_cfg.batch_size)  # as the loop does: each rank is given only its rows
     tally: dict = {}
     undo = record_collectives(tally) if spec.get("record") else (lambda: None)
+    sizes = spec.get("sizes") or [train_cfg.batch_size] * (done + spec["steps"])  # a ramp: the first rows
     try:
-        for x, y in batches(cfg, train_cfg, done + spec["steps"])[done:]:
+        for (x, y), b in list(zip(batches(cfg, train_cfg, done + spec["steps"]), sizes))[done:]:
+            rows = trainer.batch_rows(b)  # as the loop does: each rank is given only its rows
             tally.clear()
-            r = trainer.step(x[rows], y[rows], train_cfg.lr)
+            r = trainer.step(x[:b][rows], y[:b][rows], train_cfg.lr)
             results.append((r.loss, r.grad_norm, dict(tally)) if spec.get("record") else (r.loss, r.grad_norm))
         step = done + spec["steps"]
         dist_checkpoint.save(

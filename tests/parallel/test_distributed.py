@@ -35,8 +35,9 @@ TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
 def spawn(pool):
     """spawn(layout, out, ...): train the layout on the pool's processes; rank 0's results."""
 
-    def run(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False) -> list:
+    def run(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False, sizes=None) -> list:
         spec = dict(
+            sizes=sizes,
             layout=layout,
             out=str(out),
             steps=steps,
@@ -58,15 +59,16 @@ def reference_model(cfg, train_cfg) -> MoETransformer:
     return m
 
 
-def reference(steps, microbatches=1, model=None):
-    """One process: the same model, batches, clip and AdamW; (loss, grad norm) per step."""
+def reference(steps, microbatches=1, model=None, sizes=None):
+    """One process: the same model, batches (the first `sizes[i]` rows of step i's), clip and AdamW;
+    (loss, grad norm) per step."""
     cfg = load_config("tiny", **{**SMALL, **(model or {})})
     train_cfg = load_train_config("tiny", **TRAIN)
     m = reference_model(cfg, train_cfg)
     opt = make_optimizer(m.parameters(), train_cfg)
     results = []
-    for x, y in batches(cfg, train_cfg, steps):
-        loss = 0.0
+    for (x, y), b in zip(batches(cfg, train_cfg, steps), sizes or [train_cfg.batch_size] * steps):
+        x, y, loss = x[:b], y[:b], 0.0
         for x_mb, y_mb in zip(x.chunk(microbatches), y.chunk(microbatches)):
             out = m(x_mb, targets=y_mb)
             ((out.loss + out.aux_loss) / microbatches).backward()
@@ -78,9 +80,9 @@ def reference(steps, microbatches=1, model=None):
     return m, results
 
 
-def check_against_reference(got, out, steps, microbatches=1, model=None):
+def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=None):
     """`got`: (loss, grad norm) of the last len(got) of `steps` steps; out: the run directory."""
-    ref_model, want = reference(steps, microbatches, model)
+    ref_model, want = reference(steps, microbatches, model, sizes)
     assert want[0][1] > TRAIN["grad_clip"], "the clip should be active, or it is not tested"
     for (loss, norm), (ref_loss, ref_norm) in zip(got, want[steps - len(got) :], strict=True):
         assert abs(loss - ref_loss) < TOL["loss"]
@@ -114,6 +116,14 @@ def test_layout_step_matches_one_process(name, tmp_path, spawn):
     layout, model = LAYOUTS[name]
     got = spawn(layout, tmp_path, model=model)
     check_against_reference(got, tmp_path, 2, layout.get("microbatches", 1), model)
+
+
+def test_a_batch_size_ramp_gives_each_rank_more_rows_and_matches_one_process(tmp_path, spawn):
+    """A ramp (TrainConfig.ramp_*) in a layout: the batch grows from 4 to 8 rows between steps, and
+    every rank of dp2 x ep2 (four data shards) takes its share of each (1 row, then 2), as the loop
+    hands them out; losses and weights follow one process's."""
+    got = spawn(dict(dp=2, ep=2), tmp_path, sizes=[4, 8])
+    check_against_reference(got, tmp_path, 2, sizes=[4, 8])
 
 
 @pytest.mark.parametrize("sharding,microbatches", [("zero1", 1), ("zero1", 2), ("fsdp", 1)])
