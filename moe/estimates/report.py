@@ -30,6 +30,7 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
             "store 1 byte per weight, int4 half a byte, plus their scales)"
         )
         print(format_table(quantized_rows(cfg), ("quantity", "bf16", "int8 / fp8", "int4", "how")))
+        _print_recipe(cfg)
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
         print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
@@ -48,3 +49,21 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
             f"{batch_tokens:,.0f} tokens per step in sequences of {seq_len}"
         )
         print(format_table(layout_rows(cfg, layout, batch_tokens, seq_len), ("quantity", "per GPU", "how")))
+
+
+def _print_recipe(cfg: ModelConfig) -> None:
+    from moe.estimates.recipe import GPU_MTBF_HOURS, LEAK_GPUS, RAMP_TOKENS, checkpoint_rows, leak_ramp, ramp_rows
+
+    ramp = leak_ramp()
+    print(
+        f"\nthe batch-size ramp to the leak's 60M tokens a step over its 13T tokens (train --batch-size-ramp "
+        f"{ramp.ramp_start_batch},{ramp.ramp_increment},{RAMP_TOKENS:.0f}; start, step and span are our choice)"
+    )
+    print(format_table(ramp_rows(cfg, ramp), ("batch", "tokens a step", "per expert a step", "steps", "tokens")))
+    mtbf_h = GPU_MTBF_HOURS / LEAK_GPUS
+    print(
+        f"\ncheckpoint interval on {LEAK_GPUS:,} GPUs failing once per {GPU_MTBF_HOURS:,.0f} GPU-hours each "
+        f"(Llama 3's rate): the cluster fails every {mtbf_h * 60:.0f} min; Young/Daly's interval, 10 min restarts"
+    )
+    header = ("checkpoint cost", "best interval", "wall time lost", "lost at 4x the interval")
+    print(format_table(checkpoint_rows(), header))
