@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from moe.config import ModelConfig, from_dict, read_table
 
-SCHEDULES = ("1f1b", "gpipe")
+SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b")
 SHARDINGS = ("zero1", "fsdp")
 AXES = ("pp", "dp", "ep", "tp")  # outermost first
 
@@ -43,9 +43,11 @@ class Layout:
     #                              the embedding) gets this many and the rest are split evenly
     sharding: str = "zero1"  # data parallel, both on FSDP2: "zero1" (weights gathered once per step;
     #                          gradients and optimizer state sharded) or "fsdp" (also re-gathered for backward)
+    virtual_stages: int = 1  # "interleaved-1f1b": model chunks per pipeline rank; stage s (of pp x this)
+    #                          runs on rank s % pp, so each rank holds every pp-th chunk of layers
 
     def __post_init__(self) -> None:
-        for name in (*AXES, "microbatches"):
+        for name in (*AXES, "microbatches", "virtual_stages"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"layout: {name} must be a positive integer, got {value!r}")
@@ -59,6 +61,16 @@ class Layout:
             or self.first_stage_layers < 0
         ):
             raise ValueError(f"layout: first_stage_layers must be an integer >= 0, got {self.first_stage_layers!r}")
+        if (self.schedule == "interleaved-1f1b") != (self.virtual_stages > 1):
+            raise ValueError(
+                f"layout: schedule {self.schedule!r} with virtual_stages={self.virtual_stages}: the interleaved "
+                "schedule runs several chunks per rank (virtual_stages >= 2), and only it does"
+            )
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages in all: pp, or pp x virtual_stages chunks when interleaved."""
+        return self.pp * self.virtual_stages
 
     @property
     def world_size(self) -> int:
@@ -74,7 +86,7 @@ class Layout:
         if self.microbatches > 1:
             parts.append(f"microbatches={self.microbatches}")
         if self.pp > 1:
-            parts.append(self.schedule)
+            parts.append(self.schedule + (f"x{self.virtual_stages}" if self.virtual_stages > 1 else ""))
         if self.data_shards > 1:
             parts.append(self.sharding)
         return ",".join(parts)
@@ -105,7 +117,12 @@ class Layout:
                 "pipeline parallelism needs untied embeddings: the embedding and the output head "
                 "live on different stages"
             )
-        stage_layers(cfg.n_layers, self.pp, self.first_stage_layers)
+        stage_layers(cfg.n_layers, self.stages, self.first_stage_layers)
+        if self.virtual_stages > 1 and self.microbatches % max(1, self.microbatches // self.pp):
+            raise ValueError(
+                f"interleaved-1f1b runs microbatches in rounds of pp={self.pp}: microbatches={self.microbatches} "
+                "must be a multiple of microbatches // pp (e.g. a multiple of pp)"
+            )
         per_step = self.data_shards * self.microbatches
         if batch_size is not None and batch_size % per_step:
             raise ValueError(f"batch_size={batch_size} must be divisible by dp x ep x microbatches = {per_step}")
@@ -138,19 +155,27 @@ def stage_layers(n_layers: int, pp: int, first: int = 0) -> list[range]:
     return [range(s, s + c) for s, c in zip(starts, counts)]
 
 
+def rank_chunks(n_layers: int, lay: Layout) -> list[list[range]]:
+    """Per pipeline rank, the layers of each stage it runs: stage s of lay.stages on rank s % pp
+    (one stage a rank unless interleaved)."""
+    stages = stage_layers(n_layers, lay.stages, lay.first_stage_layers)
+    return [stages[r :: lay.pp] for r in range(lay.pp)]
+
+
 def _even(n: int, parts: int) -> list[int]:
     base, extra = divmod(n, parts)
     return [base + (i < extra) for i in range(parts)]
 
 
-def bubble_fraction(pp: int, microbatches: int) -> float:
+def bubble_fraction(pp: int, microbatches: int, virtual_stages: int = 1) -> float:
     """Idle share of a step for GPipe and for 1F1B alike: (p - 1) / (m + p - 1). 1F1B saves
-    activation memory (at most p microbatches in flight instead of m), not time."""
-    return (pp - 1) / (microbatches + pp - 1)
+    activation memory (at most p microbatches in flight instead of m), not time. Interleaved 1F1B
+    with v chunks per rank cuts the bubble v times: (p - 1) / (v m + p - 1) (Megatron-LM)."""
+    return (pp - 1) / (virtual_stages * microbatches + pp - 1)
 
 
 def parse_layout(text: str, **defaults) -> Layout:
-    """'tp=8,pp=15,dp=208[,ep=1,microbatches=16,schedule=gpipe,first_stage_layers=4,sharding=fsdp]'."""
+    """'tp=8,pp=15,dp=208[,ep=1,microbatches=16,schedule=gpipe,first_stage_layers=4,sharding=fsdp,virtual_stages=2]'."""
     values, seen = dict(defaults), set()
     names = {f.name: f.type for f in dataclasses.fields(Layout)}
     aliases = {"mb": "microbatches", "first": "first_stage_layers"}

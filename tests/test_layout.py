@@ -245,3 +245,21 @@ def test_each_rank_reads_only_its_rows_of_the_batch(layout, monkeypatch):
     x_mine, _ = get_batch(data, B, 8, torch.Generator().manual_seed(0), per_rank[lay.data_shards - 1])
     assert len(reads) == len(per_rank[lay.data_shards - 1])
     assert torch.equal(x_mine, x_all[per_rank[lay.data_shards - 1]])
+
+
+def test_interleaved_ranks_hold_every_pp_th_chunk_and_a_smaller_bubble():
+    from moe.layout import rank_chunks
+
+    lay = Layout(pp=2, microbatches=4, schedule="interleaved-1f1b", virtual_stages=3)
+    assert rank_chunks(12, lay) == [[range(0, 2), range(4, 6), range(8, 10)], [range(2, 4), range(6, 8), range(10, 12)]]
+    assert bubble_fraction(15, 32, 2) == pytest.approx(14 / (2 * 32 + 14)) and bubble_fraction(15, 32) == 14 / 46
+    for bad, pattern in [
+        (dict(schedule="interleaved-1f1b"), "virtual_stages >= 2"),
+        (dict(virtual_stages=2), "only it does"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            Layout(pp=2, microbatches=4, **bad)
+    with pytest.raises(ValueError, match="multiple of microbatches // pp"):
+        Layout(pp=2, microbatches=5, schedule="interleaved-1f1b", virtual_stages=2).check(shrunk("tiny", n_layers=4))
+    with pytest.raises(ValueError, match="pp=4 stages need at least 4 layers"):
+        Layout(pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2).check(shrunk("tiny", n_layers=3))

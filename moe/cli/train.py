@@ -6,7 +6,7 @@ from __future__ import annotations
 from moe.cli.common import EXIT_INTERRUPTED, EXIT_OK, SEED, add_runtime, add_set, check_device, overrides
 
 _TRAIN_FLAGS = ("lr", "batch_size", "seq_len", "max_steps", "time_budget_s", "seed")  # [train] fields by their names
-_LAYOUT_FLAGS = ("dp", "tp", "ep", "pp", "microbatches", "schedule", "first_stage_layers", "sharding")
+_LAYOUT_FLAGS = ("dp", "tp", "ep", "pp", "microbatches", "schedule", "virtual_stages", "first_stage_layers", "sharding")
 
 
 def add_parser(sub) -> None:
@@ -107,7 +107,15 @@ def _add_layout(t) -> None:
     par.add_argument("--ep", type=int, help="expert parallel: split the experts (tokens travel by all-to-all)")
     par.add_argument("--pp", type=int, help="pipeline parallel: split the layers into stages")
     par.add_argument("--microbatches", type=int, help="microbatches per step (pipeline; else gradient accumulation)")
-    par.add_argument("--schedule", choices=("1f1b", "gpipe"), help="pipeline schedule (default 1f1b)")
+    par.add_argument(
+        "--schedule", choices=("1f1b", "gpipe", "interleaved-1f1b"), help="pipeline schedule (default 1f1b)"
+    )
+    par.add_argument(
+        "--virtual-stages",
+        dest="virtual_stages",
+        type=int,
+        help="interleaved-1f1b: stages a rank runs (every pp-th chunk of layers), cutting the bubble that many times",
+    )
     par.add_argument(
         "--first-stage-layers",
         dest="first_stage_layers",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from moe.config import ModelConfig
 from moe.estimates.units import binary_bytes, si
-from moe.layout import Layout, bubble_fraction, stage_layers
+from moe.layout import Layout, bubble_fraction, rank_chunks
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def stage_memory(cfg: ModelConfig, lay: Layout) -> list[StageMemory]:
     dense_layer = 2 * d * q + 2 * d * kv + 2 * d + d * cfg.n_experts
     expert_layer = cfg.n_experts / lay.ep * cfg.n_matrices * d * cfg.d_ff / tp
     out = []
-    for i, layers in enumerate(stage_layers(cfg.n_layers, lay.pp, lay.first_stage_layers)):
+    for i, chunks in enumerate(rank_chunks(cfg.n_layers, lay)):  # each pipeline rank's stage(s)
+        layers = [layer for chunk in chunks for layer in chunk]
         edge = cfg.vocab_size * d if i == 0 else 0
         edge += (0 if cfg.tie_embeddings else cfg.vocab_size * d) + d if i == lay.pp - 1 else 0
         out.append(StageMemory(len(layers), len(layers) * dense_layer + edge, len(layers) * expert_layer, edge))
@@ -114,7 +115,7 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
         in_flight = 1  # gradient accumulation: one microbatch's activations at a time
     else:
         in_flight = lay.microbatches if lay.schedule == "gpipe" else min(lay.pp, lay.microbatches)
-    bubble = bubble_fraction(lay.pp, lay.microbatches)
+    bubble = bubble_fraction(lay.pp, lay.microbatches, lay.virtual_stages)
     a2a = 4 * tokens_per_micro * cfg.top_k * (lay.ep - 1) / lay.ep * cfg.d_model * 2 * lay.microbatches * layers
     weight_bytes = params * 2
     rows = [
@@ -168,8 +169,13 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
         (
             "pipeline bubble",
             f"{bubble:.1%}",
-            f"(pp - 1) / (microbatches + pp - 1) = {lay.pp - 1} / "
-            f"{lay.microbatches + lay.pp - 1}, for GPipe and 1F1B alike",
+            (
+                f"(pp - 1) / (virtual_stages x microbatches + pp - 1) = {lay.pp - 1} / "
+                f"{lay.virtual_stages * lay.microbatches + lay.pp - 1}, interleaved 1F1B"
+                if lay.virtual_stages > 1
+                else f"(pp - 1) / (microbatches + pp - 1) = {lay.pp - 1} / "
+                f"{lay.microbatches + lay.pp - 1}, for GPipe and 1F1B alike"
+            ),
         ),
         (
             "all-to-all bytes per step per GPU",

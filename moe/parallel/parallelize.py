@@ -157,7 +157,12 @@ def _fully_shard(module, blocks, par: Parallel) -> None:
             fully_shard(block.moe.router, **kw[dense])  # first, so the next unit holds only the experts
             fully_shard(block.moe, **kw[experts])  # a slice of the experts' DTensor mesh
         fully_shard(block, **kw[dense])
-    fully_shard(module, **kw[dense])
+    # The roots FSDP2 gathers the rest (embedding, norm, head) in: the module, or each stage an
+    # interleaved schedule runs (the rank's Stage holding them all is never called itself).
+    from moe.parallel.pipeline import Stage
+
+    for root in module.chunks() if isinstance(module, Stage) else [module]:
+        fully_shard(root, **kw[dense])
 
 
 def shard_dim(p: nn.Parameter, n: int) -> Shard:

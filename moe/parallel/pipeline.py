@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from moe.layout import Layout, stage_layers
+from moe.layout import Layout, rank_chunks
 from moe.model import MoETransformer, Positions
 from moe.model.transformer import install_paged_caches
 
@@ -42,18 +42,36 @@ def with_aux_loss(x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
 
 class Stage(nn.Module):
     """Layers `layers` of `model` (shared, not copied): token ids -> hidden on the first stage,
-    hidden -> hidden in the middle, hidden -> logits on the last."""
+    hidden -> hidden in the middle, hidden -> logits on the last. With an interleaved schedule a rank
+    runs several stages: `layers` is then their list of ranges, this module holds them all (for the
+    optimizer and checkpoints) and `chunks()` gives one Stage per range for the schedule."""
 
-    def __init__(self, model: MoETransformer, layers: range):
+    def __init__(self, model: MoETransformer | Stage, layers: range | list[range]):
         super().__init__()
-        self.first, self.last = layers.start == 0, layers.stop == model.cfg.n_layers
+        self.layer_chunks = [layers] if isinstance(layers, range) else list(layers)
+        self.first = self.layer_chunks[0].start == 0
+        self.last = self.layer_chunks[-1].stop == model.cfg.n_layers
         if self.first:
             self.tok_emb = model.tok_emb
-        self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in layers})  # names as in the ModuleList
+        blocks = model.blocks  # a model's ModuleList, or the ModuleDict of a rank's Stage
+        self.blocks = nn.ModuleDict(  # names as in the model's ModuleList
+            {
+                str(i): blocks[str(i)] if isinstance(blocks, nn.ModuleDict) else blocks[i]
+                for r in self.layer_chunks
+                for i in r
+            }
+        )
         if self.last:
             self.norm, self.lm_head = model.norm, model.lm_head
         self.rotary = model.rotary  # its tables are buffers kept out of state_dict
         self.cfg = model.cfg
+        self._chunks: list[Stage] | None = None
+
+    def chunks(self) -> list[Stage]:
+        """The stages this rank runs, in order (itself, unless interleaved); the same objects each call."""
+        if self._chunks is None:
+            self._chunks = [self] if len(self.layer_chunks) == 1 else [Stage(self, r) for r in self.layer_chunks]
+        return self._chunks
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x_BTD, _ = self.body(h)
@@ -84,11 +102,20 @@ def cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.T
 
 
 def build_stage(model: MoETransformer, layout: Layout, pp_rank: int) -> Stage:
-    return Stage(model, stage_layers(model.cfg.n_layers, layout.pp, layout.first_stage_layers)[pp_rank])
+    chunks = rank_chunks(model.cfg.n_layers, layout)[pp_rank]
+    return Stage(model, chunks[0] if len(chunks) == 1 else chunks)
 
 
 def build_schedule(stage: Stage, layout: Layout, pp_rank: int, pp_group, device: torch.device):
-    """The schedule that runs one training step of `layout.microbatches` microbatches."""
-    pipe_stage = PipelineStage(stage, pp_rank, layout.pp, device, group=pp_group)
+    """The schedule that runs one training step of `layout.microbatches` microbatches: GPipe or
+    1F1B over one stage a rank, or interleaved 1F1B over this rank's stages pp_rank, pp_rank + pp, ..."""
+    pipe_stages = [
+        PipelineStage(chunk, pp_rank + k * layout.pp, layout.stages, device, group=pp_group)
+        for k, chunk in enumerate(stage.chunks())
+    ]
+    if layout.schedule == "interleaved-1f1b":
+        return ScheduleInterleaved1F1B(
+            pipe_stages, n_microbatches=layout.microbatches, loss_fn=cross_entropy, scale_grads=True
+        )
     schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[layout.schedule]
-    return schedule(pipe_stage, n_microbatches=layout.microbatches, loss_fn=cross_entropy, scale_grads=True)
+    return schedule(pipe_stages[0], n_microbatches=layout.microbatches, loss_fn=cross_entropy, scale_grads=True)

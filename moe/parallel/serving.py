@@ -79,6 +79,8 @@ def check_layout(cfg: ModelConfig, layout: Layout, world: int) -> None:
         raise ValueError(f"config {cfg.name!r} has a vision path, which serves in one process: give no layout")
     if layout.dp > 1:
         raise ValueError(f"dp={layout.dp}: serving spans tp, pp and ep; run separate servers for data parallelism")
+    if layout.virtual_stages > 1:
+        raise ValueError("virtual_stages: an interleaved schedule is for training; serving runs one stage a rank")
     layout.check(cfg, world)
 
 

@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from moe.config import ModelConfig, TrainConfig
 from moe.estimates.layout_memory import stage_memory
 from moe.estimates.units import binary_bytes, si
-from moe.layout import Layout, stage_layers
+from moe.layout import Layout, rank_chunks
 from moe.model import MoETransformer
 from moe.parallel.parallelize import init_parallel, parallelize
 from moe.parallel.pipeline import build_stage
@@ -163,8 +163,8 @@ def _representatives(cfg: ModelConfig, layout: Layout) -> list[int]:
     (first stage) or the head (last) or neither. Every block of a model is built alike, so two such
     stages hold the same shapes, and only one of them needs building (gpt4 at pp=15: 3 of 15)."""
     kinds = [
-        (len(r), s == 0, s == layout.pp - 1)
-        for s, r in enumerate(stage_layers(cfg.n_layers, layout.pp, layout.first_stage_layers))
+        (tuple(map(len, chunks)), s == 0, s == layout.pp - 1)
+        for s, chunks in enumerate(rank_chunks(cfg.n_layers, layout))  # interleaved: several a rank
     ]
     return [kinds.index(k) for k in kinds]
 

@@ -29,6 +29,7 @@ def _tables(text: str) -> list[str]:
         ("main_job", "main_job"),
         ("vs_transformers", "vs_transformers"),
         ("serve_layouts", "serve_layouts"),
+        ("pipeline_bubble", "pipeline_bubble"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):

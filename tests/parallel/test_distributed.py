@@ -94,6 +94,7 @@ def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=N
         assert err < TOL["weights"], f"{name}: {err:.2e}"
 
 
+FOUR = dict(n_layers=4)  # interleaved: 2 ranks x 2 chunks of one layer
 LAYOUTS = {  # name: (layout, model overrides)
     "dp2 zero1": (dict(dp=2), None),
     "dp2 fsdp": (dict(dp=2, sharding="fsdp"), None),
@@ -108,6 +109,11 @@ LAYOUTS = {  # name: (layout, model overrides)
     "dp2 x tp2 zero1": (dict(dp=2, tp=2), None),  # FSDP2 x tp on one 2-D mesh
     "dp2 x tp2 fsdp": (dict(dp=2, tp=2, sharding="fsdp"), None),
     "dp2 x pp2 zero1": (dict(dp=2, pp=2, microbatches=2), None),
+    "pp2 interleaved 1f1b x2": (dict(pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2), FOUR),
+    "dp2 x pp2 interleaved x2": (
+        dict(dp=2, pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2, sharding="fsdp"),
+        FOUR,
+    ),
 }
 
 

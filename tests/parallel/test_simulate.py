@@ -13,7 +13,15 @@ from moe.parallel.simulate import simulate
 NARROW = dict(d_model=1536, n_heads=96, head_dim=16, d_ff=6144, vocab_size=3072)
 
 
-@pytest.mark.parametrize("layout", ["tp=8,pp=15,dp=192", "tp=8,pp=15,dp=192,sharding=fsdp", "tp=8,pp=16"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "tp=8,pp=15,dp=192",
+        "tp=8,pp=15,dp=192,sharding=fsdp",
+        "tp=8,pp=16",
+        "tp=8,pp=15,dp=4,microbatches=30,schedule=interleaved-1f1b,virtual_stages=2",  # two chunks a rank
+    ],
+)
 def test_simulated_ranks_hold_what_the_arithmetic_says(layout):
     cfg, lay = load_config("gpt4", **NARROW), parse_layout(layout)
     ranks = simulate(cfg, lay)
