@@ -195,11 +195,11 @@ def test_a_plain_install_finds_its_presets_from_any_directory(tmp_path):
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
-    """The README's Python API block, as written (it trains 50 steps of a 2-layer tiny)."""
+    """The README's Python API block, as written (it trains 20 steps of a 2-layer tiny)."""
     text = (ROOT / "README.md").read_text()
     block = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["summary"]["steps"] == 50 and (tmp_path / "runs" / "mine" / "latest").exists()
+    assert namespace["summary"]["steps"] == 20 and (tmp_path / "runs" / "mine" / "latest").exists()
     assert len(namespace["engine"].results[namespace["rid"]].tokens) == 100
