@@ -61,6 +61,10 @@ class Layout:
             or self.first_stage_layers < 0
         ):
             raise ValueError(f"layout: first_stage_layers must be an integer >= 0, got {self.first_stage_layers!r}")
+        if self.virtual_stages > 1 and self.pp == 1:
+            raise ValueError(
+                f"layout: virtual_stages={self.virtual_stages} interleaves pipeline stages: it needs pp > 1"
+            )
         if (self.schedule == "interleaved-1f1b") != (self.virtual_stages > 1):
             raise ValueError(
                 f"layout: schedule {self.schedule!r} with virtual_stages={self.virtual_stages}: the interleaved "
@@ -117,11 +121,17 @@ class Layout:
                 "pipeline parallelism needs untied embeddings: the embedding and the output head "
                 "live on different stages"
             )
-        stage_layers(cfg.n_layers, self.stages, self.first_stage_layers)
-        if self.virtual_stages > 1 and self.microbatches % max(1, self.microbatches // self.pp):
+        if self.stages > cfg.n_layers and self.virtual_stages > 1:
             raise ValueError(
-                f"interleaved-1f1b runs microbatches in rounds of pp={self.pp}: microbatches={self.microbatches} "
-                "must be a multiple of microbatches // pp (e.g. a multiple of pp)"
+                f"pp={self.pp} x virtual_stages={self.virtual_stages} = {self.stages} stages need at least "
+                f"{self.stages} layers, the model has {cfg.n_layers}"
+            )
+        stage_layers(cfg.n_layers, self.stages, self.first_stage_layers)
+        rounds = max(1, self.microbatches // self.pp)
+        if self.virtual_stages > 1 and self.microbatches % rounds:
+            raise ValueError(
+                f"interleaved-1f1b runs microbatches in {rounds} rounds of pp={self.pp} or more: microbatches="
+                f"{self.microbatches} must be a multiple of {rounds} (e.g. a multiple of pp)"
             )
         per_step = self.data_shards * self.microbatches
         if batch_size is not None and batch_size % per_step:

@@ -259,7 +259,9 @@ def test_interleaved_ranks_hold_every_pp_th_chunk_and_a_smaller_bubble():
     ]:
         with pytest.raises(ValueError, match=pattern):
             Layout(pp=2, microbatches=4, **bad)
-    with pytest.raises(ValueError, match="multiple of microbatches // pp"):
+    with pytest.raises(ValueError, match="needs pp > 1"):
+        Layout(schedule="interleaved-1f1b", virtual_stages=2)
+    with pytest.raises(ValueError, match="microbatches=5 must be a multiple of 2"):
         Layout(pp=2, microbatches=5, schedule="interleaved-1f1b", virtual_stages=2).check(shrunk("tiny", n_layers=4))
-    with pytest.raises(ValueError, match="pp=4 stages need at least 4 layers"):
+    with pytest.raises(ValueError, match="pp=2 x virtual_stages=2 = 4 stages need at least 4 layers"):
         Layout(pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2).check(shrunk("tiny", n_layers=3))

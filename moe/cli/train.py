@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--data",
         action="append",
-        metavar="[NAME=]PATH[:epochs=N|:weight=W]",
+        metavar="PATH | NAME=PATH:epochs=N | NAME=PATH:weight=W",
         help="a dataset written by `prepare` (default: the bundled corpus, byte-level; vocab_size follows "
         "its tokenizer); repeat NAME=PATH:epochs=N (or :weight=W) to train on a mixture of them (the "
         "config's [[data]] tables give the same)",
@@ -221,6 +221,11 @@ def _run_length(train_cfg, data, max_tokens: int | None, steps_given: bool):
     if not steps_given and isinstance(data, Mixture):
         data.check_seq_len(train_cfg.seq_len)
         rows = data.epoch_rows()
+        if rows is not None and train_cfg.ramp:
+            raise ValueError(
+                "--batch-size-ramp with a length from the sources' epochs: ramped batches do not end on the "
+                "epochs' last row; give --max-tokens or --max-steps"
+            )
         if rows is not None:
             if rows < train_cfg.batch_size:
                 raise ValueError(f"--data: the sources' epochs hold {rows} rows, less than one batch")

@@ -138,22 +138,34 @@ class Mixture:
         }
 
     def bits_per_byte(self, nats_per_token: float) -> float:
-        """Overall: tokens per byte weighted as the losses are (each source's own is exact)."""
+        """Overall: the mean loss times the mean tokens per byte, both weighted by the blend. Exact when
+        the sources' tokens per byte agree; otherwise close, not the weighted mean of their bits per byte."""
         total = sum(self.shares)
         per_byte = sum(c / total * ds.val_tokens_per_byte for (_, ds), c in zip(self.sources, self.shares))
         return nats_per_token * per_byte / math.log(2)
 
     def state(self) -> dict:
-        return {"drawn": {s.name: d for (s, _), d in zip(self.sources, self.drawn)}}
+        """Rows drawn per source, and the blend they were drawn from (shares and windows per source)."""
+        names = [s.name for s, _ in self.sources]
+        return {
+            "seq_len": self.seq_len,
+            "drawn": dict(zip(names, self.drawn)),
+            "shares": dict(zip(names, self.shares)),
+            "windows": dict(zip(names, self._windows())),
+        }
 
     def load_state(self, state: dict) -> None:
-        drawn = state.get("drawn", {})
-        if set(drawn) != {s.name for s, _ in self.sources}:
-            raise ValueError(
-                f"--resume: the checkpoint drew from sources {sorted(drawn)}, this run names "
-                f"{sorted(s.name for s, _ in self.sources)}: resume with the same --data sources"
-            )
-        self.drawn = [int(drawn[s.name]) for s, _ in self.sources]
+        if state.get("seq_len") is not None:
+            self.check_seq_len(state["seq_len"])  # the windows the rows counted (a ValueError if not this run's)
+        now = self.state()
+        for key in ("drawn", "shares", "windows"):
+            saved = state.get(key, {})
+            if set(saved) != set(now[key]) or (key != "drawn" and saved != now[key]):
+                raise ValueError(
+                    f"--resume: the checkpoint's mixture had {key} {saved}, this run's {now[key]}: resume with "
+                    "the same --data sources, epochs or weights, and datasets"
+                )
+        self.drawn = [int(state["drawn"][s.name]) for s, _ in self.sources]
 
     def progress(self) -> dict:
         """{name: {tokens, epochs}}: input tokens drawn from each source and the epochs they make."""
@@ -175,12 +187,12 @@ class Mixture:
     def _shares(self) -> list[int]:
         if self.by_epochs:
             windows = self._windows()
-            counts = [Fraction(s.epochs).limit_denominator(1000) * n for (s, _), n in zip(self.sources, windows)]
+            counts = [Fraction(str(s.epochs)) * n for (s, _), n in zip(self.sources, windows)]  # as written
             for (s, _), c in zip(self.sources, counts):
                 if c.denominator != 1:
                     raise ValueError(f"--data {s.name}: {s.epochs} epochs of its windows is not a whole number of rows")
             return [int(c) for c in counts]
-        weights = [Fraction(s.weight).limit_denominator(10**6) for s, _ in self.sources]
+        weights = [Fraction(str(s.weight)) for s, _ in self.sources]  # the decimal as written: exact
         common = math.lcm(*(w.denominator for w in weights))
         return [int(w * common) for w in weights]
 

@@ -80,8 +80,10 @@ def train_in_layout(
     from moe import devices
 
     devices.resolve(kw.get("device"))  # before anything exists: no process group, no --out
+    from moe.training.loop import check_auto_resume
     from moe.training.run_dir import resolve_resume
 
+    check_auto_resume(resume, kw.get("overwrite", False), kw.get("init_from"))
     if resume == "auto" and not resolve_resume(resume, out_dir):  # nothing to continue from: a fresh run
         resume, kw = False, {**kw, "allow_changes": False}
     resume = resolve_resume(resume, out_dir)

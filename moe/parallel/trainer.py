@@ -75,7 +75,9 @@ def _attempt_store(timeout: datetime.timedelta | None) -> dict:
     own store, under a key prefix of this attempt. The launcher keeps one store for every attempt
     (it shares its rendezvous store by default), so without a prefix a restarted rank can read the
     address a dead rank of the last attempt left there and fail to connect (seen with gloo).
-    TORCHELASTIC_RESTART_COUNT is the same on every rank of one launcher. {} on a first attempt."""
+    TORCHELASTIC_RESTART_COUNT is the same on every rank of one launcher, and on every node of a
+    fixed set of nodes restarted together; a node that joins an elastic run later counts from 0,
+    which this does not handle. {} on a first attempt."""
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}

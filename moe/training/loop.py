@@ -188,6 +188,7 @@ def train(
     tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
+    check_auto_resume(resume, overwrite, init_from)
     if resume == "auto" and not run_dir.resolve_resume(resume, out_dir):  # nothing to continue from
         resume, allow_changes = False, False
     resume = run_dir.resolve_resume(resume, out_dir)
@@ -210,6 +211,17 @@ def train(
             plot=plot,
             log=log,
             build=build,
+        )
+
+
+def check_auto_resume(resume, overwrite: bool, init_from) -> None:
+    """--resume auto reruns one command after every failure, so what it is given must hold whether or
+    not a checkpoint exists yet: --overwrite and --init-from would mean something else on the rerun."""
+    if resume == "auto" and (overwrite or init_from is not None):
+        flag = "--overwrite" if overwrite else "--init-from"
+        raise ValueError(
+            f"--resume auto with {flag}: on a restart it would resume, on the first run start afresh; "
+            f"start the run once with {flag}, then rerun it with --resume auto"
         )
 
 
@@ -340,6 +352,7 @@ def _train(
     rows = trainer.batch_rows(cfg.batch_size)  # this process's rows of every global batch (None: all)
     rows_at = {b: trainer.batch_rows(b) for b in cfg.batch_sizes()}  # the same, for each size of a ramp
     eval_sets = dataset.eval_sets(cfg.batch_size, cfg.seq_len, eval_gen, rows, cfg.eval_batches)
+    mixture = bool(dataset.progress())  # named sources, even one: each reported by name
     data_gen = torch.Generator().manual_seed(cfg.seed)
     hist, step, tokens, train_time, max_steps = History(), 0, 0, 0.0, cfg.run_steps()
     expert_tokens = torch.zeros(model_cfg.n_layers, model_cfg.n_experts, dtype=torch.int64)
@@ -440,7 +453,7 @@ def _train(
                 by_source = {name: trainer.evaluate(batches) for name, (_, batches) in eval_sets.items()}
                 val = sum(weight * by_source[name] for name, (weight, _) in eval_sets.items())
                 extras = trainer.eval_extras()
-                if len(eval_sets) > 1:
+                if mixture:
                     extras["val_by_source"] = by_source
                 hist.add(step, tokens, train_time, running / n_running, val, **extras)
                 running, n_running = 0.0, 0
@@ -452,7 +465,7 @@ def _train(
                     + (f"batch {batch}  " if cfg.ramp else "")
                     + f"{train_time:.0f}s  {tokens / train_time:,.0f} tok/s"
                     + (f"  load max/mean {balance:.2f}" if balance is not None else "")
-                    + _sources_line(by_source if len(eval_sets) > 1 else {}, dataset.progress())
+                    + (_sources_line(by_source, dataset.progress()) if mixture else "")
                 )
                 bar.write(msg) if show_bar else say(msg)
             if step % cfg.checkpoint_interval == 0 or step == max_steps:

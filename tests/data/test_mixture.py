@@ -153,6 +153,13 @@ def test_a_run_resumed_in_the_middle_of_a_mixture_ends_as_a_straight_one(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_one_named_source_is_reported_by_name(tmp_path):
+    mix = Mixture([(Source("web", "-", epochs=1), byte_source("web", 2))])
+    quiet = dict(progress=False, plot=False, log=lambda *_: None)
+    s = train(shrunk("tiny", n_layers=1), TrainConfig(**{**FAST, "max_steps": 3}), tmp_path, data=mix, **quiet)
+    assert s["sources"]["web"]["tokens"] == 3 * 4 * T and s["sources"]["web"]["final_val_loss"] == s["final_val_loss"]
+
+
 def byte_source(name: str, seed: int) -> TokenDataset:
     rng = np.random.default_rng(seed)
     text = rng.integers(97, 123, 40 * T + 1, dtype=np.uint8)
