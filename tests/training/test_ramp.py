@@ -14,20 +14,9 @@ from moe.parallel.launch import check_distributed
 from moe.training import checkpoint, train
 from moe.training.local import LocalTrainer
 
-RAMP = dict(
-    batch_size=12,
-    seq_len=16,
-    max_steps=6,  # the run: 6 x 12 x 16 = 1,152 tokens
-    ramp_start_batch=4,
-    ramp_increment=4,
-    ramp_tokens=512,
-    lr=1e-2,
-    min_lr=1e-3,
-    warmup_steps=2,
-    eval_interval=4,
-    eval_batches=1,
-    checkpoint_interval=4,
-)
+RAMP = dict(batch_size=12, seq_len=16, max_steps=6, ramp_start_batch=4, ramp_increment=4, ramp_tokens=512)
+RAMP |= dict(lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_interval=4, eval_batches=1, checkpoint_interval=4)
+# the run: 6 x 12 x 16 = 1,152 tokens; batches of 4, then 8, then 12 sequences
 
 
 def megatron_batch(consumed_samples: float, start: int, increment: int, ramp_samples: float, final: int) -> int:
