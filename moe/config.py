@@ -410,16 +410,22 @@ class TrainConfig:
         start = self.ramp_start_batch if self.ramp else self.batch_size
         return list(range(start, self.batch_size + 1, self.ramp_increment or 1))
 
-    def run_steps(self) -> int:
-        """The run's steps: max_steps, or with a ramp the steps that first reach
-        max_steps x batch_size x seq_len tokens."""
+    def steps_by_batch_size(self) -> dict[int, int]:
+        """{batch size: steps the run takes at it}, in order: with a ramp, the steps that first reach
+        max_steps x batch_size x seq_len tokens; without one, max_steps at batch_size."""
         if not self.ramp:
-            return self.max_steps
-        steps = tokens = 0
+            return {self.batch_size: self.max_steps}
+        steps: dict[int, int] = {}
+        tokens = 0
         while tokens < self.max_steps * self.batch_size * self.seq_len:
-            tokens += self.batch_size_at(tokens) * self.seq_len
-            steps += 1
+            b = self.batch_size_at(tokens)
+            steps[b] = steps.get(b, 0) + 1
+            tokens += b * self.seq_len
         return steps
+
+    def run_steps(self) -> int:
+        """The run's steps: max_steps, or with a ramp those of steps_by_batch_size."""
+        return sum(self.steps_by_batch_size().values())
 
 
 def preset_names() -> list[str]:

@@ -62,7 +62,8 @@ def distributed(args) -> bool:
 def engine(args, draft, **kw):
     """The engine the command runs on: one process's over the --checkpoint, or, with a layout, rank
     0's DistributedEngine over every rank's shard (None on the other ranks, once rank 0 has stopped
-    them). `kw`: Engine's keywords."""
+    them). `kw`: Engine's keywords. A layout is checked first by the command (check_layout_flags),
+    before it loads tokenizers or binds a port."""
     if not distributed(args):
         from moe.serving import Engine
 
@@ -74,7 +75,6 @@ def engine(args, draft, **kw):
 
     overrides = {"expert_backend": args.expert_backend} if args.expert_backend else {}
     layout = Layout(tp=args.tp, pp=args.pp, ep=args.ep)
-    check_layout_flags(args)
     shard = load_shard(args.checkpoint, layout, args.device, args.dist_timeout, **overrides)
     if dist.get_rank() != 0:
         follow(shard)

@@ -70,8 +70,13 @@ def get_batch(data: TokenArray, batch_size: int, seq_len: int, generator: torch.
     starts = torch.randint(len(data) - seq_len, (batch_size,), generator=generator)
     if rows is not None:
         starts = starts[torch.as_tensor(rows, dtype=torch.long)]
-    windows = torch.from_numpy(np.stack([data.window(s, seq_len + 1) for s in starts.tolist()]).astype(np.int64))
-    return windows[:, :-1], windows[:, 1:]
+    return as_batch([data.window(s, seq_len + 1) for s in starts.tolist()])
+
+
+def as_batch(windows: list[np.ndarray]):
+    """Windows of seq_len + 1 tokens -> inputs x [B, T] and next-token targets y [B, T], int64."""
+    t = torch.from_numpy(np.stack(windows).astype(np.int64))
+    return t[:, :-1], t[:, 1:]
 
 
 class SingleSource:

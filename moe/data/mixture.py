@@ -25,10 +25,9 @@ import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
 import torch
 
-from moe.data.dataset import TokenDataset
+from moe.data.dataset import TokenDataset, as_batch
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _OPTION = re.compile(r"(epochs|weight)=([^:=]+)")
@@ -112,8 +111,9 @@ class Mixture:
             ds.check_seq_len(seq_len)
         if self.seq_len is not None and seq_len != self.seq_len:
             raise ValueError(f"mixture {self.name}: its windows are {self.seq_len} tokens, not {seq_len}")
-        if self.seq_len is None:
+        if self.seq_len is None:  # what the blend is made of, fixed with the windows' length
             self.seq_len = seq_len
+            self.windows = [(len(ds.train) - 1) // seq_len for _, ds in self.sources]  # per source
             self.shares = self._shares()
 
     def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator, rows=None):
@@ -124,9 +124,7 @@ class Mixture:
         self.check_seq_len(seq_len)
         picks = [self._next() for _ in range(batch_size)]
         keep = picks if rows is None else [picks[r] for r in rows]
-        windows = [self.sources[s][1].train.window(w * seq_len, seq_len + 1) for s, w in keep]
-        t = torch.from_numpy(np.stack(windows).astype(np.int64))
-        return t[:, :-1], t[:, 1:]
+        return as_batch([self.sources[s][1].train.window(w * seq_len, seq_len + 1) for s, w in keep])
 
     def eval_sets(self, batch_size: int, seq_len: int, generator: torch.Generator, rows, n: int) -> dict:
         """{source name: (weight, n validation batches of that source)}, weights summing to 1."""
@@ -151,7 +149,7 @@ class Mixture:
             "seq_len": self.seq_len,
             "drawn": dict(zip(names, self.drawn)),
             "shares": dict(zip(names, self.shares)),
-            "windows": dict(zip(names, self._windows())),
+            "windows": dict(zip(names, self.windows)),
         }
 
     def load_state(self, state: dict) -> None:
@@ -169,10 +167,9 @@ class Mixture:
 
     def progress(self) -> dict:
         """{name: {tokens, epochs}}: input tokens drawn from each source and the epochs they make."""
-        windows = self._windows()
         return {
             s.name: {"tokens": d * self.seq_len, "epochs": round(d / n, 4)}
-            for (s, _), d, n in zip(self.sources, self.drawn, windows)
+            for (s, _), d, n in zip(self.sources, self.drawn, self.windows)
         }
 
     # --- the blend ---
@@ -181,13 +178,9 @@ class Mixture:
         """Rows in a run of exactly the sources' epoch counts (None when they give weights)."""
         return sum(self.shares) if self.by_epochs else None
 
-    def _windows(self) -> list[int]:
-        return [(len(ds.train) - 1) // self.seq_len for _, ds in self.sources]
-
     def _shares(self) -> list[int]:
         if self.by_epochs:
-            windows = self._windows()
-            counts = [Fraction(str(s.epochs)) * n for (s, _), n in zip(self.sources, windows)]  # as written
+            counts = [Fraction(str(s.epochs)) * n for (s, _), n in zip(self.sources, self.windows)]  # as written
             for (s, _), c in zip(self.sources, counts):
                 if c.denominator != 1:
                     raise ValueError(f"--data {s.name}: {s.epochs} epochs of its windows is not a whole number of rows")
@@ -200,10 +193,10 @@ class Mixture:
         """The next row's (source, window index), and count it drawn."""
         total, g = sum(self.shares), sum(self.drawn)
         s = max(range(len(self.shares)), key=lambda i: (self.shares[i] * (g + 1) - total * self.drawn[i], -i))
-        epoch, j = divmod(self.drawn[s], self._windows()[s])
+        epoch, j = divmod(self.drawn[s], self.windows[s])
         if self._perm.get(s, (None,))[0] != epoch:
             key = zlib.crc32(f"{self.seed}/{self.sources[s][0].name}/{epoch}".encode())
-            order = torch.randperm(self._windows()[s], generator=torch.Generator().manual_seed(key))
+            order = torch.randperm(self.windows[s], generator=torch.Generator().manual_seed(key))
             self._perm[s] = (epoch, order)
         self.drawn[s] += 1
         return s, int(self._perm[s][1][j])

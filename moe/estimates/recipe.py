@@ -46,12 +46,8 @@ def leak_ramp(seq_len: int = 8192) -> TrainConfig:
 def ramp_rows(cfg: ModelConfig, train: TrainConfig) -> list[tuple[str, ...]]:
     """Per batch size of the ramp: tokens a step, tokens each expert of a layer takes a step on
     average (tokens x top_k / experts), the steps at that size and the tokens they hold."""
-    steps: dict[int, int] = {}
-    tokens = 0
-    while tokens < train.max_steps * train.batch_size * train.seq_len:
-        b = train.batch_size_at(tokens)
-        steps[b] = steps.get(b, 0) + 1
-        tokens += b * train.seq_len
+    steps = train.steps_by_batch_size()
+    tokens = sum(n * b * train.seq_len for b, n in steps.items())
     rows = [
         (
             f"{b:,} x {train.seq_len:,}",

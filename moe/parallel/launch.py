@@ -80,13 +80,12 @@ def train_in_layout(
     from moe import devices
 
     devices.resolve(kw.get("device"))  # before anything exists: no process group, no --out
-    from moe.training.loop import check_auto_resume
-    from moe.training.run_dir import resolve_resume
+    from moe.training.loop import resolve_resume
 
-    check_auto_resume(resume, kw.get("overwrite", False), kw.get("init_from"))
-    if resume == "auto" and not resolve_resume(resume, out_dir):  # nothing to continue from: a fresh run
-        resume, kw = False, {**kw, "allow_changes": False}
-    resume = resolve_resume(resume, out_dir)
+    resume, allow = resolve_resume(  # "auto": True or False from here on
+        resume, out_dir, kw.get("overwrite", False), kw.get("init_from"), kw.get("allow_changes", False)
+    )
+    kw = {**kw, "allow_changes": allow}
     if not is_distributed(layout, out_dir, resume=resume, world=world):
         from moe.training import train
 

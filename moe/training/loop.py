@@ -188,10 +188,7 @@ def train(
     tokenizer is saved in every checkpoint; model_cfg.vocab_size must hold it.
     build(model_cfg, cfg, device, init_from) -> Trainer (default: LocalTrainer, one process)."""
     out_dir = pathlib.Path(out_dir)
-    check_auto_resume(resume, overwrite, init_from)
-    if resume == "auto" and not run_dir.resolve_resume(resume, out_dir):  # nothing to continue from
-        resume, allow_changes = False, False
-    resume = run_dir.resolve_resume(resume, out_dir)
+    resume, allow_changes = resolve_resume(resume, out_dir, overwrite, init_from, allow_changes)
     devices.resolve(device)  # an unknown device, or one this machine lacks, before anything is created
     check_run(
         model_cfg, cfg, out_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes, init_from=init_from
@@ -214,15 +211,23 @@ def train(
         )
 
 
-def check_auto_resume(resume, overwrite: bool, init_from) -> None:
-    """--resume auto reruns one command after every failure, so what it is given must hold whether or
-    not a checkpoint exists yet: --overwrite and --init-from would mean something else on the rerun."""
-    if resume == "auto" and (overwrite or init_from is not None):
+def resolve_resume(resume, out_dir, overwrite: bool, init_from, allow_changes: bool) -> tuple[bool, bool]:
+    """(resume, allow_changes) for `resume` True, False or "auto". "auto" (what a job that torchrun
+    --max-restarts reruns passes): continue when out_dir names a checkpoint, else start afresh, with
+    nothing to allow changes against. It reruns one command after every failure, so what it is given
+    must hold whether or not a checkpoint exists yet: --overwrite and --init-from would mean something
+    else on the rerun."""
+    if resume != "auto":
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        return resume, allow_changes
+    if overwrite or init_from is not None:
         flag = "--overwrite" if overwrite else "--init-from"
         raise ValueError(
             f"--resume auto with {flag}: on a restart it would resume, on the first run start afresh; "
             f"start the run once with {flag}, then rerun it with --resume auto"
         )
+    return (True, allow_changes) if run_dir.latest(out_dir) is not None else (False, False)
 
 
 def check_run(

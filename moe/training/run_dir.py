@@ -178,16 +178,6 @@ def latest(run_dir) -> pathlib.Path | None:
     return pointer.parent / pointer.read_text().strip() if pointer.exists() else None
 
 
-def resolve_resume(resume: bool | str, run_dir) -> bool:
-    """`resume` as given, or for "auto" (what a job that torchrun --max-restarts restarts passes):
-    continue when run_dir names a checkpoint, else start afresh."""
-    if resume == "auto":
-        return latest(run_dir) is not None
-    if not isinstance(resume, bool):
-        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
-    return resume
-
-
 def remove_checkpoints(run_dir) -> None:
     """Delete a run directory's checkpoints (the pointer first, so no reader follows it into a gap)."""
     run_dir = pathlib.Path(run_dir)
