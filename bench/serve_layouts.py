@@ -13,8 +13,8 @@ on all alike; medians over rounds are reported (every round in the JSON).
   pp2, 2 micro     the same, each step's rows cut into 2 microbatches
   ep2              experts and rows split over 2 expert-parallel groups
 Per rank (from the engine's rank report, over all target forwards): the share of their wall time
-spent computing, inside the MoE layers' collectives (tp all-reduce, ep all-to-all, peers'
-lateness included; attention's tp all-reduce goes through DTensor and counts as compute), waiting
+spent computing, inside the layers' collectives (tp all-reduces of attention and the experts, the
+all-gather of a stage's input slices, ep all-to-all; peers' lateness included), waiting
 for the stage's input or the last stage's logits, and idle; and the bytes it sent per step in
 those collectives and its pipeline sends. On 2 cores two ranks share the cores one process had,
 so a layout is expected to be slower here: the communication counted beside the compute says

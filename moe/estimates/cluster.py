@@ -13,7 +13,8 @@ decode (inference):
     the 8-layer stages set the pace), and pp microbatches of b sequences are in flight, so every
     stage is busy and users = pp * b;
     stage time  t_s = layers * (t_L(b, C) + 2 * allreduce(b * d * 2 bytes)) + p2p(b * d * 2 / tp)
-                      (+ the vocab-parallel output head on the last stage)
+                      + allgather(b * d * 2 bytes over tp)   (stage_traffic: no send from the
+                      last stage, no all-gather on the first; + the vocab-parallel head on the last)
     per-token latency = pp * max stage time;  tokens/s per user = 1 / latency
     cluster tokens/s = b / max stage time;    $ per 1k tokens = GPUs * $/h / 3600 / (tokens/s) * 1000
     the KV cache of all users (pp * b sequences of C positions, every layer of the stage, the single
@@ -89,7 +90,8 @@ ASSUMPTIONS = [  # built from the constants above, so the printed list is what t
     f"({_H.nvlink_busbw_gbs:g} GB/s H100, {_A.nvlink_busbw_gbs:g} GB/s A100, NVLink, nccl-tests scale); 2 per layer "
     "forward, 4 forward+backward; not overlapped with compute",
     f"pipeline send between stages: {COLLECTIVE_LATENCY_S * 1e6:g} us + bytes / ({_H.network_gbs:g} GB/s H100, "
-    f"{_A.network_gbs:g} GB/s A100 InfiniBand per GPU), each tp rank sending 1/tp of the activations",
+    f"{_A.network_gbs:g} GB/s A100 InfiniBand per GPU), each tp rank sending 1/tp of the activations, which the "
+    "next stage's tp ranks all-gather over NVLink",
     "decode: pp microbatches in flight (users = pp x b); no speculative decoding; weights bf16; KV cache bf16, "
     "the one K/V head replicated on all tp ranks; 10% of GPU memory reserved for activations and workspace; "
     "the output head timed as vocab-parallel (1/tp per GPU) but counted whole in memory, as this code base "
@@ -217,6 +219,37 @@ def send_s(n_bytes: float, gpu: GPU) -> float:
     return COLLECTIVE_LATENCY_S + n_bytes / (gpu.network_gbs * 1e9)
 
 
+def allgather_s(n_bytes: float, ranks: int, gpu: GPU) -> float:
+    """n_bytes gathered from ranks slices over NVLink (each rank receives (ranks-1)/ranks of it)."""
+    return COLLECTIVE_LATENCY_S + (ranks - 1) / ranks * n_bytes / (gpu.nvlink_busbw_gbs * 1e9)
+
+
+def stage_traffic(
+    cfg: ModelConfig, layers: int, tokens: int, tp: int, first: bool, last: bool, itemsize: int = 2
+) -> dict[str, tuple[int, float]]:
+    """{exchange: (calls, tensor bytes a call)} of one tp rank of a stage of `layers` layers in a
+    forward of `tokens` tokens (moe/parallel/serving.py does these):
+        all_reduce   two a layer when tp > 1 (attention's output, the experts' combined output), [tokens, d]
+        send         to the next stage, this rank's 1/tp slice of [tokens, d] (not on the last stage)
+        all_gather   the stage's input [tokens, d] rebuilt from the tp slices (tp > 1, not on the first)"""
+    act = tokens * cfg.d_model * itemsize
+    return {
+        "all_reduce": (2 * layers if tp > 1 else 0, act),
+        "send": (0 if last else 1, act / tp),
+        "all_gather": (1 if tp > 1 and not first else 0, act),
+    }
+
+
+def stage_comm_s(traffic: dict[str, tuple[int, float]], tp: int, gpu: GPU) -> float:
+    """The seconds of a stage_traffic, the exchanges not overlapped with compute."""
+    time_of = {
+        "all_reduce": lambda n: allreduce_s(n, tp, gpu),
+        "send": lambda n: send_s(n, gpu),
+        "all_gather": lambda n: allgather_s(n, tp, gpu),
+    }
+    return sum(calls * time_of[kind](n) for kind, (calls, n) in traffic.items())
+
+
 def head_s(cfg: ModelConfig, gpu: GPU, tokens: int, tp: int) -> float:
     """The output head's 1/tp shard (vocab-parallel) on the last stage."""
     n = cfg.vocab_size * cfg.d_model / tp
@@ -240,14 +273,13 @@ def max_microbatch(cfg: ModelConfig, gpu: GPU, tp: int, pp: int, context: int) -
 
 
 def prefill_latency_s(cfg: ModelConfig, gpu: GPU, layer_s: float, tokens: int, tp: int = 8, pp: int = 16) -> float:
-    """One prompt alone through all stages (time to first token): every layer with its two
-    all-reduces, pp - 1 sends, and the head for the last position."""
-    act = tokens * cfg.d_model * 2
-    return (
-        cfg.n_layers * (layer_s + 2 * allreduce_s(act, tp, gpu))
-        + (pp - 1) * send_s(act / tp, gpu)
-        + head_s(cfg, gpu, 1, tp)
-    )
+    """One prompt alone through all stages (time to first token): every layer, every stage's
+    exchanges (stage_traffic), and the head for the last position."""
+    stages = stage_layers(cfg.n_layers, pp)
+    return sum(
+        len(s) * layer_s + stage_comm_s(stage_traffic(cfg, len(s), tokens, tp, i == 0, i == pp - 1), tp, gpu)
+        for i, s in enumerate(stages)
+    ) + head_s(cfg, gpu, 1, tp)
 
 
 @dataclass(frozen=True)
@@ -267,11 +299,12 @@ def decode_point(
     cfg: ModelConfig, gpu: GPU, layer_s: float, b: int, context: int, tp: int = 8, pp: int = 16
 ) -> DecodePoint:
     """The cluster model of the module doc at one microbatch size, given t_L(b, context)."""
-    act = b * cfg.d_model * 2
-    layer = layer_s + 2 * allreduce_s(act, tp, gpu)
-    stages = [len(s) * layer for s in stage_layers(cfg.n_layers, pp)]
+    stages = [
+        len(s) * layer_s + stage_comm_s(stage_traffic(cfg, len(s), b, tp, i == 0, i == pp - 1), tp, gpu)
+        for i, s in enumerate(stage_layers(cfg.n_layers, pp))
+    ]
     stages[-1] += head_s(cfg, gpu, b, tp)
-    stage = max(stages) + send_s(act / tp, gpu)
+    stage = max(stages)
     latency = pp * stage
     tokens_per_s = b / stage
     usd = tp * pp * gpu.price_per_hour / 3600 / tokens_per_s * 1000

@@ -12,8 +12,9 @@ gradient as well, which is right when every rank has its own loss and wrong here
 Expert parallelism needs all-to-all with uneven splits; its backward is the same exchange reversed.
 
 TRAFFIC counts, per process, the seconds spent inside each of these exchanges and the bytes this
-rank sends in them (an all-reduce as a ring sends 2 (n-1)/n of the tensor; an all-to-all sends
-the rows bound for the other ranks), for the serving engine's per-rank report.
+rank sends in them (an all-reduce as a ring sends 2 (n-1)/n of the tensor, an all-gather (n-1)/n of
+its output; an all-to-all sends the rows bound for the other ranks), for the serving engine's
+per-rank report.
 """
 
 from __future__ import annotations
@@ -115,3 +116,13 @@ def all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], gro
     """Rows x[sum(in_splits[:r]) : sum(in_splits[:r+1])] go to rank r of the group; the result holds
     out_splits[r] rows from each rank r, in rank order."""
     return _AllToAll.apply(x, out_splits, in_splits, group)
+
+
+def gather_last_dim(x_piece: torch.Tensor, group) -> torch.Tensor:
+    """x [..., D] from each rank's slice [..., D / n] of it (rank r's is x[..., r D/n : (r+1) D/n]);
+    no gradient (serving: a pipeline stage rebuilds its input from the tp slices it received)."""
+    n = dist.get_world_size(group)
+    parts = x_piece.new_empty(n * x_piece.shape[0], *x_piece.shape[1:])  # the slices stacked on dim 0
+    with counted("all_gather", (n - 1) * x_piece.numel() * x_piece.element_size()):
+        dist.all_gather_into_tensor(parts, x_piece.contiguous(), group=group)
+    return torch.movedim(parts.view(n, *x_piece.shape), 0, -2).reshape(*x_piece.shape[:-1], n * x_piece.shape[-1])

@@ -9,9 +9,10 @@ top-k, A = T*k assignments, R rows received from the ep group.
     counts_E        -> all-to-all -> counts_RL: rows each source rank sends to each local expert
     x rows [A, D]   -> all-to-all -> x_RD, grouped by source rank, then by expert within it
     regroup by local expert, run the expert MLP on local weights [L, D, F], undo the regrouping
-    (tp > 1: sum the d_ff shards' partial outputs over the tp group)
+    (tp > 1, training: sum the d_ff shards' partial outputs over the tp group)
     y_RD            -> all-to-all back -> y rows [A, D] in the order sent; combine with the routing
-                       weights on the rank that owns the tokens
+                       weights on the rank that owns the tokens (tp > 1, no gradients: sum the
+                       partial [T, D] over the tp group only now)
 
 The routing weights are applied only on return, so the gradient of the router sees the whole
 expert output. The routing itself is unchanged: the router all-reduces its expert counts over the
@@ -56,13 +57,16 @@ class ParallelExperts:
         x_AD = kernels.gather_rows(x_TD, order_A, k)
         mlp = dict(activation_name=self.activation, backend=self.backend)
 
+        # tp > 1: the d_ff shards' partial outputs are summed over the tp group. Training sums them
+        # before the combine (A rows): after it, each tp rank's gradient of the routing weights would
+        # see only its d_ff slice of the outputs. Without gradients the combine is linear in them, so
+        # the sum comes after it and carries T rows, k times fewer (what the figures count).
+        reduce_rows = self.tp > 1 and torch.is_grad_enabled()
         if self.ep == 1:
             y_AD = kernels.sorted_mlp(x_AD, offsets_E, w_up, w_gate, w_down, **mlp)
-            # Reduced before the combine, so it carries T * k rows, not T: after it, each tp rank's
-            # gradient of the routing weights would see only its d_ff slice of the outputs.
-            if self.tp > 1:
+            if reduce_rows:
                 y_AD = reduce_from_group(y_AD, self.tp_group)
-            return kernels.combine(y_AD, order_A, r.weights)
+            return self._combined(y_AD, order_A, r.weights, reduce=self.tp > 1 and not reduce_rows)
 
         counts_E = torch.diff(offsets_E.long(), prepend=offsets_E.new_zeros(1).long())
         counts_RL = torch.empty_like(counts_E)  # [ep * L]: rank r's rows for my local expert l at r * L + l
@@ -80,7 +84,13 @@ class ParallelExperts:
         offsets_L = counts_RL.sum(dim=0).cumsum(0).to(torch.int32)
         y_sorted = kernels.sorted_mlp(x_RD[order_R], offsets_L, w_up, w_gate, w_down, **mlp)
         y_RD = y_sorted[torch.argsort(order_R)]  # back to the order received
-        if self.tp > 1:
+        if reduce_rows:
             y_RD = reduce_from_group(y_RD, self.tp_group)
-        y_AD = all_to_all(y_RD, send, recv, self.ep_group)
-        return kernels.combine(y_AD, order_A, r.weights)
+        y_AD = all_to_all(y_RD, send, recv, self.ep_group)  # (partial sums go to the same tp rank)
+        return self._combined(y_AD, order_A, r.weights, reduce=self.tp > 1 and not reduce_rows)
+
+    def _combined(self, y_AD, order_A, weights_TK, reduce: bool) -> torch.Tensor:
+        y_TD = kernels.combine(y_AD, order_A, weights_TK)
+        if reduce:
+            y_TD = reduce_from_group(y_TD, self.tp_group)
+        return y_TD

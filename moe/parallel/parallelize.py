@@ -40,11 +40,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from moe.layout import AXES, Layout
-from moe.parallel.collectives import copy_to_group
+from moe.parallel.collectives import copy_to_group, reduce_from_group
 from moe.parallel.expert_parallel import ParallelExperts
 
 EXPERT_WEIGHTS = ("w_up", "w_gate", "w_down")
@@ -114,13 +114,16 @@ def shard_blocks(module: nn.Module, par: Parallel) -> list[nn.Module]:
     tp_mesh, expert_mesh = par.dense_mesh["tp"], par.mesh["ep", "tp"]
     for block in blocks:
         if lay.tp > 1:
-            plan = {"wq": ColwiseParallel(), "wo": RowwiseParallel()}
+            # wo's output stays a partial sum, reduced by our own all-reduce (counted, as the
+            # experts' are: moe/parallel/collectives.py), not inside DTensor.
+            plan = {"wq": ColwiseParallel(), "wo": RowwiseParallel(output_layouts=Partial(), use_local_output=False)}
             if block.attn.n_kv_heads > 1:  # grouped-query: the K/V heads split like the query heads
                 plan |= {"wk": ColwiseParallel(), "wv": ColwiseParallel()}
             else:  # one K/V head, computed on every tp rank; each rank's query heads give part of its gradient
                 for lin in (block.attn.wk, block.attn.wv):
                     lin.register_forward_hook(lambda mod, inp, out, g=par.groups["tp"]: copy_to_group(out, g))
             parallelize_module(block.attn, tp_mesh, plan)
+            block.attn.wo.register_forward_hook(lambda mod, inp, out, g=par.groups["tp"]: _reduced(out, g))
         moe = block.moe
         if lay.ep > 1 or lay.tp > 1:
             for name in EXPERT_WEIGHTS:
@@ -139,6 +142,12 @@ def shard_blocks(module: nn.Module, par: Parallel) -> list[nn.Module]:
                 lay.tp,
             )
     return blocks
+
+
+def _reduced(partial: DTensor, group) -> torch.Tensor:
+    """A row-parallel output's partial sums, summed over the tp group; its gradient, the same
+    (replicated) tensor on every rank, flows back to each rank's partial sum as it is."""
+    return reduce_from_group(partial.to_local(grad_placements=[Replicate()]), group)
 
 
 def _fully_shard(module, blocks, par: Parallel) -> None:

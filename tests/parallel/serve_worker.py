@@ -8,6 +8,7 @@ import json
 import os
 
 import torch
+from dist_worker import record_collectives
 
 from moe.serving import Request
 
@@ -34,13 +35,31 @@ def _lp(result) -> list[float]:
     return [t.logprob for t in result.prompt_logprobs if t is not None]
 
 
+def recorded(run_plan, log: list):
+    """run_plan, each call's bytes in every torch.distributed exchange tallied by name (record_collectives)."""
+
+    def run(shard, plan):
+        tally: dict = {}
+        undo = record_collectives(tally)
+        try:
+            return run_plan(shard, plan)
+        finally:
+            undo()
+            mine = plan.group_B == shard.par.rank["ep"]  # the rows of this rank's expert-parallel group
+            log.append(dict(B=int(mine.sum()), T=plan.idx_BT.shape[1], n=int(plan.n_B[mine].sum()), tally=tally))
+
+    return run
+
+
 def serve(rank: int, spec: dict) -> None:
     from moe.layout import Layout
+    from moe.parallel import serving
     from moe.parallel.serving import DistributedEngine, follow, load_shard
     from moe.training import load_model
 
-    default = torch.get_default_dtype()
+    default, run_plan, log = torch.get_default_dtype(), serving.run_plan, []
     torch.set_default_dtype(torch.float64)  # the shards are built, then read from the float64 file
+    serving.run_plan = recorded(run_plan, log)
     try:
         shard = load_shard(spec["checkpoint"], Layout(**spec["layout"]), "cpu")
         results = []
@@ -56,5 +75,9 @@ def serve(rank: int, spec: dict) -> None:
         if rank == 0:
             with open(os.path.join(spec["out"], "results.json"), "w") as f:
                 json.dump(results, f)
+        place = dict(shard.par.rank, layers=len(shard.stage.blocks), first=shard.stage.first, last=shard.stage.last)
+        with open(os.path.join(spec["out"], f"traffic-{rank}.json"), "w") as f:
+            json.dump(dict(place, steps=log), f)
     finally:
         torch.set_default_dtype(default)
+        serving.run_plan = run_plan

@@ -23,6 +23,7 @@ import torch
 from conftest import shrunk
 from serve_worker import requests, workload
 
+from moe.estimates.cluster import stage_traffic
 from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.parallel.serving import check_layout, split_microbatches
@@ -101,6 +102,26 @@ def test_a_layout_serves_what_one_process_serves(name, served, pool, tmp_path):
         for g, w in zip(case_got, case_want, strict=True):
             assert (g["tokens"], g["finish"]) == (w["tokens"], w["finish"])
             assert g["lp"] == pytest.approx(w["lp"], abs=1e-9)
+    for rank in range(Layout(**layout).world_size):
+        check_traffic(json.loads((tmp_path / f"traffic-{rank}.json").read_text()), rank, Layout(**layout))
+
+
+def check_traffic(got: dict, rank: int, layout: Layout) -> None:
+    """Every one-token-a-row step: the bytes this rank handed torch.distributed's all-reduces,
+    all-gathers and sends (counted by wrapping them) are the ones the figures' formula says
+    (moe.estimates.cluster.stage_traffic), plus the logits the last stage returns to rank 0."""
+    cfg, itemsize = shrunk("tiny"), 8  # float64
+    steps = [s for s in got["steps"] if s["T"] == 1]
+    assert steps, "no one-token step was recorded"
+    for s in steps:  # (B: the rows of the rank's expert-parallel group; none: one padding token)
+        want = stage_traffic(cfg, got["layers"], max(1, s["B"]), layout.tp, got["first"], got["last"], itemsize)
+        want = {kind: calls * n for kind, (calls, n) in want.items()}
+        if got["last"] and got["tp"] == 0 and rank != 0:
+            want["send"] += s["n"] * cfg.vocab_size * itemsize
+        tally = s["tally"]
+        assert tally.get("all_reduce", 0) == want["all_reduce"], (rank, s)
+        assert tally.get("all_gather_into_tensor", 0) == want["all_gather"], (rank, s)
+        assert tally.get("isend", 0) == want["send"], (rank, s)
 
 
 def test_layouts_the_model_cannot_take_are_refused_before_loading():
