@@ -16,10 +16,18 @@ def add_parser(sub) -> None:
         "JSONL files (a \"text\" field per line), .gz of these, or 'shakespeare' (the bundled corpus)",
     )
     d.add_argument(
+        "--format",
+        choices=("text", "chat"),
+        default="text",
+        help='text (default) or chat: JSONL rows of {"messages": [{role, content}, ...]}, written with '
+        "a loss mask over the assistant's tokens for instruction fine-tuning (train --init-from)",
+    )
+    d.add_argument(
         "--tokenizer",
         default="bytes",
         help="bytes (default), bpe:N (a byte-level BPE of N tokens "
-        "learned from the training documents) or cl100k_base (GPT-4's; tiktoken)",
+        "learned from the training documents), cl100k_base (GPT-4's; tiktoken), or a checkpoint, run "
+        "or dataset directory: its tokenizer (and chat template)",
     )
     d.add_argument("--out", required=True, help="the dataset directory, e.g. data/NAME")
     d.add_argument(
@@ -48,6 +56,7 @@ def run(args) -> int:
         args.data,
         args.tokenizer,
         args.out,
+        format=args.format,
         val_data=args.val_data or (),
         val_fraction=args.val_fraction,
         on_bad=args.on_bad,

@@ -183,10 +183,10 @@ def _configs(args):
 
 def _open_data(flags: list[str] | None, config: str, train_cfg):
     """--data as given (else the config's [[data]] tables): None (the bundled corpus), one prepared
-    dataset, or a Mixture of named sources (moe/data/mixture.py)."""
+    dataset (text or instruction data), or a Mixture of named sources (moe/data/mixture.py)."""
     from moe.config import read_table
-    from moe.data import open_data
     from moe.data.mixture import Mixture, parse_source, source_from_dict
+    from moe.training.task import open_dataset
 
     if not flags:
         tables = read_table(config, "data") or []
@@ -195,7 +195,7 @@ def _open_data(flags: list[str] | None, config: str, train_cfg):
         return Mixture.open([source_from_dict(t, f"[[data]] of {config!r}") for t in tables], train_cfg.seed)
     sources = [parse_source(f) for f in flags]
     if len(flags) == 1 and sources[0] is None:
-        return open_data(flags[0], train_cfg.val_fraction)
+        return open_dataset(flags[0], train_cfg.val_fraction, train_cfg.seed)
     plain = [f for f, s in zip(flags, sources) if s is None]
     if plain:
         raise ValueError(

@@ -137,9 +137,10 @@ class TokenDataset(SingleSource):
         )
 
     @classmethod
-    def open(cls, path) -> TokenDataset:
-        """A prepared dataset directory, checked: format, tokenizer, every shard's size, sha256 and
-        token ids (one read of every shard; see check_shard)."""
+    def open(cls, path, kind: str = "text") -> TokenDataset:
+        """A prepared dataset directory, checked: format, kind (text, or instruction data's tokens
+        for moe/data/instruct.py), tokenizer, every shard's size, sha256 and token ids (one read of
+        every shard; see check_shard)."""
         path = pathlib.Path(path)
         meta_file = path / META
         if not meta_file.is_file():
@@ -156,31 +157,43 @@ class TokenDataset(SingleSource):
             raise ValueError(f"{meta_file}: not a readable dataset description ({type(e).__name__}: {e})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_file}: dataset format {meta.get('format')!r}, this version reads {FORMAT}")
+        if meta.get("kind", "text") != kind:
+            raise ValueError(
+                f"--data {path}: instruction data (prepare --format chat) trains alone, as --data {path}, "
+                "not as a source of a mixture"
+                if kind == "text"
+                else f"--data {path}: not instruction data (it was not prepared with --format chat)"
+            )
         tok = tokenizers.load(path)
         if tok.fingerprint != meta.get("tokenizer", {}).get("fingerprint"):
             raise ValueError(f"{path}: {tokenizers.FILE} is not the tokenizer the dataset was prepared with")
-        arrays = {}
-        for split in ("train", "val"):
-            parts = []
-            for shard in splits[split]["shards"]:
-                f = path / shard["file"]
-                size = f.stat().st_size if f.is_file() else None
-                if size != shard["tokens"] * dtype.itemsize:
-                    raise ValueError(
-                        f"{f}: {'missing' if size is None else f'{size} bytes'}, expected "
-                        f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} tokens); "
-                        "the dataset is damaged: prepare it again"
-                    )
-                check_shard(f, shard.get("sha256"), dtype, tok)
-                if shard["tokens"]:
-                    parts.append(np.memmap(f, dtype=dtype, mode="r"))
-            arrays[split] = TokenArray(parts)
+        arrays = {s: TokenArray(open_shards(path, splits[s]["shards"], dtype, tok)) for s in ("train", "val")}
         return cls(path.name, tok, arrays["train"], arrays["val"], splits["val"]["bytes"])
 
 
-def check_shard(f: pathlib.Path, sha256: str | None, dtype: np.dtype, tok: Tokenizer) -> None:
+def open_shards(path: pathlib.Path, shards: list[dict], dtype: np.dtype, tok: Tokenizer | None) -> list[np.ndarray]:
+    """A split's shards as dataset.json lists them ({file, tokens, sha256}), each checked (size,
+    check_shard) and memory-mapped; empty ones left out."""
+    parts = []
+    for shard in shards:
+        f = path / shard["file"]
+        size = f.stat().st_size if f.is_file() else None
+        if size != shard["tokens"] * dtype.itemsize:
+            raise ValueError(
+                f"{f}: {'missing' if size is None else f'{size} bytes'}, expected "
+                f"{shard['tokens'] * dtype.itemsize} ({shard['tokens']} {dtype.name} values); "
+                "the dataset is damaged: prepare it again"
+            )
+        check_shard(f, shard.get("sha256"), dtype, tok)
+        if shard["tokens"]:
+            parts.append(np.memmap(f, dtype=dtype, mode="r"))
+    return parts
+
+
+def check_shard(f: pathlib.Path, sha256: str | None, dtype: np.dtype, tok: Tokenizer | None) -> None:
     """One pass over a shard: its sha256 against the one dataset.json recorded (a zero-filled or
-    rewritten shard of the right size), and every token id inside the tokenizer's vocabulary; a
+    rewritten shard of the right size), and every token id inside the tokenizer's vocabulary (tok
+    None: a shard of other numbers, moe/data/instruct.py's lengths); a
     ValueError names the shard. Reads at the disk's speed, once, when the dataset is opened."""
     h, top = hashlib.sha256(), -1
     with open(f, "rb") as fh:
@@ -192,7 +205,7 @@ def check_shard(f: pathlib.Path, sha256: str | None, dtype: np.dtype, tok: Token
             f"{f}: sha256 differs from the one dataset.json recorded (changed or damaged after "
             "prepare): prepare the dataset again"
         )
-    if top >= tok.vocab_size:
+    if tok is not None and top >= tok.vocab_size:
         raise ValueError(
             f"{f}: holds token id {top}, outside the {tok.describe()} tokenizer's {tok.vocab_size} ids; "
             "the shard does not belong to this dataset: prepare it again"

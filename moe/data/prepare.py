@@ -5,6 +5,11 @@
 Documents: a text file is one document; a JSONL file holds one per line, in its "text" field; a
 directory contributes every file under it (sorted, hidden ones skipped); .gz files are read
 decompressed; `shakespeare` names the bundled corpus (split as training has always split it).
+With format="chat" every source is JSONL of conversations, {"messages": [{role, content}, ...]}
+with at least one assistant message, written as instruction data (moe/data/instruct.py).
+
+The tokenizer: bytes, bpe:N (learned here), cl100k_base, or a directory holding one (a checkpoint's
+step or run directory, or a dataset): fine-tuning data for that model, with its chat template.
 
 The split is by document: with val_data, those files are the validation split; else a document goes
 to validation when a hash of its name (its path inside the directory given, or its file name; plus
@@ -40,11 +45,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from moe.data import chat, instruct
 from moe.data import tokenizer as tokenizers
 from moe.data.dataset import BUNDLED, CORPUS, FORMAT, META, bundled_split, token_dtype
 from moe.files import clean_dead, make_scratch, replace_whole, scratch_name
 
 CHUNK_BYTES = 1 << 20
+_SUFFIX = {"": "bin", "masks": "mask", "examples": "lengths"}  # a shard's file, by what it holds
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 
 
@@ -67,6 +74,7 @@ class Source:
 class Document:
     split: str
     pieces: Callable[[], Iterator[str]]  # the text, in pieces (called once per pass)
+    messages: list | None = None  # a conversation (format "chat")
 
 
 @dataclass
@@ -75,6 +83,7 @@ class _Split:
     tokens: int = 0
     documents: int = 0
     bytes: int = 0
+    chat: dict = field(default_factory=dict)  # format "chat": masks, examples, trained_tokens, trained_bytes
 
 
 def _open_bytes(file: pathlib.Path):
@@ -107,8 +116,10 @@ def _is_jsonl(file: pathlib.Path) -> bool:
     return file.name.removesuffix(".gz").endswith(".jsonl")
 
 
-def _scan(src: Source) -> None:
+def _scan(src: Source, fmt: str) -> None:
     """Hash the source and check it whole (pass 1); raise BadSource naming what is wrong."""
+    if fmt == "chat" and not _is_jsonl(src.file):
+        raise BadSource(f'{src.path}: --format chat reads JSONL files of {{"messages": [...]}} rows')
     h, size, docs, nonblank = hashlib.sha256(), 0, 0, False
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
@@ -123,7 +134,7 @@ def _scan(src: Source) -> None:
                         f"{src.path}: not UTF-8 text (line {lineno}, byte {e.start}: {line[e.start : e.start + 4]!r})"
                     ) from None
                 if _is_jsonl(src.file) and text.strip():
-                    docs += _check_record(src, lineno, text)
+                    docs += _check_record(src, lineno, text, fmt)
                 nonblank = nonblank or bool(text.strip())
     except (OSError, EOFError) as e:  # unreadable, or a damaged .gz
         raise BadSource(f"{src.path}: cannot be read ({type(e).__name__}: {e})") from None
@@ -132,14 +143,28 @@ def _scan(src: Source) -> None:
     src.sha256, src.bytes, src.documents = h.hexdigest(), size, docs if _is_jsonl(src.file) else 1
 
 
-def _check_record(src: Source, lineno: int, line: str) -> int:
+def _check_record(src: Source, lineno: int, line: str, fmt: str) -> int:
     try:
         record = json.loads(line)
     except ValueError as e:
         raise BadSource(f"{src.path}:{lineno}: not a JSON object ({e})") from None
+    if fmt == "chat":
+        _check_messages(record.get("messages") if isinstance(record, dict) else None, f"{src.path}:{lineno}")
+        return 1
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise BadSource(f'{src.path}:{lineno}: a JSONL record needs a "text" string')
     return 1 if record["text"] else 0
+
+
+def _check_messages(messages, where: str) -> None:
+    roles = ("system", "developer", "user", "assistant")
+    if not isinstance(messages, list) or not messages:
+        raise BadSource(f'{where}: a chat record needs "messages", a non-empty list of {{role, content}}')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+            raise BadSource(f"{where}: messages[{i}] needs a role ({', '.join(roles)}) and a content string")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadSource(f"{where}: the conversation has no assistant message: nothing to learn from it")
 
 
 def _hash_split(name: str, val_fraction: float) -> str:
@@ -162,7 +187,7 @@ def _text_pieces(file: pathlib.Path) -> Iterator[str]:
         yield "".join(buf)
 
 
-def _documents(src: Source, val_fraction: float) -> Iterator[Document]:
+def _documents(src: Source, val_fraction: float, fmt: str) -> Iterator[Document]:
     if src.split == "bundled":
         for split, part in zip(("train", "val"), bundled_split(val_fraction)):
             yield Document(split, lambda part=part: iter([part.decode("utf-8")]))
@@ -172,6 +197,14 @@ def _documents(src: Source, val_fraction: float) -> Iterator[Document]:
         return
     with _open_bytes(src.file) as f:
         for lineno, line in enumerate(f, 1):
+            if fmt == "chat" and line.strip():
+                messages = json.loads(line)["messages"]
+                yield Document(
+                    src.split or _hash_split(f"{src.name}:{lineno}", val_fraction),
+                    lambda m=messages: iter([chat.render(None, m, add_generation_prompt=False)]),  # (BPE learning)
+                    messages,
+                )
+                continue
             text = json.loads(line)["text"] if line.strip() else ""
             if text:
                 yield Document(
@@ -182,14 +215,18 @@ def _documents(src: Source, val_fraction: float) -> Iterator[Document]:
 class _ShardWriter:
     """Appends token ids to <split>-NNNNN.bin files of at most shard_tokens tokens, hashing as it goes."""
 
-    def __init__(self, directory: pathlib.Path, split: str, dtype: np.dtype, shard_tokens: int, record: _Split):
+    def __init__(
+        self, directory: pathlib.Path, split: str, dtype: np.dtype, shard_tokens: int, record: _Split, what=""
+    ):
         self.dir, self.split, self.dtype, self.cap, self.record = directory, split, dtype, shard_tokens, record
+        self.what = what  # "": the token shards (.bin); "masks" or "examples": instruction data's other files
+        self.shards = record.chat.setdefault(what, []) if what else record.shards
         self.f = None
 
     def _open(self):
-        name = f"{self.split}-{len(self.record.shards):05d}.bin"
+        name = f"{self.split}-{len(self.shards):05d}.{_SUFFIX[self.what]}"
         self.f, self.h, self.n = open(self.dir / name, "wb"), hashlib.sha256(), 0
-        self.record.shards.append({"file": name, "tokens": 0, "sha256": ""})
+        self.shards.append({"file": name, "tokens": 0, "sha256": ""})
 
     def write(self, ids: np.ndarray) -> None:
         while len(ids):
@@ -201,7 +238,7 @@ class _ShardWriter:
             self.f.write(data)
             self.h.update(data)
             self.n += len(take)
-            self.record.tokens += len(take)
+            self.record.tokens += 0 if self.what else len(take)
             ids = ids[len(take) :]
 
     def close(self) -> None:
@@ -209,11 +246,30 @@ class _ShardWriter:
             self.f.flush()
             os.fsync(self.f.fileno())
             self.f.close()
-            self.record.shards[-1].update(tokens=self.n, sha256=self.h.hexdigest())
+            self.shards[-1].update(tokens=self.n, sha256=self.h.hexdigest())
             self.f = None
 
 
+def _saved_tokenizer(spec: str) -> tokenizers.Tokenizer | None:
+    """The tokenizer a directory holds (a run directory: its latest checkpoint's), None if `spec`
+    names no directory."""
+    d = pathlib.Path(spec)
+    if not d.is_dir():
+        return None
+    if not (d / tokenizers.FILE).is_file() and (d / "latest").is_file():  # a run directory
+        d = d / (d / "latest").read_text().strip()
+    if not (d / tokenizers.FILE).is_file():
+        raise ValueError(
+            f"--tokenizer {spec}: the directory holds no {tokenizers.FILE} (a checkpoint, run or "
+            "dataset directory has one)"
+        )
+    return tokenizers.load(d)
+
+
 def _make_tokenizer(spec: str, docs: Callable[[], Iterator[Document]], log) -> tokenizers.Tokenizer:
+    saved = _saved_tokenizer(spec)
+    if saved is not None:
+        return saved
     kind, n = tokenizers.parse_spec(spec)
     if kind == "bytes":
         return tokenizers.ByteTokenizer()
@@ -250,6 +306,7 @@ def prepare(
     tokenizer: str,
     out,
     *,
+    format: str = "text",
     val_data=(),
     val_fraction: float = 0.05,
     on_bad: str = "stop",
@@ -260,7 +317,10 @@ def prepare(
 ) -> dict:
     """Write a dataset to `out`; returns its description (also out/dataset.json). See the module doc."""
     out = pathlib.Path(out)
-    tokenizers.parse_spec(tokenizer)  # a bad spec fails before any reading
+    if format not in ("text", "chat"):
+        raise ValueError(f"--format must be text or chat, got {format!r}")
+    if _saved_tokenizer(tokenizer) is None:
+        tokenizers.parse_spec(tokenizer)  # a bad spec fails before any reading
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if on_bad not in ("stop", "skip"):
@@ -275,7 +335,7 @@ def prepare(
     kept, skipped = [], []
     for src in sources:  # pass 1
         try:
-            _scan(src)
+            _scan(src, format)
             kept.append(src)
         except BadSource as e:
             if on_bad == "stop":
@@ -287,7 +347,7 @@ def prepare(
 
     def documents() -> Iterator[Document]:
         for src in kept:
-            yield from _documents(src, val_fraction)
+            yield from _documents(src, val_fraction, format)
 
     counts = {"train": 0, "val": 0}
     for d in documents():
@@ -307,6 +367,10 @@ def prepare(
     try:
         splits = {"train": _Split(), "val": _Split()}
         writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens, splits[s]) for s in splits}
+        extra = {  # instruction data's masks and example lengths
+            s: [_ShardWriter(tmp, s, d, shard_tokens, splits[s], what) for d, what in CHAT_FILES]
+            for s in (splits if format == "chat" else ())
+        }
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(
             total=sum(s.bytes for s in kept),
@@ -317,6 +381,9 @@ def prepare(
         ) as bar:
             for doc in documents():  # pass 3
                 rec = splits[doc.split]
+                if doc.messages is not None:
+                    _write_example(tok, doc.messages, writers[doc.split], *extra[doc.split], rec, bar)
+                    continue
                 for piece in doc.pieces():
                     ids = tok.encode(piece)
                     writers[doc.split].write(np.asarray(ids, dtype=np.int64))
@@ -326,14 +393,15 @@ def prepare(
                 if tok.eot is not None:
                     writers[doc.split].write(np.array([tok.eot], dtype=np.int64))
                 rec.documents += 1
-        for w in writers.values():
+        for w in [*writers.values(), *(w for ws in extra.values() for w in ws)]:
             w.close()
         tok.save(tmp)
         meta = {
             "format": FORMAT,
             "tokenizer": {**_tok_meta(tok), "spec": tokenizer},
             "dtype": dtype.name,
-            "splits": {s: vars(r) for s, r in splits.items()},
+            **({"kind": instruct.KIND} if format == "chat" else {}),
+            "splits": {s: _described(r) for s, r in splits.items()},
             "val_fraction": None if val_data else val_fraction,
             "sources": [
                 {
@@ -360,6 +428,33 @@ def prepare(
         f"{len(s['train']['shards']) + len(s['val']['shards'])} shards)"
     )
     return meta
+
+
+CHAT_FILES = ((instruct.MASK_DTYPE, "masks"), (instruct.LENGTH_DTYPE, "examples"))
+
+
+def _write_example(tok, messages, tokens: _ShardWriter, masks: _ShardWriter, lengths: _ShardWriter, rec, bar):
+    """One conversation: its tokens, their loss mask and its length (moe/data/instruct.py)."""
+    try:
+        ids, mask, trained_bytes = instruct.encode_example(tok, messages)
+    except ValueError as e:  # the template refused it, or rewrites earlier turns
+        raise ValueError(f"{e}: {json.dumps(messages)[:200]}") from None
+    if not any(mask):
+        raise ValueError(f"a conversation whose assistant wrote no tokens: {json.dumps(messages)[:200]}")
+    tokens.write(np.asarray(ids, dtype=np.int64))
+    masks.write(np.asarray(mask, dtype=np.int64))
+    lengths.write(np.array([len(ids)], dtype=np.int64))
+    n = sum(len(m["content"].encode("utf-8")) for m in messages)
+    rec.bytes += n
+    rec.chat["trained_tokens"] = rec.chat.get("trained_tokens", 0) + sum(mask)
+    rec.chat["trained_bytes"] = rec.chat.get("trained_bytes", 0) + trained_bytes
+    rec.documents += 1
+    bar.update(n)
+
+
+def _described(rec: _Split) -> dict:
+    out = {k: v for k, v in vars(rec).items() if k != "chat"}
+    return {**out, **rec.chat}
 
 
 def _tok_meta(tok) -> dict:

@@ -41,10 +41,10 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | PagedKVCache | None = None
 
     def forward(self, x_BTD, rope: tuple[torch.Tensor, torch.Tensor], positions: Positions | None = None):
-        """Uncached positions (None: 0..T-1): plain causal attention over x. Cached ones: write this
-        chunk's K/V into the cache at their positions and attend over what the cache returns
-        (moe/model/positions.py). rope: the (cos, sin) tables at these positions, [T, d/2] or
-        [B, T, d/2] per row."""
+        """Uncached positions (None: 0..T-1): plain causal attention over x (packed: within each
+        example). Cached ones: write this chunk's K/V into the cache at their positions and attend
+        over what the cache returns (moe/model/positions.py). rope: the (cos, sin) tables at these
+        positions, [T, d/2] or [B, T, d/2] per row."""
         with profiler_range("moe/attention"):
             return self._forward(x_BTD, rope, positions or Positions.causal(x_BTD.shape[1], x_BTD.device))
 
@@ -57,8 +57,11 @@ class Attention(nn.Module):
         if cos.dim() == 3:  # per-row positions: broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if not positions.cached:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        gqa = self.n_kv_heads != self.n_heads
+        if not positions.cached and positions.mask_B1TS is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif not positions.cached:  # packed examples: causal within each, nothing across them
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=positions.mask_B1TS, enable_gqa=gqa)
         else:
             k, v, mask = self.kv_cache.update(k, v, positions)
             y = attend_cached(q, k.to(q.dtype), v.to(q.dtype), mask)

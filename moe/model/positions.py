@@ -2,11 +2,15 @@ r"""Where the tokens of one forward pass sit in their sequences, and which K/V c
 
 Legend: B rows, T tokens per row, P pages per row, d head_dim.
 
-One small type for the three ways a forward pass places its tokens; the model checks it once, in
+One small type for the four ways a forward pass places its tokens; the model checks it once, in
 `check`, and every layer reads the same object:
 
     Positions.causal(T)        no cache: positions 0..T-1 of every row, plain causal attention
                                (training, and scoring whole sequences)
+    Positions.packed(doc_BT)   no cache: each row holds whole examples one after another (packed
+                               instruction data, moe/data/instruct.py); doc[b, t] numbers token t's
+                               example within row b, positions restart at 0 with every example, and
+                               a token attends only to the earlier tokens of its own example
     Positions.at(pos_T)        a contiguous KVCache (moe/model/kv_cache.py): every row writes its
                                K/V at positions pos_T and reads positions 0..length-1
                                (prefill: arange(n); decode: [n])
@@ -37,11 +41,24 @@ class Positions:
     valid_BT: torch.Tensor | None = None  # bool: the real tokens of a padded batch; None when all are
     page_N: torch.Tensor | None = None  # each real token's page (N real tokens, in row-major order) ...
     slot_N: torch.Tensor | None = None  # ... and slot in it
-    mask_B1TS: torch.Tensor | None = None  # bool: which of the P * page_size positions each token reads
+    mask_B1TS: torch.Tensor | None = None  # bool: which of the P * page_size positions (paged), or of
+    # the row's T tokens (packed), each token reads
 
     @classmethod
     def causal(cls, T: int, device=None) -> Positions:
         return cls(torch.arange(T, device=device), T)
+
+    @classmethod
+    def packed(cls, doc_BT: torch.Tensor) -> Positions:
+        if doc_BT.dim() != 2 or not doc_BT.numel():
+            raise ValueError(f"packed positions need document ids [B, T], got shape {tuple(doc_BT.shape)}")
+        T = doc_BT.shape[1]
+        t_T = torch.arange(T, device=doc_BT.device)
+        starts_BT = torch.ones_like(doc_BT, dtype=torch.bool)  # where an example begins
+        starts_BT[:, 1:] = doc_BT[:, 1:] != doc_BT[:, :-1]
+        first_BT = torch.cummax(torch.where(starts_BT, t_T, 0), dim=1).values  # its first token's index
+        same_BTT = doc_BT[:, :, None] == doc_BT[:, None, :]
+        return cls(t_T - first_BT, T, mask_B1TS=(same_BTT & (t_T[:, None] >= t_T))[:, None])
 
     @classmethod
     def at(cls, pos_T: torch.Tensor) -> Positions:
@@ -81,10 +98,15 @@ class Positions:
     def paged_rows(self) -> bool:
         return self.pages_BP is not None
 
+    @property
+    def per_row(self) -> bool:
+        """Each row at its own positions (paged or packed), pos [B, T]."""
+        return self.pos.dim() == 2
+
     def check(self, B: int, T: int, max_seq_len: int, cache=None) -> None:
         """Raise a ValueError naming what does not fit: a batch of B rows of T tokens, a model of
         max_seq_len positions, and `cache` (the first layer's, or None)."""
-        want = (B, T) if self.paged_rows else (T,)
+        want = (B, T) if self.per_row else (T,)
         if tuple(self.pos.shape) != want:
             raise ValueError(
                 f"positions must have shape {list(want)} for a batch of {B} x {T} tokens, got {list(self.pos.shape)}"

@@ -42,14 +42,16 @@ import torch.distributed as dist
 
 from moe import devices
 from moe.config import ModelConfig, TrainConfig
+from moe.data.instruct import is_instruct
 from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.model.init import materialize
+from moe.model.transformer import IGNORE_INDEX
 from moe.parallel import checkpoint as dist_checkpoint
 from moe.parallel.parallelize import Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize, sync_gradients
 from moe.parallel.zero import ShardedAdamW
 from moe.training import loop, run_dir
-from moe.training.local import autocast
+from moe.training.local import autocast, model_inputs
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 
 
@@ -164,12 +166,16 @@ class DistributedTrainer:
         loss = torch.zeros((), device=self.par.device)
         if self.schedule is None:
             counts = None
+            weights = self._token_weights(y.chunk(m))
             for j, (x_mb, y_mb) in enumerate(zip(x.chunk(m), y.chunk(m))):
                 self._accumulate(last=j == m - 1)
                 with autocast(self.par.device):
-                    out = self.module(x_mb, targets=y_mb)
-                ((out.loss + out.aux_loss) / m).backward()
-                loss += out.loss.detach() / m
+                    out = self.module(**model_inputs(x_mb, self.par.device), targets=y_mb)
+                # no counted target: the mean of nothing is NaN, so a zero through the whole graph instead
+                # (its backward must still run every collective the other ranks' backward runs)
+                ce = out.loss * weights[j] if weights[j] else out.logits.sum() * 0.0
+                ((ce + out.aux_loss) / m).backward()
+                loss += ce.detach() / m
                 mb_counts = torch.stack([r.tokens_per_expert for r in out.routing])
                 counts = mb_counts if counts is None else counts + mb_counts
             return loss, counts
@@ -178,6 +184,18 @@ class DistributedTrainer:
         with autocast(self.par.device):
             self.schedule.step(*args, target=y if self.par.last_stage else None, losses=losses)
         return (torch.stack(losses).mean().detach() if self.par.last_stage else loss), None
+
+    def _token_weights(self, targets: list[torch.Tensor]) -> list[float]:
+        """Each microbatch's share of the global batch's counted targets (those not IGNORE_INDEX:
+        instruction data counts the assistant's tokens only) against an equal share, n_j m D / N:
+        the mean of the weighted microbatch means over m microbatches and D data shards is then the
+        one process's mean over all N, however the counted tokens fall. 1.0 each when every target
+        counts. One small all-reduce."""
+        n = [int((y != IGNORE_INDEX).sum()) for y in targets]
+        total = torch.tensor([sum(n)], dtype=torch.int64)
+        dist.all_reduce(total, group=self.par.groups["data"])
+        equal = int(total) / (len(n) * self.par.layout.data_shards)
+        return [k / equal if equal else 1.0 for k in n]
 
     def _accumulate(self, last: bool) -> None:
         """Gradient accumulation under "zero1": keep the weights gathered and the gradients whole
@@ -224,7 +242,9 @@ class DistributedTrainer:
             loss = torch.zeros((), device=self.par.device)
             with autocast(self.par.device):
                 if self.schedule is None:
-                    loss = self.module(x, targets=y).loss
+                    weight = self._token_weights([y])[0]
+                    out = self.module(**model_inputs(x, self.par.device), targets=y)
+                    loss = out.loss * weight if weight else loss
                 else:
                     losses: list[torch.Tensor] = []
                     self.schedule.eval(
@@ -285,6 +305,13 @@ def train_distributed(
 ) -> dict:
     """The training loop (moe.training.loop.train, whose keywords it takes) on this rank's part of
     `layout`, under torchrun or in one process. Rank 0 logs and writes summary.json."""
+    data = kw.get("data")
+    packed = getattr(data, "packed", False) or (isinstance(data, (str, pathlib.Path)) and is_instruct(data))
+    if packed and layout.pp > 1:
+        raise ValueError(
+            "packed instruction data trains with pp = 1 so far: pipeline stages pass hidden states "
+            "only, not the examples' boundaries their attention needs"
+        )
 
     def build(model_cfg, train_cfg, _, init_from):
         trainer = DistributedTrainer.build(model_cfg, train_cfg, layout, init_process_group(device), init_from)

@@ -12,13 +12,26 @@ import torch
 
 from moe import devices
 from moe.config import ModelConfig, TrainConfig
+from moe.data.instruct import Packed
 from moe.model.init import materialize
+from moe.model.positions import Positions
 from moe.training import checkpoint
 from moe.training.checkpoint import build_model
 from moe.training.optim import load_optimizer_state, make_optimizer, set_lr
 from moe.training.protocol import NonFiniteLoss, StepResult, TrainingError
 from moe.training.run_dir import is_distributed
 from moe.training.task import task_for
+
+
+def model_inputs(x, device: torch.device) -> dict:
+    """A batch's inputs as the model's keywords, on `device`: token ids, (token ids, images) from a
+    dataset of captioned images, or Packed rows of whole examples (moe/data/instruct.py), whose
+    positions restart with each example and whose attention stays inside it."""
+    if isinstance(x, tuple):
+        return {"idx_BT": x[0].to(device), "images": x[1].to(device)}
+    if isinstance(x, Packed):
+        return {"idx_BT": x.idx_BT.to(device), "positions": Positions.packed(x.doc_BT.to(device))}
+    return {"idx_BT": x.to(device)}
 
 
 def autocast(device: torch.device):
@@ -100,11 +113,8 @@ class LocalTrainer:
         return sum(losses) / len(losses)
 
     def _forward(self, x, y):
-        """The model on a batch: x token ids, or (token ids, images) from a dataset of captioned images."""
-        if isinstance(x, tuple):
-            idx, images = x
-            return self.model(idx.to(self.device), targets=y.to(self.device), images=images.to(self.device))
-        return self.model(x.to(self.device), targets=y.to(self.device))
+        """The model on a batch (model_inputs)."""
+        return self.model(**model_inputs(x, self.device), targets=y.to(self.device))
 
     def eval_extras(self) -> dict:
         """The task's fields beyond the loss (e.g. a reading score), computed as evaluate computes."""

@@ -1,6 +1,7 @@
 """The training task a model's config chooses (the Task protocol, moe/training/protocol.py).
 
-    TextTask      a text model: a prepared dataset or the bundled corpus; compiled whole; no extras
+    TextTask      a text model: a prepared dataset (text, or packed instruction data) or the bundled
+                  corpus; compiled whole; no extras
     CaptionTask   a config with a [vision] table: rendered lines of the bundled corpus (moe/vision/task.py)
 
 task_for is the one place training tells the kinds apart: the loop takes its dataset from the task,
@@ -13,18 +14,29 @@ import torch
 
 from moe.config import ModelConfig, TrainConfig
 from moe.data import TokenDataset, open_data
+from moe.data.instruct import InstructDataset, is_instruct
 from moe.data.mixture import Mixture
-from moe.training.protocol import Task
+from moe.training.protocol import Dataset, Task
+
+
+def open_dataset(data, val_fraction: float, seed: int) -> Dataset:
+    """`train --data PATH`: instruction data (moe/data/instruct.py, packed with the run's seed), a
+    prepared text dataset, or None / 'shakespeare' for the bundled corpus (moe/data/dataset.py)."""
+    if data is not None and is_instruct(data):
+        return InstructDataset.open(data, seed)
+    return open_data(data, val_fraction)
 
 
 class TextTask:
-    def __init__(self, val_fraction: float):
-        self.val_fraction = val_fraction
+    def __init__(self, val_fraction: float, seed: int = 0):
+        self.val_fraction, self.seed = val_fraction, seed
 
-    def dataset(self, data) -> TokenDataset:
-        """`data` opened (moe/data/dataset.py): a prepared directory, or None for the bundled corpus;
-        a TokenDataset or a Mixture (moe/data/mixture.py) as it is."""
-        return data if isinstance(data, (TokenDataset, Mixture)) else open_data(data, self.val_fraction)
+    def dataset(self, data) -> Dataset:
+        """`data` opened (open_dataset); a TokenDataset, InstructDataset or Mixture
+        (moe/data/mixture.py) as it is."""
+        if isinstance(data, (TokenDataset, InstructDataset, Mixture)):
+            return data
+        return open_dataset(data, self.val_fraction, self.seed)
 
     def setup(self, model: torch.nn.Module) -> None:
         pass  # every parameter learns
@@ -38,7 +50,7 @@ class TextTask:
 
 def task_for(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Task:
     if model_cfg.vision is None:
-        return TextTask(train_cfg.val_fraction)
+        return TextTask(train_cfg.val_fraction, train_cfg.seed)
     from moe.vision.task import CaptionTask
 
     return CaptionTask(model_cfg, train_cfg)

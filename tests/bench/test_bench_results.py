@@ -30,6 +30,7 @@ def _tables(text: str) -> list[str]:
         ("vs_transformers", "vs_transformers"),
         ("serve_layouts", "serve_layouts"),
         ("pipeline_bubble", "pipeline_bubble"),
+        ("instruct", "instruct"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):

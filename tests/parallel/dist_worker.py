@@ -18,13 +18,25 @@ SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_ff=24, max_seq_len=64, vocab_s
 TRAIN = dict(batch_size=8, seq_len=16, warmup_steps=0, lr=1e-3, grad_clip=0.5)  # 0.5: the clip is active
 
 
-def batches(cfg, train_cfg, n):
+def batches(cfg, train_cfg, n, packed=False):
+    """n random (x, y) batches. packed: x is Packed rows of several examples (random boundaries) and
+    most targets are IGNORE_INDEX, a different count in every row, as instruction data's are."""
+    from moe.data.instruct import IGNORE_INDEX, Packed
+
     gen = torch.Generator().manual_seed(5)
     shape = (train_cfg.batch_size, train_cfg.seq_len)
-    return [
-        (torch.randint(0, cfg.vocab_size, shape, generator=gen), torch.randint(0, cfg.vocab_size, shape, generator=gen))
-        for _ in range(n)
-    ]
+    out = []
+    for _ in range(n):
+        x, y = (
+            torch.randint(0, cfg.vocab_size, shape, generator=gen),
+            torch.randint(0, cfg.vocab_size, shape, generator=gen),
+        )
+        if packed:
+            doc = (torch.rand(shape, generator=gen) < 0.2).long().cumsum(1)
+            y = torch.where(torch.rand(shape, generator=gen) < torch.rand(shape[0], 1, generator=gen), y, IGNORE_INDEX)
+            x = Packed(x, doc)
+        out.append((x, y))
+    return out
 
 
 COLLECTIVES = (
@@ -97,6 +109,7 @@ def run(rank, world, port, spec):
 
 def _run(rank, device, spec):
     from moe.config import load_config, load_train_config
+    from moe.data.instruct import Packed
     from moe.layout import Layout
     from moe.parallel import checkpoint as dist_checkpoint
     from moe.parallel.trainer import DistributedTrainer
@@ -112,10 +125,11 @@ def _run(rank, device, spec):
     undo = record_collectives(tally) if spec.get("record") else (lambda: None)
     sizes = spec.get("sizes") or [train_cfg.batch_size] * (done + spec["steps"])  # a ramp: the first rows
     try:
-        for (x, y), b in list(zip(batches(cfg, train_cfg, done + spec["steps"]), sizes))[done:]:
+        for (x, y), b in list(zip(batches(cfg, train_cfg, done + spec["steps"], spec.get("packed")), sizes))[done:]:
             rows = trainer.batch_rows(b)  # as the loop does: each rank is given only its rows
             tally.clear()
-            r = trainer.step(x[:b][rows], y[:b][rows], train_cfg.lr)
+            x = Packed(x.idx_BT[:b][rows], x.doc_BT[:b][rows]) if spec.get("packed") else x[:b][rows]
+            r = trainer.step(x, y[:b][rows], train_cfg.lr)
             results.append((r.loss, r.grad_norm, dict(tally)) if spec.get("record") else (r.loss, r.grad_norm))
         step = done + spec["steps"]
         dist_checkpoint.save(
@@ -145,13 +159,21 @@ def _port() -> int:
 
 
 class Pool:
-    """`size` processes spawned once; run(world, spec) trains a layout on the first `world` of them."""
+    """`size` processes spawned once; run(world, spec) trains a layout on the first `world` of them.
+    A case that fails fails at once, with the first rank's error (its peers may be stuck in a
+    collective), and the processes are replaced, so later cases still run."""
 
     def __init__(self, size: int = 4, timeout: float = 300):
+        self.size, self.timeout = size, timeout
+        self._spawn()
+
+    def _spawn(self) -> None:
         ctx = torch.multiprocessing.get_context("spawn")
-        self.jobs = [ctx.Queue() for _ in range(size)]
-        self.done, self.timeout = ctx.Queue(), timeout
-        self.procs = [ctx.Process(target=_serve, args=(r, self.jobs[r], self.done), daemon=True) for r in range(size)]
+        self.jobs = [ctx.Queue() for _ in range(self.size)]
+        self.done = ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_serve, args=(r, self.jobs[r], self.done), daemon=True) for r in range(self.size)
+        ]
         for p in self.procs:
             p.start()
 
@@ -159,16 +181,15 @@ class Pool:
         port = _port()
         for r in range(world):
             self.jobs[r].put((world, port, spec))
-        errors = []
         for _ in range(world):
             try:
-                errors.append(self.done.get(timeout=self.timeout)[1])
+                _, error = self.done.get(timeout=self.timeout)
             except queue.Empty:
-                self.close()  # a rank hung (its peer failed mid-collective): no later case may use them
-                raise RuntimeError(f"a distributed case did not finish in {self.timeout} s") from None
-        if any(errors):
-            self.close()
-            raise RuntimeError("\n".join(e for e in errors if e))
+                error = f"a distributed case did not finish in {self.timeout} s"
+            if error:
+                self.close()
+                self._spawn()
+                raise RuntimeError(error)
 
     def close(self) -> None:
         for q in self.jobs:

@@ -20,11 +20,13 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from dist_worker import SMALL, TRAIN, batches
 
 from moe.config import load_config, load_train_config
+from moe.data.instruct import IGNORE_INDEX
 from moe.layout import Layout
-from moe.model import MoETransformer
+from moe.model import MoETransformer, Positions
 from moe.training import checkpoint
 from moe.training.optim import make_optimizer
 
@@ -35,8 +37,9 @@ TOL = {"loss": 1e-5, "grad_norm (relative)": 1e-5, "weights": 1e-5}
 def spawn(pool):
     """spawn(layout, out, ...): train the layout on the pool's processes; rank 0's results."""
 
-    def run(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False, sizes=None) -> list:
+    def run(layout: dict, out, steps=2, load=None, model=None, bf16=False, record=False, sizes=None, packed=False):
         spec = dict(
+            packed=packed,
             sizes=sizes,
             layout=layout,
             out=str(out),
@@ -59,17 +62,31 @@ def reference_model(cfg, train_cfg) -> MoETransformer:
     return m
 
 
-def reference(steps, microbatches=1, model=None, sizes=None):
+def reference(steps, microbatches=1, model=None, sizes=None, packed=False):
     """One process: the same model, batches (the first `sizes[i]` rows of step i's), clip and AdamW;
-    (loss, grad norm) per step."""
+    (loss, grad norm) per step. packed: the cross-entropy is the sum over the batch's counted
+    targets over their number, the router losses one per microbatch, averaged."""
     cfg = load_config("tiny", **{**SMALL, **(model or {})})
     train_cfg = load_train_config("tiny", **TRAIN)
     m = reference_model(cfg, train_cfg)
     opt = make_optimizer(m.parameters(), train_cfg)
     results = []
-    for (x, y), b in zip(batches(cfg, train_cfg, steps), sizes or [train_cfg.batch_size] * steps):
-        x, y, loss = x[:b], y[:b], 0.0
-        for x_mb, y_mb in zip(x.chunk(microbatches), y.chunk(microbatches)):
+    for (x, y), b in zip(batches(cfg, train_cfg, steps, packed), sizes or [train_cfg.batch_size] * steps):
+        y, loss = y[:b], 0.0
+        if packed:
+            counted = int((y != IGNORE_INDEX).sum())
+            for idx, doc, y_mb in zip(
+                x.idx_BT.chunk(microbatches), x.doc_BT.chunk(microbatches), y.chunk(microbatches)
+            ):
+                out = m(idx, positions=Positions.packed(doc))
+                ce = F.cross_entropy(out.logits.view(-1, cfg.vocab_size), y_mb.reshape(-1), reduction="sum") / counted
+                (ce + out.aux_loss / microbatches).backward()
+                loss += ce.item()
+            results.append((loss, torch.nn.utils.clip_grad_norm_(m.parameters(), train_cfg.grad_clip).item()))
+            opt.step()
+            opt.zero_grad()
+            continue
+        for x_mb, y_mb in zip(x[:b].chunk(microbatches), y.chunk(microbatches)):
             out = m(x_mb, targets=y_mb)
             ((out.loss + out.aux_loss) / microbatches).backward()
             loss += out.loss.item() / microbatches
@@ -80,9 +97,9 @@ def reference(steps, microbatches=1, model=None, sizes=None):
     return m, results
 
 
-def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=None):
+def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=None, packed=False):
     """`got`: (loss, grad norm) of the last len(got) of `steps` steps; out: the run directory."""
-    ref_model, want = reference(steps, microbatches, model, sizes)
+    ref_model, want = reference(steps, microbatches, model, sizes, packed)
     assert want[0][1] > TRAIN["grad_clip"], "the clip should be active, or it is not tested"
     for (loss, norm), (ref_loss, ref_norm) in zip(got, want[steps - len(got) :], strict=True):
         assert abs(loss - ref_loss) < TOL["loss"]
@@ -122,6 +139,16 @@ def test_layout_step_matches_one_process(name, tmp_path, spawn):
     layout, model = LAYOUTS[name]
     got = spawn(layout, tmp_path, model=model)
     check_against_reference(got, tmp_path, 2, layout.get("microbatches", 1), model)
+
+
+@pytest.mark.parametrize("layout", [dict(dp=2, ep=2, microbatches=2), dict(tp=2)], ids=["dp2 x ep2 mb2", "tp2"])
+def test_packed_instruction_rows_train_as_one_process(layout, tmp_path, spawn):
+    """Packed rows (moe/data/instruct.py) whose counted targets differ from row to row: each
+    microbatch of each data shard weighs its loss by the targets it counts, so the step is one
+    process's mean over the whole batch's counted targets; attention's document mask on tp's split
+    heads."""
+    got = spawn(layout, tmp_path, packed=True)
+    check_against_reference(got, tmp_path, 2, layout.get("microbatches", 1), packed=True)
 
 
 def test_a_batch_size_ramp_gives_each_rank_more_rows_and_matches_one_process(tmp_path, spawn):

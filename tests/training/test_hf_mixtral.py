@@ -34,6 +34,13 @@ HF_SHAPE = dict(
 )
 
 
+CHAT_TEMPLATE = (  # Mixtral's, in short
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('only user and assistant roles') }}{% endif %}{% endfor %}"
+)
+
+
 def _hf_model(**overrides):
     torch.manual_seed(0)
     cfg = transformers.MixtralConfig(**{**HF_SHAPE, **overrides})
@@ -79,11 +86,7 @@ def test_the_chat_template_travels_and_renders_as_transformers_does(hf_dir, tmp_
 
     from moe.serving.openai_api import APIError, Protocol
 
-    template = (
-        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
-        "{% else %}{{ raise_exception('only user and assistant roles') }}{% endif %}{% endfor %}"
-    )
+    template = CHAT_TEMPLATE
     src = tmp_path / "src"
     shutil.copytree(hf_dir, src)
     special = {"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>", "special": True}}
@@ -109,6 +112,42 @@ def test_the_chat_template_travels_and_renders_as_transformers_does(hf_dir, tmp_
     with pytest.raises(APIError, match="only user and assistant roles") as e:
         protocol.chat_prompt([{"role": "system", "content": "x"}])
     assert e.value.status == 400 and e.value.param == "messages"
+
+
+def test_instruction_data_is_what_the_chat_template_writes(hf_dir, tmp_path):
+    """prepare --format chat with a converted checkpoint's tokenizer: each conversation is the text
+    transformers' apply_chat_template writes for it, as the ids its tokenizer gives that text, and
+    the loss mask counts exactly what the assistant wrote (its content and the template's end of turn)."""
+    import shutil
+
+    from moe.data.instruct import InstructDataset
+    from moe.data.prepare import prepare
+
+    src = tmp_path / "src"
+    shutil.copytree(hf_dir, src)
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE, **special}))
+    step = from_hf(src, tmp_path / "ours", **QUIET)
+    rows = [
+        [{"role": "user", "content": "the quick fox"}, {"role": "assistant", "content": "jumps over"}],
+        [
+            {"role": "user", "content": "the lazy dog?"},
+            {"role": "assistant", "content": "the dog"},
+            {"role": "user", "content": "and the fox"},
+            {"role": "assistant", "content": "quick brown fox"},
+        ],
+    ]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    prepare([str(jsonl)], str(step), tmp_path / "data", format="chat", val_data=[str(jsonl)], **QUIET)
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), **special)
+    split = InstructDataset.open(tmp_path / "data").splits["train"]
+    for messages, start, n in zip(rows, split.starts, split.lengths):
+        ids, mask = split.tokens.window(int(start), int(n)).tolist(), split.mask.window(int(start), int(n)).tolist()
+        text = theirs.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=False)
+        assert ids == theirs(text, add_special_tokens=False)["input_ids"]
+        written = "".join(m["content"] + "<|endoftext|>" for m in messages if m["role"] == "assistant")
+        assert theirs.decode([t for t, m in zip(ids, mask) if m]) == written
 
 
 def test_a_bf16_checkpoint_stays_bf16(tmp_path):
