@@ -1,12 +1,12 @@
 """The pipeline bubble of each schedule, measured on gloo beside its formula.
 
-Two CPU processes (pp=2, one thread each) train the same model with GPipe, 1F1B and interleaved 1F1B
-(two chunks a rank). Each rank times every forward and backward chunk the schedule runs
-(PipelineStage.forward_one_chunk / backward_one_chunk, wrapped); idle is the rest of the schedule's
-step (schedule.step, not the optimizer): waiting for a neighbour's activations or gradients, and the
-sends themselves. The formula
-counts only the first: (p - 1) / (m + p - 1) for GPipe and 1F1B, (p - 1) / (v m + p - 1)
-interleaved. Writes pipeline_bubble.{json,md}.
+Two CPU processes (pp=2, one thread each) train the same model with GPipe, 1F1B, interleaved 1F1B
+and zero bubble (two chunks a rank). Each rank times every forward and backward chunk the schedule
+runs (PipelineStage.forward_one_chunk, backward_one_chunk and backward_weight_one_chunk, wrapped);
+idle is the rest of the schedule's step (schedule.step, not the optimizer): waiting for a
+neighbour's activations or gradients, and the sends themselves. The formula counts only the first:
+(p - 1) / (m + p - 1) for GPipe and 1F1B, (p - 1) / (v m + p - 1) interleaved (for zero bubble an
+upper bound: it runs weight gradients in that bubble). Writes pipeline_bubble.{json,md}.
 
     python -m bench.pipeline_bubble --microbatches 4 --steps 5
 """
@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from bench import harness
 
-SCHEDULES = (("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2))
+SCHEDULES = (("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2), ("zero-bubble", 2))
 
 
 def _timed(method, spans: list):
@@ -51,7 +51,7 @@ def _rank(rank, world, port, args, schedule, virtual, out):
     from moe.parallel import trainer as dist_trainer
 
     spans: list[float] = []
-    for name in ("forward_one_chunk", "backward_one_chunk"):
+    for name in ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk"):
         setattr(_PipelineStageBase, name, _timed(getattr(_PipelineStageBase, name), spans))
     device = dist_trainer.init_process_group("cpu")
     cfg = load_config(args.config, n_layers=args.layers)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from moe.config import ModelConfig, from_dict, read_table
 
-SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b")
+SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b", "zero-bubble")
+INTERLEAVED = ("interleaved-1f1b", "zero-bubble")  # several chunks of layers a rank (virtual_stages >= 2)
 SHARDINGS = ("zero1", "fsdp")
 AXES = ("pp", "dp", "ep", "tp")  # outermost first
 
@@ -38,12 +39,13 @@ class Layout:
     ep: int = 1
     pp: int = 1
     microbatches: int = 1  # per data shard and step: pipeline microbatches, or gradient accumulation
-    schedule: str = "1f1b"  # pipeline schedule: "1f1b" or "gpipe" (the same bubble, different memory)
+    schedule: str = "1f1b"  # pipeline schedule: "1f1b" or "gpipe" (the same bubble, different memory), or
+    #                         an interleaved one (virtual_stages >= 2): "interleaved-1f1b" or "zero-bubble"
     first_stage_layers: int = 0  # 0: split the layers evenly; else the first stage (which also holds
     #                              the embedding) gets this many and the rest are split evenly
     sharding: str = "zero1"  # data parallel, both on FSDP2: "zero1" (weights gathered once per step;
     #                          gradients and optimizer state sharded) or "fsdp" (also re-gathered for backward)
-    virtual_stages: int = 1  # "interleaved-1f1b": model chunks per pipeline rank; stage s (of pp x this)
+    virtual_stages: int = 1  # "interleaved-1f1b", "zero-bubble": model chunks per pipeline rank; stage s (of pp x this)
     #                          runs on rank s % pp, so each rank holds every pp-th chunk of layers
 
     def __post_init__(self) -> None:
@@ -65,10 +67,10 @@ class Layout:
             raise ValueError(
                 f"layout: virtual_stages={self.virtual_stages} interleaves pipeline stages: it needs pp > 1"
             )
-        if (self.schedule == "interleaved-1f1b") != (self.virtual_stages > 1):
+        if (self.schedule in INTERLEAVED) != (self.virtual_stages > 1):
             raise ValueError(
                 f"layout: schedule {self.schedule!r} with virtual_stages={self.virtual_stages}: the interleaved "
-                "schedule runs several chunks per rank (virtual_stages >= 2), and only it does"
+                f"schedules {INTERLEAVED} run several chunks per rank (virtual_stages >= 2), and only they do"
             )
 
     @property
@@ -130,7 +132,7 @@ class Layout:
         rounds = max(1, self.microbatches // self.pp)
         if self.virtual_stages > 1 and self.microbatches % rounds:
             raise ValueError(
-                f"interleaved-1f1b runs microbatches in {rounds} rounds of pp={self.pp} or more: microbatches="
+                f"{self.schedule} runs microbatches in {rounds} rounds of pp={self.pp} or more: microbatches="
                 f"{self.microbatches} must be a multiple of {rounds} (e.g. a multiple of pp)"
             )
         per_step = self.data_shards * self.microbatches
@@ -180,7 +182,9 @@ def _even(n: int, parts: int) -> list[int]:
 def bubble_fraction(pp: int, microbatches: int, virtual_stages: int = 1) -> float:
     """Idle share of a step for GPipe and for 1F1B alike: (p - 1) / (m + p - 1). 1F1B saves
     activation memory (at most p microbatches in flight instead of m), not time. Interleaved 1F1B
-    with v chunks per rank cuts the bubble v times: (p - 1) / (v m + p - 1) (Megatron-LM)."""
+    with v chunks per rank cuts the bubble v times: (p - 1) / (v m + p - 1) (Megatron-LM). Zero bubble
+    (torch's interleaved zero bubble) splits each backward into its input and weight gradients and runs
+    weight gradients in that bubble: the formula is its upper bound."""
     return (pp - 1) / (virtual_stages * microbatches + pp - 1)
 
 

@@ -255,7 +255,8 @@ def test_interleaved_ranks_hold_every_pp_th_chunk_and_a_smaller_bubble():
     assert bubble_fraction(15, 32, 2) == pytest.approx(14 / (2 * 32 + 14)) and bubble_fraction(15, 32) == 14 / 46
     for bad, pattern in [
         (dict(schedule="interleaved-1f1b"), "virtual_stages >= 2"),
-        (dict(virtual_stages=2), "only it does"),
+        (dict(schedule="zero-bubble"), "virtual_stages >= 2"),
+        (dict(virtual_stages=2), "only they do"),
     ]:
         with pytest.raises(ValueError, match=pattern):
             Layout(pp=2, microbatches=4, **bad)

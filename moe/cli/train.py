@@ -108,13 +108,17 @@ def _add_layout(t) -> None:
     par.add_argument("--pp", type=int, help="pipeline parallel: split the layers into stages")
     par.add_argument("--microbatches", type=int, help="microbatches per step (pipeline; else gradient accumulation)")
     par.add_argument(
-        "--schedule", choices=("1f1b", "gpipe", "interleaved-1f1b"), help="pipeline schedule (default 1f1b)"
+        "--schedule",
+        choices=("1f1b", "gpipe", "interleaved-1f1b", "zero-bubble"),
+        help="pipeline schedule (default 1f1b; zero-bubble: torch's interleaved zero bubble, backward split "
+        "into input and weight gradients)",
     )
     par.add_argument(
         "--virtual-stages",
         dest="virtual_stages",
         type=int,
-        help="interleaved-1f1b: stages a rank runs (every pp-th chunk of layers), cutting the bubble that many times",
+        help="interleaved-1f1b and zero-bubble: stages a rank runs (every pp-th chunk of layers), cutting the "
+        "bubble that many times",
     )
     par.add_argument(
         "--first-stage-layers",

@@ -172,6 +172,7 @@ def layout_rows(cfg: ModelConfig, lay: Layout, batch_tokens: float, seq_len: int
             (
                 f"(pp - 1) / (virtual_stages x microbatches + pp - 1) = {lay.pp - 1} / "
                 f"{lay.virtual_stages * lay.microbatches + lay.pp - 1}, interleaved 1F1B"
+                + ("; zero bubble fills part of it with weight gradients" if lay.schedule == "zero-bubble" else "")
                 if lay.virtual_stages > 1
                 else f"(pp - 1) / (microbatches + pp - 1) = {lay.pp - 1} / "
                 f"{lay.microbatches + lay.pp - 1}, for GPipe and 1F1B alike"

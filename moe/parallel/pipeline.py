@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+)
 
 from moe.layout import Layout, rank_chunks
 from moe.model import MoETransformer, Positions
@@ -28,7 +34,7 @@ class _WithAuxLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, aux):
         ctx.aux_meta = (aux.shape, aux.dtype, aux.device)
-        return x.view_as(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,7 +81,10 @@ class Stage(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x_BTD, _ = self.body(h)
-        return self.lm_head(self.norm(x_BTD)) if self.last else x_BTD
+        if self.last:
+            return self.lm_head(self.norm(x_BTD))
+        # zero bubble's split backward detaches a stage's output in place, which a view (with_aux_loss's) refuses
+        return x_BTD.clone() if x_BTD._is_view() else x_BTD
 
     def body(self, h: torch.Tensor, positions: Positions | None = None):
         """The embedding (first stage) and the blocks: (hidden [B, T, D], each block's routing).
@@ -108,13 +117,16 @@ def build_stage(model: MoETransformer, layout: Layout, pp_rank: int) -> Stage:
 
 def build_schedule(stage: Stage, layout: Layout, pp_rank: int, pp_group, device: torch.device):
     """The schedule that runs one training step of `layout.microbatches` microbatches: GPipe or
-    1F1B over one stage a rank, or interleaved 1F1B over this rank's stages pp_rank, pp_rank + pp, ..."""
+    1F1B over one stage a rank, or interleaved 1F1B or zero bubble (each backward split into input
+    and weight gradients, the weight ones filling the bubble) over this rank's stages pp_rank,
+    pp_rank + pp, ..."""
     pipe_stages = [
         PipelineStage(chunk, pp_rank + k * layout.pp, layout.stages, device, group=pp_group)
         for k, chunk in enumerate(stage.chunks())
     ]
-    if layout.schedule == "interleaved-1f1b":
-        return ScheduleInterleaved1F1B(
+    if layout.virtual_stages > 1:
+        multi = {"interleaved-1f1b": ScheduleInterleaved1F1B, "zero-bubble": ScheduleInterleavedZeroBubble}
+        return multi[layout.schedule](
             pipe_stages, n_microbatches=layout.microbatches, loss_fn=cross_entropy, scale_grads=True
         )
     schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[layout.schedule]

@@ -127,6 +127,7 @@ LAYOUTS = {  # name: (layout, model overrides)
     "dp2 x tp2 fsdp": (dict(dp=2, tp=2, sharding="fsdp"), None),
     "dp2 x pp2 zero1": (dict(dp=2, pp=2, microbatches=2), None),
     "pp2 interleaved 1f1b x2": (dict(pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2), FOUR),
+    "pp2 zero bubble x2": (dict(pp=2, microbatches=4, schedule="zero-bubble", virtual_stages=2), FOUR),
     "dp2 x pp2 interleaved x2": (
         dict(dp=2, pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2, sharding="fsdp"),
         FOUR,
