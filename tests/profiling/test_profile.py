@@ -118,12 +118,15 @@ def test_breakdown_charges_backward_to_the_forward_range():
     results = {}
     for name, fn in (("forward", forward), ("train", train)):
         fn()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn()
-        parts = breakdown(prof.events(), cuda=False)
-        own = sum(e.self_cpu_time_total for e in prof.events()) / 1e3
-        assert sum(parts.values()) == pytest.approx(own)  # the categories partition the time
-        results[name] = parts, breakdown(prof.events(), cuda=False, backward_only=True)
+        runs = []
+        for _ in range(3):  # the least disturbed of three: a step of ~10 ms descheduled once is another step
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            parts = breakdown(prof.events(), cuda=False)
+            own = sum(e.self_cpu_time_total for e in prof.events()) / 1e3
+            assert sum(parts.values()) == pytest.approx(own)  # the categories partition the time
+            runs.append((own, parts, breakdown(prof.events(), cuda=False, backward_only=True)))
+        results[name] = min(runs, key=lambda run: run[0])[1:]
     (forward_parts, forward_backward), (train_parts, train_backward) = results["forward"], results["train"]
     assert set(train_parts) == set(CATEGORIES)
     assert sum(forward_backward.values()) == 0  # no autograd nodes ran
