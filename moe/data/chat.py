@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 
+ROLES = ("system", "developer", "user", "assistant")  # the roles a message may have
+
 
 def plain(messages: list[dict], add_generation_prompt: bool = True) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + ("assistant:" if add_generation_prompt else "")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import pathlib
 import random
 import re
 
 from moe.data.dataset import bundled_split
+from moe.data.prepare import hash_split
 
 TASKS = {
     "Reverse": lambda w: w[::-1],
@@ -39,17 +39,13 @@ def words(min_count: int = 5) -> list[str]:
     return sorted(w for w, n in counts.items() if n >= min_count)
 
 
-def is_held_out(word: str, val_fraction: float) -> bool:
-    return int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "big") / 2**64 < val_fraction
-
-
 def rows(seed: int = 0, val_fraction: float = 0.1, per_word: int = 1) -> dict[str, list[dict]]:
     """{"train": [...], "val": [...]} conversations: per_word rows of each word, each a task drawn at random."""
     rng, out = random.Random(seed), {"train": [], "val": []}
     for w in words():
         for _ in range(per_word):
             task = rng.choice(sorted(TASKS))
-            out["val" if is_held_out(w, val_fraction) else "train"].append(
+            out[hash_split(w, val_fraction)].append(
                 {
                     "messages": [
                         {"role": "user", "content": f"{task}: {w}"},

@@ -157,7 +157,7 @@ def _check_record(src: Source, lineno: int, line: str, fmt: str) -> int:
 
 
 def _check_messages(messages, where: str) -> None:
-    roles = ("system", "developer", "user", "assistant")
+    roles = chat.ROLES
     if not isinstance(messages, list) or not messages:
         raise BadSource(f'{where}: a chat record needs "messages", a non-empty list of {{role, content}}')
     for i, m in enumerate(messages):
@@ -167,7 +167,8 @@ def _check_messages(messages, where: str) -> None:
         raise BadSource(f"{where}: the conversation has no assistant message: nothing to learn from it")
 
 
-def _hash_split(name: str, val_fraction: float) -> str:
+def hash_split(name: str, val_fraction: float) -> str:
+    """'val' for a name whose hash falls below val_fraction, else 'train': a split that never depends on order."""
     u = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
     return "val" if u < val_fraction else "train"
 
@@ -193,14 +194,14 @@ def _documents(src: Source, val_fraction: float, fmt: str) -> Iterator[Document]
             yield Document(split, lambda part=part: iter([part.decode("utf-8")]))
         return
     if not _is_jsonl(src.file):
-        yield Document(src.split or _hash_split(src.name, val_fraction), lambda: _text_pieces(src.file))
+        yield Document(src.split or hash_split(src.name, val_fraction), lambda: _text_pieces(src.file))
         return
     with _open_bytes(src.file) as f:
         for lineno, line in enumerate(f, 1):
             if fmt == "chat" and line.strip():
                 messages = json.loads(line)["messages"]
                 yield Document(
-                    src.split or _hash_split(f"{src.name}:{lineno}", val_fraction),
+                    src.split or hash_split(f"{src.name}:{lineno}", val_fraction),
                     lambda m=messages: iter([chat.render(None, m, add_generation_prompt=False)]),  # (BPE learning)
                     messages,
                 )
@@ -208,7 +209,7 @@ def _documents(src: Source, val_fraction: float, fmt: str) -> Iterator[Document]
             text = json.loads(line)["text"] if line.strip() else ""
             if text:
                 yield Document(
-                    src.split or _hash_split(f"{src.name}:{lineno}", val_fraction), lambda text=text: iter([text])
+                    src.split or hash_split(f"{src.name}:{lineno}", val_fraction), lambda text=text: iter([text])
                 )
 
 
@@ -267,9 +268,6 @@ def _saved_tokenizer(spec: str) -> tokenizers.Tokenizer | None:
 
 
 def _make_tokenizer(spec: str, docs: Callable[[], Iterator[Document]], log) -> tokenizers.Tokenizer:
-    saved = _saved_tokenizer(spec)
-    if saved is not None:
-        return saved
     kind, n = tokenizers.parse_spec(spec)
     if kind == "bytes":
         return tokenizers.ByteTokenizer()
@@ -319,7 +317,8 @@ def prepare(
     out = pathlib.Path(out)
     if format not in ("text", "chat"):
         raise ValueError(f"--format must be text or chat, got {format!r}")
-    if _saved_tokenizer(tokenizer) is None:
+    saved = _saved_tokenizer(tokenizer)
+    if saved is None:
         tokenizers.parse_spec(tokenizer)  # a bad spec fails before any reading
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
@@ -360,7 +359,7 @@ def prepare(
             "per chapter), a different --val-fraction, or name validation files with --val-data"
         )
 
-    tok = _make_tokenizer(tokenizer, documents, log)  # pass 2 (bpe only)
+    tok = saved if saved is not None else _make_tokenizer(tokenizer, documents, log)  # pass 2 (bpe only)
     dtype = token_dtype(tok.vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _scratch(out)

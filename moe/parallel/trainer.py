@@ -166,7 +166,7 @@ class DistributedTrainer:
         loss = torch.zeros((), device=self.par.device)
         if self.schedule is None:
             counts = None
-            weights = self._token_weights(y.chunk(m))
+            weights = self._token_weights(y_BT.chunk(m))  # counted from the host's copy: no device sync
             for j, (x_mb, y_mb) in enumerate(zip(x.chunk(m), y.chunk(m))):
                 self._accumulate(last=j == m - 1)
                 with autocast(self.par.device):
@@ -190,7 +190,7 @@ class DistributedTrainer:
         instruction data counts the assistant's tokens only) against an equal share, n_j m D / N:
         the mean of the weighted microbatch means over m microbatches and D data shards is then the
         one process's mean over all N, however the counted tokens fall. 1.0 each when every target
-        counts. One small all-reduce."""
+        counts. One small all-reduce (gloo, of host tensors)."""
         n = [int((y != IGNORE_INDEX).sum()) for y in targets]
         total = torch.tensor([sum(n)], dtype=torch.int64)
         dist.all_reduce(total, group=self.par.groups["data"])
@@ -238,11 +238,11 @@ class DistributedTrainer:
         total = 0.0
         self.module.eval()
         for x, y in batches:
+            weight = self._token_weights([y])[0] if self.schedule is None else 1.0
             x, y = x.to(self.par.device), y.to(self.par.device)
             loss = torch.zeros((), device=self.par.device)
             with autocast(self.par.device):
                 if self.schedule is None:
-                    weight = self._token_weights([y])[0]
                     out = self.module(**model_inputs(x, self.par.device), targets=y)
                     loss = out.loss * weight if weight else loss
                 else:

@@ -243,7 +243,7 @@ class Protocol:
             raise APIError(400, "messages must be a non-empty list of {role, content} objects", "messages")
         plain = []
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+            if not isinstance(m, dict) or m.get("role") not in chat.ROLES:
                 raise APIError(400, f"messages[{i}] needs a role: system, developer, user or assistant", "messages")
             content = m.get("content")
             if isinstance(content, list):  # content parts: only text parts
