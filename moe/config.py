@@ -65,6 +65,9 @@ EXPERT_BACKENDS = ("auto", "torch", "triton")
 EXPERT_QUANT = ("none", "int8", "fp8", "int4")
 
 
+# moe/model/router.py's RULES (the config imports no torch); a test keeps them equal
+ROUTER_RULES = ("softmax_topk", "topk_softmax", "sigmoid_topk", "expert_choice")
+
 ROPE_TYPES = ("linear", "dynamic", "yarn")
 _ROPE_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
 _YARN_KEYS = {"beta_fast", "beta_slow", "attention_factor", "truncate"}
@@ -212,6 +215,20 @@ class ModelConfig:
     router_z_loss_coef: float = 0.001
     router_jitter: float = 0.0  # training only: router input *= U(1 - eps, 1 + eps)
     capacity_factor: float = 0.0  # 0: dropless; else capacity = ceil(cf * T * k / n_experts)
+    # The routing rule, one of ROUTER_RULES: softmax_topk (Mixtral, Qwen, OLMoE, Switch), topk_softmax
+    # (gpt-oss), sigmoid_topk (DeepSeek-V3, Llama 4), expert_choice (training only)
+    router_rule: str = "softmax_topk"
+    router_bias: bool = False  # the gate has a learned bias (gpt-oss)
+    router_score_bias: bool = False  # a bias on the scores that steers the choice only (DeepSeek-V3)
+    router_bias_update_rate: float = 0.0  # > 0: learn that bias from the experts' load, no gradient
+    router_groups: int = 1  # group-limited choice (DeepSeek-V3's n_group, topk_group)
+    router_topk_groups: int = 1
+    router_scale: float = 1.0  # routing weights x this (DeepSeek-V3's routed_scaling_factor)
+    router_scale_input: bool = False  # top-1 only: scale the expert's input, not its output (Llama 4)
+    # Shared experts: an MLP of this width every token passes through beside the routed ones (0: none;
+    # DeepSeek's n_shared_experts x moe_intermediate_size), optionally behind a sigmoid gate (Qwen2-MoE)
+    shared_d_ff: int = 0
+    shared_gate: bool = False
     expert_backend: str = "auto"  # expert matmuls: "auto" (Triton on CUDA, PyTorch elsewhere) | "torch" | "triton"
     # Serving only: the experts' weights stored weight-only quantized, "none" | "int8" | "fp8" | "int4"
     # (kernels/quantized.py; python -m moe quantize writes such checkpoints; train refuses them).
@@ -256,6 +273,7 @@ class ModelConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.router_jitter >= 1:
             raise ValueError(f"router_jitter must be < 1, got {self.router_jitter}")
+        self._check_router()
         if self.expert_backend not in EXPERT_BACKENDS:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
         if self.rope_scaling is not None:
@@ -295,6 +313,44 @@ class ModelConfig:
                 f"a quantized model serves dropless: capacity_factor must be 0 with expert_quant {self.expert_quant!r}"
             )
 
+    def _check_router(self) -> None:
+        if self.router_rule not in ROUTER_RULES:
+            raise ValueError(f"router_rule must be one of {ROUTER_RULES}, got {self.router_rule!r}")
+        flags = ("router_bias", "router_score_bias", "router_scale_input", "shared_gate")
+        for name in flags:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _integers(self, "router_groups", "router_topk_groups", "shared_d_ff")
+        _positive(self, "router_groups", "router_topk_groups", "router_scale")
+        _non_negative(self, "router_bias_update_rate", "shared_d_ff")
+        E, G = self.n_experts, self.router_groups
+        if E % G or self.router_topk_groups > G:
+            raise ValueError(
+                f"router_groups ({G}) must divide n_experts ({E}), and router_topk_groups "
+                f"({self.router_topk_groups}) must be <= router_groups"
+            )
+        if self.top_k > self.router_topk_groups * (E // G):
+            raise ValueError(
+                f"top_k ({self.top_k}) exceeds the experts of the router_topk_groups chosen groups "
+                f"({self.router_topk_groups} x {E // G})"
+            )
+        if self.router_bias_update_rate and not self.router_score_bias:
+            raise ValueError("router_bias_update_rate needs router_score_bias = true (the bias it learns)")
+        if self.router_scale_input and self.top_k != 1:
+            raise ValueError(
+                f"router_scale_input scales a token's one expert input: it needs top_k 1, got {self.top_k}"
+            )
+        if self.router_rule == "expert_choice" and (self.router_score_bias or G > 1 or self.router_scale_input):
+            raise ValueError("router_rule expert_choice takes no score bias, groups or input scaling")
+        if self.shared_gate and not self.shared_d_ff:
+            raise ValueError("shared_gate needs a shared expert (shared_d_ff > 0)")
+
+    @property
+    def causal_routing(self) -> bool:
+        """Whether a token's experts depend on that token alone (everything but expert choice):
+        what generation with a KV cache needs."""
+        return self.router_rule != "expert_choice"
+
     @property
     def n_matrices(self) -> int:
         """Weight matrices per expert: 2 for GELU (up, down), 3 for SwiGLU (gate, up, down)."""
@@ -309,6 +365,13 @@ class ModelConfig:
             top_k=1,
             d_ff=self.d_ff * self.top_k,
             capacity_factor=0.0,
+            router_rule="softmax_topk",  # one expert at weight 1, whatever the rule
+            router_score_bias=False,
+            router_bias_update_rate=0.0,
+            router_groups=1,
+            router_topk_groups=1,
+            router_scale=1.0,
+            router_scale_input=False,
         )
 
     def text_only(self) -> ModelConfig:

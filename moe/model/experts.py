@@ -31,7 +31,7 @@ class LocalExperts:
             return kernels.quantized_mlp(
                 x_TD, r.weights, r.experts, w_up, w_gate, w_down, activation_name=self.activation, backend=self.backend
             )
-        if w_up.shape[0] == 1 and r.keep is None:  # the dense twin: every token to expert 0 at weight 1
+        if w_up.shape[0] == 1 and r.unit_weights:  # the dense twin: every token to expert 0 at weight 1
             offsets = torch.tensor([x_TD.shape[0]], dtype=torch.int32, device=x_TD.device)
             return kernels.sorted_mlp(
                 x_TD, offsets, w_up, w_gate, w_down, activation_name=self.activation, backend=self.backend

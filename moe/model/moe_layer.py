@@ -10,6 +10,8 @@ with w_up, w_gate [E, D, F] and w_down [E, F, D]. Hugging Face's Mixtral stores 
 w1 = w_gate[e].T, w3 = w_up[e].T, w2 = w_down[e].T (nn.Linear keeps [out, in]).
 
     x -> router (float32) -> cast to the autocast dtype -> self.experts(x, routing, weights) -> y
+    (+ the shared expert's output, moe/model/shared_expert.py; router_scale_input: the experts see
+    x * weight instead, and their outputs are summed unweighted, as Llama 4 computes)
 
 The experts object is the seam (moe/model/experts.py): `LocalExperts` by default sorts the A
 assignments by expert and calls `kernels.routed_mlp`, which gathers their token rows, runs grouped
@@ -24,6 +26,7 @@ moe/permutation (the sort and gather), moe/expert_matmuls, moe/combine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -35,6 +38,7 @@ from moe.config import ModelConfig
 from moe.model.experts import LocalExperts
 from moe.model.quantized import QuantizedParam
 from moe.model.router import RouterOutput, TopKRouter
+from moe.model.shared_expert import SharedExpert
 
 
 class MoELayer(nn.Module):
@@ -51,7 +55,16 @@ class MoELayer(nn.Module):
             z_coef=cfg.router_z_loss_coef,
             jitter=cfg.router_jitter,
             capacity_factor=cfg.capacity_factor,
+            rule=cfg.router_rule,
+            bias=cfg.router_bias,
+            score_bias=cfg.router_score_bias,
+            bias_update_rate=cfg.router_bias_update_rate,
+            groups=cfg.router_groups,
+            topk_groups=cfg.router_topk_groups,
+            scale=cfg.router_scale,
         )
+        self.shared = SharedExpert(D, cfg.shared_d_ff, cfg.activation) if cfg.shared_d_ff else None
+        self.shared_gate = nn.Linear(D, 1, bias=False) if cfg.shared_gate else None
         swiglu, quant = cfg.activation == "swiglu", cfg.expert_quant
         if quant == "none":
             self.w_up = nn.Parameter(torch.empty(E, D, F_))
@@ -67,6 +80,13 @@ class MoELayer(nn.Module):
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         nn.init.normal_(self.router.gate.weight, std=std)
+        if self.router.gate.bias is not None:
+            nn.init.zeros_(self.router.gate.bias)
+        for lin in (self.shared_gate, *(() if self.shared is None else (self.shared.up, self.shared.gate))):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=std)
+        if self.shared is not None:
+            nn.init.normal_(self.shared.down.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
         if self.cfg.expert_quant != "none":
             return
         for w in (self.w_up, self.w_gate):
@@ -79,12 +99,21 @@ class MoELayer(nn.Module):
         x_TD = x.reshape(-1, x.shape[-1])
         with profiler_range("moe/router"):
             r = self.router(x_TD)
+        x_in, r_in = x_TD, r
+        if self.cfg.router_scale_input:  # Llama 4: the expert sees x * weight, its output is not weighted
+            x_in = x_TD * r.weights.to(x_TD.dtype)
+            r_in = dataclasses.replace(r, weights=torch.ones_like(r.weights) if r.keep is None else r.keep.float())
         if self.cfg.expert_quant != "none":
-            (x_TD,) = in_autocast_dtype(x_TD)
+            (x_in,) = in_autocast_dtype(x_in)
             w_up, w_gate, w_down = (None if w is None else w.quantized() for w in (self.w_up, self.w_gate, self.w_down))
         else:
-            x_TD, w_up, w_gate, w_down = in_autocast_dtype(x_TD, self.w_up, self.w_gate, self.w_down)
-        y_TD = self.experts(x_TD, r, w_up, w_gate, w_down)
+            x_in, w_up, w_gate, w_down = in_autocast_dtype(x_in, self.w_up, self.w_gate, self.w_down)
+        y_TD = self.experts(x_in, r_in, w_up, w_gate, w_down)
+        if self.shared is not None:
+            s_TD = self.shared(x_TD)
+            if self.shared_gate is not None:
+                s_TD = torch.sigmoid(self.shared_gate(x_TD)) * s_TD
+            y_TD = y_TD + s_TD.to(y_TD.dtype)
         return y_TD.view(x.shape), r
 
 
@@ -105,14 +134,22 @@ def moe_layer_reference(layer: MoELayer, x: torch.Tensor, routing: RouterOutput 
     Differentiable, so the tests compare gradients too."""
     x_TD = x.reshape(-1, x.shape[-1])
     r = layer.router(x_TD) if routing is None else routing
+    act, sh = layer.cfg.activation, layer.shared
     out_TD = torch.zeros_like(x_TD)
     for t in range(x_TD.shape[0]):
         for j in range(r.experts.shape[1]):
             e = int(r.experts[t, j])
             if r.keep is not None and not r.keep[t, j]:
                 continue
-            up = x_TD[t] @ layer.w_up[e]
-            gate = None if layer.w_gate is None else x_TD[t] @ layer.w_gate[e]
-            h = activation(layer.cfg.activation, up, gate)
-            out_TD[t] += r.weights[t, j].to(x.dtype) * (h @ layer.w_down[e])
+            w = r.weights[t, j].to(x.dtype)
+            x_in, w_out = (x_TD[t] * w, 1.0) if layer.cfg.router_scale_input else (x_TD[t], w)
+            up = x_in @ layer.w_up[e]
+            gate = None if layer.w_gate is None else x_in @ layer.w_gate[e]
+            out_TD[t] += w_out * (activation(act, up, gate) @ layer.w_down[e])
+        if sh is not None:
+            gate = None if sh.gate is None else sh.gate.weight @ x_TD[t]
+            s = sh.down.weight @ activation(act, sh.up.weight @ x_TD[t], gate)
+            if layer.shared_gate is not None:
+                s = torch.sigmoid(layer.shared_gate.weight[0] @ x_TD[t]) * s
+            out_TD[t] += s
     return out_TD.view_as(x)
