@@ -110,11 +110,12 @@ class Layout:
             raise ValueError(f"tp={self.tp} must divide d_ff={cfg.d_ff} (tensor parallelism splits each expert)")
         if cfg.n_experts % self.ep:
             raise ValueError(f"ep={self.ep} must divide n_experts={cfg.n_experts}")
-        if cfg.capacity_factor and (self.data_shards > 1 or self.microbatches > 1):
+        if (cfg.capacity_factor or not cfg.causal_routing) and (self.data_shards > 1 or self.microbatches > 1):
             # The capacity is counted per batch a router sees (ceil(cf * T * k / E)), so splitting the
             # step's batch into shards or microbatches would change which assignments are dropped.
             raise ValueError(
-                f"capacity_factor={cfg.capacity_factor} needs the whole batch routed at once, but "
+                f"capacity_factor={cfg.capacity_factor} (router_rule {cfg.router_rule}) needs the whole "
+                "batch routed at once, but "
                 f"dp={self.dp} x ep={self.ep} x microbatches={self.microbatches} split it: the drops "
                 "would depend on the split; use dropless routing (capacity_factor = 0)"
             )

@@ -32,6 +32,18 @@ def test_presets_listed():
         (dict(router_jitter=1.5), "router_jitter"),
         (dict(expert_backend="cuda"), "expert_backend"),
         (dict(n_heads=4, d_model=128, head_dim=33), "head_dim"),
+        (dict(router_rule="top2"), "router_rule"),
+        (dict(router_groups=3), "router_groups"),
+        (dict(router_groups=4, router_topk_groups=5), "router_topk_groups"),
+        (dict(top_k=8, router_groups=4, router_topk_groups=1), "top_k"),
+        (dict(router_bias_update_rate=0.01), "router_bias_update_rate needs router_score_bias"),
+        (dict(router_bias_update_rate=-1.0, router_score_bias=True), "router_bias_update_rate"),
+        (dict(router_scale_input=True), "router_scale_input.*top_k 1"),
+        (dict(router_scale=0.0), "router_scale"),
+        (dict(router_bias="yes"), "router_bias"),
+        (dict(router_rule="expert_choice", router_score_bias=True), "expert_choice"),
+        (dict(shared_gate=True), "shared_gate needs a shared expert"),
+        (dict(shared_d_ff=-4), "shared_d_ff"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

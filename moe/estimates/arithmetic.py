@@ -1,7 +1,9 @@
 """Parameter, FLOP and memory arithmetic implied by a ModelConfig. Imports no torch.
 
 Counting conventions:
-- Parameters are weight elements; this model has no biases. RMSNorm scales count (d each).
+- Parameters are weight elements (and the router's biases, where a config has them). RMSNorm scales
+  count (d each). Shared experts count as always active; expert choice's active experts per token
+  are top_k on average.
 - "Active" parameters per token: everything except the experts a token is not routed to, with the
   input embedding and the output head included (as the leaked ~280B figure seems to count them).
 - Forward FLOPs per token = 2 * (active parameters that take part in a matmul: everything but the
@@ -22,11 +24,12 @@ class ParamCounts:
     head: int  # output projection (0 when tied to the embedding)
     attention: int  # all layers: wq, wk, wv, wo
     norms: int  # all RMSNorm scales
-    router: int  # all layers' gates
+    router: int  # all layers' gates (and their biases)
     expert_layer: int  # one expert in one layer
     n_layers: int
     n_experts: int
     top_k: int
+    shared_experts: int = 0  # all layers' shared experts (and their gates): every token uses them
 
     @property
     def experts(self) -> int:
@@ -40,7 +43,7 @@ class ParamCounts:
     @property
     def shared(self) -> int:
         """Everything that is not an expert."""
-        return self.embedding + self.head + self.attention + self.norms + self.router
+        return self.embedding + self.head + self.attention + self.norms + self.router + self.shared_experts
 
     @property
     def total(self) -> int:
@@ -58,11 +61,12 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
         head=0 if cfg.tie_embeddings else cfg.vocab_size * d,
         attention=cfg.n_layers * (d * q + 2 * d * kv + q * d),
         norms=cfg.n_layers * 2 * d + d,
-        router=cfg.n_layers * d * cfg.n_experts,
+        router=cfg.n_layers * (d + cfg.router_bias) * cfg.n_experts,
         expert_layer=cfg.n_matrices * d * cfg.d_ff,
         n_layers=cfg.n_layers,
         n_experts=cfg.n_experts,
         top_k=cfg.top_k,
+        shared_experts=cfg.n_layers * (cfg.n_matrices * d * cfg.shared_d_ff + d * cfg.shared_gate),
     )
 
 
@@ -70,7 +74,7 @@ def matmul_params_per_token(cfg: ModelConfig) -> int:
     """Active parameters that take part in a matmul: all but the embedding lookup and the norms."""
     p = count_params(cfg)
     head = p.head if not cfg.tie_embeddings else p.embedding
-    return p.attention + p.router + p.per_expert * p.top_k + head
+    return p.attention + p.router + p.shared_experts + p.per_expert * p.top_k + head
 
 
 def attention_flops_per_token(cfg: ModelConfig, context: int) -> int:

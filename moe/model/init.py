@@ -11,7 +11,8 @@ more than its shards plus the largest single parameter, transiently, in host mem
     *norm.weight                             ones
     *.bias, *_gate                           zeros (a vision gate at 0 leaves the language model as it was)
     *.shift                                  zeros (a reading window's change from its start, moe/vision/reading.py)
-    blocks.<i>.attn.wo.weight, *.moe.w_down  normal(0, init_std / sqrt(2 n_layers))  (GPT-2's residual scaling;
+    blocks.<i>.attn.wo.weight, *.moe.w_down, normal(0, init_std / sqrt(2 n_layers))  (GPT-2's residual scaling;
+    *.moe.shared.down.weight
                                              lm.blocks.<i>... in the vision model, moe/vision/model.py)
     convolution weights (4-D)                normal(0, sqrt(2 / fan_in)) (He, for the vision strip stem's
                                              GELU layers: at init_std a reader over them learned slower,
@@ -34,8 +35,9 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from moe.config import ModelConfig
 from moe.model.rope import Rotary
+from moe.model.router import TopKRouter
 
-_RESIDUAL = re.compile(r"(lm\.)?blocks\.\d+\.(attn\.wo\.weight|moe\.w_down)")
+_RESIDUAL = re.compile(r"(lm\.)?blocks\.\d+\.(attn\.wo\.weight|moe\.w_down|moe\.shared\.down\.weight)")
 
 
 def init_std(name: str, cfg: ModelConfig) -> float | None:
@@ -83,10 +85,12 @@ def init_weights(module: nn.Module, cfg: ModelConfig, seed: int) -> None:
 
 def materialize(module: nn.Module, cfg: ModelConfig, device, seed: int) -> nn.Module:
     """A module built (and perhaps parallelized) on the meta device, allocated on `device` with only
-    this rank's shards, its derived buffers recomputed and its parameters initialised."""
+    this rank's shards, its buffers recomputed or zeroed and its parameters initialised."""
     module.to_empty(device=device)
     for m in module.modules():
         if isinstance(m, Rotary):
             m.reset_tables()
+        if isinstance(m, TopKRouter):
+            m.reset_buffers()
     init_weights(module, cfg, seed)
     return module

@@ -10,8 +10,8 @@ state dict (blocks.i.moe.w_up.q, blocks.i.moe.w_up.scale, ...) that load_model r
     model = quantize_model(model, "int8")                                # the same, as a new model
 
 fp8 values are kept as their uint8 bit patterns, so that model.to(dtype) never converts them; the
-router, the norms and the embedding (and, without quantize_dense, attention and the head) stay in
-their own dtype.
+router, the norms, the embedding and the shared experts (and, without quantize_dense, attention and
+the head) stay in their own dtype.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def quantize_model(model: nn.Module, scheme: str, dense: bool = False) -> nn.Mod
         new = type(model)(cfg)  # an MoETransformer (not imported here: it imports this module)
     new.rotary = Rotary(cfg)  # its tables are derived buffers, not in the state dict: build them for real
     new.load_state_dict(state, assign=True, strict=not cfg.tie_embeddings)
+    for m in new.modules():  # the routers' load counters, not in the state dict either
+        if getattr(m, "score_bias", None) is not None:
+            m.load_E = torch.zeros(m.n_experts, dtype=torch.int64)
     if cfg.tie_embeddings:
         new.lm_head.weight = new.tok_emb.weight
     return new.to(device).eval()

@@ -133,11 +133,12 @@ def expert_choice(
     T, E = logits.shape
     p_TE = scores(logits, "expert_choice")
     taken_EC = top_k_indices(p_TE.detach().T, min(capacity, T))
-    keep_TE = torch.zeros(E, T, dtype=torch.bool, device=logits.device).scatter_(-1, taken_EC, True).T
+    # contiguous: with the transposed view, torch.compile's router gradient came out wrong (eager's was right)
+    keep_TE = torch.zeros(E, T, dtype=torch.bool, device=logits.device).scatter_(-1, taken_EC, True).T.contiguous()
     weights_TE = p_TE * keep_TE
     if scale != 1:
         weights_TE = weights_TE * scale
-    experts_TE = torch.arange(E, device=logits.device).expand(T, E)
+    experts_TE = torch.arange(E, device=logits.device).repeat(T, 1)
     return weights_TE, experts_TE, keep_TE
 
 
@@ -243,6 +244,13 @@ class TopKRouter(nn.Module):
         else:
             self.score_bias = None
         self.count_group = None  # a process group: take f from the expert counts of all its ranks
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """The score bias at zero, no load counted (after a build on the meta device)."""
+        if self.score_bias is not None:
+            self.score_bias.zero_()
+            self.load_E.zero_()
 
     def capacity(self, n_tokens: int) -> int | None:
         factor = self.capacity_factor or (1.0 if self.rule == "expert_choice" else 0.0)

@@ -66,8 +66,18 @@ class Block(nn.Module):
         return x_BTD + y_BTD, routing
 
 
+def check_causal_routing(cfg: ModelConfig) -> None:
+    """A KV cache means generation, one token after another: refuse a router that is not causal."""
+    if not cfg.causal_routing:
+        raise ValueError(
+            f"router_rule {cfg.router_rule!r} is not causal (each expert picks among all the batch's "
+            "tokens, later ones included), so it cannot generate: it is for training only"
+        )
+
+
 def install_paged_caches(blocks, cfg: ModelConfig, n_pages: int, page_size: int, dtype: torch.dtype) -> None:
     """A pool of n_pages pages of page_size positions in each block, on the block's device."""
+    check_causal_routing(cfg)
     for block in blocks:
         device = block.attn_norm.weight.device
         block.attn.kv_cache = PagedKVCache(n_pages, page_size, cfg.n_kv_heads, cfg.head_dim, dtype, device)
@@ -97,6 +107,7 @@ class MoETransformer(nn.Module):
 
     def setup_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate a KV cache of max_len positions (default max_seq_len) in every layer."""
+        check_causal_routing(self.cfg)
         max_len = max_len or self.cfg.max_seq_len
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"KV cache of {max_len} positions exceeds max_seq_len {self.cfg.max_seq_len}")

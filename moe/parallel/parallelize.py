@@ -13,7 +13,9 @@ Where each parameter lives, and who else holds the same local tensor (its replic
     parameter                         split over          replica group (FSDP2 shards it over this)
     experts w_up/w_gate/w_down        ep (dim 0), tp (F)  dp
     attention wq / wo                 tp (heads)          dp x ep ("data")
+    shared expert up, gate / down     tp (F)              dp x ep
     K/V (one head), norms, router,    nothing             dp x ep; the tp ranks compute identical
+    (its bias, score bias), shared gate
     embedding, head                                       gradients (moe/parallel/collectives.py)
     (each stage's layers only)        pp
 
@@ -125,6 +127,12 @@ def shard_blocks(module: nn.Module, par: Parallel) -> list[nn.Module]:
             parallelize_module(block.attn, tp_mesh, plan)
             block.attn.wo.register_forward_hook(lambda mod, inp, out, g=par.groups["tp"]: _reduced(out, g))
         moe = block.moe
+        if lay.tp > 1 and moe.shared is not None:  # split like a dense MLP: column, then row parallel
+            plan = {"up": ColwiseParallel(), "down": RowwiseParallel(output_layouts=Partial(), use_local_output=False)}
+            if moe.shared.gate is not None:
+                plan["gate"] = ColwiseParallel()
+            parallelize_module(moe.shared, tp_mesh, plan)
+            moe.shared.down.register_forward_hook(lambda mod, inp, out, g=par.groups["tp"]: _reduced(out, g))
         if lay.ep > 1 or lay.tp > 1:
             for name in EXPERT_WEIGHTS:
                 w = getattr(moe, name)
@@ -164,6 +172,9 @@ def _fully_shard(module, blocks, par: Parallel) -> None:
     for block in blocks:
         if par.layout.ep > 1:
             fully_shard(block.moe.router, **kw[dense])  # first, so the next unit holds only the experts
+            for dense_part in (block.moe.shared, block.moe.shared_gate):  # every data shard trains these
+                if dense_part is not None:
+                    fully_shard(dense_part, **kw[dense])
             fully_shard(block.moe, **kw[experts])  # a slice of the experts' DTensor mesh
         fully_shard(block, **kw[dense])
     # The roots FSDP2 gathers the rest (embedding, norm, head) in: the module, or each stage an

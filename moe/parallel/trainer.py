@@ -46,6 +46,7 @@ from moe.data.instruct import is_instruct
 from moe.layout import Layout
 from moe.model import MoETransformer
 from moe.model.init import materialize
+from moe.model.router import update_balance_biases
 from moe.model.transformer import IGNORE_INDEX
 from moe.parallel import checkpoint as dist_checkpoint
 from moe.parallel.parallelize import Parallel, clip_grad_norm, init_parallel, local_tensor, parallelize, sync_gradients
@@ -226,6 +227,7 @@ class DistributedTrainer:
         sync_gradients(self.module, self.par)
         norm = clip_grad_norm(self.module, self.par, self.train_cfg.grad_clip)
         self.optimizer.step()
+        update_balance_biases(self.module)
         self.module.zero_grad(set_to_none=True)
         if counts is not None:  # the data shards' assignments, summed: the global batch's
             dist.all_reduce(counts, group=self.par.groups["data"])

@@ -66,6 +66,7 @@ class StepStats:
     n_emitted: int  # new tokens this step produced
     tokens_per_expert: list[list[int]]  # [L][E] assignments each expert received in the target
     n_preempted: int = 0  # rows sent back to the queue for pages this step
+    shared_tokens: int = 0  # tokens each layer's shared expert received (all of them; 0: none)
 
 
 @dataclass(eq=False)  # rows are compared by identity: `row in self.running` must not compare every field
@@ -387,6 +388,7 @@ class Engine:
             n_emitted,
             [r.tokens_per_expert.tolist() for r in routing],
             n_preempted,
+            sum(map(len, feeds)) if self.model.cfg.shared_d_ff else 0,
         )
         self.steps.append(stats)
         for row in rows if self.pool.prefix_caching else []:  # full prompt pages now computed: shared from now on

@@ -54,6 +54,12 @@ class Metrics:
         )
         self.prefix_hits = Counter("moe_prefix_cache_hits", "prompt tokens found in the prefix cache", registry=r)
         self._prefix_seen = (0, 0)
+        self.shared_expert_tokens = Histogram(
+            "moe_shared_expert_tokens_per_step",
+            "tokens each layer's shared expert received in a decode step (every token: its batch)",
+            buckets=EXPERT_BUCKETS,
+            registry=r,
+        )
         self.expert_tokens = Histogram(
             "moe_expert_tokens_per_step",
             "tokens one expert of one layer received in a decode step",
@@ -79,6 +85,8 @@ class Metrics:
         self.prefix_hits.inc(pool.hit_tokens - hit)
         self._prefix_seen = (pool.queried_tokens, pool.hit_tokens)
         if stats.n_prefill == 0:
+            if stats.shared_tokens:
+                self.shared_expert_tokens.observe(stats.shared_tokens)
             for layer, counts in enumerate(stats.tokens_per_expert):
                 for expert, n in enumerate(counts):
                     self.expert_tokens.labels(str(layer), str(expert)).observe(n)

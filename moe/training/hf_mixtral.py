@@ -139,6 +139,14 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         "tie_embeddings: refused (Mixtral checkpoints keep lm_head apart)": cfg.tie_embeddings,
         "router_renormalize false: Mixtral renormalises the top-k weights": not cfg.router_renormalize,
         f"expert_quant {cfg.expert_quant!r}: convert the unquantized checkpoint": cfg.expert_quant != "none",
+        f"router_rule {cfg.router_rule!r}: Mixtral routes by softmax_topk": cfg.router_rule != "softmax_topk",
+        "router_bias, router_score_bias, router_groups, router_scale or router_scale_input: Mixtral's "
+        "router has none": cfg.router_bias
+        or cfg.router_score_bias
+        or cfg.router_groups > 1
+        or cfg.router_scale != 1
+        or cfg.router_scale_input,
+        f"shared_d_ff {cfg.shared_d_ff}: Mixtral has no shared expert": cfg.shared_d_ff > 0,
     }
     bad = [why for why, refused in refusals.items() if refused]
     if bad:

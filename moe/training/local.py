@@ -15,6 +15,7 @@ from moe.config import ModelConfig, TrainConfig
 from moe.data.instruct import Packed
 from moe.model.init import materialize
 from moe.model.positions import Positions
+from moe.model.router import update_balance_biases
 from moe.training import checkpoint
 from moe.training.checkpoint import build_model
 from moe.training.optim import load_optimizer_state, make_optimizer, set_lr
@@ -88,6 +89,7 @@ class LocalTrainer:
         (out.loss + out.aux_loss).backward()
         norm = self._update()
         norm = None if norm is None else float(norm)
+        update_balance_biases(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         if first:
             self.compile_s = time.perf_counter() - start

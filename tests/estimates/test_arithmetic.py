@@ -22,6 +22,19 @@ def test_meta_model_counts_agree_with_arithmetic(name, tied):
     assert experts == count_params(cfg).experts
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_counts_include_router_biases_and_shared_experts(activation):
+    cfg = load_config("tiny", activation=activation, router_bias=True, shared_d_ff=96, shared_gate=True)
+    model = MoETransformer(cfg)
+    named = dict(model.named_parameters())
+    assert sum(p.numel() for p in named.values()) == count_params(cfg).total
+    shared = sum(p.numel() for n, p in named.items() if ".moe.shared" in n)
+    assert shared == count_params(cfg).shared_experts == cfg.n_layers * (cfg.n_matrices * 128 * 96 + 128)
+    # every token passes through the shared experts: active = total - the experts it skips
+    p = count_params(cfg)
+    assert p.active == p.total - (cfg.n_experts - cfg.top_k) * p.per_expert
+
+
 def test_gpt4_is_the_leaked_shape():
     p = count_params(load_config("gpt4"))
     # The leak's figures: ~111B per expert, ~1.8T in all (16 experts x 111B + shared).

@@ -1,28 +1,13 @@
-"""The router against float64 references written from the formulas in moe/model/router.py."""
+"""The router against float64 references written from the formulas in moe/model/router.py
+(moe/testing/reference.py; tests/testing runs every rule through the conformance kit)."""
 
 import math
 
 import pytest
 import torch
 
-from moe.model.router import TopKRouter, capacity_keep_mask, route
-
-
-def route_reference(logits, k, renormalize=True):
-    """Per token, in float64: softmax, then the k largest, ties to the lower index."""
-    weights, experts = [], []
-    for row in logits.double().tolist():
-        m = max(row)
-        p = [math.exp(v - m) for v in row]
-        s = sum(p)
-        p = [v / s for v in p]
-        chosen = sorted(range(len(p)), key=lambda i: (-p[i], i))[:k]
-        w = [p[i] for i in chosen]
-        if renormalize:
-            w = [v / sum(w) for v in w]
-        weights.append(w)
-        experts.append(chosen)
-    return torch.tensor(weights, dtype=torch.float64), torch.tensor(experts)
+from moe.model.router import TopKRouter, capacity_keep_mask, route, update_balance_biases
+from moe.testing import route_reference
 
 
 @pytest.mark.parametrize("T, E, k", [(1, 2, 1), (7, 16, 2), (33, 8, 3), (5, 4, 4)])
@@ -30,7 +15,7 @@ def route_reference(logits, k, renormalize=True):
 def test_route_matches_reference(T, E, k, renormalize):
     logits = torch.randn(T, E) * 3
     w, e = route(logits, k, renormalize=renormalize)
-    w_ref, e_ref = route_reference(logits, k, renormalize)
+    w_ref, e_ref = route_reference(logits, k, renormalize=renormalize)
     assert w.dtype == torch.float32 and e.dtype == torch.int64 and w.shape == e.shape == (T, k)
     assert torch.equal(e, e_ref)
     torch.testing.assert_close(w.double(), w_ref, atol=1e-6, rtol=1e-5)
@@ -49,7 +34,7 @@ def test_route_weights_gradient_matches_float64(renormalize):
     w, _ = route(logits, 2, renormalize=renormalize)
     (w.double() * c).sum().backward()
     logits64 = logits.detach().double().requires_grad_()
-    _, e_ref = route_reference(logits64.detach(), 2, renormalize)
+    _, e_ref = route_reference(logits64.detach(), 2, renormalize=renormalize)
     w64 = logits64.softmax(-1).gather(-1, e_ref)
     if renormalize:
         w64 = w64 / w64.sum(-1, keepdim=True)
@@ -209,3 +194,76 @@ def test_gate_is_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = r(torch.randn(5, 16))
     assert out.logits.dtype == torch.float32 and out.weights.dtype == torch.float32
+
+
+def test_the_configs_rule_names_are_the_routers():
+    from moe.config import ROUTER_RULES
+    from moe.model.router import RULES
+
+    assert ROUTER_RULES == RULES
+
+
+def test_balancing_bias_steers_the_choice_never_the_weights_and_learns_from_load():
+    """DeepSeek-V3's auxiliary-loss-free balancing: after a training forward, one update moves each
+    expert's bias by rate * sign(mean load - its load); the weights stay the unbiased scores."""
+    torch.manual_seed(0)
+    r = TopKRouter(16, 8, 2, rule="sigmoid_topk", score_bias=True, bias_update_rate=0.01).double()
+    with torch.no_grad():
+        r.gate.weight[0] += 0.4  # skew toward expert 0
+    x = torch.randn(64, 16, dtype=torch.float64).abs()
+    out = r.train()(x)
+    load = out.tokens_per_expert.double()
+    assert r.score_bias.requires_grad is False and "score_bias" in r.state_dict()
+    update_balance_biases(r)
+    torch.testing.assert_close(r.score_bias.double(), 0.01 * torch.sign(load.mean() - load), atol=1e-7, rtol=0)
+    assert r.score_bias[0] < 0  # the overloaded expert is pushed down
+    update_balance_biases(r)  # no forward since: nothing counted, nothing moves
+    torch.testing.assert_close(r.score_bias.double(), 0.01 * torch.sign(load.mean() - load), atol=1e-7, rtol=0)
+    with torch.no_grad():
+        r.score_bias.copy_(torch.tensor([-5.0, 5, 0, 0, 0, 0, 0, 0]))  # never expert 0, always expert 1
+    out = r.eval()(x)
+    assert (out.experts != 0).all() and (out.experts == 1).any(-1).all()
+    s = (x @ r.gate.weight.T).sigmoid()
+    torch.testing.assert_close(
+        out.weights.double(),
+        (s.gather(-1, out.experts) / s.gather(-1, out.experts).sum(-1, keepdim=True)),
+        atol=1e-6,
+        rtol=1e-5,
+    )
+    r(x)
+    update_balance_biases(r)  # eval forwards count nothing
+    assert r.score_bias.tolist() == [-5.0, 5, 0, 0, 0, 0, 0, 0]
+
+
+def test_balancing_bias_evens_the_load_over_steps():
+    torch.manual_seed(0)
+    r = TopKRouter(16, 8, 2, rule="sigmoid_topk", score_bias=True, bias_update_rate=0.02).double()
+    with torch.no_grad():
+        r.gate.weight[0] += 0.5
+    x = torch.randn(256, 16, dtype=torch.float64).abs()
+    first = r.train()(x).tokens_per_expert
+    for _ in range(60):
+        r(x)
+        update_balance_biases(r)
+    last = r(x).tokens_per_expert
+    assert last.max() - last.min() < (first.max() - first.min()) / 3, (first.tolist(), last.tolist())
+
+
+@pytest.mark.parametrize("rule", ["softmax_topk", "sigmoid_topk", "topk_softmax", "expert_choice"])
+def test_gate_bias_and_rule_reach_the_logits(rule):
+    r = TopKRouter(16, 8, 2, rule=rule, bias=True)
+    with torch.no_grad():
+        r.gate.bias.copy_(torch.arange(8.0))
+    x = torch.randn(12, 16)
+    out = r(x)
+    torch.testing.assert_close(out.logits, x @ r.gate.weight.T + torch.arange(8.0))
+    assert out.rule == rule
+
+
+def test_expert_choice_takes_capacity_tokens_per_expert():
+    r = TopKRouter(16, 8, 2, rule="expert_choice", capacity_factor=1.5)
+    out = r(torch.randn(40, 16))
+    capacity = math.ceil(1.5 * 40 * 2 / 8)
+    assert out.experts.shape == (40, 8) and out.keep.sum(0).tolist() == [capacity] * 8
+    assert out.tokens_per_expert.tolist() == [capacity] * 8
+    assert (out.weights[~out.keep] == 0).all() and (out.weights[out.keep] > 0).all()

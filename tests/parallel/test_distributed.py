@@ -27,6 +27,7 @@ from moe.config import load_config, load_train_config
 from moe.data.instruct import IGNORE_INDEX
 from moe.layout import Layout
 from moe.model import MoETransformer, Positions
+from moe.model.router import update_balance_biases
 from moe.training import checkpoint
 from moe.training.optim import make_optimizer
 
@@ -92,6 +93,7 @@ def reference(steps, microbatches=1, model=None, sizes=None, packed=False):
             loss += out.loss.item() / microbatches
         norm = torch.nn.utils.clip_grad_norm_(m.parameters(), train_cfg.grad_clip).item()
         opt.step()
+        update_balance_biases(m)
         opt.zero_grad()
         results.append((loss, norm))
     return m, results
@@ -112,6 +114,22 @@ def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=N
 
 
 FOUR = dict(n_layers=4)  # interleaved: 2 ranks x 2 chunks of one layer
+# The routing rules (moe/model/router.py), each with the pieces its family adds. The score bias
+# is learned from the load all data shards count, so every rank's copy must stay one process's.
+DEEPSEEK = dict(
+    router_rule="sigmoid_topk",
+    router_score_bias=True,
+    router_bias_update_rate=0.01,
+    router_groups=4,
+    router_topk_groups=2,
+    router_scale=2.5,
+    shared_d_ff=16,
+    shared_gate=True,
+)
+GPT_OSS = dict(router_rule="topk_softmax", router_bias=True, top_k=4)
+LLAMA4 = dict(router_rule="sigmoid_topk", top_k=1, router_renormalize=False, router_scale_input=True, shared_d_ff=16)
+SWITCH = dict(top_k=1, router_renormalize=False, capacity_factor=1.0)  # capacity: the whole batch, no data shards
+EXPERT_CHOICE = dict(router_rule="expert_choice", capacity_factor=1.0)
 LAYOUTS = {  # name: (layout, model overrides)
     "dp2 zero1": (dict(dp=2), None),
     "dp2 fsdp": (dict(dp=2, sharding="fsdp"), None),
@@ -128,6 +146,12 @@ LAYOUTS = {  # name: (layout, model overrides)
     "dp2 x pp2 zero1": (dict(dp=2, pp=2, microbatches=2), None),
     "pp2 interleaved 1f1b x2": (dict(pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2), FOUR),
     "pp2 zero bubble x2": (dict(pp=2, microbatches=4, schedule="zero-bubble", virtual_stages=2), FOUR),
+    "dp2 x ep2, DeepSeek-V3 routing, shared experts": (dict(dp=2, ep=2, microbatches=2), DEEPSEEK),
+    "tp2, DeepSeek-V3 routing, shared experts": (dict(tp=2), DEEPSEEK),
+    "ep2 x tp2, gpt-oss routing": (dict(ep=2, tp=2), GPT_OSS),
+    "ep2 x tp2, Llama 4 routing": (dict(ep=2, tp=2), LLAMA4),
+    "tp2, Switch routing": (dict(tp=2), SWITCH),
+    "tp2, expert choice": (dict(tp=2), EXPERT_CHOICE),
     "dp2 x pp2 interleaved x2": (
         dict(dp=2, pp=2, microbatches=2, schedule="interleaved-1f1b", virtual_stages=2, sharding="fsdp"),
         FOUR,

@@ -194,3 +194,40 @@ def test_quantized_model_on_the_triton_backend(trained):
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, ref(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_deepseek_routing_trains_saves_quantizes_and_serves(tmp_path):
+    """The auxiliary-loss-free bias learned by the local trainer (a whole number of steps of size
+    rate, saved and loaded with the checkpoint), then int8 experts beside a float shared expert: the
+    loss stays, and the engine equals generate."""
+    from moe.training import load_model
+
+    rate = 1e-3
+    cfg = shrunk(
+        "tiny",
+        d_model=32,
+        d_ff=32,
+        n_layers=2,
+        max_seq_len=32,
+        activation="swiglu",
+        router_rule="sigmoid_topk",
+        router_score_bias=True,
+        router_bias_update_rate=rate,
+        router_groups=4,
+        router_topk_groups=2,
+        shared_d_ff=32,
+        shared_gate=True,
+    )
+    tc = TrainConfig(batch_size=8, seq_len=32, max_steps=12, warmup_steps=2, eval_interval=12, eval_batches=1)
+    train(cfg, tc, tmp_path, progress=False, plot=False, log=lambda *_: None)
+    model = load_model(tmp_path).eval()
+    bias = model.blocks[0].moe.router.score_bias
+    steps = bias / rate
+    assert bias.abs().max() > 0 and torch.allclose(steps, steps.round(), atol=1e-3)  # 12 signed steps each
+    assert steps.abs().max() <= 12
+    q8 = quantize_model(model, "int8")
+    assert torch.equal(q8.blocks[0].moe.router.score_bias, bias)
+    assert abs(_val_loss(q8, T=32) - _val_loss(model, T=32)) < 0.01
+    reqs = [Request([5 + i, 7, 11][: 1 + i % 3], 6, {"greedy": True}) for i in range(5)]
+    for req, res in zip(reqs, Engine(q8, n_pages=20, page_size=4).run(reqs)):
+        assert res.tokens == generate(q8, req.prompt, req.max_new_tokens, greedy=True)
