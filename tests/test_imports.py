@@ -90,7 +90,11 @@ def _wing(prefix):
                 "kernels",
             ),
         ),
-        ("moe.model", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
+        (
+            "moe.model",
+            ("moe.testing", "moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling"),
+        ),
+        ("moe.testing", ("moe.data", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
         ("moe.data", ("moe.model", "moe.vision", "moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
         ("moe.vision", ("moe.training", "moe.serving", "moe.parallel", "moe.profiling")),
         ("moe.training", ("moe.serving", "moe.parallel", "moe.profiling")),

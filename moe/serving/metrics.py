@@ -15,6 +15,8 @@ Names follow vLLM's where a peer has the same figure (moe_ for vllm:), so one da
                                                         (hit rate: hits / queries)
     moe_expert_tokens_per_step{layer, expert}           histogram  tokens each expert of each layer
                                                         received in one decode step (no prefill in it)
+    moe_shared_expert_tokens_per_step                   histogram  tokens each layer's shared expert received
+                                                        in one decode step (all of them; models with one)
 Each Metrics has its own registry, so two servers in one process (the tests) do not collide.
 """
 

@@ -31,6 +31,7 @@ def _tables(text: str) -> list[str]:
         ("serve_layouts", "serve_layouts"),
         ("pipeline_bubble", "pipeline_bubble"),
         ("instruct", "instruct"),
+        ("granularity", "granularity"),
     ],
 )
 def test_a_committed_result_renders_from_its_json(module, name):

@@ -526,3 +526,24 @@ def test_compiled_engine_decodes_as_eager_and_does_not_recompile():
     assert [r.tokens for r in compiled.run(second)] == [r.tokens for r in eager.run(second)]
     assert counters["stats"]["unique_graphs"] == graphs
     assert {s.batch_size for s in compiled.steps} >= {1, 2, 8}  # the batch did vary
+
+
+def test_metrics_count_the_shared_experts_batch_apart():
+    """/metrics' histograms from engine steps of a model with a shared expert: each decode step
+    observes the shared expert once with all its tokens, the routed experts with their own counts."""
+    from moe.serving.metrics import Metrics
+
+    model = tiny_model(shared_d_ff=32, top_k=1)
+    engine = Engine(model, n_pages=40, page_size=4)
+    metrics = Metrics()
+    for i in range(3):
+        engine.submit(Request([1 + i, 2, 3], 5, {"greedy": True}))
+    while engine.has_work():
+        engine.step()
+        metrics.step(engine, engine.steps[-1])
+    decodes = [s for s in engine.steps if s.n_prefill == 0]
+    text = metrics.render().decode()
+    sums = dict(re.findall(r"^moe_shared_expert_tokens_per_step_(sum|count) (\S+)$", text, re.M))
+    assert float(sums["count"]) == len(decodes) and float(sums["sum"]) == sum(s.n_tokens for s in decodes)
+    routed = re.findall(r'moe_expert_tokens_per_step_sum\{expert="\d+",layer="0"\} (\S+)', text)
+    assert sum(map(float, routed)) == sum(s.n_tokens for s in decodes)  # top-1: one routed expert per token

@@ -340,6 +340,9 @@ def test_from_hf_names_missing_pieces(hf_dir, tmp_path, capsys):
         (dict(activation="gelu"), "activation 'gelu'"),
         (dict(activation="swiglu", capacity_factor=1.25), "capacity_factor 1.25"),
         (dict(activation="swiglu", tie_embeddings=True), "tie_embeddings"),
+        (dict(activation="swiglu", router_rule="sigmoid_topk"), "router_rule 'sigmoid_topk'"),
+        (dict(activation="swiglu", router_bias=True), "router_bias"),
+        (dict(activation="swiglu", shared_d_ff=64), "shared_d_ff 64"),
     ],
 )
 def test_to_hf_refuses_what_does_not_map(tmp_path, overrides, message):
