@@ -133,7 +133,7 @@ def expert_choice(
     T, E = logits.shape
     p_TE = scores(logits, "expert_choice")
     taken_EC = top_k_indices(p_TE.detach().T, min(capacity, T))
-    # contiguous: with the transposed view, torch.compile's router gradient came out wrong (eager's was right)
+    # contiguous: torch.compile (2.13, CPU) differentiates p * (a scatter_-built mask, transposed) wrongly
     keep_TE = torch.zeros(E, T, dtype=torch.bool, device=logits.device).scatter_(-1, taken_EC, True).T.contiguous()
     weights_TE = p_TE * keep_TE
     if scale != 1:
@@ -167,8 +167,8 @@ def capacity_keep_mask(experts_TK: torch.Tensor, n_experts: int, capacity: int) 
 
 @dataclass
 class RouterOutput:
-    weights: torch.Tensor  # float32 [T, k]; zero where the assignment was dropped
-    experts: torch.Tensor  # int64 [T, k]; the chosen experts (also for dropped assignments)
+    weights: torch.Tensor  # float32 [T, k] (expert choice: [T, E]); zero where the assignment was dropped
+    experts: torch.Tensor  # int64 [T, k]; the chosen experts (also for dropped ones; expert choice: all E)
     logits: torch.Tensor  # float32 [T, E]
     keep: torch.Tensor | None  # bool [T, k], or None when dropless
     tokens_per_expert: torch.Tensor  # int64 [E]: assignments each expert computes (after drops)
