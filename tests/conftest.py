@@ -81,3 +81,24 @@ def pool():
     workers = Pool(4)  # the largest world of any case
     yield workers
     workers.close()
+
+
+# The routing rules with what each family adds (moe/model/router.py), shared by the layer, engine and
+# layout tests; expert choice is training only.
+ROUTING = {
+    "deepseek-v3": dict(
+        router_rule="sigmoid_topk",
+        router_score_bias=True,
+        router_bias_update_rate=0.01,
+        router_groups=4,
+        router_topk_groups=2,
+        router_scale=2.5,
+        shared_d_ff=16,
+        shared_gate=True,
+    ),
+    "gpt-oss": dict(router_rule="topk_softmax", router_bias=True, top_k=4),
+    "llama4": dict(
+        router_rule="sigmoid_topk", top_k=1, router_renormalize=False, router_scale_input=True, shared_d_ff=16
+    ),
+    "expert-choice": dict(router_rule="expert_choice", capacity_factor=1.0),
+}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shrunk
+from conftest import ROUTING, shrunk
 
 from moe.model.moe_layer import MoELayer, moe_layer_reference
 
@@ -87,34 +87,14 @@ def test_mixtral_weight_layout_round_trip():
     torch.testing.assert_close(hf, ours)
 
 
-COMPILED_RULES = {
-    "deepseek-v3": dict(
-        router_rule="sigmoid_topk",
-        router_score_bias=True,
-        router_bias_update_rate=0.01,
-        router_groups=4,
-        router_topk_groups=2,
-        router_scale=2.5,
-        shared_d_ff=32,
-        shared_gate=True,
-        activation="swiglu",
-    ),
-    "gpt-oss": dict(router_rule="topk_softmax", router_bias=True, top_k=4),
-    "llama4": dict(
-        router_rule="sigmoid_topk", top_k=1, router_scale_input=True, router_renormalize=False, shared_d_ff=16
-    ),
-    "expert-choice": dict(router_rule="expert_choice", capacity_factor=1.0),
-}
-
-
-@pytest.mark.parametrize("rule", COMPILED_RULES)
+@pytest.mark.parametrize("rule", ROUTING)
 def test_every_rule_compiles_to_the_eager_layer(rule):
     """torch.compile of the layer against eager, a training step: outputs, the router's gradient
     (expert choice's once came out wrong compiled, from a transposed keep mask) and the bias update."""
     from moe.model.router import update_balance_biases
 
     torch.manual_seed(0)
-    eager = MoELayer(shrunk("tiny", n_experts=8, **COMPILED_RULES[rule]))
+    eager = MoELayer(shrunk("tiny", n_experts=8, activation="swiglu", **ROUTING[rule]))
     same = MoELayer(eager.cfg)
     same.load_state_dict(eager.state_dict())
     compiled = torch.compile(same)
@@ -138,7 +118,7 @@ def test_rules_on_the_triton_backend_match_the_per_token_loop(rule):
     do not sum to one beside a shared expert, and expert choice's E assignments per token, most
     dropped; forward and the gradients of the input and the router."""
     torch.manual_seed(0)
-    layer = MoELayer(shrunk("tiny", n_experts=8, expert_backend="triton", **COMPILED_RULES[rule]))
+    layer = MoELayer(shrunk("tiny", n_experts=8, expert_backend="triton", **ROUTING[rule]))
     x = torch.randn(12, 32, requires_grad=True)
     y, r = layer(x)
     x_ref = x.detach().clone().requires_grad_()

@@ -21,6 +21,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROUTING
 from dist_worker import SMALL, TRAIN, batches
 
 from moe.config import load_config, load_train_config
@@ -116,20 +117,8 @@ def check_against_reference(got, out, steps, microbatches=1, model=None, sizes=N
 FOUR = dict(n_layers=4)  # interleaved: 2 ranks x 2 chunks of one layer
 # The routing rules (moe/model/router.py), each with the pieces its family adds. The score bias
 # is learned from the load all data shards count, so every rank's copy must stay one process's.
-DEEPSEEK = dict(
-    router_rule="sigmoid_topk",
-    router_score_bias=True,
-    router_bias_update_rate=0.01,
-    router_groups=4,
-    router_topk_groups=2,
-    router_scale=2.5,
-    shared_d_ff=16,
-    shared_gate=True,
-)
-GPT_OSS = dict(router_rule="topk_softmax", router_bias=True, top_k=4)
-LLAMA4 = dict(router_rule="sigmoid_topk", top_k=1, router_renormalize=False, router_scale_input=True, shared_d_ff=16)
+DEEPSEEK, GPT_OSS, LLAMA4, EXPERT_CHOICE = (ROUTING[k] for k in ("deepseek-v3", "gpt-oss", "llama4", "expert-choice"))
 SWITCH = dict(top_k=1, router_renormalize=False, capacity_factor=1.0)  # capacity: the whole batch, no data shards
-EXPERT_CHOICE = dict(router_rule="expert_choice", capacity_factor=1.0)
 LAYOUTS = {  # name: (layout, model overrides)
     "dp2 zero1": (dict(dp=2), None),
     "dp2 fsdp": (dict(dp=2, sharding="fsdp"), None),

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import shrunk
+from conftest import ROUTING, shrunk
 
 from moe.model import MoETransformer, Positions
 from moe.serving import Engine, Request, RequestError
@@ -98,22 +98,7 @@ def test_stop_tokens_end_a_request_early():
     assert res.tokens == generate(model, prompt, 20, greedy=True, stop_tokens=(stop,))
 
 
-RULES = {  # each token-choice rule with what its family adds (moe/model/router.py)
-    "deepseek-v3": dict(
-        router_rule="sigmoid_topk",
-        router_score_bias=True,
-        router_groups=4,
-        router_topk_groups=2,
-        router_scale=2.5,
-        shared_d_ff=32,
-        shared_gate=True,
-    ),
-    "gpt-oss": dict(router_rule="topk_softmax", router_bias=True, top_k=4),
-    "llama4": dict(
-        router_rule="sigmoid_topk", top_k=1, router_renormalize=False, router_scale_input=True, shared_d_ff=32
-    ),
-    "olmoe": dict(router_renormalize=False, top_k=4),
-}
+RULES = {**{k: v for k, v in ROUTING.items() if k != "expert-choice"}, "olmoe": dict(router_renormalize=False, top_k=4)}
 
 
 @pytest.mark.parametrize("rule", RULES)
