@@ -379,16 +379,17 @@ class Engine:
         for row in rows:
             new_times = len(row.result.tokens) - len(row.result.token_times)
             row.result.token_times += [t_end] * new_times
+        n_tokens = sum(map(len, feeds))
         stats = StepStats(
             t_start,
             t_end,
             len(rows),
             decoding.count(False),
-            sum(map(len, feeds)),
+            n_tokens,
             n_emitted,
             [r.tokens_per_expert.tolist() for r in routing],
             n_preempted,
-            sum(map(len, feeds)) if self.model.cfg.shared_d_ff else 0,
+            n_tokens if self.model.cfg.shared_d_ff else 0,  # a shared expert takes every token
         )
         self.steps.append(stats)
         for row in rows if self.pool.prefix_caching else []:  # full prompt pages now computed: shared from now on

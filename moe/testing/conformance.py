@@ -65,13 +65,9 @@ class RouterSpec:
     def normalized(self) -> bool:
         return self.per_token and (self.rule == "topk_softmax" or self.renormalize)
 
-    def reference(self, logits: torch.Tensor):
-        """(weights, experts, keep or None) in float64."""
-        if not self.per_token:
-            return expert_choice_reference(logits, self.capacity, scale=self.scale)
-        w, e = route_reference(
-            logits,
-            self.top_k,
+    def rule_kwargs(self) -> dict:
+        """The keyword arguments of route() and route_reference() for a token-choice rule."""
+        return dict(
             renormalize=self.renormalize,
             rule=self.rule,
             score_bias=self.score_bias,
@@ -79,6 +75,12 @@ class RouterSpec:
             topk_groups=self.topk_groups,
             scale=self.scale,
         )
+
+    def reference(self, logits: torch.Tensor):
+        """(weights, experts, keep or None) in float64."""
+        if not self.per_token:
+            return expert_choice_reference(logits, self.capacity, scale=self.scale)
+        w, e = route_reference(logits, self.top_k, **self.rule_kwargs())
         return w, e, None
 
 
@@ -304,14 +306,7 @@ def our_router(spec: RouterSpec):
 
     if not spec.per_token:
         return lambda logits: expert_choice(logits, spec.capacity, scale=spec.scale)
-    bias = None if spec.score_bias is None else torch.tensor(spec.score_bias)
-    return lambda logits: route(
-        logits,
-        spec.top_k,
-        renormalize=spec.renormalize,
-        rule=spec.rule,
-        score_bias=bias,
-        groups=spec.groups,
-        topk_groups=spec.topk_groups,
-        scale=spec.scale,
-    )
+    kwargs = spec.rule_kwargs()
+    if spec.score_bias is not None:
+        kwargs["score_bias"] = torch.tensor(spec.score_bias)
+    return lambda logits: route(logits, spec.top_k, **kwargs)
