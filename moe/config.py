@@ -69,35 +69,65 @@ EXPERT_QUANT = ("none", "int8", "fp8", "int4")
 ROUTER_RULES = ("softmax_topk", "topk_softmax", "sigmoid_topk", "expert_choice")
 
 ROPE_TYPES = ("linear", "dynamic", "yarn")
-_ROPE_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
-_YARN_KEYS = {"beta_fast", "beta_slow", "attention_factor", "truncate"}
+# the keys each rope_type reads (transformers' names); original_max_position_embeddings defaults to
+# max_seq_len where a type reads it (transformers: max_position_embeddings), linear ignores it
+_ROPE_KEYS = {
+    "linear": {"factor", "original_max_position_embeddings"},
+    "dynamic": {"factor", "original_max_position_embeddings"},
+    "yarn": {
+        "factor",
+        "original_max_position_embeddings",
+        "beta_fast",
+        "beta_slow",
+        "attention_factor",
+        "mscale",
+        "mscale_all_dim",
+        "truncate",
+    },
+}
 
 
-def _check_rope_scaling(scaling, max_seq_len: int) -> None:
-    """Raise a ValueError naming the rope_scaling key that is missing, unknown or out of range."""
+def rope_scaling_of(scaling, max_seq_len: int) -> dict | None:
+    """rope_scaling as transformers writes it (rope_parameters without rope_theta), checked, with its
+    defaults filled in: None or rope_type "default" is plain RoPE (None); dynamic and yarn read
+    original_max_position_embeddings (default max_seq_len); yarn's factor defaults to
+    max_seq_len / original_max_position_embeddings. Raises a ValueError naming the key that is
+    missing, unknown or out of range."""
+    if scaling is None:
+        return None
     if not isinstance(scaling, dict):
         raise ValueError(f"rope_scaling must be a table (dict) or absent, got {scaling!r}")
+    scaling = dict(scaling)
+    if "type" in scaling and "rope_type" not in scaling:  # transformers 4's spelling
+        scaling["rope_type"] = scaling.pop("type")
     kind = scaling.get("rope_type")
+    if kind == "default" and set(scaling) == {"rope_type"}:
+        return None
     if kind not in ROPE_TYPES:
-        raise ValueError(f"rope_scaling.rope_type must be one of {ROPE_TYPES}, got {kind!r}")
-    allowed = _ROPE_KEYS | (_YARN_KEYS if kind == "yarn" else set())
+        raise ValueError(f"rope_scaling.rope_type must be one of {ROPE_TYPES} (or 'default': plain RoPE), got {kind!r}")
+    allowed = _ROPE_KEYS[kind] | {"rope_type"}
     unknown = sorted(set(scaling) - allowed)
     if unknown:
         raise ValueError(f"rope_scaling: unknown key(s) {unknown} for rope_type {kind!r}; known: {sorted(allowed)}")
-    factor = scaling.get("factor")
-    if not _number(factor) or factor <= 1:
-        raise ValueError(f"rope_scaling.factor must be a number > 1, got {factor!r}")
-    original = scaling.get("original_max_position_embeddings")
+    if kind != "linear":
+        scaling.setdefault("original_max_position_embeddings", max_seq_len)
+    original = scaling.get("original_max_position_embeddings", max_seq_len)
     if isinstance(original, bool) or not isinstance(original, int) or not 0 < original <= max_seq_len:
         raise ValueError(
             f"rope_scaling.original_max_position_embeddings must be an integer in [1, max_seq_len="
             f"{max_seq_len}] (the pretraining length), got {original!r}"
         )
-    for key in ("beta_fast", "beta_slow", "attention_factor"):
-        if key in scaling and (not _number(scaling[key]) or scaling[key] <= 0):
+    if kind == "yarn" and scaling.get("factor") is None:
+        scaling["factor"] = max_seq_len / original
+    factor = scaling.get("factor")
+    if not _number(factor) or factor < 1:
+        raise ValueError(f"rope_scaling.factor must be a number >= 1, got {factor!r}")
+    for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"):
+        if scaling.get(key) is not None and (not _number(scaling[key]) or scaling[key] <= 0):
             raise ValueError(f"rope_scaling.{key} must be a number > 0, got {scaling[key]!r}")
     if "truncate" in scaling and not isinstance(scaling["truncate"], bool):
         raise ValueError(f"rope_scaling.truncate must be true or false, got {scaling['truncate']!r}")
+    return scaling
 
 
 @dataclass(frozen=True)
@@ -276,8 +306,7 @@ class ModelConfig:
         self._check_router()
         if self.expert_backend not in EXPERT_BACKENDS:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
-        if self.rope_scaling is not None:
-            _check_rope_scaling(self.rope_scaling, self.max_seq_len)
+        object.__setattr__(self, "rope_scaling", rope_scaling_of(self.rope_scaling, self.max_seq_len))
         if self.expert_quant not in EXPERT_QUANT:
             raise ValueError(f"expert_quant must be one of {EXPERT_QUANT}, got {self.expert_quant!r}")
         if not isinstance(self.quantize_dense, bool):

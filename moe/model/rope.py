@@ -13,13 +13,15 @@ L0 = original_max_position_embeddings (the pretraining length), s = factor.
                   dim(r) = d * ln(L0 / (2 pi r)) / (2 ln theta),  low = floor(dim(beta_fast)),
                   high = ceil(dim(beta_slow)), ramp_i = clamp((i - low) / (high - low), 0, 1)
                   inv_freq_i = (inv_freq_i / s) * ramp_i + inv_freq_i * (1 - ramp_i)
-              and cos, sin scaled by attention_factor (default 0.1 ln s + 1), so attention logits
-              are scaled by its square
+              and cos, sin scaled by attention_factor (default 0.1 ln s + 1; with mscale and
+              mscale_all_dim, DeepSeek's ratio of two such terms), so attention logits are scaled
+              by its square
 
 The field names and meanings are Hugging Face's (transformers 5 keeps them in `rope_parameters`:
 {"rope_theta": theta, "rope_type": ..., "factor": s, "original_max_position_embeddings": L0,
-"beta_fast", "beta_slow", "attention_factor", "truncate"}); our config holds rope_theta beside a
-`rope_scaling` dict of the rest (moe/config.py), and tests/model/test_long_context.py checks these
+"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"}); our config
+holds rope_theta beside a `rope_scaling` dict of the rest, with transformers' defaults filled in
+(moe/config.py rope_scaling_of: L0 defaults to max_seq_len, yarn's s to max_seq_len / L0), and tests/model/test_long_context.py checks these
 frequencies against the formulas and against transformers' own functions. As in transformers, a
 dynamic model's cached keys keep the frequencies of the length at which they were written.
 """
@@ -41,16 +43,17 @@ def inv_frequencies(
     base = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     if not scaling:
         return 1.0 / base, 1.0
-    kind, s, L0 = scaling["rope_type"], float(scaling["factor"]), scaling["original_max_position_embeddings"]
+    kind, s = scaling["rope_type"], float(scaling["factor"])
     if kind == "linear":
         return 1.0 / (s * base), 1.0
+    L0 = scaling["original_max_position_embeddings"]  # (the config fills it in for dynamic and yarn)
     if kind == "dynamic":
         if length is None or length <= L0:
             return 1.0 / base, 1.0
         grown = theta * (s * length / L0 - (s - 1)) ** (head_dim / (head_dim - 2))
         return 1.0 / grown ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim), 1.0
     # yarn
-    beta_fast, beta_slow = scaling.get("beta_fast", 32.0), scaling.get("beta_slow", 1.0)
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32.0, scaling.get("beta_slow") or 1.0
 
     def pair_at(rotations: float) -> float:  # the pair index that turns `rotations` times over L0
         return head_dim * math.log(L0 / (rotations * 2 * math.pi)) / (2 * math.log(theta))
@@ -63,8 +66,21 @@ def inv_frequencies(
         high += 0.001  # a ramp of zero width
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
     inv_freq = (1.0 / (s * base)) * ramp + (1.0 / base) * (1 - ramp)
-    attention_factor = scaling.get("attention_factor") or (0.1 * math.log(s) + 1.0)
-    return inv_freq, float(attention_factor)
+    return inv_freq, yarn_attention_factor(scaling)
+
+
+def yarn_attention_factor(scaling: dict) -> float:
+    """The given attention_factor, else 0.1 ln s + 1, or with DeepSeek's mscale and mscale_all_dim
+    the ratio (0.1 mscale ln s + 1) / (0.1 mscale_all_dim ln s + 1); 1 when s <= 1."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    s = float(scaling["factor"])
+
+    def m(scale: float) -> float:
+        return 1.0 if s <= 1 else 0.1 * scale * math.log(s) + 1.0
+
+    mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return m(mscale) / m(mscale_all) if mscale and mscale_all else m(1.0)
 
 
 def rope_tables(

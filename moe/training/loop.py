@@ -291,7 +291,7 @@ def check_extension(model_cfg: ModelConfig, init_from) -> None:
     saved, _ = checkpoint.read_config(init_from)
     trained_at = (saved.rope_scaling or {}).get("original_max_position_embeddings", saved.max_seq_len)
     scaling = model_cfg.rope_scaling
-    if scaling and scaling["original_max_position_embeddings"] != trained_at:
+    if scaling and scaling.get("original_max_position_embeddings", trained_at) != trained_at:
         raise ValueError(
             f"rope_scaling.original_max_position_embeddings ({scaling['original_max_position_embeddings']}) "
             f"disagrees with --init-from {init_from}, which was trained at max_seq_len {trained_at}"

@@ -88,6 +88,62 @@ def test_against_transformers_rope_functions(kind):
     assert att == pytest.approx(float(want_att), rel=1e-6)
 
 
+# rope_parameters as the families' configs write them (rope_theta apart): what transformers fills in
+# for a missing key, we must too
+HF_FORMS = {
+    "linear without its length": {"rope_type": "linear", "factor": 4.0},
+    "dynamic without its length": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn as gpt-oss writes it": {
+        "rope_type": "yarn",
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "original_max_position_embeddings": 64,
+        "truncate": False,
+    },
+    "yarn with DeepSeek's mscale": {
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.707,
+        "original_max_position_embeddings": 64,
+    },
+    "yarn with its factor implied": {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 128},
+    "yarn with every default": {"rope_type": "yarn", "factor": 4.0},
+    "the default type": {"rope_type": "default"},
+}
+
+
+@pytest.mark.parametrize("form", list(HF_FORMS))
+def test_transformers_rope_parameters_forms_give_transformers_tables(form):
+    """load_config takes rope_scaling as transformers writes rope_parameters; our tables equal
+    transformers' own ROPE_INIT_FUNCTIONS on a config with the same keys (and its defaults)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    params, max_len, d = HF_FORMS[form], 1024, 64
+    cfg = shrunk("tiny", max_seq_len=max_len, head_dim=d, rope_theta=THETA, rope_scaling=dict(params))
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=4 * d,
+        num_attention_heads=4,
+        head_dim=d,
+        max_position_embeddings=max_len,
+        rope_parameters={"rope_theta": THETA, **params},
+    )
+    kind = hf_cfg.rope_parameters["rope_type"]
+    length = 2 * max_len if kind == "dynamic" else None
+    if kind == "default":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        want, want_att = LlamaRotaryEmbedding.compute_default_rope_parameters(hf_cfg)
+    else:
+        want, want_att = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu", length)
+    got, att = inv_frequencies(d, THETA, cfg.rope_scaling, length)  # (None: plain RoPE)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-6, atol=0)
+    assert att == pytest.approx(float(want_att), rel=1e-6)
+    assert (cfg.rope_scaling is None) == (kind == "default")
+
+
 @pytest.mark.parametrize("kind", ["linear", "yarn"])
 def test_cached_decode_equals_full_forward_past_the_original_length(kind):
     cfg = shrunk(
@@ -172,8 +228,9 @@ def test_a_short_extension_run_lowers_the_loss_past_the_original_length(tmp_path
     "scaling, field",
     [
         ({"rope_type": "ntk", "factor": 4.0, "original_max_position_embeddings": 32}, "rope_scaling.rope_type"),
-        ({"rope_type": "yarn", "factor": 1.0, "original_max_position_embeddings": 32}, "rope_scaling.factor"),
-        ({"rope_type": "linear", "factor": 4.0}, "rope_scaling.original_max_position_embeddings"),
+        ({"rope_type": "yarn", "factor": 0.5, "original_max_position_embeddings": 32}, "rope_scaling.factor"),
+        ({"rope_type": "llama3", "factor": 8.0}, "rope_scaling.rope_type"),
+        ({"rope_type": "yarn", "factor": 4.0, "mscale": 0}, "rope_scaling.mscale"),
         (
             {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 256},
             "original_max_position_embeddings",
