@@ -21,8 +21,9 @@ The field names and meanings are Hugging Face's (transformers 5 keeps them in `r
 {"rope_theta": theta, "rope_type": ..., "factor": s, "original_max_position_embeddings": L0,
 "beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"}); our config
 holds rope_theta beside a `rope_scaling` dict of the rest, with transformers' defaults filled in
-(moe/config.py rope_scaling_of: L0 defaults to max_seq_len, yarn's s to max_seq_len / L0), and tests/model/test_long_context.py checks these
-frequencies against the formulas and against transformers' own functions. As in transformers, a
+(moe/config.py rope_scaling_of: L0 defaults to max_seq_len, yarn's s to max_seq_len / L0), and
+tests/model/test_long_context.py checks these frequencies against the formulas and against
+transformers' own functions. As in transformers, a
 dynamic model's cached keys keep the frequencies of the length at which they were written.
 """
 
