@@ -7,6 +7,9 @@ D model width, F expert width.
 
     gelu:   y_t = sum_j weights[t, j] * gelu(x_t @ w_up[e]) @ w_down[e]                 e = experts[t, j]
     swiglu: y_t = sum_j weights[t, j] * (silu(x_t @ w_gate[e]) * (x_t @ w_up[e])) @ w_down[e]
+    clamped_swiglu (gpt-oss): act(g, u) = (clamp(u, -L, L) + 1) * g' * sigmoid(alpha g'), g' = min(g, L),
+            with alpha = 1.702 and L = 7, in place of silu(g) * u; gpt-oss's experts also have biases
+            (`biases`: x @ w + b for each of the three projections)
 
 Three entry points, one computation:
     expert_mlp(x_TD, weights_TK, order_M, offsets_E, ...)  the assignments already sorted by expert
@@ -38,6 +41,8 @@ includes the fused gather and scatter), moe/combine (the weighted sum over k).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -45,28 +50,57 @@ from kernels.grouped_matmul import apply_grouped_mm, check_grouped_mm_args, chec
 from kernels.permute import combine, gather_rows, sort_by_expert
 from kernels.ranges import profiler_range
 
-ACTIVATIONS = ("gelu", "swiglu")
+ACTIVATIONS = ("gelu", "swiglu", "clamped_swiglu")
+FUSED_ACTIVATIONS = ("gelu", "swiglu")  # the fused Triton kernels' epilogues; the others run unfused
+CLAMP_ALPHA, CLAMP_LIMIT = 1.702, 7.0  # gpt-oss's swiglu_alpha and swiglu_limit (both released models)
 
 
 def activation(name: str, h_up: torch.Tensor, h_gate: torch.Tensor | None = None) -> torch.Tensor:
+    if name == "clamped_swiglu":
+        g = h_gate.clamp(max=CLAMP_LIMIT)
+        return (h_up.clamp(-CLAMP_LIMIT, CLAMP_LIMIT) + 1) * (g * torch.sigmoid(CLAMP_ALPHA * g))
     return F.silu(h_gate) * h_up if name == "swiglu" else F.gelu(h_up)
 
 
-def sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto"):
-    """The expert MLP on rows already sorted by expert, one grouped matmul per weight. The offsets
-    come from sort_by_expert or from row counts, so their values are checked only where that is free
-    (on the CPU)."""
+class ExpertBiases(NamedTuple):
+    """Per-expert biases of the three projections: up, gate [E, F] (gate None for GELU), down [E, D]."""
 
-    def mm(a, w):
+    up: torch.Tensor
+    gate: torch.Tensor | None
+    down: torch.Tensor
+
+
+def sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto", biases=None):
+    """The expert MLP on rows already sorted by expert, one grouped matmul per weight (biases: an
+    ExpertBiases, each row adding its expert's). The offsets come from sort_by_expert or from row
+    counts, so their values are checked only where that is free (on the CPU)."""
+    expert_M = None if biases is None else expert_of_rows(offsets_E, x_MD.shape[0])
+
+    def mm(a, w, b=None):
         check_grouped_mm_args(a, w, offsets_E, values=False)
-        return apply_grouped_mm(a, w, offsets_E, backend)
+        y = apply_grouped_mm(a, w, offsets_E, backend)
+        return y if b is None else y + b.to(y.dtype)[expert_M]
 
-    h_MF = activation(activation_name, mm(x_MD, w_up), None if w_gate is None else mm(x_MD, w_gate))
-    return mm(h_MF, w_down)
+    up, gate, down = biases if biases is not None else (None, None, None)
+    h_MF = activation(activation_name, mm(x_MD, w_up, up), None if w_gate is None else mm(x_MD, w_gate, gate))
+    return mm(h_MF, w_down, down)
 
 
-def _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, act: str) -> None:
+def expert_of_rows(offsets_E: torch.Tensor, m: int) -> torch.Tensor:
+    """int64 [m]: the expert each of m sorted rows belongs to (no device sync)."""
+    counts_E = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(len(offsets_E), device=offsets_E.device), counts_E, output_size=m)
+
+
+def _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, act: str, biases=None) -> None:
     E, D, F_ = w_up.shape
+    if biases is not None:
+        want = {"up": (E, F_), "gate": None if w_gate is None else (E, F_), "down": (E, D)}
+        for name, b in biases._asdict().items():
+            if (None if b is None else tuple(b.shape)) != want[name]:
+                raise ValueError(
+                    f"expert_mlp: the {name} bias is {None if b is None else tuple(b.shape)}, expected {want[name]}"
+                )
     if act not in ACTIVATIONS:
         raise ValueError(f"expert_mlp: activation must be one of {ACTIVATIONS}, got {act!r}")
     if (w_gate is None) != (act == "gelu"):
@@ -92,34 +126,60 @@ def _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, act: str)
         raise ValueError(f"expert_mlp: tensors on several devices: {sorted({str(t.device) for t in tensors})}")
 
 
-def expert_mlp_reference(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str):
+def expert_mlp_reference(
+    x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str, biases=None
+):
     """PyTorch ops, step by step: gather, sorted_mlp, combine."""
-    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases)
     check_offsets(offsets_E, order_M.numel())
-    return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases)
 
 
-def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name):
+def _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases, backend="torch"):
     with profiler_range("moe/permutation"):
         x_MD = gather_rows(x_TD, order_M, weights_TK.shape[1])
     with profiler_range("moe/expert_matmuls"):
-        y_MD = sorted_mlp(x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend="torch")
+        y_MD = sorted_mlp(
+            x_MD, offsets_E, w_up, w_gate, w_down, activation_name=activation_name, backend=backend, biases=biases
+        )
     with profiler_range("moe/combine"):
         return combine(y_MD, order_M, weights_TK)
 
 
 def expert_mlp(
-    x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto"
+    x_TD,
+    weights_TK,
+    order_M,
+    offsets_E,
+    w_up,
+    w_gate,
+    w_down,
+    *,
+    activation_name: str,
+    backend: str = "auto",
+    biases=None,
 ):
     """y_TD: token t's k expert outputs, weighted and summed (see the module doc). order_M and
     offsets_E as kernels.sort_by_expert returns them; both are checked."""
-    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases)
     check_offsets(offsets_E, order_M.numel())
-    return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
+    return apply_expert_mlp(
+        x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend, biases
+    )
 
 
 def routed_mlp(
-    x_TD, weights_TK, experts_TK, w_up, w_gate, w_down, *, activation_name: str, backend: str = "auto", keep_TK=None
+    x_TD,
+    weights_TK,
+    experts_TK,
+    w_up,
+    w_gate,
+    w_down,
+    *,
+    activation_name: str,
+    backend: str = "auto",
+    keep_TK=None,
+    biases=None,
 ):
     """expert_mlp from the router's choices: experts_TK [T, k] (keep_TK [T, k] False where an
     assignment was dropped for capacity). Sorts the assignments, then runs the same MLP; no device
@@ -127,14 +187,19 @@ def routed_mlp(
     experts_A = experts_TK.reshape(-1) if keep_TK is None else experts_TK.masked_fill(~keep_TK, -1).reshape(-1)
     with profiler_range("moe/permutation"):
         order_M, offsets_E = sort_by_expert(experts_A, w_up.shape[0], has_dropped=keep_TK is not None)
-    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
-    return apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend)
+    _check(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases)
+    return apply_expert_mlp(
+        x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend, biases
+    )
 
 
-def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend):
-    """expert_mlp after the checks: for callers that checked, or built the order and offsets themselves."""
-    if resolve_backend(backend, x_TD) != "triton":
-        return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name)
+def apply_expert_mlp(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, backend, biases=None):
+    """expert_mlp after the checks: for callers that checked, or built the order and offsets themselves.
+    The fused Triton kernels have no biases and no clamped_swiglu: those run composed, the grouped
+    matmuls still on the backend asked for."""
+    backend = resolve_backend(backend, x_TD)
+    if backend != "triton" or biases is not None or activation_name not in FUSED_ACTIVATIONS:
+        return _composed(x_TD, weights_TK, order_M, offsets_E, w_up, w_gate, w_down, activation_name, biases, backend)
     from kernels import ops  # the fused Triton path, a custom op (kernels/ops.py)
 
     save = torch.is_grad_enabled() and any(

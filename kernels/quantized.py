@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.expert_mlp import activation
+from kernels.expert_mlp import FUSED_ACTIVATIONS, activation
 from kernels.grouped_matmul import resolve_backend
 from kernels.permute import combine, sort_by_expert
 
@@ -151,20 +151,24 @@ def quantized_mlp(
     *,
     activation_name: str,
     backend: str = "auto",
+    biases=None,
 ) -> torch.Tensor:
-    """y_TD = sum_j weights[t, j] * mlp_e(x_t) over the quantized experts (no gradients: serving)."""
+    """y_TD = sum_j weights[t, j] * mlp_e(x_t) over the quantized experts (no gradients: serving).
+    biases (kernels.expert_mlp.ExpertBiases) stay unquantized; with them, or clamped_swiglu, the
+    Triton backend dequantizes expert by expert as the PyTorch one does (its kernels have neither)."""
     _check(x_TD, up, gate, down, activation_name)
     E = up.shape[0]
     with torch.no_grad():
         order_M, offsets_E = sort_by_expert(experts_TK.reshape(-1), E)
-        if resolve_backend(backend, x_TD) == "triton":
+        fused = biases is None and activation_name in FUSED_ACTIVATIONS
+        if resolve_backend(backend, x_TD) == "triton" and fused:
             if x_TD.is_cuda:
                 check_device(up.scheme, torch.cuda.get_device_capability(x_TD.device))
             return _triton(x_TD, weights_TK, order_M, offsets_E, up, gate, down)
-        return _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name)
+        return _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name, biases)
 
 
-def _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name):
+def _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name, biases=None):
     x_MD = x_TD[order_M // weights_TK.shape[1]]
     y_MD = x_MD.new_empty(x_MD.shape[0], up.shape[1])
     ends = offsets_E.tolist()  # one host sync; the loop below visits only experts with rows
@@ -172,9 +176,14 @@ def _torch(x_TD, weights_TK, order_M, offsets_E, up, gate, down, activation_name
         if s == e:
             continue
         one = slice(g, g + 1)
-        h_up = x_MD[s:e] @ dequantize(up, x_TD.dtype, one)[0]
-        h_gate = None if gate is None else x_MD[s:e] @ dequantize(gate, x_TD.dtype, one)[0]
-        y_MD[s:e] = activation(activation_name, h_up, h_gate) @ dequantize(down, x_TD.dtype, one)[0]
+
+        def proj(a, w, which):  # a @ expert g's dequantized w, plus its bias where there is one
+            y = a @ dequantize(w, x_TD.dtype, one)[0]
+            b = None if biases is None else getattr(biases, which)
+            return y if b is None else y + b[g].to(y.dtype)
+
+        h_gate = None if gate is None else proj(x_MD[s:e], gate, "gate")
+        y_MD[s:e] = proj(activation(activation_name, proj(x_MD[s:e], up, "up"), h_gate), down, "down")
     return combine(y_MD, order_M, weights_TK)
 
 
@@ -199,7 +208,9 @@ def _triton(x_TD, weights_TK, order_M, offsets_E, up, gate, down):
     return y_AD.view(T, k, D).sum(dim=1) if k > 1 else y_AD
 
 
-def quantized_mlp_reference(x_TD, weights_TK, experts_TK, up, gate, down, *, activation_name: str) -> torch.Tensor:
+def quantized_mlp_reference(
+    x_TD, weights_TK, experts_TK, up, gate, down, *, activation_name: str, biases=None
+) -> torch.Tensor:
     """Token by token, in float64, from the dequantized weights: what the quantized MLP should compute."""
     _check(x_TD, up, gate, down, activation_name)
     w_up, w_down = dequantize(up, torch.float64), dequantize(down, torch.float64)
@@ -209,6 +220,8 @@ def quantized_mlp_reference(x_TD, weights_TK, experts_TK, up, gate, down, *, act
     for t in range(x.shape[0]):
         for j in range(experts_TK.shape[1]):
             e = int(experts_TK[t, j])
-            h = activation(activation_name, x[t] @ w_up[e], None if w_gate is None else x[t] @ w_gate[e])
-            out[t] += float(weights_TK[t, j]) * (h @ w_down[e])
+            b = (0.0, 0.0, 0.0) if biases is None else [0.0 if v is None else v[e].double() for v in biases]
+            h_gate = None if w_gate is None else x[t] @ w_gate[e] + b[1]
+            h = activation(activation_name, x[t] @ w_up[e] + b[0], h_gate)
+            out[t] += float(weights_TK[t, j]) * (h @ w_down[e] + b[2])
     return out

@@ -31,7 +31,9 @@ def _preset_dir() -> pathlib.Path:
 
 
 CONFIG_DIR = _preset_dir()
-ACTIVATIONS = ("gelu", "swiglu")
+ACTIVATIONS = ("gelu", "swiglu", "clamped_swiglu")  # kernels' ACTIVATIONS (a test keeps them equal)
+QK_NORMS = ("none", "head", "projection")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names
 
 
 def _number(value) -> bool:
@@ -227,7 +229,9 @@ class ModelConfig:
     n_experts: int = 16
     top_k: int = 2
     d_ff: int = 256  # hidden width of one expert
-    activation: str = "gelu"  # "gelu": gelu(x W_up) W_down;  "swiglu": (silu(x W_gate) * x W_up) W_down
+    # "gelu": gelu(x W_up) W_down;  "swiglu": (silu(x W_gate) * x W_up) W_down;  "clamped_swiglu":
+    # gpt-oss's, with its clamps and +1 (kernels/expert_mlp.py has the formula)
+    activation: str = "gelu"
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     # RoPE scaling for a context longer than pretraining, with Hugging Face's keys and meanings
@@ -236,6 +240,19 @@ class ModelConfig:
     # "original_max_position_embeddings": the pretraining length, yarn: "beta_fast", "beta_slow",
     # "attention_factor", "truncate"}. None: plain RoPE.
     rope_scaling: dict | None = None
+    # Attention as the open MoE families vary it (moe/model/attention.py); the defaults: plain attention
+    qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2-MoE, gpt-oss)
+    out_bias: bool = False  # ... and on the output projection (gpt-oss)
+    # RMSNorm of q and k before RoPE: "head" over each head's head_dim (Qwen3-MoE), "projection" over
+    # the whole projection, n_heads * head_dim and n_kv_heads * head_dim (OLMoE)
+    qk_norm: str = "none"
+    qkv_clip: float = 0.0  # > 0: q, k, v clamped to [-qkv_clip, qkv_clip] after the projections (OLMoE)
+    attention_sinks: bool = False  # one learned logit per head in every softmax's denominator (gpt-oss)
+    # > 0: in a sliding layer a query sees the last sliding_window positions, itself included
+    sliding_window: int = 0
+    # One of LAYER_TYPES per layer; None: every layer sliding when sliding_window > 0, else full
+    layer_types: tuple | None = None
+    expert_bias: bool = False  # biases on the experts' projections (gpt-oss)
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
@@ -304,6 +321,7 @@ class ModelConfig:
         if self.router_jitter >= 1:
             raise ValueError(f"router_jitter must be < 1, got {self.router_jitter}")
         self._check_router()
+        self._check_attention()
         if self.expert_backend not in EXPERT_BACKENDS:
             raise ValueError(f"expert_backend must be 'auto', 'torch' or 'triton', got {self.expert_backend!r}")
         object.__setattr__(self, "rope_scaling", rope_scaling_of(self.rope_scaling, self.max_seq_len))
@@ -374,6 +392,31 @@ class ModelConfig:
         if self.shared_gate and not self.shared_d_ff:
             raise ValueError("shared_gate needs a shared expert (shared_d_ff > 0)")
 
+    def _check_attention(self) -> None:
+        for name in ("qkv_bias", "out_bias", "attention_sinks", "expert_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
+        _integers(self, "sliding_window")
+        _non_negative(self, "sliding_window", "qkv_clip")
+        if self.layer_types is not None:
+            types = tuple(self.layer_types) if isinstance(self.layer_types, (list, tuple)) else None
+            if types is None or len(types) != self.n_layers or any(t not in LAYER_TYPES for t in types):
+                raise ValueError(
+                    f"layer_types must list one of {LAYER_TYPES} per layer (n_layers = {self.n_layers}), "
+                    f"got {self.layer_types!r}"
+                )
+            object.__setattr__(self, "layer_types", types)
+            if "sliding_attention" in types and not self.sliding_window:
+                raise ValueError("layer_types names sliding_attention layers: give their sliding_window (> 0)")
+
+    def window(self, layer: int) -> int:
+        """Layer `layer`'s sliding window in positions, 0 for full attention."""
+        types = self.layer_types
+        sliding = types[layer] == "sliding_attention" if types is not None else self.sliding_window > 0
+        return self.sliding_window if sliding else 0
+
     @property
     def causal_routing(self) -> bool:
         """Whether a token's experts depend on that token alone (everything but expert choice):
@@ -382,8 +425,8 @@ class ModelConfig:
 
     @property
     def n_matrices(self) -> int:
-        """Weight matrices per expert: 2 for GELU (up, down), 3 for SwiGLU (gate, up, down)."""
-        return 3 if self.activation == "swiglu" else 2
+        """Weight matrices per expert: 2 for GELU (up, down), 3 for the SwiGLUs (gate, up, down)."""
+        return 2 if self.activation == "gelu" else 3
 
     def dense_twin(self) -> ModelConfig:
         """One expert with top-1 and top_k times the width: the same active parameters per token."""

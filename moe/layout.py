@@ -110,6 +110,17 @@ class Layout:
             raise ValueError(f"tp={self.tp} must divide d_ff={cfg.d_ff} (tensor parallelism splits each expert)")
         if cfg.n_experts % self.ep:
             raise ValueError(f"ep={self.ep} must divide n_experts={cfg.n_experts}")
+        unsplit = {  # what the tensor- and expert-parallel layers do not split yet
+            "qk_norm 'projection' (a norm over all heads)": self.tp > 1 and cfg.qk_norm == "projection",
+            "attention_sinks": self.tp > 1 and cfg.attention_sinks,
+            "out_bias": self.tp > 1 and cfg.out_bias,
+            "expert_bias": (self.tp > 1 or self.ep > 1) and cfg.expert_bias,
+        }
+        refused = [name for name, bad in unsplit.items() if bad]
+        if refused:
+            raise ValueError(
+                f"tp={self.tp} x ep={self.ep} cannot split {', '.join(refused)} yet: run it with tp = ep = 1"
+            )
         if (cfg.capacity_factor or not cfg.causal_routing) and (self.data_shards > 1 or self.microbatches > 1):
             # The capacity is counted per batch a router sees (ceil(cf * T * k / E)), so splitting the
             # step's batch into shards or microbatches would change which assignments are dropped.

@@ -9,7 +9,7 @@ more than its shards plus the largest single parameter, transiently, in host mem
 
     parameter                                init
     *norm.weight                             ones
-    *.bias, *_gate                           zeros (a vision gate at 0 leaves the language model as it was)
+    *.bias, *_bias, *_gate                   zeros (a vision gate at 0 leaves the language model as it was)
     *.shift                                  zeros (a reading window's change from its start, moe/vision/reading.py)
     blocks.<i>.attn.wo.weight, *.moe.w_down, normal(0, init_std / sqrt(2 n_layers))  (GPT-2's residual scaling;
     *.moe.shared.down.weight
@@ -44,7 +44,7 @@ def init_std(name: str, cfg: ModelConfig) -> float | None:
     """The normal std of parameter `name` (0: zeros), or None for a norm's gain (ones)."""
     if name.endswith("norm.weight"):
         return None
-    if name.endswith(".bias") or name.endswith("_gate") or name.endswith(".shift"):
+    if name.endswith((".bias", "_bias", "_gate", ".shift")):
         return 0.0
     if _RESIDUAL.fullmatch(name):
         return cfg.init_std / math.sqrt(2 * cfg.n_layers)

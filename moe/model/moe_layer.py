@@ -6,7 +6,9 @@ M assignments kept (A when dropless).
 Expert weights are stacked per expert (Mixtral's math, transposed to [in, out] for x @ w):
     gelu:   y = gelu(x @ w_up) @ w_down
     swiglu: y = (silu(x @ w_gate) * (x @ w_up)) @ w_down
-with w_up, w_gate [E, D, F] and w_down [E, F, D]. Hugging Face's Mixtral stores expert e as
+    clamped_swiglu (gpt-oss): swiglu's shape with clamps and biases (kernels/expert_mlp.py)
+with w_up, w_gate [E, D, F] and w_down [E, F, D] (expert_bias: up_bias, gate_bias [E, F], down_bias
+[E, D]). Hugging Face's Mixtral stores expert e as
 w1 = w_gate[e].T, w3 = w_up[e].T, w2 = w_down[e].T (nn.Linear keeps [out, in]).
 
     x -> router (float32) -> cast to the autocast dtype -> self.experts(x, routing, weights) -> y
@@ -32,7 +34,7 @@ import math
 import torch
 import torch.nn as nn
 
-from kernels.expert_mlp import activation
+from kernels.expert_mlp import ExpertBiases, activation
 from kernels.ranges import profiler_range
 from moe.config import ModelConfig
 from moe.model.experts import LocalExperts
@@ -65,7 +67,7 @@ class MoELayer(nn.Module):
         )
         self.shared = SharedExpert(D, cfg.shared_d_ff, cfg.activation) if cfg.shared_d_ff else None
         self.shared_gate = nn.Linear(D, 1, bias=False) if cfg.shared_gate else None
-        swiglu, quant = cfg.activation == "swiglu", cfg.expert_quant
+        swiglu, quant = cfg.activation != "gelu", cfg.expert_quant
         if quant == "none":
             self.w_up = nn.Parameter(torch.empty(E, D, F_))
             self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if swiglu else None
@@ -74,6 +76,10 @@ class MoELayer(nn.Module):
             self.w_up = QuantizedParam(quant, E, D, F_)
             self.w_gate = QuantizedParam(quant, E, D, F_) if swiglu else None
             self.w_down = QuantizedParam(quant, E, F_, D)
+        # gpt-oss: each expert's projections have biases (kept unquantized in a quantized model)
+        self.up_bias = nn.Parameter(torch.empty(E, F_)) if cfg.expert_bias else None
+        self.gate_bias = nn.Parameter(torch.empty(E, F_)) if cfg.expert_bias and swiglu else None
+        self.down_bias = nn.Parameter(torch.empty(E, D)) if cfg.expert_bias else None
         self.experts = LocalExperts(cfg.activation, cfg.expert_backend)  # the seam: see moe/model/experts.py
         self.reset_parameters()
 
@@ -87,6 +93,9 @@ class MoELayer(nn.Module):
                 nn.init.normal_(lin.weight, std=std)
         if self.shared is not None:
             nn.init.normal_(self.shared.down.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+        for b in (self.up_bias, self.gate_bias, self.down_bias):
+            if b is not None:
+                nn.init.zeros_(b)
         if self.cfg.expert_quant != "none":
             return
         for w in (self.w_up, self.w_gate):
@@ -108,7 +117,11 @@ class MoELayer(nn.Module):
             w_up, w_gate, w_down = (None if w is None else w.quantized() for w in (self.w_up, self.w_gate, self.w_down))
         else:
             x_in, w_up, w_gate, w_down = in_autocast_dtype(x_in, self.w_up, self.w_gate, self.w_down)
-        y_TD = self.experts(x_in, r_in, w_up, w_gate, w_down)
+        if self.up_bias is None:
+            y_TD = self.experts(x_in, r_in, w_up, w_gate, w_down)
+        else:  # (only LocalExperts takes biases: the parallel layouts refuse expert_bias)
+            biases = ExpertBiases(*in_autocast_dtype(x_in, self.up_bias, self.gate_bias, self.down_bias)[1:])
+            y_TD = self.experts(x_in, r_in, w_up, w_gate, w_down, biases=biases)
         if self.shared is not None:
             s_TD = self.shared(x_TD)
             if self.shared_gate is not None:
@@ -143,9 +156,14 @@ def moe_layer_reference(layer: MoELayer, x: torch.Tensor, routing: RouterOutput 
                 continue
             w = r.weights[t, j].to(x.dtype)
             x_in, w_out = (x_TD[t] * w, 1.0) if layer.cfg.router_scale_input else (x_TD[t], w)
-            up = x_in @ layer.w_up[e]
-            gate = None if layer.w_gate is None else x_in @ layer.w_gate[e]
-            out_TD[t] += w_out * (activation(act, up, gate) @ layer.w_down[e])
+            b_up, b_gate, b_down = (
+                (0.0, 0.0, 0.0)
+                if layer.up_bias is None
+                else (layer.up_bias[e], 0.0 if layer.gate_bias is None else layer.gate_bias[e], layer.down_bias[e])
+            )
+            up = x_in @ layer.w_up[e] + b_up
+            gate = None if layer.w_gate is None else x_in @ layer.w_gate[e] + b_gate
+            out_TD[t] += w_out * (activation(act, up, gate) @ layer.w_down[e] + b_down)
         if sh is not None:
             gate = None if sh.gate is None else sh.gate.weight @ x_TD[t]
             s = sh.down.weight @ activation(act, sh.up.weight @ x_TD[t], gate)

@@ -47,20 +47,24 @@ class QuantizedParam(nn.Module):
 
 
 class QuantizedLinear(QuantizedParam):
-    """nn.Linear(d_in, d_out, bias=False) with its weight quantized, stored as one [1, d_in, d_out]
+    """nn.Linear(d_in, d_out, bias) with its weight quantized, stored as one [1, d_in, d_out]
     "expert" (q and scale, as above). Dequantize-and-matmul in PyTorch: these matrices are a small
     share of the bytes (attention and the head), so they get no kernel of their own."""
 
-    def __init__(self, scheme: str, d_in: int, d_out: int):
+    def __init__(self, scheme: str, d_in: int, d_out: int, bias: bool = False):
         super().__init__(scheme, 1, d_in, d_out)
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None  # (a bias stays unquantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ dequantize(self.quantized(), x.dtype)[0]
+        y = x @ dequantize(self.quantized(), x.dtype)[0]
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-def linear(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Module:
+def linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool = False) -> nn.Module:
     """The model's dense projections (attention, output head): quantized when cfg.quantize_dense."""
-    return QuantizedLinear(cfg.expert_quant, d_in, d_out) if cfg.quantize_dense else nn.Linear(d_in, d_out, bias=False)
+    if cfg.quantize_dense:
+        return QuantizedLinear(cfg.expert_quant, d_in, d_out, bias)
+    return nn.Linear(d_in, d_out, bias=bias)
 
 
 def is_expert_weight(name: str) -> bool:

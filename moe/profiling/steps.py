@@ -31,7 +31,7 @@ def build_layers(cfg: ModelConfig, n_layers: int, device, dtype) -> nn.ModuleLis
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            return nn.ModuleList(Block(cfg) for _ in range(n_layers))
+            return nn.ModuleList(Block(cfg, i) for i in range(n_layers))
     finally:
         torch.set_default_dtype(previous)
 
