@@ -31,7 +31,7 @@ from moe.config import load_config
 from moe.model import MoETransformer
 from moe.serving import Engine, Request
 from moe.training import save_checkpoint
-from moe.training.hf_mixtral import to_hf
+from moe.training.hf_convert import to_hf
 
 WAYS = ("ours", "batch", "padded")
 

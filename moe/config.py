@@ -250,7 +250,8 @@ class ModelConfig:
     attention_sinks: bool = False  # one learned logit per head in every softmax's denominator (gpt-oss)
     # > 0: in a sliding layer a query sees the last sliding_window positions, itself included
     sliding_window: int = 0
-    # One of LAYER_TYPES per layer; None: every layer sliding when sliding_window > 0, else full
+    # LAYER_TYPES, layer by layer, repeated when shorter than n_layers (gpt-oss: ["sliding_attention",
+    # "full_attention"]); None: every layer sliding when sliding_window > 0, else full
     layer_types: tuple | None = None
     expert_bias: bool = False  # biases on the experts' projections (gpt-oss)
     norm_eps: float = 1e-5
@@ -402,10 +403,10 @@ class ModelConfig:
         _non_negative(self, "sliding_window", "qkv_clip")
         if self.layer_types is not None:
             types = tuple(self.layer_types) if isinstance(self.layer_types, (list, tuple)) else None
-            if types is None or len(types) != self.n_layers or any(t not in LAYER_TYPES for t in types):
+            if not types or any(t not in LAYER_TYPES for t in types):
                 raise ValueError(
-                    f"layer_types must list one of {LAYER_TYPES} per layer (n_layers = {self.n_layers}), "
-                    f"got {self.layer_types!r}"
+                    f"layer_types must list {LAYER_TYPES}, one per layer or a pattern repeated over the "
+                    f"{self.n_layers} layers, got {self.layer_types!r}"
                 )
             object.__setattr__(self, "layer_types", types)
             if "sliding_attention" in types and not self.sliding_window:
@@ -414,7 +415,7 @@ class ModelConfig:
     def window(self, layer: int) -> int:
         """Layer `layer`'s sliding window in positions, 0 for full attention."""
         types = self.layer_types
-        sliding = types[layer] == "sliding_attention" if types is not None else self.sliding_window > 0
+        sliding = types[layer % len(types)] == "sliding_attention" if types else self.sliding_window > 0
         return self.sliding_window if sliding else 0
 
     @property

@@ -1,7 +1,7 @@
 """Chat messages -> one prompt string: a Hugging Face checkpoint's chat template, or the plain one.
 
 A converted checkpoint keeps its tokenizer_config.json's `chat_template` (a Jinja template) with the
-bos/eos token strings it refers to (moe/training/hf_mixtral.py). It is rendered as transformers'
+bos/eos token strings it refers to (moe/training/hf_convert.py). It is rendered as transformers'
 apply_chat_template renders it: a sandboxed Jinja environment with trim_blocks and lstrip_blocks,
 `messages`, `add_generation_prompt`, `bos_token`, `eos_token` and `raise_exception`. The text it
 gives already holds the special tokens, so it is encoded without adding them again.

@@ -6,13 +6,13 @@ local       LocalTrainer: one process, the whole model
 optim       AdamW groups and the learning-rate schedule
 run_dir     step directories and `latest`, published without a gap
 checkpoint  one process's checkpoints (safetensors); loads any checkpoint, whole
-hf_mixtral  Hugging Face Mixtral-layout checkpoints to ours and back
+hf_convert  Hugging Face MoE checkpoints (Mixtral, Qwen3-MoE, Qwen2-MoE, OLMoE, gpt-oss) to ours and back
 plots       loss curves and expert-load heatmaps
 """
 
 from moe.training.checkpoint import load_model, load_weights, read_config, save_checkpoint
-from moe.training.hf_mixtral import from_hf as convert_from_hf
-from moe.training.hf_mixtral import to_hf as convert_to_hf
+from moe.training.hf_convert import from_hf as convert_from_hf
+from moe.training.hf_convert import to_hf as convert_to_hf
 from moe.training.loop import train
 from moe.training.protocol import TrainingError
 

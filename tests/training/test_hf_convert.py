@@ -15,7 +15,7 @@ from moe.data import tokenizer as tokenizers
 from moe.model import MoETransformer
 from moe.serving import generate
 from moe.training import checkpoint, load_model
-from moe.training.hf_mixtral import ConversionError, from_hf, to_hf
+from moe.training.hf_convert import ConversionError, from_hf, to_hf
 
 transformers = pytest.importorskip("transformers")
 QUIET = dict(log=lambda *_: None)
@@ -296,11 +296,12 @@ def _edit_config(d, **changes):
     [
         (
             dict(model_type="llama", architectures=["LlamaForCausalLM"]),
-            r"\['LlamaForCausalLM'\] \(model_type 'llama'\) is not Mixtral-like",
+            r"\['LlamaForCausalLM'\] \(model_type 'llama'\) is not one we convert",
         ),
         (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
-        (dict(tie_word_embeddings=True), "tied embeddings"),
-        (dict(sliding_window=32), "sliding_window 32"),
+        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), "rope_type 'llama3'"),
+        (dict(vision_config={"hidden_size": 8}), "multimodal towers"),
+        (dict(quantization_config={"quant_method": "awq"}), "quant_method 'awq'"),
         (
             dict(intermediate_size=80),
             r"experts\.\*\.w1\.weight \(stacked\): shape \(4, 64, 96\), the config implies \(4, 64, 80\)",
@@ -339,10 +340,10 @@ def test_from_hf_names_missing_pieces(hf_dir, tmp_path, capsys):
     [
         (dict(activation="gelu"), "activation 'gelu'"),
         (dict(activation="swiglu", capacity_factor=1.25), "capacity_factor 1.25"),
-        (dict(activation="swiglu", tie_embeddings=True), "tie_embeddings"),
         (dict(activation="swiglu", router_rule="sigmoid_topk"), "router_rule 'sigmoid_topk'"),
         (dict(activation="swiglu", router_bias=True), "router_bias"),
-        (dict(activation="swiglu", shared_d_ff=64), "shared_d_ff 64"),
+        (dict(activation="swiglu", shared_d_ff=64), r"shared_gate False \(Qwen2MoeForCausalLM holds True\)"),
+        (dict(activation="swiglu", router_renormalize=False), "router_renormalize False"),
     ],
 )
 def test_to_hf_refuses_what_does_not_map(tmp_path, overrides, message):
