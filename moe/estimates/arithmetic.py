@@ -1,9 +1,10 @@
 """Parameter, FLOP and memory arithmetic implied by a ModelConfig. Imports no torch.
 
 Counting conventions:
-- Parameters are weight elements (and the router's biases, where a config has them). RMSNorm scales
-  count (d each). Shared experts count as always active; expert choice's active experts per token
-  are top_k on average.
+- Parameters are weight elements and biases (router, attention, experts, where a config has them),
+  attention sinks, and RMSNorm scales (d each; q/k norms head_dim or the projection's width).
+  Shared experts count as always active; expert choice's active experts per token are top_k on
+  average.
 - "Active" parameters per token: everything except the experts a token is not routed to, with the
   input embedding and the output head included (as the leaked ~280B figure seems to count them).
 - Forward FLOPs per token = 2 * (active parameters that take part in a matmul: everything but the
@@ -56,13 +57,15 @@ class ParamCounts:
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
     d, q, kv = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    biases = cfg.qkv_bias * (q + 2 * kv) + cfg.out_bias * d
+    qk_norms = {"none": 0, "head": 2 * cfg.head_dim, "projection": q + kv}[cfg.qk_norm]
     return ParamCounts(
         embedding=cfg.vocab_size * d,
         head=0 if cfg.tie_embeddings else cfg.vocab_size * d,
-        attention=cfg.n_layers * (d * q + 2 * d * kv + q * d),
-        norms=cfg.n_layers * 2 * d + d,
+        attention=cfg.n_layers * (d * q + 2 * d * kv + q * d + biases + cfg.attention_sinks * cfg.n_heads),
+        norms=cfg.n_layers * (2 * d + qk_norms) + d,
         router=cfg.n_layers * (d + cfg.router_bias) * cfg.n_experts,
-        expert_layer=cfg.n_matrices * d * cfg.d_ff,
+        expert_layer=cfg.n_matrices * d * cfg.d_ff + cfg.expert_bias * ((cfg.n_matrices - 1) * cfg.d_ff + d),
         n_layers=cfg.n_layers,
         n_experts=cfg.n_experts,
         top_k=cfg.top_k,
@@ -83,6 +86,13 @@ def attention_flops_per_token(cfg: ModelConfig, context: int) -> int:
 
 def forward_flops_per_token(cfg: ModelConfig, context: int = 0) -> int:
     return 2 * matmul_params_per_token(cfg) + attention_flops_per_token(cfg, context)
+
+
+def kv_cache_bytes(cfg: ModelConfig, context: int, bytes_per_element: int = 2) -> int:
+    """K and V of one sequence of `context` tokens in every layer, a sliding layer holding at most
+    its window (what the paged engine keeps once it frees the pages that fall out of it)."""
+    per_layer = 2 * cfg.n_kv_heads * cfg.head_dim * bytes_per_element
+    return sum(per_layer * min(context, cfg.window(i) or context) for i in range(cfg.n_layers))
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 2, n_kv_heads: int | None = None) -> int:

@@ -3,8 +3,9 @@ layout puts on one GPU; what a 32k context costs against 8k. Imports no torch.""
 
 from __future__ import annotations
 
-from moe.config import ModelConfig
+from moe.config import ModelConfig, load_config
 from moe.estimates.cluster import context_rows, quantized_rows
+from moe.estimates.families import beside_rows
 from moe.estimates.layout_memory import layout_rows
 from moe.estimates.leak import LEAK_TRAIN_BATCH_TOKENS, figure_rows, is_gpt4_shape
 from moe.estimates.units import format_table
@@ -33,7 +34,8 @@ def print_figures(cfg: ModelConfig, layout=None, batch_tokens: float | None = No
         _print_recipe(cfg)
     else:  # the leak's figures describe the gpt4 shape only
         print(format_table([r[:2] for r in rows], ("quantity", "this config")))
-        print("(the leaked GPT-4 figures are compared for the gpt4 preset only)")
+        print("(the leaked GPT-4 figures are compared for the gpt4 preset only)\n\nbeside the gpt4 preset")
+        print(format_table(beside_rows(cfg, load_config("gpt4")), ("quantity", cfg.name, "gpt4", "how")))
     if cfg.vision is not None:
         from moe.estimates.vision import vision_rows
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from moe.config import load_config
-from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes_per_token
+from moe.estimates.arithmetic import count_params, forward_flops_per_token, kv_cache_bytes, kv_cache_bytes_per_token
 from moe.model import MoETransformer
 from moe.model.kv_cache import KVCache
 
@@ -33,6 +33,55 @@ def test_counts_include_router_biases_and_shared_experts(activation):
     # every token passes through the shared experts: active = total - the experts it skips
     p = count_params(cfg)
     assert p.active == p.total - (cfg.n_experts - cfg.top_k) * p.per_expert
+
+
+FAMILY_PRESETS = ["gpt-oss-120b", "gpt-oss-20b", "qwen3-30b-a3b", "olmoe-1b-7b"]
+
+
+@pytest.mark.parametrize("name", FAMILY_PRESETS)
+def test_family_presets_build_on_meta_with_the_counted_parameters(name):
+    cfg = load_config(name)
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    assert sum(p.numel() for p in model.parameters()) == count_params(cfg).total
+
+
+@pytest.mark.parametrize(
+    "name, total, active, counts_embedding",
+    [  # the model cards' figures in billions (rounded, or cut: Qwen3's 3.35B reads "3.3B"); gpt-oss's
+        # active parameters leave the input embedding out, the others' keep it
+        ("gpt-oss-120b", 116.8, 5.1, False),
+        ("gpt-oss-20b", 20.9, 3.6, False),
+        ("qwen3-30b-a3b", 30.5, 3.3, True),
+        ("olmoe-1b-7b", 6.9, 1.3, True),
+    ],
+)
+def test_family_presets_have_their_published_sizes(name, total, active, counts_embedding):
+    p = count_params(load_config(name))
+    assert abs(p.total / 1e9 - total) < 0.06
+    assert abs((p.active - (0 if counts_embedding else p.embedding)) / 1e9 - active) < 0.06
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(qkv_bias=True, out_bias=True, attention_sinks=True),
+        dict(qk_norm="head", head_dim=48),
+        dict(qk_norm="projection", n_kv_heads=2),
+        dict(activation="clamped_swiglu", expert_bias=True),
+        dict(activation="gelu", expert_bias=True),
+    ],
+)
+def test_counts_include_every_attention_and_expert_variant(fields):
+    cfg = load_config("tiny", **fields)
+    assert sum(p.numel() for p in MoETransformer(cfg).parameters()) == count_params(cfg).total
+
+
+def test_a_sliding_layer_holds_its_window_of_kv():
+    cfg = load_config("gpt-oss-20b")
+    per_layer = 2 * 8 * 64 * 2  # K and V, 8 heads of 64, bf16
+    assert kv_cache_bytes(cfg, 131072) == per_layer * (12 * 131072 + 12 * 128)  # 12 full, 12 sliding layers
+    assert kv_cache_bytes(cfg, 100) == per_layer * 24 * 100
 
 
 def test_gpt4_is_the_leaked_shape():
