@@ -21,7 +21,8 @@ One step:
   3. each row that fed its last uncached token chooses its token(s) with its own generator: plain
      sampling, or the speculative acceptance rule of moe/serving/sampling.py; finished rows leave at
      once and return their pages (a prefill chunk short of the end only fills the cache)
-  4. record the batch size and how many tokens each expert of each layer received
+  4. record the batch size and how many tokens each expert of each layer received; when every
+     layer slides (a sliding_window on all layers), give back the pages no later query can read
 
 Images (a vision model, moe/vision/): a request's images are encoded once, at admission, and each
 gated block's K/V of their visual tokens is kept with the row for its whole life (they never grow).
@@ -54,6 +55,8 @@ from moe.serving.request import Request, RequestError, Result, TokenLogprob, che
 from moe.serving.sampling import SamplingParams, accept_draft, probabilities, sample
 from moe.vision.cross_attention import Media
 from moe.vision.images import batch_images, check_images
+
+FREED = -1  # a row's block-table entry for a page it gave back (out of every layer's window)
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Engine:
                 m.setup_paged_caches(n_pages, page_size)
         self._calls = {id(m): _compiled(m) if compile else m for m in (self.model, self.draft) if m is not None}
         self.pool = PagePool(n_pages, prefix_caching)
+        self.window = sliding_window(self.model, self.draft)
         self.queue: collections.deque[_Row] = collections.deque()
         self.running: list[_Row] = []
         self.results: dict[int, Result] = {}
@@ -242,8 +246,19 @@ class Engine:
         return self.pool.free
 
     def _release(self, row: _Row) -> None:
-        self.pool.release(row.pages + row.image_pages)
+        self.pool.release([p for p in row.pages if p != FREED] + row.image_pages)
         row.pages, row.image_pages, row.n_registered = [], [], 0
+
+    def _free_out_of_window(self, row: _Row) -> None:
+        """When every layer slides (self.window > 0): give back the pages whose positions no later
+        query reads. A query at t reads s > t - window, and no later query is below the cached
+        length (the lower of target's and draft's), so pages ending at or before lowest - window + 1
+        are done; their table entries become FREED, which the masks never let a query read."""
+        lowest = row.n_target if self.draft is None else min(row.n_target, row.n_draft)
+        for i in range(max(0, (lowest - self.window + 1) // self.page_size)):
+            if row.pages[i] != FREED:
+                self.pool.release([row.pages[i]])
+                row.pages[i] = FREED
 
     def _k(self, row: _Row, chunk: int) -> int:
         """Draft tokens the row is scored on this step, feeding `chunk` uncached tokens: none while
@@ -397,6 +412,8 @@ class Engine:
             for i in range(row.n_registered, full):
                 self.pool.register(row.keys[i], row.pages[i])
             row.n_registered = max(row.n_registered, full)
+        for row in rows if self.window else []:
+            self._free_out_of_window(row)
         for row in [r for r in rows if r.result.finish_reason is not None]:
             self.running.remove(row)
             self._release(row)
@@ -460,7 +477,7 @@ class Engine:
         P = math.ceil(max(s + len(f) for s, f in zip(starts, feeds)) / self.page_size)
         idx = torch.tensor([f + [0] * (T - len(f)) for f in feeds])
         pos = torch.tensor([list(range(s, s + len(f))) + [-1] * (T - len(f)) for s, f in zip(starts, feeds)])
-        pages = torch.tensor([r.pages[:P] + [0] * (P - len(r.pages[:P])) for r in rows])
+        pages = torch.tensor([[max(p, 0) for p in r.pages[:P]] + [0] * (P - len(r.pages[:P])) for r in rows])
         return idx, pos, pages
 
     def idle(self) -> None:
@@ -509,6 +526,13 @@ class Engine:
         while self.has_work():
             self.step()
         return [i if isinstance(i, RequestError) else self.results[i] for i in ids]
+
+
+def sliding_window(model: MoETransformer, draft: MoETransformer | None) -> int:
+    """The window in positions every layer of the model (and draft) slides by, the smallest of them;
+    0 when some layer attends to everything (its pages are read to the end: none can be freed)."""
+    windows = [m.cfg.window(i) for m in (model, draft) if m is not None for i in range(m.cfg.n_layers)]
+    return 0 if 0 in windows else min(windows)
 
 
 def _choose(rows: list[_Row], logits: list[torch.Tensor]) -> list[int]:

@@ -532,3 +532,30 @@ def test_metrics_count_the_shared_experts_batch_apart():
     assert float(sums["count"]) == len(decodes) and float(sums["sum"]) == sum(s.n_tokens for s in decodes)
     routed = re.findall(r'moe_expert_tokens_per_step_sum\{expert="\d+",layer="0"\} (\S+)', text)
     assert sum(map(float, routed)) == sum(s.n_tokens for s in decodes)  # top-1: one routed expert per token
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_a_sliding_window_model_gives_back_the_pages_it_no_longer_reads(prefix_caching):
+    """Every layer slides (window 8, pages of 4): a row holds at most the pages its window spans,
+    whatever its length, and the outputs still equal generate's; gpt-oss-style mixed layers keep
+    every page (their full layers read them all)."""
+    torch.manual_seed(0)
+    model = MoETransformer(shrunk("tiny", sliding_window=8, max_seq_len=128)).eval()
+    prompt = list(range(1, 30))
+    reqs = [Request(prompt, 40, {"greedy": True}), Request(prompt[:10], 50, {"greedy": True})]
+    engine = Engine(model, n_pages=60, page_size=4, prefix_caching=prefix_caching)
+    held = []
+    for r in reqs:
+        engine.submit(r)
+    while engine.running or engine.queue:
+        engine.step()
+        held.append(max((sum(p >= 0 for p in row.pages) for row in engine.running), default=0))
+    for req, rid in zip(reqs, sorted(engine.results)):
+        assert engine.results[rid].tokens == generate(model, req.prompt, req.max_new_tokens, greedy=True)
+    assert max(held[3:]) <= 8 // 4 + 2  # the window's pages, the one being written, one partly out
+    assert engine.pool.available == engine.n_pages  # every page came back (idle prefixes count)
+    if not prefix_caching:  # speculative: pages freed behind the draft's cache too
+        drafted = Engine(model, n_pages=60, page_size=4, draft=model, draft_tokens=3).run(reqs)
+        assert [r.tokens for r in drafted] == [engine.results[rid].tokens for rid in sorted(engine.results)]
+    mixed = MoETransformer(shrunk("tiny", sliding_window=8, layer_types=["sliding_attention", "full_attention"]))
+    assert Engine(mixed, n_pages=8, page_size=4).window == 0
