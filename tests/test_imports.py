@@ -135,7 +135,9 @@ def test_importing_kernels_or_the_model_loads_nothing_it_must_not():
 def test_config_and_estimates_import_no_torch():
     code = (
         "import sys, moe, moe.config, moe.layout, moe.estimates.report as report, moe.estimates.cluster as X; "
+        "import moe.hf_families; "
         "report.print_figures(moe.load_config('gpt4'), moe.layout.parse_layout('tp=8,pp=15,dp=208')); "
+        "report.print_figures(moe.load_config('gpt-oss-120b')); "
         "X.train_estimate(moe.load_config('gpt4'), X.GPUS['A100'], 25000, 0.05); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
