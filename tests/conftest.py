@@ -1,6 +1,9 @@
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -102,3 +105,39 @@ ROUTING = {
     ),
     "expert-choice": dict(router_rule="expert_choice", capacity_factor=1.0),
 }
+
+
+# ------------------------------------------------------------------------ a server in a subprocess
+
+NAME = "tiny-test"  # the --served-model-name of start_server's servers
+
+
+def start_server(checkpoint, *flags):
+    """`python -m moe serve` on a free port; (process, base url) once /health says ready."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moe", "serve", "--checkpoint", str(checkpoint), "--port", "0"]
+        + ["--served-model-name", NAME, *map(str, flags)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    match = re.search(r"on (http://\S+)/v1", line)
+    assert match, line + proc.stderr.read() if proc.poll() is not None else line
+    url = match.group(1)
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return proc, url
+        except httpx.ConnectError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    raise AssertionError("the server never became ready")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)

@@ -16,41 +16,11 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import shrunk
+from conftest import NAME, shrunk, start_server, stop
 
 from moe.model import MoETransformer
 from moe.serving.generate import generate
 from moe.training import load_model, save_checkpoint
-
-NAME = "tiny-test"
-
-
-def start_server(checkpoint, *flags):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moe", "serve", "--checkpoint", str(checkpoint), "--port", "0"]
-        + ["--served-model-name", NAME, *map(str, flags)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"on (http://\S+)/v1", line)
-    assert match, line + proc.stderr.read() if proc.poll() is not None else line
-    url = match.group(1)
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return proc, url
-        except httpx.ConnectError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.1)
-    raise AssertionError("the server never became ready")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

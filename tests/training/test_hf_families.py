@@ -242,3 +242,36 @@ def test_the_profiler_reads_a_converted_gpt_oss(family, tmp_path):
     args = ["--checkpoint", str(ours_dir), "--mode", "decode", "--batches", "1", "--reps", "1"]
     report = bench.profile_model.main(args + ["--profile-steps", "1", "--context", "16", "--out", str(tmp_path)])
     assert report["meta"]["shard"]["d_model"] == 32 and report["meta"]["shard"]["experts"] == 8
+
+
+def test_a_converted_gpt_oss_serves_over_http_and_drafts_with_a_smaller_one(family, tmp_path):
+    """The OpenAI server on the converted model answers as generate does; a 1-layer gpt-oss of the
+    same tokenizer, converted too, drafts for it in the engine without changing a greedy token."""
+    import openai
+    from conftest import NAME, start_server, stop
+
+    name, _, _, ours_dir = family
+    if name != "gpt_oss":
+        pytest.skip("the server and the draft take any family alike: gpt-oss, the one with every feature")
+    model = load_model(ours_dir).eval()
+    prompt = [72, 101, 108, 108, 111]  # "Hello" in bytes
+    want = generate(model, prompt, 12, greedy=True)
+    proc, url = start_server(ours_dir)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        got = client.completions.create(model=NAME, prompt=prompt, max_tokens=12, temperature=0)
+        step = sorted(ours_dir.glob("step-*"))[-1]
+        assert got.choices[0].text == tokenizers.load(step).decode(want)
+    finally:
+        assert stop(proc) == 0
+    config_cls, model_cls, fields = FAMILIES[name]
+    small = getattr(transformers, model_cls)(
+        getattr(transformers, config_cls)(**{**COMMON, "num_hidden_layers": 1}, **fields)
+    )
+    small.save_pretrained(tmp_path / "small")
+    (tmp_path / "small" / "tokenizer.json").write_text(tokenizers.ByteTokenizer().to_hf_json())
+    from_hf(tmp_path / "small", tmp_path / "draft", **QUIET)
+    draft = load_model(tmp_path / "draft").eval()
+    req = Request(prompt, 20, {"greedy": True})
+    (res,) = Engine(model, n_pages=40, page_size=4, draft=draft, draft_tokens=3).run([req])
+    assert res.tokens == generate(model, prompt, 20, greedy=True)
