@@ -166,7 +166,7 @@ def config_from_hf(hf: dict, name: str) -> ModelConfig:
             max_seq_len=max_len,
             rope_theta=theta,
             rope_scaling=scaling,
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            norm_eps=hf.get("rms_norm_eps", 1e-6 if family.startswith("qwen") else 1e-5),  # their classes' defaults
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             init_std=hf.get("initializer_range", 0.02),
             qkv_bias=bool(hf.get("qkv_bias", True)) if family == "qwen2_moe" else bias,
