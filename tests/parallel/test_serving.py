@@ -178,10 +178,16 @@ def serving_url(proc: subprocess.Popen, within: float = 120) -> str:
         assert line or proc.poll() is None, proc.stderr.read()[-3000:]
     url = re.search(r"on (http://\S+)/v1", line).group(1)
     deadline = time.monotonic() + within
-    while httpx.get(url + "/health").status_code != 200:
-        assert time.monotonic() < deadline and proc.poll() is None, "the model did not load"
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return url
+        except httpx.ConnectError:  # the socket closed: the process died (its stderr says why)
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, "the model did not load"
         time.sleep(0.2)
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +241,7 @@ def test_a_killed_rank_fails_every_rank_with_its_name(cli_checkpoint):
 def test_a_hung_rank_is_named_and_every_rank_exits_within_the_timeout(cli_checkpoint):
     """SIGSTOP one rank of an idle server: rank 0's keepalive names it and exits non-zero within
     the collective timeout (plus the keepalive's period), instead of waiting for ever."""
-    timeout = 4
+    timeout = 8  # long enough that two ranks loading on a busy 2-core machine stay within it
     proc = torchrun(2, "serve", "--checkpoint", cli_checkpoint, "--ep", 2, "--port", 0, "--dist-timeout", timeout)
     pids = worker_pids(proc, 2)
     serving_url(proc)
